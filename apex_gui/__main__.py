@@ -1,0 +1,3 @@
+from apex_gui.cli import main
+
+raise SystemExit(main())

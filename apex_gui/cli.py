@@ -1,0 +1,60 @@
+"""The ``apex-studio`` entry point: the window without a sub-command, headless with one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from apex_gui import __version__
+from apex_gui.commands import COMMAND_MODULES
+from apex_gui.core.gguf_reader import GGUFError
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apex-studio",
+        description="Inspect, plan, quantize and evaluate APEX mixed-precision GGUF quants of "
+                    "Mixture-of-Experts models. Without a sub-command, opens the window.")
+    parser.add_argument("--version", action="version", version=f"apex-studio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def _gui_args(argv: Sequence[str]) -> bool:
+    """True when the arguments are for the window (no sub-command)."""
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    return not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if _gui_args(args_list):
+        from apex_gui.app import main as gui_main
+        return gui_main(args_list)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except (GGUFError, UserError, FileNotFoundError, ValueError) as error:
+        print(f"apex-studio {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"apex-studio {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

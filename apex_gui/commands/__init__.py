@@ -1,0 +1,13 @@
+"""Headless sub-commands of ``apex-studio``; each module registers its own parsers.
+
+A module here defines ``register(subparsers)`` and sets ``func`` on each parser it adds;
+the function takes the parsed arguments and returns the exit code.
+"""
+
+from __future__ import annotations
+
+COMMAND_MODULES = (
+    "apex_gui.commands.inspect",
+    "apex_gui.commands.tools",
+    "apex_gui.commands.synth",
+)

@@ -1,0 +1,151 @@
+"""``apex-studio inspect MODEL.gguf``: summary plus a per-layer precision table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from apex_gui.core.model import FileKind, ModelInfo, open_model, type_histogram
+from apex_gui.core.roles import TensorRole, kind_label
+from apex_gui.core.units import format_gb, format_params, format_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("inspect", help="summarise a GGUF and show its per-layer types")
+    parser.add_argument("model", help="a .gguf file (any shard of a split model)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--tensors", action="store_true", help="list every tensor too")
+    parser.set_defaults(func=run)
+
+
+def summary_dict(model: ModelInfo) -> dict[str, Any]:
+    """The summary as plain data (the JSON output, the window's info panel)."""
+    base: dict[str, Any] = {
+        "path": str(model.path),
+        "shards": [str(p) for p in model.paths],
+        "file_kind": model.file_kind.value,
+        "architecture": model.architecture,
+        "name": model.name,
+        "file_size": model.file_size,
+        "tensor_count": len(model.tensors),
+    }
+    if model.file_kind is FileKind.IMATRIX and model.imatrix is not None:
+        base["imatrix"] = {"datasets": list(model.imatrix.datasets),
+                           "chunk_count": model.imatrix.chunk_count,
+                           "chunk_size": model.imatrix.chunk_size,
+                           "covered_tensors": len(model.imatrix.covered_tensors)}
+        return base
+    if model.file_kind is FileKind.VISION_PROJECTOR:
+        base["tensor_bytes"] = model.tensor_bytes
+        return base
+    mixers: dict[str, int] = {}
+    for layer in model.layers:
+        if not layer.is_mtp:
+            mixers[layer.mixer.value] = mixers.get(layer.mixer.value, 0) + 1
+    base.update({
+        "block_count": model.block_count,
+        "layers": model.n_layer,
+        "mtp_layers": model.n_mtp_layers,
+        "experts": model.n_expert,
+        "experts_used": model.n_expert_used,
+        "shared_experts": model.n_expert_shared,
+        "leading_dense_layers": model.n_leading_dense,
+        "mixers": mixers,
+        "heads": model.n_head,
+        "kv_heads": model.n_head_kv,
+        "head_dim_k": model.head_dim_k,
+        "head_dim_v": model.head_dim_v,
+        "q_lora_rank": model.q_lora_rank,
+        "kv_lora_rank": model.kv_lora_rank,
+        "sliding_window": model.sliding_window,
+        "context_length": model.context_length,
+        "vocab_size": model.vocab_size,
+        "total_params": model.total_params,
+        "active_params": model.active_params,
+        "file_type": model.file_type,
+        "bits_per_weight": round(model.bits_per_weight, 4),
+        "imatrix_quantized": model.looks_imatrix_quantized,
+        "types": type_histogram(model),
+    })
+    return base
+
+
+def layer_rows(model: ModelInfo) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-layer table: one row per block, one column per kind."""
+    kinds = model.kinds
+    rows = []
+    for layer in model.layers:
+        by_kind = {t.kind: t.type_name for t in model.tensors_in_layer(layer.index) if t.is_weight}
+        label = layer.label
+        rows.append([label, layer.mixer.value.split(" ")[0]] + [by_kind.get(k, "-") for k in kinds])
+    return ["layer", "mixer"] + [kind_label(k) for k in kinds], rows
+
+
+def run(args: argparse.Namespace) -> int:
+    model = open_model(args.model)
+    if args.json:
+        data = summary_dict(model)
+        if model.file_kind is FileKind.MODEL:
+            header, rows = layer_rows(model)
+            data["layer_table"] = {"columns": header, "rows": rows}
+        if args.tensors or model.file_kind is not FileKind.MODEL:
+            data["tensors"] = [{"name": t.name, "layer": t.layer, "role": t.role.value,
+                                "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes,
+                                "bpw": round(t.bits_per_weight, 4)} for t in model.tensors]
+        print(json.dumps(data, indent=2))
+        return 0
+    print(render_text(model, args.tensors))
+    return 0
+
+
+def render_text(model: ModelInfo, with_tensors: bool = False) -> str:
+    info = summary_dict(model)
+    lines = [f"{model.path}", f"  kind          {info['file_kind']}",
+             f"  architecture  {model.architecture}   name: {model.name}",
+             f"  size          {format_gb(model.file_size)} ({model.file_size:,} bytes) "
+             f"in {len(model.paths)} file(s), {len(model.tensors)} tensors"]
+    if model.file_kind is FileKind.IMATRIX:
+        imx = info["imatrix"]
+        lines.append(f"  datasets      {', '.join(imx['datasets']) or '-'}")
+        lines.append(f"  chunks        {imx['chunk_count']} x {imx['chunk_size']} tokens")
+        lines.append(f"  covers        {imx['covered_tensors']} tensors")
+        return "\n".join(lines)
+    if model.file_kind is FileKind.VISION_PROJECTOR:
+        lines.append(f"  tensor data   {format_size(model.tensor_bytes)}: load it beside the "
+                     "model with --mmproj")
+        return "\n".join(lines)
+    mixers = ", ".join(f"{n} {k}" for k, n in info["mixers"].items())
+    lines += [
+        f"  layers        {model.n_layer}" + (f" + {model.n_mtp_layers} MTP/nextn" if model.n_mtp_layers else "")
+        + (f" ({model.n_leading_dense} leading dense)" if model.n_leading_dense else ""),
+        f"  mixers        {mixers}",
+        f"  experts       {model.n_expert} routed, {model.n_expert_used} used per token, "
+        f"{model.n_expert_shared} shared",
+        f"  attention     {model.n_head} heads, {model.n_head_kv} KV heads, head dim "
+        f"{model.head_dim_k}/{model.head_dim_v}"
+        + (f", MLA q_lora {model.q_lora_rank} kv_lora {model.kv_lora_rank}" if model.kv_lora_rank else "")
+        + (f", sliding window {model.sliding_window}" if model.sliding_window else ""),
+        f"  context       {model.context_length:,}   vocabulary {model.vocab_size:,}",
+        f"  parameters    {format_params(model.total_params)} total, "
+        f"{format_params(model.active_params)} active per token",
+        f"  file type     {model.file_type}, {model.bits_per_weight:.2f} bits per weight"
+        + (", imatrix-quantized" if model.looks_imatrix_quantized else ""),
+        "  types         " + ", ".join(f"{k} {format_size(v)}" for k, v in info["types"].items()),
+        "",
+    ]
+    header, rows = layer_rows(model)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    others = [t for t in model.tensors if t.layer is None and t.role is not TensorRole.NORM]
+    if others:
+        lines.append("")
+        lines.append("non-layer: " + ", ".join(f"{t.kind} {t.type_name}" for t in others))
+    if with_tensors:
+        lines.append("")
+        for t in model.tensors:
+            lines.append(f"{t.name:<44} {t.role.value:<22} {str(list(t.shape)):<24} "
+                         f"{t.type_name:<8} {t.nbytes:>14,} {t.bits_per_weight:6.2f} bpw")
+    return "\n".join(lines)

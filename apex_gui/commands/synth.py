@@ -1,0 +1,44 @@
+"""``apex-studio synth`` and ``apex-studio twin``: synthetic models for demos and tests."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from apex_gui.core.synthetic import PRESETS
+
+    synth = sub.add_parser("synth", help="write a small runnable synthetic MoE GGUF")
+    synth.add_argument("preset", choices=sorted(PRESETS), help="which synthetic model")
+    synth.add_argument("-o", "--output", required=True, help="output .gguf path")
+    synth.set_defaults(func=run_synth)
+
+    twin = sub.add_parser("twin", help="write a sparse shape twin of a big model (header only)")
+    twin.add_argument("layout", help="layout name; `apex-studio twin list` lists them")
+    twin.add_argument("-o", "--output", help="output .gguf path")
+    twin.add_argument("--splits", type=int, default=1, help="write N split shards")
+    twin.set_defaults(func=run_twin)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from apex_gui.core.synthetic import preset, write_synthetic_model
+
+    path = write_synthetic_model(args.output, preset(args.preset))
+    print(path)
+    return 0
+
+
+def run_twin(args: argparse.Namespace) -> int:
+    from apex_gui.core.shape_twins import TWIN_LAYOUTS, write_shape_twin
+
+    if args.layout == "list":
+        for name in TWIN_LAYOUTS:
+            print(name)
+        return 0
+    if args.layout not in TWIN_LAYOUTS:
+        raise ValueError(f"unknown twin layout {args.layout!r}; known: {', '.join(TWIN_LAYOUTS)}")
+    if not args.output:
+        raise ValueError("give the output path with -o")
+    for path in write_shape_twin(args.output, args.layout, n_splits=args.splits):
+        print(path)
+    return 0

@@ -1,0 +1,1 @@
+"""Qt-free core of APEX Studio: GGUF reading, roles, types, plans, sizes, hardware, jobs."""

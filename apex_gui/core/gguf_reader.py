@@ -1,0 +1,292 @@
+"""A lazy GGUF header reader: metadata and tensor table, never tensor data.
+
+The ``gguf`` package's reader materialises every array (a 248k-entry vocabulary becomes
+248k numpy views), which takes seconds and hundreds of MB on big models. This reader maps
+the file, decodes scalars and short arrays, and records long arrays as (offset, count) so
+they are decoded only when asked for. Every count and length is checked against the bytes
+that remain, so a corrupt or hostile file fails fast with :class:`GGUFError`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .quant_types import UnknownTypeError, tensor_bytes, type_by_id
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+GGML_MAX_DIMS = 4
+DEFAULT_ALIGNMENT = 32
+
+# Sanity bounds: far above any real model, low enough that a corrupt count fails at once.
+MAX_TENSORS = 10_000_000
+MAX_KV = 1_000_000
+MAX_STRING_BYTES = 1 << 30
+EAGER_ARRAY_LIMIT = 1024  # longer arrays stay lazy until read
+
+# GGUF value types
+_UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL, _STRING, _ARRAY, \
+    _UINT64, _INT64, _FLOAT64 = range(13)
+
+_SCALAR_FORMATS: dict[int, str] = {
+    _UINT8: "<B", _INT8: "<b", _UINT16: "<H", _INT16: "<h", _UINT32: "<I", _INT32: "<i",
+    _FLOAT32: "<f", _BOOL: "<?", _UINT64: "<Q", _INT64: "<q", _FLOAT64: "<d",
+}
+_SCALAR_SIZES = {k: struct.calcsize(v) for k, v in _SCALAR_FORMATS.items()}
+
+
+class GGUFError(ValueError):
+    """The file is not a GGUF we can read; ``str()`` names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True)
+class LazyArray:
+    """A metadata array left undecoded in the mapped file."""
+
+    item_type: int
+    count: int
+    offset: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One row of the tensor table."""
+
+    name: str
+    shape: tuple[int, ...]  # ggml order: ne0 (row length) first
+    type_id: int
+    offset: int  # relative to the data section
+    nbytes: int
+
+    @property
+    def type_name(self) -> str:
+        return type_by_id(self.type_id).name
+
+    @property
+    def n_elements(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+class GGUFHeader:
+    """Parsed header of one GGUF file. Use :func:`read_header`."""
+
+    def __init__(self, path: Path, version: int, metadata: dict[str, Any],
+                 tensors: list[TensorEntry], data_offset: int, file_size: int,
+                 header_bytes: bytes | None = None) -> None:
+        self.path = path
+        self.version = version
+        self.metadata = metadata
+        self.tensors = tensors
+        self.data_offset = data_offset
+        self.file_size = file_size
+        self._lazy_source: bytes | None = header_bytes
+
+    @property
+    def alignment(self) -> int:
+        value = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        return value if isinstance(value, int) and value > 0 else DEFAULT_ALIGNMENT
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A metadata value; lazy arrays come back as :class:`LazyArray` (see :meth:`array`)."""
+        return self.metadata.get(key, default)
+
+    def array(self, key: str) -> list[Any]:
+        """Decode a metadata array in full (cheap for short ones, slow for a vocabulary)."""
+        value = self.metadata.get(key)
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return value
+        if not isinstance(value, LazyArray):
+            raise GGUFError(self.path, f"metadata key {key} is not an array")
+        with open(self.path, "rb") as handle:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                cursor = _Cursor(self.path, view, value.offset, len(view))
+                return [cursor.value(value.item_type) for _ in range(value.count)]
+
+
+class _Cursor:
+    """Bounds-checked sequential decoding over a mapped buffer."""
+
+    __slots__ = ("path", "buf", "pos", "end")
+
+    def __init__(self, path: Path, buf: Any, pos: int, end: int) -> None:
+        self.path = path
+        self.buf = buf
+        self.pos = pos
+        self.end = end
+
+    def need(self, size: int, what: str) -> None:
+        if size < 0 or self.pos + size > self.end:
+            raise GGUFError(self.path, f"truncated file: {what} at byte {self.pos} runs past "
+                                       f"the end of the file ({self.end} bytes)")
+
+    def scalar(self, value_type: int, what: str = "value") -> Any:
+        size = _SCALAR_SIZES[value_type]
+        self.need(size, what)
+        (value,) = struct.unpack_from(_SCALAR_FORMATS[value_type], self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def u32(self, what: str) -> int:
+        return self.scalar(_UINT32, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar(_UINT64, what)
+
+    def string(self, what: str) -> str:
+        length = self.u64(what + " length")
+        if length > MAX_STRING_BYTES:
+            raise GGUFError(self.path, f"absurd {what} length {length} at byte {self.pos - 8}")
+        self.need(length, what)
+        raw = bytes(self.buf[self.pos:self.pos + length])
+        self.pos += length
+        return raw.decode("utf-8", errors="replace")
+
+    def skip_string(self, what: str) -> None:
+        length = self.u64(what + " length")
+        self.need(length, what)
+        self.pos += length
+
+    def value(self, value_type: int, what: str = "value") -> Any:
+        if value_type in _SCALAR_FORMATS:
+            return self.scalar(value_type, what)
+        if value_type == _STRING:
+            return self.string(what)
+        if value_type == _ARRAY:
+            return self.array(what)
+        raise GGUFError(self.path, f"unknown metadata value type {value_type} for {what}")
+
+    def array(self, what: str) -> list[Any] | LazyArray:
+        item_type = self.u32(what + " item type")
+        count = self.u64(what + " item count")
+        start = self.pos
+        if item_type in _SCALAR_SIZES:
+            size = _SCALAR_SIZES[item_type] * count
+            self.need(size, what)
+            if count <= EAGER_ARRAY_LIMIT:
+                fmt = "<" + _SCALAR_FORMATS[item_type][1] * count
+                values = list(struct.unpack_from(fmt, self.buf, self.pos))
+                self.pos += size
+                return values
+            self.pos += size
+            return LazyArray(item_type, count, start)
+        if item_type == _STRING:
+            # Each string carries its length: walking them is unavoidable, decoding is not.
+            if count > self.end - self.pos:
+                raise GGUFError(self.path, f"absurd array length {count} for {what}")
+            if count <= EAGER_ARRAY_LIMIT:
+                return [self.string(what) for _ in range(count)]
+            unpack = struct.Struct("<Q").unpack_from
+            buf, pos, end = self.buf, self.pos, self.end
+            for _ in range(count):
+                if pos + 8 > end:
+                    self.pos = pos
+                    self.need(8, what)
+                (length,) = unpack(buf, pos)
+                pos += 8 + length
+                if pos > end:
+                    self.pos = pos - length
+                    self.need(length, what)
+            self.pos = pos
+            return LazyArray(item_type, count, start)
+        if item_type == _ARRAY:
+            if count > self.end - self.pos:
+                raise GGUFError(self.path, f"absurd array length {count} for {what}")
+            return [self.array(what) for _ in range(count)]
+        raise GGUFError(self.path, f"unknown array item type {item_type} for {what}")
+
+
+def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
+    """Read a GGUF file's metadata and tensor table without touching tensor data."""
+    file_path = Path(path)
+    try:
+        handle = open(file_path, "rb")
+    except FileNotFoundError:
+        raise GGUFError(file_path, "no such file; check the path") from None
+    except IsADirectoryError:
+        raise GGUFError(file_path, "is a folder, not a GGUF file") from None
+    except PermissionError:
+        raise GGUFError(file_path, "permission denied; check the file's permissions") from None
+    with handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        if file_size < 24:
+            raise GGUFError(file_path, f"not a GGUF file (only {file_size} bytes)")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return _parse(file_path, view, file_size)
+
+
+def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
+    if view[:4] != GGUF_MAGIC:
+        raise GGUFError(path, "not a GGUF file (missing the GGUF magic number)")
+    cursor = _Cursor(path, view, 4, file_size)
+    version = cursor.u32("version")
+    if version not in SUPPORTED_VERSIONS:
+        raise GGUFError(path, f"unsupported GGUF version {version} (this app reads versions "
+                              "2 and 3; re-convert the model with a current llama.cpp)")
+    n_tensors = cursor.u64("tensor count")
+    n_kv = cursor.u64("metadata count")
+    if n_tensors > MAX_TENSORS:
+        raise GGUFError(path, f"absurd tensor count {n_tensors}")
+    if n_kv > MAX_KV:
+        raise GGUFError(path, f"absurd metadata count {n_kv}")
+
+    metadata: dict[str, Any] = {}
+    for index in range(n_kv):
+        key = cursor.string(f"metadata key #{index}")
+        value_type = cursor.u32(f"type of {key}")
+        metadata[key] = cursor.value(value_type, key)
+
+    # Each tensor info takes at least 8+4+4+8 bytes: a count the file cannot hold is corrupt.
+    if n_tensors * 24 > file_size - cursor.pos:
+        raise GGUFError(path, f"tensor count {n_tensors} does not fit in the file")
+    raw: list[tuple[str, tuple[int, ...], int, int]] = []
+    for index in range(n_tensors):
+        name = cursor.string(f"tensor #{index} name")
+        n_dims = cursor.u32(f"dimension count of {name}")
+        if n_dims == 0 or n_dims > GGML_MAX_DIMS:
+            raise GGUFError(path, f"tensor {name} has {n_dims} dimensions (1 to 4 allowed)")
+        cursor.need(8 * n_dims, f"shape of {name}")
+        shape = struct.unpack_from("<" + "Q" * n_dims, view, cursor.pos)
+        cursor.pos += 8 * n_dims
+        type_id = cursor.u32(f"type of {name}")
+        offset = cursor.u64(f"offset of {name}")
+        raw.append((name, tuple(shape), type_id, offset))
+
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFError(path, f"general.alignment {alignment!r} is not a power of two")
+    data_offset = -(-cursor.pos // alignment) * alignment
+
+    tensors: list[TensorEntry] = []
+    for name, shape, type_id, offset in raw:
+        try:
+            type_name = type_by_id(type_id).name
+        except UnknownTypeError:
+            raise GGUFError(path, f"tensor {name} has unknown ggml type id {type_id}; "
+                                  "update APEX Studio or the tool that wrote the file") from None
+        if any(dim <= 0 for dim in shape) or any(dim > 1 << 40 for dim in shape):
+            raise GGUFError(path, f"tensor {name} has an invalid shape {list(shape)}")
+        nbytes = tensor_bytes(type_name, shape)
+        if data_offset + offset + nbytes > file_size:
+            raise GGUFError(path, f"tensor {name} data ends past the end of the file "
+                                  f"({data_offset + offset + nbytes} > {file_size} bytes): "
+                                  "the file is truncated; download it again")
+        tensors.append(TensorEntry(name, shape, type_id, offset, nbytes))
+    return GGUFHeader(path, version, metadata, tensors, data_offset, file_size)

