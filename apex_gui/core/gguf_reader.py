@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ DEFAULT_ALIGNMENT = 32
 MAX_TENSORS = 10_000_000
 MAX_KV = 1_000_000
 MAX_STRING_BYTES = 1 << 30
+MAX_NAME_BYTES = 1 << 16  # keys and tensor names (llama.cpp caps tensor names at 64 bytes)
+MAX_ARRAY_DEPTH = 8  # llama.cpp reads no nested arrays at all; a deep nest is corruption
 EAGER_ARRAY_LIMIT = 1024  # longer arrays stay lazy until read
 
 # GGUF value types
@@ -40,13 +43,25 @@ _SCALAR_FORMATS: dict[int, str] = {
 _SCALAR_SIZES = {k: struct.calcsize(v) for k, v in _SCALAR_FORMATS.items()}
 
 
+def printable(text: str, limit: int = 96) -> str:
+    """``text`` safe for a one-line message: control characters escaped, long text cut."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class GGUFError(ValueError):
-    """The file is not a GGUF we can read; ``str()`` names the file and the problem."""
+    """The file is not a GGUF we can read; ``str()`` names the file and the problem.
+
+    The message is always one line: names read from a corrupt file may hold newlines.
+    """
 
     def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{printable(self.path, 4096)}: {printable(problem, 4096)}")
 
 
 @dataclass(frozen=True)
@@ -88,14 +103,15 @@ class GGUFHeader:
 
     def __init__(self, path: Path, version: int, metadata: dict[str, Any],
                  tensors: list[TensorEntry], data_offset: int, file_size: int,
-                 header_bytes: bytes | None = None) -> None:
+                 metadata_end: int = 0, tensor_info_end: int = 0) -> None:
         self.path = path
         self.version = version
         self.metadata = metadata
         self.tensors = tensors
         self.data_offset = data_offset
         self.file_size = file_size
-        self._lazy_source: bytes | None = header_bytes
+        self.metadata_end = metadata_end  # byte after the last metadata entry
+        self.tensor_info_end = tensor_info_end  # byte after the tensor table (before padding)
 
     @property
     def alignment(self) -> int:
@@ -115,10 +131,14 @@ class GGUFHeader:
             return value
         if not isinstance(value, LazyArray):
             raise GGUFError(self.path, f"metadata key {key} is not an array")
-        with open(self.path, "rb") as handle:
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                cursor = _Cursor(self.path, view, value.offset, len(view))
-                return [cursor.value(value.item_type) for _ in range(value.count)]
+        try:
+            with open(self.path, "rb") as handle:
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                    cursor = _Cursor(self.path, view, value.offset, len(view))
+                    return [cursor.value(value.item_type, key) for _ in range(value.count)]
+        except OSError as error:
+            raise GGUFError(self.path, f"cannot read metadata {key} again: "
+                                       f"{error.strerror or error}") from None
 
 
 class _Cursor:
@@ -150,30 +170,28 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return self.scalar(_UINT64, what)
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, limit: int = MAX_STRING_BYTES) -> str:
         length = self.u64(what + " length")
-        if length > MAX_STRING_BYTES:
+        if length > limit:
             raise GGUFError(self.path, f"absurd {what} length {length} at byte {self.pos - 8}")
         self.need(length, what)
         raw = bytes(self.buf[self.pos:self.pos + length])
         self.pos += length
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self, what: str) -> None:
-        length = self.u64(what + " length")
-        self.need(length, what)
-        self.pos += length
-
-    def value(self, value_type: int, what: str = "value") -> Any:
+    def value(self, value_type: int, what: str = "value", depth: int = 0) -> Any:
         if value_type in _SCALAR_FORMATS:
             return self.scalar(value_type, what)
         if value_type == _STRING:
             return self.string(what)
         if value_type == _ARRAY:
-            return self.array(what)
+            return self.array(what, depth + 1)
         raise GGUFError(self.path, f"unknown metadata value type {value_type} for {what}")
 
-    def array(self, what: str) -> list[Any] | LazyArray:
+    def array(self, what: str, depth: int = 1) -> list[Any] | LazyArray:
+        if depth > MAX_ARRAY_DEPTH:
+            raise GGUFError(self.path, f"metadata {what} nests arrays more than "
+                                       f"{MAX_ARRAY_DEPTH} deep")
         item_type = self.u32(what + " item type")
         count = self.u64(what + " item count")
         start = self.pos
@@ -189,7 +207,7 @@ class _Cursor:
             return LazyArray(item_type, count, start)
         if item_type == _STRING:
             # Each string carries its length: walking them is unavoidable, decoding is not.
-            if count > self.end - self.pos:
+            if count * 8 > self.end - self.pos:
                 raise GGUFError(self.path, f"absurd array length {count} for {what}")
             if count <= EAGER_ARRAY_LIMIT:
                 return [self.string(what) for _ in range(count)]
@@ -207,9 +225,14 @@ class _Cursor:
             self.pos = pos
             return LazyArray(item_type, count, start)
         if item_type == _ARRAY:
-            if count > self.end - self.pos:
+            # Each nested array header takes 12 bytes.
+            if count * 12 > self.end - self.pos:
                 raise GGUFError(self.path, f"absurd array length {count} for {what}")
-            return [self.array(what) for _ in range(count)]
+            if count <= EAGER_ARRAY_LIMIT:
+                return [self.array(what, depth + 1) for _ in range(count)]
+            for _ in range(count):  # walked to find its end, decoded only if asked for
+                self.array(what, depth + 1)
+            return LazyArray(item_type, count, start)
         raise GGUFError(self.path, f"unknown array item type {item_type} for {what}")
 
 
@@ -217,27 +240,48 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
     """Read a GGUF file's metadata and tensor table without touching tensor data."""
     file_path = Path(path)
     try:
-        handle = open(file_path, "rb")
+        info = os.stat(file_path)
     except FileNotFoundError:
         raise GGUFError(file_path, "no such file; check the path") from None
-    except IsADirectoryError:
-        raise GGUFError(file_path, "is a folder, not a GGUF file") from None
+    except OSError as error:
+        raise GGUFError(file_path, f"cannot open: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise GGUFError(file_path, "is a folder, not a GGUF file")
+    if not stat.S_ISREG(info.st_mode):
+        # Opening a FIFO would block until a writer appears; devices are not models.
+        raise GGUFError(file_path, "is not a regular file (a pipe, socket or device)")
+    try:
+        with open(file_path, "rb") as handle:
+            file_size = os.fstat(handle.fileno()).st_size
+            if file_size < 24:
+                start = handle.read(4)
+                if start == GGUF_MAGIC:
+                    raise GGUFError(file_path, f"truncated file: only {file_size} bytes, "
+                                               "less than a GGUF header; download it again")
+                if file_size == 0:
+                    raise GGUFError(file_path, "empty file (0 bytes), not a GGUF file")
+                raise GGUFError(file_path, f"not a GGUF file (only {file_size} bytes)")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                return _parse(file_path, view, file_size)
     except PermissionError:
         raise GGUFError(file_path, "permission denied; check the file's permissions") from None
-    with handle:
-        file_size = os.fstat(handle.fileno()).st_size
-        if file_size < 24:
-            raise GGUFError(file_path, f"not a GGUF file (only {file_size} bytes)")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return _parse(file_path, view, file_size)
+    except OSError as error:
+        raise GGUFError(file_path, f"cannot read: {error.strerror or error}") from None
 
 
 def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
     if view[:4] != GGUF_MAGIC:
+        if view[:4] == GGUF_MAGIC[::-1]:
+            raise GGUFError(path, "big-endian GGUF files are not supported; use the "
+                                  "little-endian file")
         raise GGUFError(path, "not a GGUF file (missing the GGUF magic number)")
     cursor = _Cursor(path, view, 4, file_size)
     version = cursor.u32("version")
     if version not in SUPPORTED_VERSIONS:
+        if version >= 1 << 16 and struct.unpack(">I", struct.pack("<I", version))[0] in (
+                1, 2, 3):
+            raise GGUFError(path, "big-endian GGUF files are not supported; use the "
+                                  "little-endian file")
         raise GGUFError(path, f"unsupported GGUF version {version} (this app reads versions "
                               "2 and 3; re-convert the model with a current llama.cpp)")
     n_tensors = cursor.u64("tensor count")
@@ -246,46 +290,66 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
         raise GGUFError(path, f"absurd tensor count {n_tensors}")
     if n_kv > MAX_KV:
         raise GGUFError(path, f"absurd metadata count {n_kv}")
+    # A key-value pair takes at least 8+4+1 bytes, a tensor info 8+4+8+4+8.
+    if n_kv * 13 + n_tensors * 32 > file_size - cursor.pos:
+        raise GGUFError(path, f"{n_kv} metadata entries and {n_tensors} tensors do not fit "
+                              f"in the file ({file_size} bytes): the header is corrupt")
 
     metadata: dict[str, Any] = {}
     for index in range(n_kv):
-        key = cursor.string(f"metadata key #{index}")
-        value_type = cursor.u32(f"type of {key}")
-        metadata[key] = cursor.value(value_type, key)
+        key = cursor.string(f"metadata key #{index}", MAX_NAME_BYTES)
+        if key in metadata:
+            raise GGUFError(path, f"duplicate metadata key {printable(key)}")
+        value_type = cursor.u32(f"type of {printable(key)}")
+        metadata[key] = cursor.value(value_type, printable(key))
 
-    # Each tensor info takes at least 8+4+4+8 bytes: a count the file cannot hold is corrupt.
-    if n_tensors * 24 > file_size - cursor.pos:
+    # Each tensor info takes at least 8+4+8+4+8 bytes: a count the file cannot hold is corrupt.
+    if n_tensors * 32 > file_size - cursor.pos:
         raise GGUFError(path, f"tensor count {n_tensors} does not fit in the file")
     raw: list[tuple[str, tuple[int, ...], int, int]] = []
     for index in range(n_tensors):
-        name = cursor.string(f"tensor #{index} name")
-        n_dims = cursor.u32(f"dimension count of {name}")
+        name = cursor.string(f"tensor #{index} name", MAX_NAME_BYTES)
+        shown = printable(name)
+        n_dims = cursor.u32(f"dimension count of {shown}")
         if n_dims == 0 or n_dims > GGML_MAX_DIMS:
-            raise GGUFError(path, f"tensor {name} has {n_dims} dimensions (1 to 4 allowed)")
-        cursor.need(8 * n_dims, f"shape of {name}")
+            raise GGUFError(path, f"tensor {shown} has {n_dims} dimensions (1 to 4 allowed)")
+        cursor.need(8 * n_dims, f"shape of {shown}")
         shape = struct.unpack_from("<" + "Q" * n_dims, view, cursor.pos)
         cursor.pos += 8 * n_dims
-        type_id = cursor.u32(f"type of {name}")
-        offset = cursor.u64(f"offset of {name}")
+        type_id = cursor.u32(f"type of {shown}")
+        offset = cursor.u64(f"offset of {shown}")
         raw.append((name, tuple(shape), type_id, offset))
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFError(path, f"general.alignment {alignment!r} is not a power of two")
+    if (not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0
+            or alignment & (alignment - 1)):
+        raise GGUFError(path, f"general.alignment {printable(repr(alignment))} is not a "
+                              "power of two")
     data_offset = -(-cursor.pos // alignment) * alignment
 
     tensors: list[TensorEntry] = []
+    seen: set[str] = set()
     for name, shape, type_id, offset in raw:
+        shown = printable(name)
+        if name in seen:
+            raise GGUFError(path, f"duplicate tensor name {shown}")
+        seen.add(name)
         try:
-            type_name = type_by_id(type_id).name
+            kind = type_by_id(type_id)
         except UnknownTypeError:
-            raise GGUFError(path, f"tensor {name} has unknown ggml type id {type_id}; "
+            raise GGUFError(path, f"tensor {shown} has unknown ggml type id {type_id}; "
                                   "update APEX Studio or the tool that wrote the file") from None
         if any(dim <= 0 for dim in shape) or any(dim > 1 << 40 for dim in shape):
-            raise GGUFError(path, f"tensor {name} has an invalid shape {list(shape)}")
-        nbytes = tensor_bytes(type_name, shape)
+            raise GGUFError(path, f"tensor {shown} has an invalid shape {list(shape)}")
+        if shape[0] % kind.block_size:
+            raise GGUFError(path, f"tensor {shown} has rows of {shape[0]} values, not a "
+                                  f"multiple of the {kind.name} block size {kind.block_size}")
+        if offset % alignment:
+            raise GGUFError(path, f"tensor {shown} data offset {offset} is not a multiple of "
+                                  f"the alignment {alignment}")
+        nbytes = tensor_bytes(kind.name, shape)
         if data_offset + offset + nbytes > file_size:
-            raise GGUFError(path, f"tensor {name} data ends past the end of the file "
+            raise GGUFError(path, f"tensor {shown} data ends past the end of the file "
                                   f"({data_offset + offset + nbytes} > {file_size} bytes): "
                                   "the file is truncated; download it again")
         tensors.append(TensorEntry(name, shape, type_id, offset, nbytes))

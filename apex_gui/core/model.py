@@ -108,6 +108,9 @@ class ModelInfo:
     file_size: int  # all shards together
     vocab_size: int
     imatrix: ImatrixInfo | None = None
+    # Unpadded size of the header one merged file would have: first shard's magic, counts
+    # and metadata (less split.* keys) plus every shard's tensor table.
+    merged_header_bytes: int = 0
     _by_name: dict[str, TensorInfo] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -343,10 +346,23 @@ def _build_model(paths: tuple[Path, ...], headers: list[GGUFHeader],
         paths=paths, file_kind=kind, architecture=arch,
         name=str(metadata.get("general.name", paths[0].stem)), metadata=metadata,
         tensors=tensors, layers=[], header_bytes=sum(h.data_offset for h in headers),
-        file_size=sum(h.file_size for h in headers), vocab_size=vocab_size, imatrix=imatrix)
+        file_size=sum(h.file_size for h in headers), vocab_size=vocab_size, imatrix=imatrix,
+        merged_header_bytes=_merged_header_bytes(headers))
     if kind is FileKind.MODEL:
         model.layers = _layers(model)
     return model
+
+
+def _merged_header_bytes(headers: list[GGUFHeader]) -> int:
+    first = headers[0]
+    split_keys = 0
+    if len(headers) > 1:
+        # split.no (u16), split.count (u16), split.tensors.count (i32) are dropped on merge.
+        split_keys = sum(8 + len(k) + 4 + size for k, size in
+                         (("split.no", 2), ("split.count", 2), ("split.tensors.count", 4))
+                         if k in first.metadata)
+    tables = sum(h.tensor_info_end - h.metadata_end for h in headers)
+    return first.metadata_end - split_keys + tables
 
 
 def _imatrix_info(metadata: dict[str, Any], tensors: list[TensorInfo]) -> ImatrixInfo:
