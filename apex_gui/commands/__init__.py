@@ -10,4 +10,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.inspect",
     "apex_gui.commands.tools",
     "apex_gui.commands.synth",
+    "apex_gui.commands.plan",
 )

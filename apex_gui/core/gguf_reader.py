@@ -25,9 +25,12 @@ GGML_MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
 
 # Sanity bounds: far above any real model, low enough that a corrupt count fails at once.
-MAX_TENSORS = 10_000_000
+MAX_TENSORS = 1_000_000
 MAX_KV = 1_000_000
-MAX_STRING_BYTES = 1 << 30
+MAX_STRING_BYTES = 64 << 20  # one string (chat templates run to tens of KB)
+MAX_DECODED_BYTES = 256 << 20  # all strings decoded while reading one header
+MAX_WALK_ITEMS = 4_000_000  # strings walked one by one in one header (vocab + merges: ~0.5M)
+EAGER_STRING_BYTES = 1 << 20  # a short string array larger than this stays lazy too
 MAX_NAME_BYTES = 1 << 16  # keys and tensor names (llama.cpp caps tensor names at 64 bytes)
 MAX_ARRAY_DEPTH = 8  # llama.cpp reads no nested arrays at all; a deep nest is corruption
 EAGER_ARRAY_LIMIT = 1024  # longer arrays stay lazy until read
@@ -66,14 +69,37 @@ class GGUFError(ValueError):
 
 @dataclass(frozen=True)
 class LazyArray:
-    """A metadata array left undecoded in the mapped file."""
+    """A metadata array left undecoded in the mapped file (``path``: the file it lies in)."""
 
     item_type: int
     count: int
     offset: int
+    path: Path | None = None
 
     def __len__(self) -> int:
         return self.count
+
+    def decode(self, what: str = "array") -> list[Any]:
+        """Read the items from the file (cheap for short arrays, slow for a vocabulary)."""
+        if self.path is None:
+            raise ValueError("this LazyArray does not know its file")
+        return read_lazy_array(self.path, self, what)
+
+
+def read_lazy_array(path: str | os.PathLike[str], value: LazyArray,
+                    what: str = "array") -> list[Any]:
+    """Decode a :class:`LazyArray` recorded by :func:`read_header` for ``path``."""
+    file_path = Path(path)
+    try:
+        with open(file_path, "rb") as handle:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                cursor = _Cursor(file_path, view, value.offset, len(view))
+                if value.item_type == _ARRAY:
+                    return [cursor.array(what) for _ in range(value.count)]
+                return [cursor.value(value.item_type, what) for _ in range(value.count)]
+    except OSError as error:
+        raise GGUFError(file_path, f"cannot read metadata {what} again: "
+                                   f"{error.strerror or error}") from None
 
 
 @dataclass(frozen=True)
@@ -131,31 +157,37 @@ class GGUFHeader:
             return value
         if not isinstance(value, LazyArray):
             raise GGUFError(self.path, f"metadata key {key} is not an array")
-        try:
-            with open(self.path, "rb") as handle:
-                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                    cursor = _Cursor(self.path, view, value.offset, len(view))
-                    return [cursor.value(value.item_type, key) for _ in range(value.count)]
-        except OSError as error:
-            raise GGUFError(self.path, f"cannot read metadata {key} again: "
-                                       f"{error.strerror or error}") from None
+        return read_lazy_array(value.path or self.path, value, key)
 
 
 class _Cursor:
-    """Bounds-checked sequential decoding over a mapped buffer."""
+    """Bounds-checked sequential decoding over a mapped buffer.
 
-    __slots__ = ("path", "buf", "pos", "end")
+    Besides the file's end, two budgets bound the work a header can cause: array items walked
+    one by one (strings, nested arrays) and string bytes decoded. A sparse file reads as zeros,
+    so without them a corrupt count over a hole would walk for hours.
+    """
+
+    __slots__ = ("path", "buf", "pos", "end", "walked", "decoded")
 
     def __init__(self, path: Path, buf: Any, pos: int, end: int) -> None:
         self.path = path
         self.buf = buf
         self.pos = pos
         self.end = end
+        self.walked = 0
+        self.decoded = 0
 
     def need(self, size: int, what: str) -> None:
         if size < 0 or self.pos + size > self.end:
             raise GGUFError(self.path, f"truncated file: {what} at byte {self.pos} runs past "
                                        f"the end of the file ({self.end} bytes)")
+
+    def walk(self, count: int, what: str) -> None:
+        self.walked += count
+        if self.walked > MAX_WALK_ITEMS:
+            raise GGUFError(self.path, f"absurd array length {count} for {what}: the header "
+                                       f"holds more than {MAX_WALK_ITEMS} strings")
 
     def scalar(self, value_type: int, what: str = "value") -> Any:
         size = _SCALAR_SIZES[value_type]
@@ -175,6 +207,10 @@ class _Cursor:
         if length > limit:
             raise GGUFError(self.path, f"absurd {what} length {length} at byte {self.pos - 8}")
         self.need(length, what)
+        self.decoded += length
+        if self.decoded > MAX_DECODED_BYTES:
+            raise GGUFError(self.path, f"the header holds more than {MAX_DECODED_BYTES} bytes "
+                                       f"of text (at {what}): the file is corrupt")
         raw = bytes(self.buf[self.pos:self.pos + length])
         self.pos += length
         return raw.decode("utf-8", errors="replace")
@@ -188,7 +224,26 @@ class _Cursor:
             return self.array(what, depth + 1)
         raise GGUFError(self.path, f"unknown metadata value type {value_type} for {what}")
 
+    def skip_strings(self, count: int, what: str) -> int:
+        """Walk ``count`` strings without decoding them; returns the bytes they span."""
+        self.walk(count, what)
+        unpack = struct.Struct("<Q").unpack_from
+        buf, start, end = self.buf, self.pos, self.end
+        pos = start
+        for _ in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, what)
+            pos += 8 + unpack(buf, pos)[0]
+        if pos > end:
+            # An earlier overrun fails at the next length read; the last one fails here.
+            raise GGUFError(self.path, f"truncated file: {what} runs past the end of the "
+                                       f"file ({end} bytes)")
+        self.pos = pos
+        return pos - start
+
     def array(self, what: str, depth: int = 1) -> list[Any] | LazyArray:
+        """Short arrays come back decoded; long ones (and nested ones) as a LazyArray."""
         if depth > MAX_ARRAY_DEPTH:
             raise GGUFError(self.path, f"metadata {what} nests arrays more than "
                                        f"{MAX_ARRAY_DEPTH} deep")
@@ -204,35 +259,24 @@ class _Cursor:
                 self.pos += size
                 return values
             self.pos += size
-            return LazyArray(item_type, count, start)
+            return LazyArray(item_type, count, start, self.path)
         if item_type == _STRING:
             # Each string carries its length: walking them is unavoidable, decoding is not.
             if count * 8 > self.end - self.pos:
                 raise GGUFError(self.path, f"absurd array length {count} for {what}")
-            if count <= EAGER_ARRAY_LIMIT:
+            span = self.skip_strings(count, what)
+            if count <= EAGER_ARRAY_LIMIT and span <= EAGER_STRING_BYTES:
+                self.pos = start
                 return [self.string(what) for _ in range(count)]
-            unpack = struct.Struct("<Q").unpack_from
-            buf, pos, end = self.buf, self.pos, self.end
-            for _ in range(count):
-                if pos + 8 > end:
-                    self.pos = pos
-                    self.need(8, what)
-                (length,) = unpack(buf, pos)
-                pos += 8 + length
-                if pos > end:
-                    self.pos = pos - length
-                    self.need(length, what)
-            self.pos = pos
-            return LazyArray(item_type, count, start)
+            return LazyArray(item_type, count, start, self.path)
         if item_type == _ARRAY:
-            # Each nested array header takes 12 bytes.
+            # Nested arrays (which llama.cpp does not read) stay lazy: walked, never built.
             if count * 12 > self.end - self.pos:
                 raise GGUFError(self.path, f"absurd array length {count} for {what}")
-            if count <= EAGER_ARRAY_LIMIT:
-                return [self.array(what, depth + 1) for _ in range(count)]
-            for _ in range(count):  # walked to find its end, decoded only if asked for
+            self.walk(count, what)
+            for _ in range(count):
                 self.array(what, depth + 1)
-            return LazyArray(item_type, count, start)
+            return LazyArray(item_type, count, start, self.path)
         raise GGUFError(self.path, f"unknown array item type {item_type} for {what}")
 
 
@@ -303,13 +347,18 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
         value_type = cursor.u32(f"type of {printable(key)}")
         metadata[key] = cursor.value(value_type, printable(key))
 
+    metadata_end = cursor.pos
     # Each tensor info takes at least 8+4+8+4+8 bytes: a count the file cannot hold is corrupt.
     if n_tensors * 32 > file_size - cursor.pos:
         raise GGUFError(path, f"tensor count {n_tensors} does not fit in the file")
     raw: list[tuple[str, tuple[int, ...], int, int]] = []
+    seen: set[str] = set()
     for index in range(n_tensors):
         name = cursor.string(f"tensor #{index} name", MAX_NAME_BYTES)
         shown = printable(name)
+        if name in seen:
+            raise GGUFError(path, f"duplicate tensor name {shown}")
+        seen.add(name)
         n_dims = cursor.u32(f"dimension count of {shown}")
         if n_dims == 0 or n_dims > GGML_MAX_DIMS:
             raise GGUFError(path, f"tensor {shown} has {n_dims} dimensions (1 to 4 allowed)")
@@ -325,15 +374,12 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
             or alignment & (alignment - 1)):
         raise GGUFError(path, f"general.alignment {printable(repr(alignment))} is not a "
                               "power of two")
+    tensor_info_end = cursor.pos
     data_offset = -(-cursor.pos // alignment) * alignment
 
     tensors: list[TensorEntry] = []
-    seen: set[str] = set()
     for name, shape, type_id, offset in raw:
         shown = printable(name)
-        if name in seen:
-            raise GGUFError(path, f"duplicate tensor name {shown}")
-        seen.add(name)
         try:
             kind = type_by_id(type_id)
         except UnknownTypeError:
@@ -353,4 +399,5 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
                                   f"({data_offset + offset + nbytes} > {file_size} bytes): "
                                   "the file is truncated; download it again")
         tensors.append(TensorEntry(name, shape, type_id, offset, nbytes))
-    return GGUFHeader(path, version, metadata, tensors, data_offset, file_size)
+    return GGUFHeader(path, version, metadata, tensors, data_offset, file_size,
+                      metadata_end, tensor_info_end)

@@ -360,9 +360,13 @@ class PrecisionPlan:
         return embedding, output
 
     def tensor_type_file_text(self) -> str:
-        """Anchored ``^name$=TYPE`` lines, one per pinned tensor, in file order."""
-        lines = [f"^{re.escape(name)}$={type_name.lower()}"
-                 for name, type_name in self.pinned_types().items()]
+        """Anchored ``^name$=TYPE`` lines, one per quantizable tensor, in file order.
+
+        token_embd/output are listed too so the file alone re-imports to this plan;
+        llama-quantize takes their types from the flags, which the plan sets to the same.
+        """
+        lines = [f"^{re.escape(name)}$={self.effective_type(name).lower() if name not in self.pinned_types() else self.types[name].lower()}"
+                 for name in self.model._by_name if name in self._quantizable]
         return "\n".join(lines) + "\n"
 
     def write_tensor_type_file(self, path: str | Path) -> Path:
