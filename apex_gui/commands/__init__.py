@@ -11,4 +11,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.tools",
     "apex_gui.commands.synth",
     "apex_gui.commands.plan",
+    "apex_gui.commands.recommend",
 )
