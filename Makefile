@@ -11,7 +11,7 @@ TOOLS  := $(VENV)/.llama-tools
 LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF
 LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: run test test-all bench screenshots package clean-venv
+.PHONY: run test test-all bench screenshots package package-smoke clean-venv
 
 run: $(STAMP) $(TOOLS)
 	@$(PY) -m apex_gui.preflight gui
@@ -29,9 +29,15 @@ bench: $(STAMP) $(TOOLS)
 screenshots: $(STAMP) $(TOOLS)
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/apex-studio --screenshot docs/screenshots
 
+# One-folder frozen app in dist/apex-studio/ (packaging/apex-studio.spec; docs/INSTALL.md).
+# `-e` keeps the development install editable (a plain install would shadow the sources).
 package: $(STAMP) $(TOOLS)
-	$(PY) -m pip install -q ".[package]"
+	$(PY) -m pip install -q -e ".[test,package]"
 	$(VENV)/bin/pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/apex-studio.spec
+	@du -sh dist/apex-studio
+
+package-smoke: package
+	$(PY) packaging/smoke_test.py dist/apex-studio
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "APEX Studio needs Python 3.11 or newer; set PYTHON=python3.11")'

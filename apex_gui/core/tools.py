@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -102,6 +103,15 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     for key in [k for k in env if k.startswith("LLAMA_ARG_")]:
         del env[key]
+    if getattr(sys, "frozen", False):
+        # PyInstaller points the library path at the app's own folder and keeps the user's
+        # value in *_ORIG; a llama.cpp child (a CUDA build above all) needs the system's.
+        for var in ("LD_LIBRARY_PATH", "LIBPATH", "DYLD_LIBRARY_PATH"):
+            original = env.pop(var + "_ORIG", None)
+            if original is not None:
+                env[var] = original
+            else:
+                env.pop(var, None)
     return env
 
 
