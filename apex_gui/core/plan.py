@@ -218,6 +218,7 @@ class PrecisionPlan:
         self._apply(change, forward=True)
         self._undo.append(change)
         self._redo.clear()
+        self._notify(change)
         return change
 
     def set_tensor_types(self, types: Mapping[str, str], description: str = "") -> PlanChange | None:
@@ -233,6 +234,7 @@ class PrecisionPlan:
         self._apply(change, forward=True)
         self._undo.append(change)
         self._redo.clear()
+        self._notify(change)
         return change
 
     def row_cells(self, layer: int | None) -> list[Cell]:
@@ -272,6 +274,7 @@ class PrecisionPlan:
         change = self._undo.pop()
         self._apply(change, forward=False)
         self._redo.append(change)
+        self._notify(change)
         return change
 
     def redo(self) -> PlanChange | None:
@@ -280,6 +283,7 @@ class PrecisionPlan:
         change = self._redo.pop()
         self._apply(change, forward=True)
         self._undo.append(change)
+        self._notify(change)
         return change
 
     def _apply(self, change: PlanChange, forward: bool) -> None:
@@ -289,6 +293,9 @@ class PrecisionPlan:
             after = self._compute_bytes(name)
             self._bytes[name] = after
             self._data_bytes += self._padded(after) - self._padded(before)
+
+    def _notify(self, change: PlanChange) -> None:
+        # After the undo/redo stacks are updated, so listeners see can_undo()/can_redo() right.
         for listener in list(self._listeners):
             listener(change)
 

@@ -1,0 +1,211 @@
+"""Application start-up: ``apex-studio [MODEL.gguf] [--screenshot DIR]``.
+
+Without a model the window opens the bundled demo (a small synthetic MoE written to the
+cache on first run) so a newcomer sees a real heatmap at once. ``--screenshot DIR`` renders
+every main view to PNG files and exits: the documentation images and a visual check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from apex_gui import __version__
+
+SCREENSHOT_VIEWS = ("main-demo", "main-twin", "inspect-quantized", "diff", "settings",
+                    "hf-download", "main-dark", "scale200")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apex-studio", description="APEX Studio window.")
+    parser.add_argument("model", nargs="?", help="a .gguf file to open (default: the demo model)")
+    parser.add_argument("--screenshot", metavar="DIR",
+                        help="render each main view to DIR/*.png and exit")
+    parser.add_argument("--only", choices=SCREENSHOT_VIEWS, action="append",
+                        help=argparse.SUPPRESS)  # used for the 200%% scale run in a child process
+    parser.add_argument("--theme", choices=("system", "light", "dark"),
+                        help="override the theme from the settings for this run")
+    return parser
+
+
+def create_application(argv: Sequence[str] = ()):  # type: ignore[no-untyped-def]
+    """The QApplication with name, icon and theme set (reused when one exists: tests)."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
+
+    from apex_gui.views import style
+
+    app = QApplication.instance()
+    if app is None:
+        # Fractional scales (125%, 150%) render at their real size instead of rounding.
+        QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
+            Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        app = QApplication(["apex-studio", *argv])
+    app.setApplicationName("APEX Studio")
+    app.setApplicationVersion(__version__)
+    app.setOrganizationName("apex-studio")
+    app.setDesktopFileName("apex-studio")
+    app.setWindowIcon(style.icon("apex-studio"))
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from apex_gui.preflight import check_gui
+
+    if check_gui() != 0:
+        return 1
+    from apex_gui.core.settings import load_settings
+    from apex_gui.views import style
+    from apex_gui.views.main_window import MainWindow
+
+    app = create_application()
+    settings = load_settings()
+    style.apply_theme(app, args.theme or settings.theme)
+    if args.screenshot:
+        written = take_screenshots(Path(args.screenshot), args.only)
+        for path in written:
+            print(path)
+        return 0
+    window = MainWindow(settings)
+    window.show()
+    if args.model:
+        window.open_model_file(Path(args.model))
+    else:
+        window.open_demo()
+    return int(app.exec())
+
+
+# --- screenshots --------------------------------------------------------------------------
+
+def _wait(signal, timeout_ms: int = 20_000) -> bool:  # type: ignore[no-untyped-def]
+    """Run the event loop until ``signal`` fires (True) or the timeout passes (False)."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    fired: list[bool] = []
+    signal.connect(lambda *_: (fired.append(True), loop.quit()))
+    QTimer.singleShot(timeout_ms, loop.quit)
+    loop.exec()
+    return bool(fired)
+
+
+def _settle(ms: int = 150) -> None:
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
+    """Render the main views to ``out_dir``; the 200% view comes from a child process."""
+    from PySide6.QtWidgets import QApplication
+
+    from apex_gui.core.model import open_model
+    from apex_gui.core.plan import plan_from_profile
+    from apex_gui.core.profiles import get_profile
+    from apex_gui.core.shape_twins import write_shape_twin
+    from apex_gui.views import style
+    from apex_gui.views.main_window import MainWindow
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = set(only or SCREENSHOT_VIEWS)
+    written: list[Path] = []
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+
+    def shoot(name: str, widget, prepare: Callable[[], None] | None = None) -> None:  # type: ignore[no-untyped-def]
+        if name not in wanted:
+            return
+        if prepare is not None:
+            prepare()
+        _settle()
+        path = out_dir / f"{name}.png"
+        widget.grab().save(str(path))
+        written.append(path)
+
+    window = MainWindow(probe_hardware=True)
+    window.resize(1500, 940)
+    window.show()
+    window.open_demo()
+    _wait(window.modelLoadFinished)
+    _settle(300)
+    plan = window.current_plan
+    assert plan is not None
+    # A few edits so the picture shows what editing looks like: a middle layer pushed down
+    # to IQ2_S (a type that needs an imatrix: it appears under Problems) and a selection.
+    plan.set_cells(plan.row_cells(6), "IQ2_S", "demo edit")
+    window.heatmap.select_column("attn_v")
+    shoot("main-demo", window)
+    shoot("scale200", window)
+    shoot("diff", window, lambda: window.set_diff("profile:compact"))
+    window.set_diff("")
+
+    with tempfile.TemporaryDirectory(prefix="apex-shots-") as folder:
+        if "main-twin" in wanted:
+            twin = write_shape_twin(Path(folder) / "Trinity-Large-BF16.gguf", "trinity-large-399b")[0]
+            window.open_model_file(twin)
+            _wait(window.modelLoadFinished)
+            shoot("main-twin", window)
+        if "inspect-quantized" in wanted:
+            source = write_shape_twin(Path(folder) / "qwen35-bf16.gguf", "qwen3.5-35b-a3b")[0]
+            reference = plan_from_profile(open_model(source), get_profile("i-mini"))
+            types = {name: reference.effective_type(name) for name in reference.types}
+            # A hand-tuned variant: two middle layers' experts kept at Q4_K.
+            for layer in (18, 19):
+                for kind in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+                    types[f"blk.{layer}.{kind}.weight"] = "Q4_K"
+            quant = write_shape_twin(Path(folder) / "Qwen3.5-35B-A3B-custom-Mini.gguf", "qwen3.5-35b-a3b",
+                                     tensor_types=types)[0]
+            window.open_model_file(quant)
+            _wait(window.modelLoadFinished)
+            shoot("inspect-quantized", window)
+        window.open_demo()
+        _wait(window.modelLoadFinished)
+
+    if "settings" in wanted:
+        dialog = window.show_settings()
+        dialog.check_tools()
+        _wait(dialog.toolsChecked, 15_000)
+        shoot("settings", dialog)
+        dialog.reject()
+    if "hf-download" in wanted:
+        hub_dialog = window.show_download_dialog()
+        _wait(hub_dialog.statusChanged, 8_000)
+        shoot("hf-download", hub_dialog)
+        hub_dialog.reject()
+        hub_dialog.reject()
+    if "main-dark" in wanted:
+        original = app.property("apexTheme") or "system"
+        style.apply_theme(app, "dark")
+        window._refresh_icons()
+        shoot("main-dark", window)
+        style.apply_theme(app, str(original))
+    window.close()
+    _settle(50)
+
+    if "scale200" in wanted and os.environ.get("QT_SCALE_FACTOR") != "2":
+        # The device pixel ratio is fixed when QApplication starts: a child process renders it.
+        written = [p for p in written if p.name != "scale200.png"]
+        env = dict(os.environ, QT_SCALE_FACTOR="2", QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+        result = subprocess.run([sys.executable, "-m", "apex_gui.app", "--screenshot", str(out_dir),
+                                 "--only", "scale200"], env=env, capture_output=True, text=True,
+                                timeout=120)
+        if result.returncode == 0:
+            written.append(out_dir / "scale200.png")
+        else:
+            print(f"200% screenshot failed: {result.stderr.strip()}", file=sys.stderr)
+    return written
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
