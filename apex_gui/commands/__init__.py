@@ -12,4 +12,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.synth",
     "apex_gui.commands.plan",
     "apex_gui.commands.recommend",
+    "apex_gui.commands.jobs",
 )

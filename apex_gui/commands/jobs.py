@@ -1,0 +1,419 @@
+"""``apex-studio imatrix | quantize | eval | pipeline``: run jobs headless with a progress bar.
+
+Each command builds core jobs, runs them as one pipeline (so a failed step stops what
+depends on it), shows progress on stderr and a result table on stdout (``--json`` for
+machines), and records every run in the history database. Exit code: 0 when every step
+succeeded, 1 when one failed, 2 for a usage error, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, Progress, QuantizeJob,
+                                ReferenceLogitsJob, ToolJob, build_pipeline, evaluation_jobs)
+from apex_gui.core.runner import JobOutcome
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    imatrix = sub.add_parser("imatrix", help="compute an importance matrix from calibration text")
+    imatrix.add_argument("model", help="the F16/BF16 model (.gguf)")
+    _calibration_args(imatrix)
+    imatrix.add_argument("-o", "--output", required=True, help="output imatrix (.gguf)")
+    _common_args(imatrix)
+    imatrix.set_defaults(func=run_imatrix)
+
+    quantize = sub.add_parser("quantize", help="quantize a model with an APEX profile")
+    quantize.add_argument("model", help="the F16/BF16 source model (.gguf); never written")
+    how = quantize.add_mutually_exclusive_group(required=True)
+    how.add_argument("--profile", help="profile key or label, e.g. i-quality")
+    how.add_argument("--tensor-type-file", type=Path,
+                     help="an explicit llama-quantize tensor-type file (with --type)")
+    quantize.add_argument("--type", dest="base_type", default="Q6_K",
+                          help="base type with --tensor-type-file (default Q6_K)")
+    quantize.add_argument("--imatrix", help="importance matrix file, or `auto` to compute one "
+                                            "from the calibration set when the profile needs it")
+    _calibration_args(quantize)
+    quantize.add_argument("-o", "--output", required=True, help="output quant (.gguf)")
+    _common_args(quantize)
+    quantize.set_defaults(func=run_quantize)
+
+    evaluate = sub.add_parser("eval", help="perplexity, KL divergence, benchmarks and speed")
+    evaluate.add_argument("model", help="the quant to evaluate (.gguf)")
+    _eval_args(evaluate)
+    _common_args(evaluate)
+    evaluate.set_defaults(func=run_eval)
+
+    pipeline = sub.add_parser("pipeline", help="imatrix -> quantize profiles -> evaluate each")
+    pipeline.add_argument("model", help="the F16/BF16 source model (.gguf)")
+    pipeline.add_argument("--profiles", required=True,
+                          help="comma-separated profile keys, e.g. quality,i-quality,compact")
+    pipeline.add_argument("--output-dir", type=Path, help="where the quants go "
+                                                          "(default: next to the model)")
+    pipeline.add_argument("--imatrix", default="auto",
+                          help="importance matrix file, or `auto` (default): computed once from "
+                               "the calibration set when a profile needs it")
+    _calibration_args(pipeline)
+    pipeline.add_argument("--eval", action="store_true",
+                          help="evaluate each quant (KL divergence against the model itself "
+                               "unless --reference is given)")
+    _eval_args(pipeline, reference_required=False)
+    _common_args(pipeline)
+    pipeline.set_defaults(func=run_pipeline_command)
+
+
+def _calibration_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calibration", action="append", type=Path, metavar="FILE",
+                        help="calibration text (repeat to combine several; default: the bundled "
+                             "chat, code, reasoning and tool-calling set)")
+    parser.add_argument("--imatrix-ctx", type=int, default=512,
+                        help="context for the importance matrix (default 512)")
+    parser.add_argument("--imatrix-chunks", type=int, default=None,
+                        help="at most this many chunks of calibration text (default: all)")
+
+
+def _eval_args(parser: argparse.ArgumentParser, reference_required: bool = False) -> None:
+    parser.add_argument("--reference", type=Path,
+                        help="the F16/BF16 model for KL divergence (its logits are cached)")
+    parser.add_argument("--ppl", type=Path, metavar="TEXT",
+                        help="evaluation text (default: the bundled quick-evaluation text)")
+    parser.add_argument("--kld", action="store_true", help="KL divergence against --reference")
+    parser.add_argument("--hellaswag", type=Path, metavar="FILE", help="HellaSwag task file")
+    parser.add_argument("--winogrande", type=Path, metavar="FILE", help="Winogrande CSV")
+    parser.add_argument("--mc", type=Path, action="append", default=[], metavar="FILE",
+                        help="multiple-choice binary file (MMLU, ARC, TruthfulQA); repeatable")
+    parser.add_argument("--tasks", type=int, help="tasks per benchmark (default: 400 for "
+                                                  "HellaSwag and Winogrande, all for --mc)")
+    parser.add_argument("--bench", action="store_true", help="speed with llama-bench")
+    parser.add_argument("--bench-prompt", type=int, default=512, help="pp tokens (default 512)")
+    parser.add_argument("--bench-gen", type=int, default=128, help="tg tokens (default 128)")
+    parser.add_argument("--bench-reps", type=int, default=5, help="repetitions (default 5)")
+    parser.add_argument("--ctx", type=int, default=512,
+                        help="context for perplexity and KL divergence (default 512)")
+    parser.add_argument("--chunks", type=int, help="at most this many chunks of the text")
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", "--threads", type=int, default=0,
+                        help="CPU threads (default: the setting, else physical cores)")
+    parser.add_argument("--llama-cpp-dir", help="a llama.cpp build folder to look in first")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+# --- shared plumbing --------------------------------------------------------------------------
+
+
+def _threads(args: argparse.Namespace) -> int:
+    from apex_gui.core.settings import load_settings
+
+    return args.threads if args.threads > 0 else load_settings().effective_threads()
+
+
+def _tools(args: argparse.Namespace):  # -> LlamaTools
+    from apex_gui.core.settings import load_settings
+    from apex_gui.core.tools import LlamaTools
+
+    return LlamaTools(args.llama_cpp_dir or load_settings().llama_cpp_dir or None)
+
+
+def _calibration_text(args: argparse.Namespace) -> Path:
+    from apex_gui.core.calibration import combine_calibration
+
+    return combine_calibration(args.calibration or None)
+
+
+def _eval_text(args: argparse.Namespace) -> Path:
+    from apex_gui.core.calibration import quick_eval_text
+
+    return args.ppl if args.ppl is not None else quick_eval_text()
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds + 0.5)
+    if seconds >= 3600:
+        return f"ETA {seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"ETA {seconds // 60}m{seconds % 60:02d}s"
+
+
+class TerminalProgress:
+    """One redrawn status line on stderr when it is a terminal; plain step lines otherwise."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr  # looked up now: tests and callers swap sys.stderr
+        self.quiet = quiet
+        self.live = self.stream.isatty() and not quiet
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def step(self, key: str, job: ToolJob) -> None:
+        if not self.quiet:
+            self._clear()
+            print(f"> {key}: {job.title()}", file=self.stream, flush=True)
+
+    def update(self, key: str, progress: Progress, eta: float | None) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.1 and progress.fraction != 1.0:
+            return
+        self._last_draw = now
+        fraction = progress.fraction
+        if fraction is None:
+            bar, percent = "." * self.WIDTH, "   "
+        else:
+            filled = int(fraction * self.WIDTH)
+            bar, percent = "#" * filled + "-" * (self.WIDTH - filled), f"{fraction * 100:3.0f}%"
+        line = f"  [{bar}] {percent} {progress.detail}  {_format_eta(eta)}"
+        width = 120
+        self.stream.write("\r" + line[:width].ljust(width))
+        self.stream.flush()
+        self._drawn = True
+
+    def done(self, key: str, outcome: JobOutcome) -> None:
+        if self.quiet:
+            return
+        self._clear()
+        mark = {"succeeded": "ok", "failed": "FAILED", "cancelled": "cancelled",
+                "skipped": "skipped"}[outcome.status.value]
+        print(f"  {mark} ({outcome.duration:.1f} s): {outcome.message}", file=self.stream,
+              flush=True)
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r" + " " * 120 + "\r")
+            self.stream.flush()
+            self._drawn = False
+
+
+#: Result keys worth a column in the table, in order, with their headings.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("output_bytes", "size"), ("quant_bpw", "BPW"), ("ppl", "PPL"), ("kld_mean", "KLD mean"),
+    ("kld_max", "KLD max"), ("kld_p999", "KLD 99.9%"), ("kld_median", "KLD median"),
+    ("same_top_p", "same top p %"), ("hellaswag", "HellaSwag %"), ("winogrande", "Winogrande %"),
+    ("multiple_choice", "MC %"), ("calibration_ppl", "calib PPL"),
+)
+
+
+def _cell(key: str, value: Any) -> str:
+    from apex_gui.core.units import format_size
+
+    if value is None:
+        return ""
+    if key == "output_bytes":
+        return format_size(value)
+    if isinstance(value, float):
+        return f"{value:.6f}" if key.startswith("kld") else f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def result_table(outcomes: dict[str, JobOutcome]) -> str:
+    """A plain-text table: one row per step with its status and the results it has."""
+    rows = []
+    for key, outcome in outcomes.items():
+        results = dict(outcome.results)
+        for name, value in list(results.items()):  # speed: pp512, tg128 and the like
+            if name[:2] in ("pp", "tg") and name[2:3].isdigit() and "_" not in name:
+                results.setdefault(f"speed:{name}", value)
+        rows.append((key, outcome.status.value, results))
+    speed = sorted({k for _, _, r in rows for k in r if k.startswith("speed:")})
+    columns = [(k, h) for k, h in TABLE_COLUMNS if any(k in r for _, _, r in rows)]
+    columns += [(k, k.split(":", 1)[1] + " t/s") for k in speed]
+    header = ["step", "status", *[h for _, h in columns]]
+    body = [[key, status, *[_cell(k, r.get(k)) for k, _ in columns]] for key, status, r in rows]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _outcome_json(key: str, outcome: JobOutcome) -> dict[str, Any]:
+    output = outcome.job.output()
+    return {"step": key, "kind": outcome.job.kind, "status": outcome.status.value,
+            "message": outcome.message, "exit_code": outcome.exit_code,
+            "output": str(output) if output and outcome.succeeded else None,
+            "results": outcome.results, "seconds": round(outcome.duration, 3),
+            "run_id": outcome.run_id, "job": outcome.job.to_dict()}
+
+
+def execute(pipeline: Pipeline, args: argparse.Namespace,
+            notes: list[str] | None = None) -> int:
+    """Run ``pipeline`` with terminal progress, print the table (or JSON), return the exit code."""
+    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.runner import run_pipeline
+
+    terminal = TerminalProgress(quiet=False)
+    for note in notes or []:
+        print(note, file=sys.stderr)
+    outcomes = run_pipeline(pipeline, _tools(args), RunStore(), on_step=terminal.step,
+                            on_progress=terminal.update, on_done=terminal.done)
+    if args.json:
+        print(json.dumps([_outcome_json(k, o) for k, o in outcomes.items()], indent=2,
+                         default=str))
+    else:
+        print(result_table(outcomes))
+    return EXIT_OK if all(o.succeeded for o in outcomes.values()) else EXIT_FAILED
+
+
+# --- imatrix ----------------------------------------------------------------------------------
+
+
+def _imatrix_job(model: Path, args: argparse.Namespace, output: Path | None,
+                 threads: int) -> ImatrixJob:
+    from apex_gui.core.calibration import imatrix_cache_path
+
+    calibration = _calibration_text(args)
+    target = output or imatrix_cache_path(model, calibration, args.imatrix_ctx,
+                                          args.imatrix_chunks)
+    return ImatrixJob(model=model, calibration=calibration, output_path=target,
+                      context=args.imatrix_ctx, chunks=args.imatrix_chunks, threads=threads)
+
+
+def run_imatrix(args: argparse.Namespace) -> int:
+    job = _imatrix_job(Path(args.model), args, Path(args.output), _threads(args))
+    return execute(Pipeline.from_jobs([("imatrix", job)]), args)
+
+
+# --- quantize ---------------------------------------------------------------------------------
+
+
+def _auto_imatrix(model: Path, args: argparse.Namespace, threads: int,
+                  notes: list[str]) -> ImatrixJob | Path:
+    """The cached importance matrix for this model and calibration, or the job making it."""
+    job = _imatrix_job(model, args, None, threads)
+    if job.output_path.is_file():
+        notes.append(f"using the cached importance matrix {job.output_path}")
+        return job.output_path
+    return job
+
+
+def _plan_quantize_job(model: Path, profile_name: str, output: Path, imatrix: Path | None,
+                       threads: int) -> tuple[QuantizeJob, bool]:
+    """(job, whether the profile wants an imatrix)."""
+    from apex_gui.core.model import open_model
+    from apex_gui.core.plan import plan_from_profile
+    from apex_gui.core.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    plan = plan_from_profile(open_model(model), profile)
+    wants = profile.uses_imatrix or plan.needs_imatrix()
+    job = QuantizeJob.from_plan(plan, output, imatrix=imatrix if wants else None,
+                                threads=threads)
+    return job, wants
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    model, output, threads = Path(args.model), Path(args.output), _threads(args)
+    notes: list[str] = []
+    auto = args.imatrix == "auto"
+    given = Path(args.imatrix) if args.imatrix and not auto else None
+    imatrix_step: ImatrixJob | None = None
+    if args.profile:
+        job, wants = _plan_quantize_job(model, args.profile, output, given, threads)
+        if auto and wants:
+            found = _auto_imatrix(model, args, threads, notes)
+            imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
+            imatrix_step = found if isinstance(found, ImatrixJob) else None
+            job, _ = _plan_quantize_job(model, args.profile, output, imatrix_path, threads)
+        elif auto:
+            notes.append(f"profile {args.profile} needs no importance matrix; quantizing without")
+    else:
+        imatrix_path = given
+        if auto:
+            found = _auto_imatrix(model, args, threads, notes)
+            imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
+            imatrix_step = found if isinstance(found, ImatrixJob) else None
+        job = QuantizeJob(source=model, output_path=output, base_type=args.base_type.upper(),
+                          tensor_type_file=args.tensor_type_file, imatrix=imatrix_path,
+                          threads=threads)
+    steps: list[tuple[str, ToolJob]] = [("imatrix", imatrix_step)] if imatrix_step else []
+    steps.append(("quantize", job))
+    return execute(Pipeline.from_jobs(steps), args, notes)
+
+
+# --- eval -------------------------------------------------------------------------------------
+
+
+def _evaluation_options(args: argparse.Namespace, default_reference: Path | None,
+                        default_kld: bool) -> EvaluationOptions:
+    reference = args.reference or default_reference
+    kld = args.kld or (default_kld and reference is not None)
+    wants_text = kld or args.ppl is not None or not (
+        args.hellaswag or args.winogrande or args.mc or args.bench)
+    if args.kld and reference is None:
+        raise ValueError("--kld needs the full-precision model: give it with --reference F16.gguf")
+    text = _eval_text(args) if wants_text else None
+    return EvaluationOptions(
+        reference=reference, text=text, context=args.ctx, chunks=args.chunks,
+        kl_divergence=kld, perplexity=wants_text and not kld, hellaswag=args.hellaswag,
+        winogrande=args.winogrande, multiple_choice=tuple(args.mc), tasks=args.tasks,
+        bench=args.bench, bench_prompt=args.bench_prompt, bench_gen=args.bench_gen,
+        bench_repetitions=args.bench_reps)
+
+
+def _reference_step(options: EvaluationOptions, threads: int) -> list[tuple[str, ToolJob]]:
+    if not (options.kl_divergence and options.reference and options.text):
+        return []
+    job = ReferenceLogitsJob.cached(options.reference, options.text, options.context,
+                                    options.chunks, threads)
+    return [] if job.output_path.is_file() else [("reference", job)]
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    model, threads = Path(args.model), _threads(args)
+    options = _evaluation_options(args, None, default_kld=True)
+    steps = _reference_step(options, threads)
+    steps += evaluation_jobs(model, options, threads, prefix=model.stem)
+    return execute(Pipeline.from_jobs(steps), args)
+
+
+# --- pipeline ---------------------------------------------------------------------------------
+
+
+def _output_name(model: Path, profile_key: str) -> str:
+    stem = model.stem
+    for suffix in ("-f16", "-F16", "-bf16", "-BF16", "-f32", "-F32", ".f16", ".bf16"):
+        stem = stem.removesuffix(suffix)
+    return f"{stem}-APEX-{profile_key}.gguf"
+
+
+def run_pipeline_command(args: argparse.Namespace) -> int:
+    model, threads = Path(args.model), _threads(args)
+    keys = [k.strip() for k in args.profiles.split(",") if k.strip()]
+    if not keys:
+        raise ValueError("--profiles needs at least one profile key, e.g. quality,i-quality")
+    folder = args.output_dir or model.parent
+    notes: list[str] = []
+    imatrix_job: ImatrixJob | None = None
+    imatrix_path: Path | None = None
+    jobs: list[QuantizeJob] = []
+    for key in keys:
+        output = folder / _output_name(model, key)
+        job, wants = _plan_quantize_job(model, key, output, None, threads)
+        if wants and imatrix_path is None:
+            if args.imatrix == "auto":
+                found = _auto_imatrix(model, args, threads, notes)
+                imatrix_job = found if isinstance(found, ImatrixJob) else None
+                imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
+            else:
+                imatrix_path = Path(args.imatrix)
+        if wants:
+            job, _ = _plan_quantize_job(model, key, output, imatrix_path, threads)
+        jobs.append(job)
+    options = None
+    evaluate = args.eval or args.kld or args.ppl or args.hellaswag or args.winogrande \
+        or args.mc or args.bench
+    if evaluate:
+        options = _evaluation_options(args, model, default_kld=True)
+    pipeline = build_pipeline(jobs, imatrix_job, options, threads)
+    return execute(pipeline, args, notes)

@@ -1,0 +1,171 @@
+"""Run history in SQLite (``data_dir()/runs.sqlite``): every job, its log and its results.
+
+Results survive a restart and can be compared later (the window's comparison table, a CLI
+``--json`` dump). Each call opens its own short-lived connection, so the store can be used
+from the GUI thread and from a worker without sharing a connection across threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .settings import data_dir
+
+SCHEMA_VERSION = 1
+#: Logs above this size keep their head and tail: a 700-tensor quantize log is ~150 KB,
+#: a runaway tool could print far more.
+MAX_LOG_CHARS = 4_000_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    argv TEXT NOT NULL DEFAULT '[]',
+    output TEXT,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    log TEXT NOT NULL DEFAULT '',
+    results TEXT NOT NULL DEFAULT '{}',
+    pipeline TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_output ON runs(output);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One recorded run."""
+
+    id: int
+    kind: str
+    title: str
+    spec: dict[str, Any]
+    argv: list[str]
+    output: str | None
+    started: float
+    ended: float | None
+    status: str
+    exit_code: int | None
+    message: str
+    log: str
+    results: dict[str, Any]
+    pipeline: str | None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended is None else self.ended - self.started
+
+
+def default_store_path() -> Path:
+    return data_dir() / "runs.sqlite"
+
+
+def _clip_log(log: str) -> str:
+    if len(log) <= MAX_LOG_CHARS:
+        return log
+    half = MAX_LOG_CHARS // 2
+    return log[:half] + f"\n[... {len(log) - 2 * half} characters left out ...]\n" + log[-half:]
+
+
+class RunStore:
+    """The run history database."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=10)
+        try:
+            with db:  # commits, or rolls back on error
+                yield db
+        finally:
+            db.close()
+
+    def start(self, kind: str, title: str, spec: dict[str, Any], argv: list[str],
+              output: str | None, pipeline: str | None = None) -> int:
+        """Record a run as started; returns its id."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, title, spec, argv, output, started, status, pipeline) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                (kind, title, json.dumps(spec), json.dumps(argv), output, time.time(), pipeline))
+            return int(cursor.lastrowid or 0)
+
+    def finish(self, run_id: int, status: str, exit_code: int | None, message: str, log: str,
+               results: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET ended = ?, status = ?, exit_code = ?, message = ?, log = ?, "
+                "results = ? WHERE id = ?",
+                (time.time(), status, exit_code, message, _clip_log(log),
+                 json.dumps(results, default=str), run_id))
+
+    def get(self, run_id: int) -> RunRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _record(row) if row else None
+
+    def runs(self, kind: str | None = None, status: str | None = None,
+             limit: int = 100) -> list[RunRecord]:
+        """Most recent first."""
+        query, args = "SELECT * FROM runs", []
+        clauses = []
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind)
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._connect() as db:
+            return [_record(row) for row in db.execute(query, args)]
+
+    def results_for(self, model: str | os.PathLike[str]) -> dict[str, Any]:
+        """Every successful result about ``model`` merged, newest winning (for a comparison)."""
+        target = str(Path(model))
+        merged: dict[str, Any] = {}
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE status = 'succeeded' ORDER BY id ASC")
+            for row in rows:
+                record = _record(row)
+                about = record.spec.get("model") or record.spec.get("output_path")
+                if about == target:
+                    merged.update(record.results)
+        return merged
+
+    def mark_interrupted(self) -> int:
+        """Runs left 'running' by a crash or a kill of the app itself; returns how many."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE runs SET status = 'interrupted', message = 'APEX Studio stopped before "
+                "this run ended' WHERE status = 'running'")
+            return cursor.rowcount
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    (run_id, kind, title, spec, argv, output, started, ended, status, exit_code, message,
+     log, results, pipeline) = row
+    return RunRecord(run_id, kind, title, json.loads(spec), json.loads(argv), output, started,
+                     ended, status, exit_code, message, log, json.loads(results), pipeline)

@@ -1,0 +1,389 @@
+"""Run jobs headless: subprocess, merged output read as it comes, temp output and rename.
+
+The pieces that do not depend on how the process is started (:func:`prepare_run`,
+:class:`JobMonitor`, :func:`conclude_run`) are shared with the Qt queue in
+:mod:`apex_gui.jobs`, so a job is checked, parsed, judged, cleaned up and recorded the same
+way in the window and on the command line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .jobs import JobError, Pipeline, Progress, ToolJob
+from .parsers import LineSplitter
+from .run_store import RunStore
+from .tools import LlamaTools, ToolNotFoundError
+
+#: Seconds between terminate() and kill() when a job is cancelled.
+TERMINATE_TIMEOUT_S = 5.0
+#: Progress callbacks at most this often (the output can be thousands of lines a second).
+PROGRESS_INTERVAL_S = 0.1
+#: Runs of a job whose result lines llama.cpp's logger dropped at exit (about one run in five
+#: on tiny models, rarer on big ones): four attempts leave well under 1% unlucky.
+MAX_ATTEMPTS = 4
+
+
+class JobStatus(str, Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a pipeline step whose dependency failed
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended, with everything worth showing or storing."""
+
+    job: ToolJob
+    status: JobStatus
+    message: str
+    exit_code: int | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+    run_id: int | None = None
+    output_lost: bool = False  # worth running again (see Verdict.output_lost)
+    attempts: int = 1
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+
+class JobMonitor:
+    """Per-run bookkeeping: decoded log, lines, progress, ETA. Knows nothing of processes."""
+
+    def __init__(self, job: ToolJob, clock: Callable[[], float] = time.monotonic) -> None:
+        self.job = job
+        self._clock = clock
+        self.started = clock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._splitter = LineSplitter()
+        self._chunks: list[str] = []
+        self.reader = job.new_progress()
+
+    @property
+    def progress(self) -> Progress:
+        return self.reader.progress
+
+    def feed_bytes(self, data: bytes) -> tuple[str, bool]:
+        """Decode a chunk of raw output (a UTF-8 sequence may be split across chunks)."""
+        text = self._decoder.decode(data)
+        return text, self.feed_text(text)
+
+    def feed_text(self, text: str) -> bool:
+        """Add decoded output; True when the progress changed."""
+        if not text:
+            return False
+        self._chunks.append(text)
+        changed = False
+        for line in self._splitter.feed(text):
+            changed |= self.reader.feed_line(line)
+        if self._splitter.pending:
+            changed |= self.reader.peek(self._splitter.pending)
+        return changed
+
+    def finish(self) -> None:
+        """End of output: flush the decoder and the last unterminated line."""
+        tail = self._decoder.decode(b"", final=True)
+        if tail:
+            self._chunks.append(tail)
+            self._splitter.feed(tail)
+        for line in self._splitter.flush():
+            self.reader.feed_line(line)
+
+    @property
+    def log(self) -> str:
+        if len(self._chunks) > 1:
+            self._chunks = ["".join(self._chunks)]
+        return self._chunks[0] if self._chunks else ""
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def eta_seconds(self) -> float | None:
+        """Remaining seconds at the rate so far; None until there is a rate to go by."""
+        fraction = self.progress.fraction
+        elapsed = self.elapsed()
+        if not fraction or fraction <= 0.0 or elapsed <= 0.0:
+            return None
+        return elapsed * (1.0 - fraction) / fraction
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A checked job, ready to start."""
+
+    job: ToolJob
+    argv: list[str]
+    env: dict[str, str]
+    run_id: int | None
+    started: float
+
+
+def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
+                produced: Iterable[Path] = (), pipeline: str | None = None) -> PreparedRun:
+    """Check the job, find its tool, clear a stale partial file, record the run as started.
+
+    Raises :class:`JobError` or :class:`ToolNotFoundError` with a message naming the fix.
+    """
+    job.check(produced)
+    argv = job.argv(tools)
+    partial = job.partial_output()
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.unlink(missing_ok=True)  # left by a run of an older, crashed app
+    run_id = None
+    if store is not None:
+        output = job.output()
+        run_id = store.start(job.kind, job.title(), job.to_dict(), argv,
+                             str(output) if output else None, pipeline)
+    return PreparedRun(job, argv, job.env(), run_id, time.time())
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _killed_message(tool: str, signal_number: int | None) -> str:
+    name = f"{_signal_name(signal_number)} ({signal_number})" if signal_number else "a signal"
+    if signal_number in (getattr(signal, "SIGSEGV", None), getattr(signal, "SIGABRT", None),
+                         getattr(signal, "SIGBUS", None), getattr(signal, "SIGILL", None)):
+        return (f"{tool} crashed ({name}); the log above shows how far it got. Check that the "
+                "model is complete (re-download it) and that this llama.cpp build supports its "
+                "architecture (`apex-studio tools`); no output was kept")
+    return (f"{tool} was stopped from outside by {name} before it finished. If you did not "
+            "stop it, the system probably ran out of memory (the out-of-memory killer sends "
+            "SIGKILL): close other programs, use fewer threads, or run on a machine with more "
+            "RAM; no output was kept")
+
+
+def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | None, *,
+                 signal_number: int | None = None, crashed: bool = False,
+                 cancelled: bool = False, store: RunStore | None = None,
+                 start_error: str | None = None) -> JobOutcome:
+    """Judge a finished process; keep its output (rename) or delete the partial file; record.
+
+    ``signal_number``/``crashed``: the process died from a signal (number known or not).
+    """
+    job = prepared.job
+    monitor.finish()
+    log = monitor.log
+    tool = Path(prepared.argv[0]).name if prepared.argv else job.tool
+    results: dict[str, Any] = {}
+    output_lost = False
+    if start_error is not None:
+        status, message = JobStatus.FAILED, f"{tool} could not be started: {start_error}"
+    elif cancelled:
+        status, message = JobStatus.CANCELLED, "cancelled; no output was kept"
+    elif signal_number is not None or crashed:
+        status, message = JobStatus.FAILED, _killed_message(tool, signal_number)
+    else:
+        verdict = job.verdict(exit_code if exit_code is not None else -1, log)
+        status = JobStatus.SUCCEEDED if verdict.succeeded else JobStatus.FAILED
+        message, results = verdict.message, dict(verdict.results)
+        output_lost = verdict.output_lost
+    output, partial = job.output(), job.partial_output()
+    if status is JobStatus.SUCCEEDED and output is not None and partial is not None:
+        if partial.is_file():
+            os.replace(partial, output)
+            results.setdefault("output_bytes", output.stat().st_size)
+        else:
+            status = JobStatus.FAILED
+            message = (f"{tool} reported success but wrote no {partial.name}; the disk may be "
+                       "full or the folder not writable")
+    if status is not JobStatus.SUCCEEDED and partial is not None:
+        partial.unlink(missing_ok=True)
+    ended = time.time()
+    if store is not None and prepared.run_id is not None:
+        store.finish(prepared.run_id, status.value, exit_code, message, log, results)
+    return JobOutcome(job, status, message, exit_code, results, log, prepared.started, ended,
+                      prepared.run_id, output_lost)
+
+
+def failed_before_start(job: ToolJob, message: str, store: RunStore | None = None,
+                        status: JobStatus = JobStatus.FAILED,
+                        pipeline: str | None = None) -> JobOutcome:
+    """An outcome for a job that never started (check failed, tool missing, dependency failed)."""
+    now = time.time()
+    run_id = None
+    if store is not None:
+        output = job.output()
+        run_id = store.start(job.kind, job.title(), job.to_dict(), [],
+                             str(output) if output else None, pipeline)
+        store.finish(run_id, status.value, None, message, "", {})
+    return JobOutcome(job, status, message, None, {}, "", now, now, run_id)
+
+
+ProgressCallback = Callable[[Progress, float | None], None]
+OutputCallback = Callable[[str], None]
+
+
+def _pump(stream: Any, chunks: queue.Queue[bytes | None]) -> None:
+    """Reader thread: raw chunks as they come (not lines: chunk values have no newline)."""
+    try:
+        fd = stream.fileno()
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            chunks.put(data)
+    finally:
+        chunks.put(None)
+
+
+def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | None = None, *,
+            on_progress: ProgressCallback | None = None, on_output: OutputCallback | None = None,
+            cancel: threading.Event | None = None, produced: Iterable[Path] = (),
+            pipeline: str | None = None, terminate_timeout: float = TERMINATE_TIMEOUT_S,
+            max_attempts: int = MAX_ATTEMPTS) -> JobOutcome:
+    """Run one job to the end and return its outcome; never raises for a failed job.
+
+    ``cancel``: set it (from another thread) to stop the job politely: terminate, then kill
+    after ``terminate_timeout``. A KeyboardInterrupt does the same and is re-raised. A run
+    whose result lines were lost is repeated, up to ``max_attempts`` runs in all.
+    """
+    tools = tools or LlamaTools()
+    produced = list(produced)
+    attempt = 1
+    while True:
+        outcome = _run_once(job, tools, store, on_progress, on_output, cancel, produced,
+                            pipeline, terminate_timeout)
+        if not outcome.output_lost or attempt >= max_attempts:
+            return replace(outcome, attempts=attempt)
+        attempt += 1
+        if on_output is not None:
+            on_output(f"\n[APEX Studio] the tool's result lines were lost at exit; running it "
+                      f"again (attempt {attempt} of {max_attempts})\n")
+
+
+def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
+              on_progress: ProgressCallback | None, on_output: OutputCallback | None,
+              cancel: threading.Event | None, produced: list[Path], pipeline: str | None,
+              terminate_timeout: float) -> JobOutcome:
+    try:
+        prepared = prepare_run(job, tools, store, produced, pipeline)
+    except (JobError, ToolNotFoundError) as error:
+        return failed_before_start(job, str(error), store, pipeline=pipeline)
+    monitor = JobMonitor(job)
+    try:
+        process = subprocess.Popen(prepared.argv, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=prepared.env, bufsize=0)
+    except OSError as error:
+        return conclude_run(prepared, monitor, None, store=store, start_error=str(error))
+    chunks: queue.Queue[bytes | None] = queue.Queue()
+    reader = threading.Thread(target=_pump, args=(process.stdout, chunks),
+                              name=f"apex-job-output-{process.pid}")
+    reader.start()
+    cancelled = False
+    interrupted: BaseException | None = None
+    last_report = 0.0
+    try:
+        while True:
+            if cancel is not None and cancel.is_set() and not cancelled:
+                cancelled = True
+                _stop(process, terminate_timeout)
+            try:
+                data = chunks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if data is None:
+                break
+            text, changed = monitor.feed_bytes(data)
+            if on_output is not None and text:
+                on_output(text)
+            now = time.monotonic()
+            if changed and on_progress is not None and now - last_report >= PROGRESS_INTERVAL_S:
+                last_report = now
+                on_progress(monitor.progress, monitor.eta_seconds())
+    except BaseException as error:  # KeyboardInterrupt: stop the child, clean up, re-raise
+        interrupted, cancelled = error, True
+        _stop(process, terminate_timeout)
+        while chunks.get() is not None:  # drain so the reader thread ends
+            pass
+    finally:
+        exit_code = process.wait()
+        reader.join()
+        process.stdout.close()  # type: ignore[union-attr]
+    if on_progress is not None and not cancelled:
+        on_progress(monitor.progress, monitor.eta_seconds())
+    signal_number = -exit_code if exit_code < 0 and not cancelled else None
+    outcome = conclude_run(prepared, monitor, exit_code, signal_number=signal_number,
+                           cancelled=cancelled, store=store)
+    if interrupted is not None:
+        raise interrupted
+    return outcome
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Terminate politely, kill if it does not exit within ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+StepCallback = Callable[[str, ToolJob], None]
+StepDoneCallback = Callable[[str, JobOutcome], None]
+StepProgressCallback = Callable[[str, Progress, float | None], None]
+
+
+def run_pipeline(pipeline: Pipeline, tools: LlamaTools | None = None,
+                 store: RunStore | None = None, *, on_step: StepCallback | None = None,
+                 on_progress: StepProgressCallback | None = None,
+                 on_done: StepDoneCallback | None = None,
+                 cancel: threading.Event | None = None) -> dict[str, JobOutcome]:
+    """Run every step in order; a step whose dependency did not succeed is skipped with the
+    reason. Problems known before anything runs (a too-short text, a missing imatrix) fail
+    their step at once, so an hour of quantizing is not spent before a doomed evaluation."""
+    tools = tools or LlamaTools()
+    pipeline_id = uuid.uuid4().hex[:12]
+    early = dict(pipeline.check())
+    outcomes: dict[str, JobOutcome] = {}
+    for step in pipeline.steps:
+        blocked = [k for k in step.after if not outcomes[k].succeeded]
+        if cancel is not None and cancel.is_set():
+            outcome = failed_before_start(step.job, "not run: the pipeline was cancelled",
+                                          store, JobStatus.CANCELLED, pipeline_id)
+        elif blocked:
+            first = outcomes[blocked[0]]
+            outcome = failed_before_start(
+                step.job, f"not run: step {blocked[0]!r} {first.status.value} ({first.message})",
+                store, JobStatus.SKIPPED, pipeline_id)
+        elif step.key in early:
+            outcome = failed_before_start(step.job, early[step.key], store, pipeline=pipeline_id)
+        else:
+            if on_step is not None:
+                on_step(step.key, step.job)
+            report = (lambda p, eta, key=step.key: on_progress(key, p, eta)) if on_progress else None
+            outcome = run_job(step.job, tools, store, on_progress=report, cancel=cancel,
+                              produced=pipeline.produced_before(step.key), pipeline=pipeline_id)
+        outcomes[step.key] = outcome
+        if on_done is not None:
+            on_done(step.key, outcome)
+    return outcomes
