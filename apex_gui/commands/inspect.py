@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from typing import Any
 
 from apex_gui.core.model import FileKind, ModelInfo, open_model, type_histogram
@@ -74,9 +76,14 @@ def summary_dict(model: ModelInfo) -> dict[str, Any]:
 def layer_rows(model: ModelInfo) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-layer table: one row per block, one column per kind."""
     kinds = model.kinds
+    # One pass over the tensors: asking tensors_in_layer per layer costs layers x tensors.
+    types_by_layer: dict[int, dict[str, str]] = {}
+    for tensor in model.tensors:
+        if tensor.layer is not None and tensor.is_weight:
+            types_by_layer.setdefault(tensor.layer, {})[tensor.kind] = tensor.type_name
     rows = []
     for layer in model.layers:
-        by_kind = {t.kind: t.type_name for t in model.tensors_in_layer(layer.index) if t.is_weight}
+        by_kind = types_by_layer.get(layer.index, {})
         label = layer.label
         rows.append([label, layer.mixer.value.split(" ")[0]] + [by_kind.get(k, "-") for k in kinds])
     return ["layer", "mixer"] + [kind_label(k) for k in kinds], rows
@@ -84,6 +91,15 @@ def layer_rows(model: ModelInfo) -> tuple[list[str], list[list[str]]]:
 
 def run(args: argparse.Namespace) -> int:
     model = open_model(args.model)
+    try:
+        return _print_model(model, args)
+    except BrokenPipeError:
+        # `apex-studio inspect big.gguf | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _print_model(model: ModelInfo, args: argparse.Namespace) -> int:
     if args.json:
         data = summary_dict(model)
         if model.file_kind is FileKind.MODEL:

@@ -336,8 +336,9 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
         raise GGUFError(path, f"absurd metadata count {n_kv}")
     # A key-value pair takes at least 8+4+1 bytes, a tensor info 8+4+8+4+8.
     if n_kv * 13 + n_tensors * 32 > file_size - cursor.pos:
-        raise GGUFError(path, f"{n_kv} metadata entries and {n_tensors} tensors do not fit "
-                              f"in the file ({file_size} bytes): the header is corrupt")
+        raise GGUFError(path, f"{n_kv} metadata entries and {n_tensors} tensors cannot fit "
+                              f"in {file_size} bytes: the file is truncated or its header "
+                              "is corrupt")
 
     metadata: dict[str, Any] = {}
     for index in range(n_kv):
@@ -350,12 +351,13 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
     metadata_end = cursor.pos
     # Each tensor info takes at least 8+4+8+4+8 bytes: a count the file cannot hold is corrupt.
     if n_tensors * 32 > file_size - cursor.pos:
-        raise GGUFError(path, f"tensor count {n_tensors} does not fit in the file")
+        raise GGUFError(path, f"{n_tensors} tensors cannot fit in the rest of the file: the "
+                              "file is truncated or its header is corrupt")
     raw: list[tuple[str, tuple[int, ...], int, int]] = []
     seen: set[str] = set()
     for index in range(n_tensors):
         name = cursor.string(f"tensor #{index} name", MAX_NAME_BYTES)
-        shown = printable(name)
+        shown = printable(name) or f"#{index} (no name)"
         if name in seen:
             raise GGUFError(path, f"duplicate tensor name {shown}")
         seen.add(name)
@@ -378,8 +380,8 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
     data_offset = -(-cursor.pos // alignment) * alignment
 
     tensors: list[TensorEntry] = []
-    for name, shape, type_id, offset in raw:
-        shown = printable(name)
+    for index, (name, shape, type_id, offset) in enumerate(raw):
+        shown = printable(name) or f"#{index} (no name)"
         try:
             kind = type_by_id(type_id)
         except UnknownTypeError:

@@ -14,11 +14,27 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .gguf_reader import GGUFError, GGUFHeader, LazyArray, read_header
+from .gguf_reader import GGUFError, GGUFHeader, LazyArray, printable, read_header, read_lazy_array
 from .quant_types import FILE_TYPE_NAMES, IMATRIX_REQUIRED, ggml_type
 from .roles import TensorRole, classify_kind, kind_sort_key, split_name
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+#: Far above any real model (llama.cpp's own limit is 512 blocks); a larger block count or
+#: layer index is corruption, and would otherwise cost a LayerInfo per bogus layer.
+MAX_LAYERS = 4096
+
+# Integer hyper-parameters the model layer reads; checked once at open so that a corrupt
+# value fails there with the file's name instead of deep inside a property.
+_COUNT_HPARAMS = (
+    "block_count", "nextn_predict_layers", "expert_count", "expert_used_count",
+    "expert_shared_count", "leading_dense_block_count", "context_length", "embedding_length",
+    "vocab_size", "attention.key_length", "attention.value_length", "attention.q_lora_rank",
+    "attention.kv_lora_rank", "attention.sliding_window",
+)
+_PER_LAYER_HPARAMS = ("attention.head_count", "attention.head_count_kv",
+                      "attention.sliding_window_pattern")
+_MAX_COUNT = 1 << 40
 
 
 class FileKind(Enum):
@@ -236,13 +252,18 @@ class ModelInfo:
         value = self.hparam(key, default)
         if isinstance(value, LazyArray):
             value = self._header_array(key)
+        full_key = f"{self.architecture}.{key}"
         if isinstance(value, list):
-            values = [int(v) for v in value]
+            values = [_as_count(self.path, full_key, v) for v in value]
             return (values + [values[-1] if values else default] * self.block_count)[: self.block_count]
-        return [int(value or 0)] * self.block_count
+        return [_as_count(self.path, full_key, value or 0)] * self.block_count
 
     def _header_array(self, key: str) -> list[Any]:
-        return read_header(self.path).array(f"{self.architecture}.{key}")
+        full_key = f"{self.architecture}.{key}"
+        value = self.metadata.get(full_key)
+        if isinstance(value, LazyArray):
+            return read_lazy_array(value.path or self.path, value, full_key)
+        return value if isinstance(value, list) else []
 
     @property
     def n_head(self) -> int:
@@ -292,6 +313,10 @@ def shard_paths(path: str | os.PathLike[str]) -> list[Path]:
     if not match:
         return [file_path]
     count = int(match.group("count"))
+    number = int(match.group("no"))
+    if count < 1 or not 1 <= number <= count:
+        raise GGUFError(file_path, f"the name says shard {number} of {count}, which cannot be; "
+                                   "rename the shards as NAME-0000i-of-0000N.gguf")
     stem = match.group("stem")
     shards = [file_path.with_name(f"{stem}-{index:05d}-of-{count:05d}.gguf")
               for index in range(1, count + 1)]
@@ -326,22 +351,69 @@ def _file_kind(metadata: dict[str, Any]) -> FileKind:
     return FileKind.MODEL
 
 
+def _as_count(path: Path, key: str, value: Any) -> int:
+    """``value`` as a non-negative integer, or a :class:`GGUFError` naming the key."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT:
+        return value
+    if isinstance(value, bool):  # a per-layer on/off flag (sliding_window_pattern)
+        return int(value)
+    raise GGUFError(path, f"metadata {printable(key)} = {printable(repr(value), 48)} is not a "
+                          "valid count; the file is corrupt or was written by a broken tool")
+
+
+def _check_hparams(path: Path, metadata: dict[str, Any], arch: str) -> None:
+    """Fail at open on integer hyper-parameters that a corrupt file got wrong."""
+    for key in _COUNT_HPARAMS:
+        full_key = f"{arch}.{key}"
+        if full_key in metadata:
+            _as_count(path, full_key, metadata[full_key])
+    for key in _PER_LAYER_HPARAMS:
+        full_key = f"{arch}.{key}"
+        value = metadata.get(full_key)
+        if isinstance(value, list):
+            for item in value:
+                _as_count(path, full_key, item)
+        elif isinstance(value, LazyArray):
+            if value.item_type not in range(0, 6) and value.item_type not in (7, 10, 11):
+                _as_count(path, full_key, value)  # not an integer array: raises
+            if value.count > MAX_LAYERS:
+                raise GGUFError(path, f"metadata {full_key} has {value.count} entries, more "
+                                      f"than any model has layers ({MAX_LAYERS})")
+        elif value is not None:
+            _as_count(path, full_key, value)
+    blocks = metadata.get(f"{arch}.block_count", 0)
+    if blocks > MAX_LAYERS:
+        raise GGUFError(path, f"metadata {arch}.block_count = {blocks} is absurd (more than "
+                              f"{MAX_LAYERS}); the file is corrupt")
+    mtp = metadata.get(f"{arch}.nextn_predict_layers", 0)
+    if mtp > blocks:
+        raise GGUFError(path, f"metadata {arch}.nextn_predict_layers = {mtp} exceeds "
+                              f"{arch}.block_count = {blocks}; the file is corrupt")
+
+
 def _build_model(paths: tuple[Path, ...], headers: list[GGUFHeader],
                  metadata: dict[str, Any]) -> ModelInfo:
     kind = _file_kind(metadata)
-    arch = str(metadata.get("general.architecture", "unknown" if kind is not FileKind.IMATRIX
-                            else "imatrix"))
+    declared_arch = metadata.get("general.architecture")
+    if isinstance(declared_arch, str):
+        arch = declared_arch
+    else:
+        arch = "imatrix" if kind is FileKind.IMATRIX else "unknown"
+    _check_hparams(paths[0], metadata, arch)
     tensors: list[TensorInfo] = []
     for shard_index, header in enumerate(headers):
         for entry in header.tensors:
             layer, tensor_kind, _ = split_name(entry.name)
+            if layer is not None and layer >= MAX_LAYERS:
+                raise GGUFError(header.path, f"tensor {printable(entry.name)} has layer index "
+                                             f"{layer}, more than any model has layers")
             role = classify_kind(tensor_kind, layer is not None)
             tensors.append(TensorInfo(entry.name, layer, tensor_kind, role, entry.shape,
                                       entry.type_name, entry.nbytes, shard_index))
     vocab = metadata.get("tokenizer.ggml.tokens")
     vocab_size = len(vocab) if isinstance(vocab, (list, LazyArray)) else int(
         metadata.get(f"{arch}.vocab_size", 0) or 0)
-    imatrix = _imatrix_info(metadata, tensors) if kind is FileKind.IMATRIX else None
+    imatrix = _imatrix_info(paths[0], metadata, tensors) if kind is FileKind.IMATRIX else None
     model = ModelInfo(
         paths=paths, file_kind=kind, architecture=arch,
         name=str(metadata.get("general.name", paths[0].stem)), metadata=metadata,
@@ -365,10 +437,13 @@ def _merged_header_bytes(headers: list[GGUFHeader]) -> int:
     return first.metadata_end - split_keys + tables
 
 
-def _imatrix_info(metadata: dict[str, Any], tensors: list[TensorInfo]) -> ImatrixInfo:
+def _imatrix_info(path: Path, metadata: dict[str, Any],
+                  tensors: list[TensorInfo]) -> ImatrixInfo:
     datasets = metadata.get("imatrix.datasets", [])
     if isinstance(datasets, str):
         datasets = [datasets]
+    elif isinstance(datasets, LazyArray):
+        datasets = read_lazy_array(datasets.path or path, datasets, "imatrix.datasets")
     covered = sorted({t.name[: -len(".in_sum2")] for t in tensors if t.name.endswith(".in_sum2")})
     chunk_count = metadata.get("imatrix.chunk_count")
     chunk_size = metadata.get("imatrix.chunk_size")

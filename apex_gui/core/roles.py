@@ -26,7 +26,8 @@ class TensorRole(Enum):
     OTHER = "other"
 
 
-_LAYER_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
+# At most 9 digits: int() refuses very long digit strings, and no model has 10^9 blocks.
+_LAYER_NAME = re.compile(r"^blk\.(\d{1,9})\.(.+)$", re.DOTALL)
 _SUFFIXES = (".weight", ".bias", ".scale")
 
 _ROUTED = re.compile(r"^ffn_(gate|up|down|gate_up)_(ch)?exps$")
