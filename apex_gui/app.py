@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from apex_gui import __version__
 
-SCREENSHOT_VIEWS = ("main-demo", "main-twin", "inspect-quantized", "diff", "settings",
+SCREENSHOT_VIEWS = ("main-demo", "main-twin", "inspect-quantized", "diff", "hardware", "run",
+                    "results", "settings",
                     "hf-download", "main-dark", "scale200")
 
 
@@ -75,7 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in written:
             print(path)
         return 0
+    from apex_gui.views.panels import install_panels
+
     window = MainWindow(settings)
+    install_panels(window)
     window.show()
     if args.model:
         window.open_model_file(Path(args.model))
@@ -106,8 +111,58 @@ def _settle(ms: int = 150) -> None:
     loop.exec()
 
 
+def record_demo_runs(work_dir: Path) -> None:
+    """Quantize the demo model with a few profiles and measure them, for the Results view.
+
+    Real llama.cpp runs (a few seconds on the small demo model) recorded in the run store of
+    the current data dir, which screenshot mode points at a temporary folder.
+    """
+    from apex_gui.core.calibration import quick_eval_text
+    from apex_gui.core.jobs import EvaluationOptions, QuantizeJob, build_pipeline
+    from apex_gui.core.model import open_model
+    from apex_gui.core.plan import plan_from_profile
+    from apex_gui.core.profiles import get_profile
+    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.runner import run_pipeline
+    from apex_gui.core.settings import cache_dir
+    from apex_gui.core.synthetic import demo_model_path
+
+    demo = demo_model_path(cache_dir())
+    model = open_model(demo)
+    jobs = [QuantizeJob.from_plan(plan_from_profile(model, get_profile(key)),
+                                  work_dir / f"apex-demo-APEX-{get_profile(key).label}.gguf")
+            for key in ("quality", "balanced", "compact")]
+    options = EvaluationOptions(reference=demo, text=quick_eval_text(), context=256, chunks=6,
+                                kl_divergence=True)
+    store = RunStore()
+    try:
+        run_pipeline(build_pipeline(jobs, evaluation=options), store=store)
+    finally:
+        store.close()
+
+
 def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
-    """Render the main views to ``out_dir``; the 200% view comes from a child process."""
+    """Render the main views to ``out_dir``; the 200% view comes from a child process.
+
+    The run history shown is made for the occasion (real quantize and KL divergence runs on
+    the demo model) in a temporary data folder: the user's own history is never touched.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="apex-shots-data-"))
+    previous = os.environ.get("APEX_STUDIO_DATA_DIR")
+    os.environ["APEX_STUDIO_DATA_DIR"] = str(scratch / "data")
+    try:
+        if {"results", "run"} & set(only or SCREENSHOT_VIEWS):
+            record_demo_runs(scratch)
+        return _take_screenshots(out_dir, only)
+    finally:
+        if previous is None:
+            os.environ.pop("APEX_STUDIO_DATA_DIR", None)
+        else:
+            os.environ["APEX_STUDIO_DATA_DIR"] = previous
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
     from PySide6.QtWidgets import QApplication
 
     from apex_gui.core.model import open_model
@@ -133,7 +188,10 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
         widget.grab().save(str(path))
         written.append(path)
 
+    from apex_gui.views.panels import install_panels
+
     window = MainWindow(probe_hardware=True)
+    panels = install_panels(window)
     window.resize(1500, 940)
     window.show()
     window.open_demo()
@@ -171,6 +229,14 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
             shoot("inspect-quantized", window)
         window.open_demo()
         _wait(window.modelLoadFinished)
+
+    for name, panel in (("hardware", panels.hardware), ("run", panels.run),
+                        ("results", panels.results)):
+        if name in wanted:
+            window.center_tabs.setCurrentWidget(panel)
+            _settle(600)
+            shoot(name, window)
+    window.center_tabs.setCurrentIndex(0)
 
     if "settings" in wanted:
         dialog = window.show_settings()

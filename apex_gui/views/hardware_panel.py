@@ -1,0 +1,567 @@
+"""Hardware and tiers: what this machine (or another) has, and which APEX tier fits it how.
+
+The panel shows each GPU's memory as a bar, lets the user plan for other devices (typed, or
+picked from the common cards), sets the context length and KV cache type, and lists every
+profile with its exact size and the memory check's verdict from
+:mod:`apex_gui.core.recommend`: full GPU, experts on CPU (``--n-cpu-moe N``), partial
+(``-ngl N``), CPU only or no fit, with headroom and the largest context that still fits.
+The recommended tier is highlighted; one click applies it to the heatmap.
+
+Signals:
+
+* ``applyProfileRequested(str)``: a profile key ("i-quality"), or "stored" for an already
+  quantized file's own types; the main window connects it to its profile switch
+  (``MainWindow.switch_profile``).
+* ``recommendationChanged(object)``: the latest :class:`Recommendation` (or None).
+* ``manualDevicesChanged(str)``: the manual device text, for the settings.
+
+Probing NVML and fitting every profile both run off the GUI thread through the window's
+:class:`WorkerPool`; the newest request wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QFontDatabase, QPainter, QPaintEvent, QPalette
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox,
+                               QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QMenu, QPushButton, QSizePolicy, QSpinBox, QTableWidget,
+                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+
+from apex_gui.core import hardware
+from apex_gui.core.hardware import COMMON_CARDS, GpuDevice, HardwareSnapshot, parse_device_spec
+from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
+from apex_gui.core.recommend import (Candidate, FitResult, Headroom, MachineMemory,
+                                     Recommendation, Verdict, file_candidate,
+                                     profile_candidates, recommend)
+from apex_gui.workers import CancelToken, Task, WorkerPool
+
+__all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
+
+KV_TYPES = ("f16", "q8_0", "q4_0")
+FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
+CONTEXT_STEP = 1024
+COLUMNS = ("Tier", "Size", "Verdict", "Headroom", "Max context", "Flags")
+
+VERDICT_COLOURS = {
+    Verdict.FULL_GPU: QColor("#2f9e44"),
+    Verdict.EXPERTS_IN_RAM: QColor("#1c7ed6"),
+    Verdict.PARTIAL: QColor("#e8590c"),
+    Verdict.CPU_ONLY: QColor("#868e96"),
+    Verdict.DOES_NOT_FIT: QColor("#e03131"),
+}
+
+
+def _profile_key(fit: FitResult) -> str:
+    """The key the window's profile switch takes: "stored" for the file as it is."""
+    return "stored" if fit.candidate.key == "as-is" else fit.candidate.key
+
+
+def verdict_text(fit: FitResult) -> str:
+    """The verdict as the table shows it, with the one number that matters."""
+    placement = fit.placement
+    if fit.verdict is Verdict.FULL_GPU:
+        return "Full GPU"
+    if fit.verdict is Verdict.EXPERTS_IN_RAM:
+        return f"Experts on CPU (--n-cpu-moe {placement.n_cpu_moe})"
+    if fit.verdict is Verdict.PARTIAL:
+        return f"Partial (-ngl {placement.n_gpu_layers})"
+    if fit.verdict is Verdict.CPU_ONLY:
+        return "CPU only"
+    return "No fit"
+
+
+def _gb(nbytes: float) -> str:
+    """Decimal GB as the cards quote sizes; MB below 1 GB (small and synthetic models)."""
+    if abs(nbytes) < 1e9:
+        return f"{nbytes / 1e6:.0f} MB"
+    return f"{nbytes / 1e9:.1f} GB"
+
+
+class MemoryBar(QWidget):
+    """One device's memory: used by others (grey), what the selected tier needs, free."""
+
+    def __init__(self, name: str, total: int, used: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.name = name
+        self.total = max(total, 1)
+        self.used = max(used, 0)
+        self.need: int | None = None
+        self.setMinimumHeight(38)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self._update_tooltip()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        return QSize(260, 38)
+
+    def set_need(self, need: int | None) -> None:
+        self.need = need
+        self._update_tooltip()
+        self.update()
+
+    def text(self) -> str:
+        free = self.total - self.used
+        text = f"{self.name}: {_gb(free)} free of {_gb(self.total)}"
+        if self.need is not None:
+            text += f" · tier needs {_gb(self.need)}"
+        return text
+
+    def _update_tooltip(self) -> None:
+        self.setToolTip(self.text())
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt naming
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        palette = self.palette()
+        metrics = painter.fontMetrics()
+        label_height = metrics.height()
+        painter.setPen(palette.color(QPalette.ColorRole.WindowText))
+        painter.drawText(QRectF(0, 0, self.width(), label_height),
+                         Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                         metrics.elidedText(self.text(), Qt.TextElideMode.ElideRight,
+                                            self.width()))
+        bar = QRectF(0.5, label_height + 3, self.width() - 1, self.height() - label_height - 4)
+        painter.setPen(palette.color(QPalette.ColorRole.Mid))
+        painter.setBrush(palette.color(QPalette.ColorRole.Base))
+        painter.drawRoundedRect(bar, 3, 3)
+        scale = bar.width() / self.total
+        used = QRectF(bar.left(), bar.top(), min(self.used * scale, bar.width()), bar.height())
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor("#9aa0a6"))
+        painter.drawRoundedRect(used, 3, 3)
+        if self.need:
+            room = self.total - self.used
+            colour = VERDICT_COLOURS[Verdict.FULL_GPU] if self.need <= room \
+                else VERDICT_COLOURS[Verdict.DOES_NOT_FIT]
+            width = min(self.need * scale, bar.width() - used.width())
+            painter.setBrush(colour)
+            painter.drawRect(QRectF(used.right(), bar.top(), max(width, 1.0), bar.height()))
+        painter.end()
+
+
+class HardwarePanel(QWidget):
+    """The "Hardware & tiers" tab."""
+
+    applyProfileRequested = Signal(str)
+    recommendationChanged = Signal(object)
+    manualDevicesChanged = Signal(str)
+    snapshotChanged = Signal(object)
+
+    def __init__(self, model: Any = None, *, snapshot: HardwareSnapshot | None = None,
+                 workers: WorkerPool | None = None,
+                 probe: Callable[[], HardwareSnapshot] = hardware.snapshot,
+                 context: int = 8192, kv_cache_type: str = "f16", manual_devices: str = "",
+                 auto_probe: bool = True, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("hardwarePanel")
+        self._model = model
+        self._snapshot = snapshot
+        self._own_workers = workers is None
+        self._workers = workers or WorkerPool(self, max_threads=2)
+        self._probe = probe
+        self._candidates: list[Candidate] | None = None
+        self._candidates_for: Any = None
+        self._task: Task | None = None
+        self._probe_task: Task | None = None
+        self.recommendation: Recommendation | None = None
+        self.manual_error = ""
+
+        # Devices.
+        self.bars_box = QGroupBox("Memory")
+        self.bars_layout = QVBoxLayout(self.bars_box)
+        self.bars_layout.setSpacing(4)
+        self.notes_label = QLabel("")
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setObjectName("hardwareNotes")
+        self.refresh_button = QToolButton()
+        self.refresh_button.setText("Re-detect")
+        self.refresh_button.setToolTip("Probe the GPUs and system memory again")
+        self.bars: list[MemoryBar] = []
+
+        self.manual_edit = QLineEdit(manual_devices)
+        self.manual_edit.setPlaceholderText("plan for other devices: 2 x RTX 3090, 128 GB unified")
+        self.manual_edit.setClearButtonEnabled(True)
+        self.cards_button = QToolButton()
+        self.cards_button.setText("Common cards")
+        self.cards_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.cards_menu = QMenu(self.cards_button)
+        for card in COMMON_CARDS:
+            action = self.cards_menu.addAction(card.name)
+            action.triggered.connect(lambda _=False, name=card.name: self.choose_card(name))
+        self.cards_button.setMenu(self.cards_menu)
+        self.manual_status = QLabel("")
+        self.manual_status.setWordWrap(True)
+
+        self.context_spin = QSpinBox()
+        self.context_spin.setRange(256, 1 << 20)
+        self.context_spin.setSingleStep(CONTEXT_STEP)
+        self.context_spin.setSuffix(" tokens")
+        self.context_spin.setValue(context)
+        self.context_spin.setKeyboardTracking(False)
+        self.kv_combo = QComboBox()
+        self.kv_combo.addItems(KV_TYPES)
+        if kv_cache_type in KV_TYPES:
+            self.kv_combo.setCurrentText(kv_cache_type)
+        self.kv_combo.setToolTip("KV cache type (-ctk / -ctv); quantized caches need flash "
+                                 "attention, which the command turns on")
+
+        # Tiers.
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setObjectName("tierTable")
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().hide()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.summary = QLabel("Open a model to see which tiers fit.")
+        self.summary.setWordWrap(True)
+        self.summary.setObjectName("tierSummary")
+        self.apply_button = QPushButton("Apply to heatmap")
+        self.apply_button.setToolTip("Switch the plan to the selected tier")
+        self.command_edit = QLineEdit()
+        self.command_edit.setReadOnly(True)
+        self.command_edit.setObjectName("serverCommand")
+        self.command_edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setToolTip("Copy the llama-server command line")
+
+        # Layout.
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Detected on this machine"))
+        top.addStretch(1)
+        top.addWidget(self.refresh_button)
+        self.bars_layout.addLayout(top)
+        self.bars_container = QVBoxLayout()
+        self.bars_layout.addLayout(self.bars_container)
+        self.bars_layout.addWidget(self.notes_label)
+        manual_row = QHBoxLayout()
+        manual_row.addWidget(self.manual_edit, 1)
+        manual_row.addWidget(self.cards_button)
+        self.bars_layout.addLayout(manual_row)
+        self.bars_layout.addWidget(self.manual_status)
+
+        settings = QHBoxLayout()
+        settings.addWidget(QLabel("Context"))
+        settings.addWidget(self.context_spin)
+        settings.addSpacing(12)
+        settings.addWidget(QLabel("KV cache"))
+        settings.addWidget(self.kv_combo)
+        settings.addStretch(1)
+
+        command_row = QHBoxLayout()
+        command_row.addWidget(self.command_edit, 1)
+        command_row.addWidget(self.copy_button)
+        command_row.addWidget(self.apply_button)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.bars_box)
+        layout.addLayout(settings)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.summary)
+        layout.addWidget(QLabel("llama-server command for the selected tier:"))
+        layout.addLayout(command_row)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(120)
+        self._debounce.timeout.connect(self.recompute)
+        self.refresh_button.clicked.connect(self.probe_hardware)
+        self.manual_edit.textChanged.connect(self._manual_changed)
+        self.context_spin.valueChanged.connect(lambda _: self._debounce.start())
+        self.kv_combo.currentTextChanged.connect(lambda _: self._debounce.start())
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.table.itemDoubleClicked.connect(lambda _item: self.apply_selected())
+        self.apply_button.clicked.connect(self.apply_selected)
+        self.copy_button.clicked.connect(self.copy_command)
+
+        self._update_manual_status()
+        self._show_devices()
+        if snapshot is None and auto_probe:
+            self.probe_hardware()
+        else:
+            self._debounce.start()
+
+    # --- inputs -------------------------------------------------------------------------
+    def set_model(self, model: Any) -> None:
+        """The model whose tiers are fitted (a ModelInfo, or None)."""
+        self._model = model
+        self._candidates = None
+        self._debounce.start()
+
+    def set_snapshot(self, snapshot: HardwareSnapshot | None) -> None:
+        self._snapshot = snapshot
+        self._show_devices()
+        self.snapshotChanged.emit(snapshot)
+        self._debounce.start()
+
+    def set_manual_devices(self, text: str) -> None:
+        self.manual_edit.setText(text)
+
+    def choose_card(self, name: str) -> None:
+        """Plan for one common card (the one-click list)."""
+        self.manual_edit.setText(name)
+
+    def context_settings(self) -> ContextSettings:
+        kv = self.kv_combo.currentText()
+        return ContextSettings(n_ctx=self.context_spin.value(), type_k=kv, type_v=kv,
+                               flash_attn=True)
+
+    def manual_devices(self) -> list[GpuDevice] | None:
+        """The typed devices, or None when the field is empty or unreadable."""
+        text = self.manual_edit.text().strip()
+        if not text:
+            return None
+        try:
+            return parse_device_spec(text)
+        except ValueError:
+            return None
+
+    def machine(self) -> MachineMemory | None:
+        """What the tiers are fitted into: manual devices if given, else the probe's."""
+        snapshot = self._snapshot
+        manual = self.manual_devices()
+        ram = snapshot.system.available_bytes if snapshot is not None else 0
+        if manual is not None:
+            if snapshot is None:
+                # No probe yet: assume the devices are all there is, with RAM for the host side.
+                ram = max(sum(d.total_bytes for d in manual), 16 * 10**9)
+            return MachineMemory(tuple(manual), ram)
+        if snapshot is None:
+            return None
+        return MachineMemory.from_snapshot(snapshot)
+
+    def hardware_label(self) -> str:
+        """A short name of what is planned for ("RTX 4090 24GB", "2 x RTX 3090 24GB", "CPU")."""
+        machine = self.machine()
+        if machine is None:
+            return ""
+        if not machine.gpus:
+            return f"CPU only, {machine.ram_available / 1e9:.0f} GB RAM available"
+        names: dict[str, int] = {}
+        for gpu in machine.gpus:
+            names[gpu.name] = names.get(gpu.name, 0) + 1
+        return " + ".join(name if n == 1 else f"{n} x {name}" for name, n in names.items())
+
+    # --- probing ------------------------------------------------------------------------
+    def probe_hardware(self) -> Task:
+        """Probe GPUs and RAM off the GUI thread."""
+        probe = self._probe
+        self.refresh_button.setEnabled(False)
+        self.notes_label.setText("Detecting GPUs…")
+        task = self._workers.submit("probe hardware", lambda _token: probe())
+        self._probe_task = task
+        task.finished.connect(self.set_snapshot)
+        task.failed.connect(lambda error: self.notes_label.setText(f"Hardware probe failed: {error}"))
+        task.done.connect(lambda: self.refresh_button.setEnabled(True))
+        return task
+
+    def _manual_changed(self, text: str) -> None:
+        self._update_manual_status()
+        self._show_devices()
+        self.manualDevicesChanged.emit(text)
+        self._debounce.start()
+
+    def _update_manual_status(self) -> None:
+        text = self.manual_edit.text().strip()
+        self.manual_error = ""
+        if not text:
+            self.manual_status.setText("Fitting to this machine. Type devices (or pick a "
+                                       "common card) to plan for another one.")
+            self.manual_status.setStyleSheet("")
+            return
+        try:
+            devices = parse_device_spec(text)
+        except ValueError as error:
+            self.manual_error = str(error)
+            self.manual_status.setText(str(error))
+            self.manual_status.setStyleSheet("color: #e03131;")
+            return
+        total = sum(d.total_bytes for d in devices)
+        self.manual_status.setText(f"Planning for {len(devices)} device(s), "
+                                   f"{total / 2**30:.0f} GiB in all (not this machine).")
+        self.manual_status.setStyleSheet("")
+
+    def _show_devices(self) -> None:
+        while self.bars_container.count():
+            item = self.bars_container.takeAt(0)
+            widget = item.widget()
+            if widget is not None:
+                widget.deleteLater()
+        self.bars = []
+        snapshot = self._snapshot
+        manual = self.manual_devices()
+        devices = manual if manual is not None else (list(snapshot.gpus) if snapshot else [])
+        for device in devices:
+            suffix = " (manual)" if device.source == "manual" else ""
+            bar = MemoryBar(device.name + suffix, device.total_bytes,
+                            device.total_bytes - device.free_bytes)
+            self.bars_container.addWidget(bar)
+            self.bars.append(bar)
+        if snapshot is not None:
+            system = snapshot.system
+            ram = MemoryBar("System RAM", system.total_bytes,
+                            system.total_bytes - system.available_bytes)
+            self.bars_container.addWidget(ram)
+            self.bars.append(ram)
+            self.notes_label.setText("\n".join(snapshot.notes))
+            self.notes_label.setVisible(bool(snapshot.notes))
+
+    # --- fitting ------------------------------------------------------------------------
+    def recompute(self) -> Task | None:
+        """Fit every profile off the GUI thread; the newest request wins."""
+        model, machine = self._model, self.machine()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if model is None or machine is None:
+            self._show_recommendation(None)
+            if model is None:
+                self.summary.setText("Open a model to see which tiers fit.")
+            else:
+                self.summary.setText("Waiting for the hardware probe…")
+            return None
+        try:
+            ctx = self.context_settings()
+        except ValueError as error:
+            self.summary.setText(str(error))
+            return None
+        cached = self._candidates if self._candidates_for is model else None
+
+        def fit(token: CancelToken) -> tuple[list[Candidate], Recommendation]:
+            candidates = cached
+            if candidates is None:
+                candidates = profile_candidates(model)
+                if str(getattr(model, "file_type", "unknown")) not in FULL_PRECISION:
+                    # An already quantized file: first, does *this file* fit as it is?
+                    candidates.insert(0, file_candidate(model))
+            token.raise_if_cancelled()
+            geometry = ModelGeometry.from_model(model)
+            return candidates, recommend(geometry, candidates, machine, ctx)
+
+        self.summary.setText("Fitting every tier…")
+        task = self._workers.submit("fit tiers", fit)
+        self._task = task
+        task.finished.connect(lambda result, m=model: self._fitted(m, result))
+        task.failed.connect(lambda error: self.summary.setText(f"Cannot fit the tiers: {error}"))
+        return task
+
+    def _fitted(self, model: Any, result: tuple[list[Candidate], Recommendation]) -> None:
+        candidates, recommendation = result
+        self._task = None
+        if model is not self._model:
+            return
+        self._candidates, self._candidates_for = candidates, model
+        self._show_recommendation(recommendation)
+
+    def _show_recommendation(self, recommendation: Recommendation | None) -> None:
+        self.recommendation = recommendation
+        self.table.setRowCount(0)
+        if recommendation is None:
+            self.command_edit.clear()
+            self.apply_button.setEnabled(False)
+            self.recommendationChanged.emit(None)
+            return
+        recommended = recommendation.recommended
+        bold = QFont(self.font())
+        bold.setBold(True)
+        highlight = QColor(self.palette().color(QPalette.ColorRole.Highlight))
+        highlight.setAlpha(60)
+        self.table.setRowCount(len(recommendation.results))
+        for row, fit in enumerate(recommendation.results):
+            is_best = fit is recommended
+            cells = [("★ " if is_best else "") + fit.candidate.label,
+                     _gb(fit.candidate.file_bytes), verdict_text(fit),
+                     self._headroom_text(fit),
+                     f"{fit.max_context:,}" if fit.max_context else "--", fit.flags]
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, fit.candidate.key)
+                if column in (1, 3, 4):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if column == 2:
+                    item.setForeground(VERDICT_COLOURS[fit.verdict])
+                    item.setToolTip("; ".join(fit.notes) or fit.verdict.value)
+                if is_best:
+                    item.setFont(bold)
+                    item.setBackground(highlight)
+                    item.setToolTip("Recommended: the highest-quality tier with the best fit")
+                self.table.setItem(row, column, item)
+        if recommended is not None:
+            fit = recommended
+            self.summary.setText(
+                f"Recommended: <b>{fit.candidate.label}</b> ({verdict_text(fit)}, "
+                f"{self._headroom_text(fit)} headroom) at {recommendation.context.n_ctx:,} "
+                f"tokens on {self.hardware_label()}.")
+            self.table.selectRow(recommendation.results.index(fit))
+        else:
+            self.summary.setText(" ".join(recommendation.notes) or "No tier fits.")
+            self.table.selectRow(0)
+        self.recommendationChanged.emit(recommendation)
+
+    @staticmethod
+    def _headroom_text(fit: FitResult) -> str:
+        if fit.verdict is Verdict.DOES_NOT_FIT or fit.headroom is Headroom.NONE:
+            return "none"
+        return f"{_gb(fit.headroom_bytes)} ({fit.headroom.value})"
+
+    def selected_fit(self) -> FitResult | None:
+        if self.recommendation is None:
+            return None
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return self.recommendation.recommended
+        return self.recommendation.results[rows[0].row()]
+
+    def recommended_row(self) -> int | None:
+        rec = self.recommendation
+        if rec is None or rec.recommended is None:
+            return None
+        return rec.results.index(rec.recommended)
+
+    def _selection_changed(self) -> None:
+        fit = self.selected_fit()
+        self.apply_button.setEnabled(fit is not None)
+        self.copy_button.setEnabled(fit is not None and fit.verdict is not Verdict.DOES_NOT_FIT)
+        self.command_edit.setText(fit.command_line if fit is not None and
+                                  fit.verdict is not Verdict.DOES_NOT_FIT else "")
+        self.command_edit.setCursorPosition(0)
+        gpu_bars = self.bars[:len(fit.estimate.devices)] if fit is not None else []
+        for bar in self.bars:
+            bar.set_need(None)
+        if fit is not None:
+            for bar, usage in zip(gpu_bars, fit.estimate.devices):
+                bar.set_need(usage.total)
+            if self.bars and self._snapshot is not None and len(self.bars) > len(gpu_bars):
+                self.bars[-1].set_need(fit.estimate.host.total)
+
+    # --- actions ------------------------------------------------------------------------
+    def apply_selected(self) -> None:
+        fit = self.selected_fit()
+        if fit is not None:
+            self.applyProfileRequested.emit(_profile_key(fit))
+
+    def apply_recommended(self) -> None:
+        rec = self.recommendation
+        if rec is not None and rec.recommended is not None:
+            self.applyProfileRequested.emit(_profile_key(rec.recommended))
+
+    def copy_command(self) -> None:
+        text = self.command_edit.text()
+        if text:
+            QApplication.clipboard().setText(text)
+
+    def shutdown(self, timeout_ms: int = 5000) -> None:
+        """Cancel pending fits; a pool of the panel's own is also waited for (the window's
+        pool is shut down by the window)."""
+        self._debounce.stop()
+        if self._task is not None:
+            self._task.cancel()
+        if self._own_workers:
+            self._workers.shutdown(timeout_ms)

@@ -1,0 +1,110 @@
+"""Wire the Hardware & tiers, Run and Results panels into the main window.
+
+``install_panels(window)`` is the only place that knows both sides: the panels stay
+standalone widgets (tested without a window) and the window knows nothing about them beyond
+``add_panel``, ``add_close_guard``, ``switch_profile``, ``workers``, ``settings`` and its
+``modelChanged`` / ``planChanged`` signals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apex_gui.core.run_store import RunStore
+from apex_gui.core.tools import LlamaTools
+from apex_gui.jobs import JobQueue
+
+from .hardware_panel import HardwarePanel
+from .results_panel import ResultsPanel
+from .run_panel import RunPanel
+
+__all__ = ["InstalledPanels", "install_panels"]
+
+
+@dataclass
+class InstalledPanels:
+    hardware: HardwarePanel
+    run: RunPanel
+    results: ResultsPanel
+    queue: JobQueue
+    store: RunStore
+
+
+def _is_full_precision(model: Any) -> bool:
+    return str(getattr(model, "file_type", "unknown")) in ("F32", "F16", "BF16", "unknown")
+
+
+def install_panels(window: Any, *, store: RunStore | None = None,
+                   queue: JobQueue | None = None, probe_hardware: bool = True) -> InstalledPanels:
+    """Create the three panels, add them to ``window`` and connect the signals.
+
+    * Hardware & tiers (centre): ``applyProfileRequested(key)`` -> ``window.switch_profile``
+      and back to the heatmap tab; its recommendation feeds the model card's run commands.
+    * Run (centre): jobs go through one :class:`JobQueue` recording into the run store; a
+      close guard asks before quitting while jobs run, then cancels them and waits.
+    * Results (centre): refreshed after every job; uniform baselines are sized in the
+      background for each newly opened full-precision model (size-only rows).
+    """
+    settings = window.settings
+    store = store or RunStore()
+    store.mark_interrupted()  # runs a previous session left "running" ended with it
+    tools = LlamaTools(getattr(settings, "llama_cpp_dir", "") or None)
+    queue = queue or JobQueue(tools, store, parent=window)
+
+    hardware = HardwarePanel(window.current_model, workers=window.workers,
+                             context=getattr(settings, "context_length", 8192),
+                             kv_cache_type=getattr(settings, "kv_cache_type", "f16"),
+                             manual_devices=getattr(settings, "manual_devices", ""),
+                             auto_probe=probe_hardware)
+    run = RunPanel(queue, window.current_model, window.current_plan, settings=settings)
+    results = ResultsPanel(store)
+    results.set_model(window.current_model)
+
+    window.add_panel("Hardware && tiers", hardware, area="center")
+    window.add_panel("Run", run, area="center")
+    window.add_panel("Results", results, area="center")
+
+    def size_baselines(model: Any) -> None:
+        results.set_baselines([])
+        if model is None or not _is_full_precision(model):
+            return
+        from apex_gui.core.baselines import baselines
+
+        task = window.workers.submit("size baselines", lambda _token: baselines(model, tools=tools))
+        task.finished.connect(lambda found, m=model: results.set_baselines(found[0])
+                              if window.current_model is m else None)
+
+    def model_changed(model: Any) -> None:
+        hardware.set_model(model)
+        run.set_model(model)
+        results.set_model(model)
+        size_baselines(model)
+
+    window.modelChanged.connect(model_changed)
+    window.planChanged.connect(run.set_plan)
+    def apply_profile(key: str) -> None:
+        window.switch_profile(key)
+        tabs = getattr(window, "center_tabs", None)
+        if tabs is not None:
+            tabs.setCurrentIndex(0)  # show the heatmap the tier was applied to
+
+    hardware.applyProfileRequested.connect(apply_profile)
+    hardware.recommendationChanged.connect(
+        lambda rec: results.set_recommendation(rec, hardware.hardware_label()))
+    run.jobFinished.connect(lambda _outcome: results.refresh())
+
+    def close_guard() -> bool:
+        if run.has_running_jobs():
+            if not window.confirm("Jobs are running",
+                                  "Quantize or evaluation jobs are still running. Cancel them "
+                                  "and quit? Their unfinished output files are deleted."):
+                return False
+            run.cancel_all_and_wait(10_000)
+        hardware.shutdown()
+        return True
+
+    window.add_close_guard(close_guard)
+    if window.current_model is not None:
+        size_baselines(window.current_model)
+    return InstalledPanels(hardware, run, results, queue, store)

@@ -1,0 +1,580 @@
+"""Run: quantize the chosen profiles, evaluate them, and watch the queue.
+
+The user picks profiles (and the window's current, possibly edited, plan), where the
+importance matrix comes from (the bundled calibration set or their own files), how each
+quant is evaluated (KL divergence against the source on the bundled quick text or their own
+file, perplexity, HellaSwag / Winogrande / multiple-choice files, a speed bench) and the
+output folder. :func:`pipeline_for` turns that into one :class:`Pipeline` (imatrix ->
+quantize -> evaluate, each quant evaluated right after it is written) and the
+:class:`apex_gui.jobs.JobQueue` runs it: one row per step with a progress bar and ETA, the
+live log of the selected step, cancel, and a notification when everything is done.
+
+For the main window's ``closeEvent``: :meth:`RunPanel.has_running_jobs` and
+:meth:`RunPanel.cancel_all_and_wait` (see :func:`apex_gui.views.panels.install_panels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QElapsedTimer, Qt, Signal
+from PySide6.QtGui import QFontDatabase, QTextCursor
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QFileDialog,
+                               QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+                               QLineEdit, QListWidget, QListWidgetItem, QMainWindow,
+                               QPlainTextEdit, QProgressBar, QPushButton, QRadioButton,
+                               QSpinBox, QSplitter, QSystemTrayIcon, QTableWidget,
+                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+
+from apex_gui.core.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
+from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, QuantizeJob,
+                                build_pipeline)
+from apex_gui.core.plan import plan_from_profile
+from apex_gui.core.profiles import Profile, all_profiles
+from apex_gui.core.runner import JobOutcome, JobStatus
+from apex_gui.jobs import JobQueue
+
+__all__ = ["RunPanel", "RunRequest", "output_name", "pipeline_for"]
+
+CURRENT_PLAN_KEY = "__current_plan__"
+KEY_ROLE = Qt.ItemDataRole.UserRole + 1
+#: Lines of log kept per job: a 700-tensor quantize prints ~1,500; a runaway tool more.
+LOG_BLOCKS = 20_000
+STATUS_TEXT = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed",
+               JobStatus.CANCELLED: "cancelled", JobStatus.SKIPPED: "skipped"}
+
+
+# --- what to run (Qt-free) ------------------------------------------------------------------
+
+
+def output_name(model: Any, label: str) -> str:
+    """``<source stem>-APEX-<Label>.gguf``, the name the memory check also uses."""
+    stem = Path(model.path).name.removesuffix(".gguf")
+    for suffix in ("-f16", "-bf16", "-F16", "-BF16", "-f32", "-F32"):
+        stem = stem.removesuffix(suffix)
+    return f"{stem}-APEX-{label.replace(' ', '-')}.gguf"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything the Run tab asks for, as plain data."""
+
+    model: Any  # ModelInfo of the full-precision source
+    plans: tuple[Any, ...]  # PrecisionPlan per quant to make
+    output_dir: Path
+    calibration_files: tuple[Path, ...] = ()  # empty: the bundled calibration set
+    imatrix_context: int = 512
+    imatrix_chunks: int | None = None
+    eval_text: Path | None = None  # None: the bundled quick evaluation text
+    kl_divergence: bool = True
+    perplexity: bool = False
+    eval_context: int = 512
+    eval_chunks: int | None = None
+    hellaswag: Path | None = None
+    winogrande: Path | None = None
+    multiple_choice: tuple[Path, ...] = ()
+    tasks: int | None = None
+    bench: bool = False
+    threads: int = 0
+    labels: tuple[str, ...] = field(default=())  # file label per plan ("Quality", "custom")
+
+    def needs_imatrix(self) -> bool:
+        return any(plan.needs_imatrix() or (plan.profile is not None and plan.profile.uses_imatrix)
+                   for plan in self.plans)
+
+
+def pipeline_for(request: RunRequest) -> Pipeline:
+    """imatrix (when a plan needs one and none is cached) -> quantize -> evaluate."""
+    model = request.model
+    imatrix_job: ImatrixJob | None = None
+    imatrix_path: Path | None = None
+    if request.needs_imatrix():
+        calibration = combine_calibration(list(request.calibration_files) or None)
+        imatrix_path = imatrix_cache_path(model.path, calibration, request.imatrix_context,
+                                          request.imatrix_chunks)
+        if not imatrix_path.is_file():
+            imatrix_path.parent.mkdir(parents=True, exist_ok=True)
+            imatrix_job = ImatrixJob(model=Path(model.path), calibration=calibration,
+                                     output_path=imatrix_path, context=request.imatrix_context,
+                                     chunks=request.imatrix_chunks, threads=request.threads)
+    request.output_dir.mkdir(parents=True, exist_ok=True)
+    quantize_jobs = []
+    labels = request.labels or tuple(
+        plan.profile.label if plan.profile else "custom" for plan in request.plans)
+    for plan, label in zip(request.plans, labels):
+        uses = plan.needs_imatrix() or (plan.profile is not None and plan.profile.uses_imatrix)
+        quantize_jobs.append(QuantizeJob.from_plan(
+            plan, request.output_dir / output_name(model, label),
+            imatrix=imatrix_path if uses else None, threads=request.threads))
+    text = None
+    if request.kl_divergence or request.perplexity:
+        text = request.eval_text or quick_eval_text()
+    evaluation = EvaluationOptions(
+        reference=Path(model.path), text=text, context=request.eval_context,
+        chunks=request.eval_chunks, kl_divergence=request.kl_divergence,
+        perplexity=request.perplexity, hellaswag=request.hellaswag,
+        winogrande=request.winogrande, multiple_choice=request.multiple_choice,
+        tasks=request.tasks, bench=request.bench, bench_repetitions=2)
+    return build_pipeline(quantize_jobs, imatrix_job, evaluation, request.threads)
+
+
+# --- widgets --------------------------------------------------------------------------------
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+class _FileField(QWidget):
+    """A path line edit with a browse button; empty means "not used"."""
+
+    def __init__(self, placeholder: str, caption: str, folder: bool = False,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.setClearButtonEnabled(True)
+        button = QToolButton()
+        button.setText("…")
+        button.setToolTip(caption)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(button)
+        self._caption, self._folder = caption, folder
+        button.clicked.connect(self._browse)
+
+    def _browse(self) -> None:
+        if self._folder:
+            path = QFileDialog.getExistingDirectory(self, self._caption, self.edit.text())
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, self._caption, self.edit.text())
+        if path:
+            self.edit.setText(path)
+
+    def path(self) -> Path | None:
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+
+class RunPanel(QWidget):
+    """The Run tab: choose, start, watch, cancel."""
+
+    #: a job ended (its :class:`JobOutcome`): the results panel refreshes on it
+    jobFinished = Signal(object)
+    #: the queue went idle: number of jobs that did not succeed
+    runFinished = Signal(int)
+    #: a start was refused (the message says why)
+    startRefused = Signal(str)
+
+    def __init__(self, queue: JobQueue | None = None, model: Any = None, plan: Any = None, *,
+                 settings: Any = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("runPanel")
+        self.queue = queue if queue is not None else JobQueue(parent=self)
+        self._model = model
+        self._plan = plan
+        self._settings = settings
+        self._rows: dict[int, int] = {}  # job id -> table row
+        self._logs: dict[int, list[str]] = {}
+        self._titles: dict[int, str] = {}
+        self._tray: QSystemTrayIcon | None = None
+        self.last_notification = ""
+
+        # Profiles.
+        self.profile_list = QListWidget()
+        self.profile_list.setObjectName("runProfiles")
+        self.profile_list.setMaximumHeight(170)
+        self._fill_profiles()
+
+        # Importance matrix.
+        self.calibration_bundled = QRadioButton("Bundled calibration set (chat, code, "
+                                                "reasoning, tool calls; ~50k tokens)")
+        self.calibration_bundled.setChecked(True)
+        self.calibration_custom = QRadioButton("My files:")
+        self.calibration_files = QLineEdit()
+        self.calibration_files.setPlaceholderText("one or more text files, separated by ;")
+        calibration_browse = QToolButton()
+        calibration_browse.setText("…")
+        calibration_browse.clicked.connect(self._choose_calibration)
+        imatrix_box = QGroupBox("Importance matrix (for I-profiles)")
+        imatrix_layout = QVBoxLayout(imatrix_box)
+        imatrix_layout.addWidget(self.calibration_bundled)
+        custom_row = QHBoxLayout()
+        custom_row.addWidget(self.calibration_custom)
+        custom_row.addWidget(self.calibration_files, 1)
+        custom_row.addWidget(calibration_browse)
+        imatrix_layout.addLayout(custom_row)
+
+        # Evaluation.
+        self.eval_file = _FileField("bundled quick text (a sanity check, not wikitext-2)",
+                                    "Evaluation text (e.g. wiki.test.raw)")
+        self.kl_box = QCheckBox("KL divergence against the source (also gives PPL)")
+        self.kl_box.setChecked(True)
+        self.ppl_box = QCheckBox("Perplexity")
+        self.eval_context = QSpinBox()
+        self.eval_context.setRange(64, 131072)
+        self.eval_context.setValue(512)
+        self.eval_context.setToolTip("-c for perplexity / KL divergence; the text needs at "
+                                     "least twice as many tokens (use 2048 with wiki.test.raw)")
+        self.hellaswag_file = _FileField("optional: hellaswag_val_full.txt", "HellaSwag data")
+        self.winogrande_file = _FileField("optional: winogrande-debiased-eval.csv",
+                                          "Winogrande data")
+        self.mc_file = _FileField("optional: mmlu / arc / truthfulqa .bin", "Multiple-choice data")
+        self.bench_box = QCheckBox("Speed (llama-bench pp512 / tg128)")
+        eval_box = QGroupBox("Evaluation")
+        eval_form = QFormLayout(eval_box)
+        eval_form.addRow("Text", self.eval_file)
+        checks = QHBoxLayout()
+        checks.addWidget(self.kl_box)
+        checks.addWidget(self.ppl_box)
+        checks.addStretch(1)
+        eval_form.addRow("", checks)
+        eval_form.addRow("Context", self.eval_context)
+        eval_form.addRow("HellaSwag", self.hellaswag_file)
+        eval_form.addRow("Winogrande", self.winogrande_file)
+        eval_form.addRow("Multiple choice", self.mc_file)
+        eval_form.addRow("", self.bench_box)
+
+        # Output and start.
+        default_out = getattr(settings, "output_dir", "") or ""
+        self.output_dir = _FileField("next to the source model", "Output folder", folder=True)
+        self.output_dir.edit.setText(default_out)
+        self.start_button = QPushButton("Start")
+        self.start_button.setObjectName("runStart")
+        self.start_button.setDefault(True)
+        out_row = QHBoxLayout()
+        out_row.addWidget(QLabel("Output folder"))
+        out_row.addWidget(self.output_dir, 1)
+        out_row.addWidget(self.start_button)
+
+        # Queue and log.
+        self.table = QTableWidget(0, 5)
+        self.table.setObjectName("runQueue")
+        self.table.setHorizontalHeaderLabels(["Step", "Status", "Progress", "ETA", "Message"])
+        self.table.verticalHeader().hide()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.table.setColumnWidth(2, 150)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setObjectName("runLog")
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(LOG_BLOCKS)
+        self.log_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.cancel_button = QPushButton("Cancel step")
+        self.cancel_all_button = QPushButton("Cancel all")
+        self.status_label = QLabel("Nothing queued.")
+        self.status_label.setObjectName("runStatus")
+        self.status_label.setWordWrap(True)
+        queue_buttons = QHBoxLayout()
+        queue_buttons.addWidget(self.status_label, 1)
+        queue_buttons.addWidget(self.cancel_button)
+        queue_buttons.addWidget(self.cancel_all_button)
+
+        choices = QWidget()
+        choices_layout = QVBoxLayout(choices)
+        choices_layout.setContentsMargins(0, 0, 0, 0)
+        choices_layout.addWidget(QLabel("Profiles to quantize"))
+        choices_layout.addWidget(self.profile_list)
+        choices_layout.addWidget(imatrix_box)
+        choices_layout.addWidget(eval_box)
+        choices_layout.addLayout(out_row)
+        choices_layout.addStretch(1)
+        watch = QSplitter(Qt.Orientation.Vertical)
+        watch.addWidget(self.table)
+        watch.addWidget(self.log_view)
+        watch.setStretchFactor(0, 2)
+        watch.setStretchFactor(1, 3)
+        watch_page = QWidget()
+        watch_layout = QVBoxLayout(watch_page)
+        watch_layout.setContentsMargins(0, 0, 0, 0)
+        watch_layout.addWidget(watch, 1)
+        watch_layout.addLayout(queue_buttons)
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(choices)
+        splitter.addWidget(watch_page)
+        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(1, 3)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(splitter)
+
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel_selected)
+        self.cancel_all_button.clicked.connect(self.queue.cancel_all)
+        self.table.itemSelectionChanged.connect(self._show_selected_log)
+        self.queue.jobStarted.connect(self._job_started)
+        self.queue.jobProgress.connect(self._job_progress)
+        self.queue.jobOutput.connect(self._job_output)
+        self.queue.jobFinished.connect(self._job_finished)
+        self.queue.allFinished.connect(self._all_finished)
+        self._update_buttons()
+
+    # --- inputs -------------------------------------------------------------------------
+    def set_model(self, model: Any) -> None:
+        self._model = model
+        self._update_buttons()
+
+    def set_plan(self, plan: Any) -> None:
+        """The window's current plan: offered as "Current plan" when it is not a profile's."""
+        self._plan = plan
+        self._fill_profiles()
+
+    def _fill_profiles(self) -> None:
+        checked = set(self.checked_keys()) if self.profile_list.count() else {"i-balanced"}
+        self.profile_list.clear()
+        plan = self._plan
+        if plan is not None and (plan.profile is None or plan.can_undo()):
+            item = QListWidgetItem(f"Current plan ({plan.origin}"
+                                   f"{', edited' if plan.can_undo() else ''})")
+            item.setData(KEY_ROLE, CURRENT_PLAN_KEY)
+            self._add_checkable(item, CURRENT_PLAN_KEY in checked)
+        for key, profile in all_profiles().items():
+            note = " · needs an imatrix" if profile.uses_imatrix else ""
+            item = QListWidgetItem(f"{profile.label}{note}")
+            item.setToolTip(profile.description)
+            item.setData(KEY_ROLE, key)
+            self._add_checkable(item, key in checked)
+
+    def _add_checkable(self, item: QListWidgetItem, checked: bool) -> None:
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+        self.profile_list.addItem(item)
+
+    def checked_keys(self) -> list[str]:
+        return [self.profile_list.item(i).data(KEY_ROLE) for i in range(self.profile_list.count())
+                if self.profile_list.item(i).checkState() == Qt.CheckState.Checked]
+
+    def set_checked_profiles(self, keys: Sequence[str]) -> None:
+        wanted = set(keys)
+        for i in range(self.profile_list.count()):
+            item = self.profile_list.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.data(KEY_ROLE) in wanted
+                               else Qt.CheckState.Unchecked)
+
+    def _choose_calibration(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Calibration text files", "",
+                                                "Text (*.txt *.md *.jsonl);;All files (*)")
+        if paths:
+            self.calibration_files.setText(";".join(paths))
+            self.calibration_custom.setChecked(True)
+
+    def request(self) -> RunRequest:
+        """The current choices as a :class:`RunRequest`; ValueError says what is missing."""
+        model = self._model
+        if model is None:
+            raise ValueError("open the full-precision (F16/BF16) model first")
+        keys = self.checked_keys()
+        if not keys:
+            raise ValueError("tick at least one profile to quantize")
+        profiles = all_profiles()
+        plans, labels = [], []
+        for key in keys:
+            if key == CURRENT_PLAN_KEY:
+                plans.append(self._plan)
+                labels.append("custom" if self._plan.profile is None
+                              else f"{self._plan.profile.label}-edited")
+            else:
+                profile: Profile = profiles[key]
+                plans.append(plan_from_profile(model, profile))
+                labels.append(profile.label)
+        calibration: tuple[Path, ...] = ()
+        if self.calibration_custom.isChecked():
+            calibration = tuple(Path(p.strip()).expanduser()
+                                for p in self.calibration_files.text().split(";") if p.strip())
+            if not calibration:
+                raise ValueError("choose calibration files, or use the bundled set")
+        output = self.output_dir.path() or Path(model.path).parent
+        threads = self._settings.effective_threads() if self._settings is not None else 0
+        mc = self.mc_file.path()
+        return RunRequest(
+            model=model, plans=tuple(plans), labels=tuple(labels), output_dir=output,
+            calibration_files=calibration, eval_text=self.eval_file.path(),
+            kl_divergence=self.kl_box.isChecked(), perplexity=self.ppl_box.isChecked(),
+            eval_context=self.eval_context.value(), hellaswag=self.hellaswag_file.path(),
+            winogrande=self.winogrande_file.path(), multiple_choice=(mc,) if mc else (),
+            bench=self.bench_box.isChecked(), threads=threads)
+
+    # --- running ------------------------------------------------------------------------
+    def start(self) -> dict[str, int] | None:
+        """Queue the pipeline for the current choices; returns step key -> job id."""
+        try:
+            pipeline = pipeline_for(self.request())
+        except (ValueError, OSError) as error:
+            self.status_label.setText(f"Not started: {error}")
+            self.startRefused.emit(str(error))
+            return None
+        ids = self.queue.add_pipeline(pipeline)
+        for key, job_id in ids.items():
+            self._add_row(job_id, key, pipeline.step(key).job.title())
+        self.status_label.setText(f"{len(ids)} step(s) queued.")
+        self._update_buttons()
+        return ids
+
+    def _add_row(self, job_id: int, key: str, title: str) -> None:
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        self._rows[job_id] = row
+        self._titles[job_id] = title
+        self._logs[job_id] = []
+        step = QTableWidgetItem(key)
+        step.setToolTip(title)
+        step.setData(KEY_ROLE, job_id)
+        self.table.setItem(row, 0, step)
+        self.table.setItem(row, 1, QTableWidgetItem("queued"))
+        bar = QProgressBar()
+        bar.setRange(0, 1000)
+        bar.setValue(0)
+        bar.setTextVisible(True)
+        bar.setFormat("")
+        self.table.setCellWidget(row, 2, bar)
+        self.table.setItem(row, 3, QTableWidgetItem(""))
+        self.table.setItem(row, 4, QTableWidgetItem(""))
+
+    def _bar(self, job_id: int) -> QProgressBar | None:
+        row = self._rows.get(job_id)
+        widget = self.table.cellWidget(row, 2) if row is not None else None
+        return widget if isinstance(widget, QProgressBar) else None
+
+    def _set(self, job_id: int, column: int, text: str) -> None:
+        row = self._rows.get(job_id)
+        if row is not None:
+            item = self.table.item(row, column)
+            if item is not None:
+                item.setText(text)
+
+    def _job_started(self, job_id: int) -> None:
+        if job_id not in self._rows:
+            self._add_row(job_id, self.queue.job(job_id).kind, self.queue.job(job_id).title())
+        self._set(job_id, 1, "running")
+        bar = self._bar(job_id)
+        if bar is not None:
+            bar.setRange(0, 0)  # busy until the tool says how much there is
+        if not self.table.selectionModel().hasSelection() or self._selected_job() is None:
+            self.table.selectRow(self._rows[job_id])
+        self._update_buttons()
+
+    def _job_progress(self, job_id: int, progress: Any, eta: float | None) -> None:
+        bar = self._bar(job_id)
+        fraction = progress.fraction
+        if bar is not None and fraction is not None:
+            if bar.maximum() == 0:
+                bar.setRange(0, 1000)
+            bar.setValue(int(fraction * 1000))
+            bar.setFormat(f"{fraction * 100:.0f}%")
+        self._set(job_id, 3, _format_eta(eta) if eta else "")
+        if progress.detail:
+            self._set(job_id, 4, progress.detail)
+
+    def _job_output(self, job_id: int, text: str) -> None:
+        log = self._logs.setdefault(job_id, [])
+        log.append(text)
+        if len(log) > 4 * LOG_BLOCKS:  # keep memory bounded for runaway output
+            del log[: len(log) - 2 * LOG_BLOCKS]
+        if self._selected_job() == job_id:
+            cursor = self.log_view.textCursor()
+            cursor.movePosition(QTextCursor.MoveOperation.End)
+            cursor.insertText(text)
+            self.log_view.ensureCursorVisible()
+
+    def _job_finished(self, job_id: int, outcome: JobOutcome) -> None:
+        if job_id not in self._rows:
+            self._add_row(job_id, outcome.job.kind, outcome.job.title())
+        self._set(job_id, 1, STATUS_TEXT.get(outcome.status, outcome.status.value))
+        self._set(job_id, 3, "")
+        self._set(job_id, 4, outcome.message)
+        bar = self._bar(job_id)
+        if bar is not None:
+            bar.setRange(0, 1000)
+            if outcome.succeeded:
+                bar.setValue(1000)
+                bar.setFormat("100%")
+            else:
+                bar.setFormat(STATUS_TEXT.get(outcome.status, ""))
+        self._update_buttons()
+        self.jobFinished.emit(outcome)
+
+    def _all_finished(self, failures: int) -> None:
+        total = sum(1 for j in self._rows if self.queue.outcome(j) is not None)
+        if failures:
+            message = f"APEX Studio: the run finished, {failures} of {total} step(s) did not succeed"
+        else:
+            message = f"APEX Studio: all {total} step(s) finished"
+        self.status_label.setText(message.removeprefix("APEX Studio: ").capitalize() + ".")
+        self.notify(message)
+        self._update_buttons()
+        self.runFinished.emit(failures)
+
+    def notify(self, message: str) -> None:
+        """Tell the user the run ended: a tray message where there is a tray, else the
+        window's status bar and a taskbar alert."""
+        self.last_notification = message
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            if self._tray is None:
+                self._tray = QSystemTrayIcon(self.window().windowIcon(), self)
+            self._tray.show()
+            self._tray.showMessage("APEX Studio", message)
+        window = self.window()
+        if isinstance(window, QMainWindow):
+            window.statusBar().showMessage(message, 15_000)
+        QApplication.alert(window)
+
+    # --- cancelling ---------------------------------------------------------------------
+    def _selected_job(self) -> int | None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return None
+        item = self.table.item(rows[0].row(), 0)
+        return item.data(KEY_ROLE) if item is not None else None
+
+    def cancel_selected(self) -> None:
+        job_id = self._selected_job()
+        if job_id is not None and self.queue.outcome(job_id) is None:
+            self.queue.cancel(job_id)
+
+    def has_running_jobs(self) -> bool:
+        """True while a job runs or waits: the window asks before closing."""
+        return self.queue.is_busy()
+
+    def cancel_all_and_wait(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel every job and wait for the running process to end (polite terminate, then
+        kill); True when nothing runs any more. Partial outputs are deleted by the queue."""
+        timer = QElapsedTimer()
+        timer.start()
+        self.queue.shutdown(max(timeout_ms, 0))
+        # The queue's done-handler runs from the event loop: let it record the cancellation.
+        while self.queue.running_job_id() is not None and timer.elapsed() < timeout_ms:
+            QApplication.processEvents()
+        return self.queue.running_job_id() is None
+
+    # --- look ---------------------------------------------------------------------------
+    def _show_selected_log(self) -> None:
+        job_id = self._selected_job()
+        self.log_view.setPlainText("".join(self._logs.get(job_id, [])) if job_id else "")
+        self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        busy = self.queue.is_busy()
+        self.start_button.setEnabled(self._model is not None)
+        self.cancel_all_button.setEnabled(busy)
+        job_id = self._selected_job()
+        self.cancel_button.setEnabled(job_id is not None and self.queue.outcome(job_id) is None)

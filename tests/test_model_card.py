@@ -1,0 +1,281 @@
+"""The model card: files table, per-profile methods, benchmark numbers from the run store,
+honest noise notes and run commands, in the shape of the published APEX cards."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from apex_gui.core.model_card import (
+    CardFile,
+    CardInputs,
+    ModelFacts,
+    card_file_name,
+    card_files,
+    describe_profile,
+    quant_recipes,
+    render_model_card,
+)
+from apex_gui.core.profiles import builtin_profiles
+from apex_gui.core.results import Measure, QuantResult, collect_results, compare_ppl
+from apex_gui.core.run_store import RunStore
+
+FACTS = ModelFacts(name="Qwen3.5-35B-A3B", architecture="qwen35moe", n_layer=40,
+                   n_leading_dense=0, n_expert=256, n_expert_used=8, n_expert_shared=1,
+                   total_params=35_000_000_000, active_params=3_000_000_000,
+                   context_length=262_144, mixers=(("linear attention / SSM", 30),
+                                                   ("full attention", 10)), license="apache-2.0")
+
+
+def record(store: RunStore, kind: str, spec: dict, results: dict, output: str | None = None) -> int:
+    run_id = store.start(kind, f"{kind} run", {"kind": kind, **spec}, ["tool"], output)
+    store.finish(run_id, "succeeded", 0, "ok", "log", results)
+    return run_id
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    """A run history like one APEX Studio writes for F16 + Quality + I-Quality + Compact."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    f16 = tmp_path / "qwen-f16.gguf"
+    f16.write_bytes(b"x" * 6000)
+    text = tmp_path / "quick_eval-abc.txt"
+    record(store, "reference-logits", {"model": str(f16), "text": str(text), "context": 512,
+                                       "output_path": str(tmp_path / "ref.kld")},
+           {"ppl": 6.5370, "ppl_error": 0.0410})
+    sizes = {"quality": 2130, "i-quality": 2130, "compact": 1610}
+    numbers = {
+        "quality": dict(ppl=6.5270, ppl_error=0.0410, kld_mean=0.0114, kld_mean_error=0.0002,
+                        kld_max=5.85, kld_p999=0.412),
+        "i-quality": dict(ppl=6.5520, ppl_error=0.0412, kld_mean=0.0102, kld_mean_error=0.0002,
+                          kld_max=5.59, kld_p999=0.377),
+        "compact": dict(ppl=6.7830, ppl_error=0.0430, kld_mean=0.0469, kld_mean_error=0.0005,
+                        kld_max=7.56, kld_p999=1.21),
+    }
+    for key, size in sizes.items():
+        out = folder / f"qwen-APEX-{key}.gguf"
+        out.write_bytes(b"q" * size)
+        record(store, "quantize", {"source": str(f16), "output_path": str(out),
+                                   "base_type": "Q6_K" if key != "compact" else "Q4_K_M",
+                                   "tensor_type_file": str(tmp_path / f"{key}.txt"),
+                                   "imatrix": str(tmp_path / "imatrix.gguf")
+                                   if key.startswith("i-") else None,
+                                   "token_embedding_type": "q6_k", "profile": key},
+               {"output_bytes": size, "quant_mib": 0.002}, output=str(out))
+        record(store, "kl-divergence", {"model": str(out), "text": str(text), "context": 512},
+               numbers[key])
+        record(store, "bench", {"model": str(out)},
+               {"pp512": 900.0 + size / 10, "pp512_stddev": 3.0, "tg128": 60.0 + size / 100,
+                "tg128_stddev": 0.5, "backends": "CPU"})
+    record(store, "hellaswag", {"model": str(folder / "qwen-APEX-quality.gguf"),
+                                "data": str(tmp_path / "hs.txt")},
+           {"hellaswag": 83.0, "hellaswag_error": 1.9, "hellaswag_tasks": 400})
+    # A failed run must not leak into the table.
+    bad = store.start("kl-divergence", "bad", {"kind": "kl-divergence",
+                                               "model": str(folder / "qwen-APEX-quality.gguf")},
+                      [], None)
+    store.finish(bad, "failed", 1, "boom", "", {"kld_mean": 99.0})
+    return store
+
+
+def inputs_from(store: RunStore, tmp_path: Path) -> CardInputs:
+    profiles = builtin_profiles()
+    rows = collect_results(store, reference=tmp_path / "qwen-f16.gguf")
+    files = card_files(rows, quant_recipes(store), "Qwen3.5-35B-A3B", profiles,
+                       mmproj=("mmproj-F16.gguf", 899_000_000))
+    names = {r.path: card_file_name("Qwen3.5-35B-A3B", profiles[r.profile].label)
+             for r in rows if r.kind == "apex"}
+    from apex_gui.core.model_card import renamed_results
+
+    return CardInputs(repo_id="alice/Qwen3.5-35B-A3B-APEX-GGUF", model_name="Qwen3.5-35B-A3B",
+                      files=tuple(files), facts=FACTS, base_model="Qwen/Qwen3.5-35B-A3B",
+                      profiles={k: profiles[k] for k in ("quality", "i-quality", "compact")},
+                      results=renamed_results(rows, names), context=8192,
+                      measured_on="CPU (2 threads)")
+
+
+def table_rows(card: str, heading: str) -> list[list[str]]:
+    section = card.split(heading, 1)[1]
+    rows = []
+    for line in section.splitlines()[2:]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if set("".join(cells)) <= set("-"):
+            continue
+        rows.append(cells)
+    return rows
+
+
+def test_collect_results_merges_runs_per_file_and_skips_failures(store: RunStore,
+                                                                  tmp_path: Path) -> None:
+    rows = collect_results(store, reference=tmp_path / "qwen-f16.gguf")
+    labels = [r.label for r in rows]
+    assert labels == ["F16", "APEX Quality", "APEX I-Quality", "APEX Compact"]
+    quality = rows[1]
+    assert quality.size_bytes == 2130
+    assert quality.ppl == Measure(6.527, 0.041)
+    assert quality.kld_mean == Measure(0.0114, 0.0002)  # not the failed run's 99.0
+    assert quality.accuracy["HellaSwag"] == Measure(83.0, 1.9)
+    assert quality.speed_of("tg") == ("tg128", Measure(60.0 + 21.3, 0.5))
+    assert rows[0].kind == "reference" and rows[0].ppl == Measure(6.537, 0.041)
+    assert rows[0].size_bytes == 6000
+    assert quality.eval_text == "quick_eval-abc.txt" and quality.eval_context == 512
+
+
+def test_card_files_table_lists_every_file_with_size_and_best_for(store: RunStore,
+                                                                   tmp_path: Path) -> None:
+    card = render_model_card(inputs_from(store, tmp_path))
+    rows = table_rows(card, "## Available Files")
+    by_file = {r[0].strip("`"): r for r in rows[1:]}
+    assert set(by_file) == {"Qwen3.5-35B-A3B-APEX-Quality.gguf",
+                            "Qwen3.5-35B-A3B-APEX-I-Quality.gguf",
+                            "Qwen3.5-35B-A3B-APEX-Compact.gguf", "mmproj-F16.gguf"}
+    quality = by_file["Qwen3.5-35B-A3B-APEX-Quality.gguf"]
+    assert quality[1] == "APEX Quality"
+    assert quality[3] == "6.527"  # PPL column from the run store
+    assert quality[4] == "81.3 t/s"
+    assert "Highest quality" in quality[5]
+    assert by_file["mmproj-F16.gguf"][2] == "899 MB"
+    assert "vision" in by_file["mmproj-F16.gguf"][5].lower()
+
+
+def test_card_benchmark_table_numbers_match_the_run_store(store: RunStore,
+                                                          tmp_path: Path) -> None:
+    card = render_model_card(inputs_from(store, tmp_path))
+    rows = {r[0]: r for r in table_rows(card, "### Core Metrics")}
+    header = table_rows(card, "### Core Metrics")  # first row is the header
+    assert header[0][:6] == ["Quantization", "Size (GB)", "PPL", "KL mean", "KL max", "KL 99.9%"]
+    for record in store.runs(kind="kl-divergence", status="succeeded"):
+        key = record.spec["model"].rsplit("APEX-", 1)[1].removesuffix(".gguf")
+        label = "APEX " + builtin_profiles()[key].label
+        r = record.results
+        assert rows[label][2] == f"{r['ppl']:.3f} ± {r['ppl_error']:.3f}"
+        # KL mean keeps two significant digits of its error: 0.01140 ± 0.00020.
+        assert rows[label][3] == Measure(r["kld_mean"], r["kld_mean_error"]).format(4)
+        assert float(rows[label][3].split(" ± ")[0]) == pytest.approx(r["kld_mean"])
+        assert float(rows[label][3].split(" ± ")[1]) == pytest.approx(r["kld_mean_error"])
+        assert float(rows[label][4]) == r["kld_max"]
+    assert rows["F16"][2] == "6.537 ± 0.041" and rows["F16"][3] == "--"
+    assert rows["APEX Quality"][6] == "83.0%"  # HellaSwag column
+    assert "99.0" not in card  # the failed run
+
+
+def test_card_is_honest_about_noise(store: RunStore, tmp_path: Path) -> None:
+    card = render_model_card(inputs_from(store, tmp_path))
+    notes = card.split("### Reading the numbers", 1)[1].split("\n\n")[1]
+    # Quality 6.527 vs F16 6.537: 0.010 apart with ~0.058 combined error -> noise, not a win.
+    assert re.search(r"APEX Quality and F16 differ by -0\.0100 PPL, within the measurement "
+                     r"error", notes)
+    # Compact 6.783 vs F16: 0.246 apart -> a real difference.
+    assert "APEX Compact has a higher PPL than F16 by 0.2460, beyond the measurement error" in notes
+    assert "beats F16" not in card
+    assert "quick check, not wikitext-2" in card
+
+
+def test_compare_ppl_without_errors_says_unknown() -> None:
+    verdict = compare_ppl(Measure(6.5), Measure(6.6))
+    assert not verdict.within_noise and "unknown" in verdict.describe("a", "b")
+
+
+def test_card_methods_describe_only_the_profiles_produced_with_this_models_layers(
+        store: RunStore, tmp_path: Path) -> None:
+    card = render_model_card(inputs_from(store, tmp_path))
+    methods = card.split("## How each file was made", 1)[1].split("## Benchmark", 1)[0]
+    assert "APEX Quality (40 layers): routed experts Q6_K (layers 0-4, 35-39), Q5_K (5-9, " \
+           "30-34), IQ4_XS (10-29); shared experts Q8_0 in every layer" in methods
+    assert "APEX I-Quality" in methods and "importance matrix" in methods
+    assert "APEX Compact (40 layers): routed experts Q4_K (layers 0-4, 35-39), Q3_K (5-34)" \
+        in methods
+    assert "Balanced" not in methods and "Mini" not in methods
+
+
+def test_describe_profile_for_lfm2_style_leading_dense_layers() -> None:
+    facts = ModelFacts(name="LFM2.5-8B-A1B", architecture="lfm2moe", n_layer=24,
+                       n_leading_dense=2, n_expert=32, n_expert_used=4, n_expert_shared=0,
+                       total_params=8_000_000_000, active_params=1_000_000_000,
+                       context_length=128_000,
+                       mixers=(("short convolution", 18), ("full attention", 6)))
+    text = describe_profile(builtin_profiles()["compact"], facts)
+    assert "shared experts" not in text  # the model has none
+    assert "routed experts Q4_K (layers 2-4, 19-23)" in text
+    assert "the 2 leading dense FFN layers Q6_K in every layer" in text
+    assert "token-mixing" in text
+
+
+def test_card_run_commands_llama_cpp_ollama_localai_and_mmproj(store: RunStore,
+                                                               tmp_path: Path) -> None:
+    card = render_model_card(inputs_from(store, tmp_path))
+    repo = "alice/Qwen3.5-35B-A3B-APEX-GGUF"
+    file = "Qwen3.5-35B-A3B-APEX-Quality.gguf"
+    assert f"hf download {repo} {file} --local-dir ." in card
+    assert f"llama-server -m {file} -c 8192 -ngl 99 --mmproj mmproj-F16.gguf" in card
+    assert f"llama-cli -m {file} -c 8192 -ngl 99 --mmproj mmproj-F16.gguf" in card
+    assert f"ollama run hf.co/{repo}:Quality" in card
+    assert f"echo 'FROM ./{file}' > Modelfile" in card
+    assert f"local-ai run {repo}@{file}" in card
+    assert f"hf download {repo} mmproj-F16.gguf" in card
+
+
+def test_card_reproduction_uses_stock_llama_quantize_with_repo_recipes(store: RunStore,
+                                                                       tmp_path: Path) -> None:
+    card = render_model_card(inputs_from(store, tmp_path))
+    assert ("llama-quantize --tensor-type-file recipes/Qwen3.5-35B-A3B-APEX-I-Quality"
+            ".tensor-types.txt --token-embedding-type q6_k --imatrix imatrix.gguf "
+            "qwen-f16.gguf Qwen3.5-35B-A3B-APEX-I-Quality.gguf Q6_K") in card
+    assert card.startswith("---\nbase_model:\n- Qwen/Qwen3.5-35B-A3B\nlicense: apache-2.0\n")
+
+
+def test_card_uses_the_memory_checks_flags(store: RunStore, tmp_path: Path, tiny_qwen2moe) -> None:
+    from dataclasses import replace
+
+    from apex_gui.core.hardware import parse_device_spec
+    from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
+    from apex_gui.core.model import open_model
+    from apex_gui.core.recommend import MachineMemory, evaluate, profile_candidates
+
+    model = open_model(tiny_qwen2moe)
+    geom = ModelGeometry.from_model(model)
+    candidate = profile_candidates(model, [builtin_profiles()["quality"]])[0]
+    machine = MachineMemory(tuple(parse_device_spec("RTX 4090")), 64 * 10**9)
+    fit = evaluate(geom, candidate, machine, ContextSettings(n_ctx=8192))
+    inputs = inputs_from(store, tmp_path)
+    inputs = replace(inputs, fits={"Qwen3.5-35B-A3B-APEX-Quality.gguf": fit},
+                     hardware="RTX 4090 24GB")
+    card = render_model_card(inputs)
+    assert f"llama-server -m Qwen3.5-35B-A3B-APEX-Quality.gguf -c 8192 {fit.flags}" in card
+    rows = table_rows(card, "## Hardware Requirements")
+    assert rows[1][0] == "`Qwen3.5-35B-A3B-APEX-Quality.gguf`"
+    assert rows[1][2] == "full GPU offload"
+
+
+def test_card_without_measurements_says_so_and_has_no_benchmark_numbers() -> None:
+    inputs = CardInputs(repo_id="bob/Tiny-APEX-GGUF", model_name="Tiny",
+                        files=(CardFile("Tiny-APEX-Mini.gguf", "APEX Mini", 3_600_000_000,
+                                        profile_key="mini"),),
+                        results=(QuantResult("Q4_K_M", "baseline", size_bytes=4_900_000_000,
+                                             measured=False),))
+    card = render_model_card(inputs)
+    assert "Benchmarks coming soon" in card
+    assert "Core Metrics" not in card
+    assert "| `Tiny-APEX-Mini.gguf` | APEX Mini | 3.6 GB | Smallest viable |" in card
+
+
+def test_measure_format_keeps_two_significant_digits_of_the_error() -> None:
+    assert Measure(6.527, 0.041).format(3) == "6.527 ± 0.041"
+    assert Measure(0.0114, 0.0002).format(4) == "0.01140 ± 0.00020"
+    assert Measure(0.000130, 0.0).format(4) == "0.00013"  # below the printed precision
+    assert Measure(83.0, 1.9).format(1, "%") == "83.0% ± 1.9%"
+    assert Measure(6.5).format(3) == "6.500"
+
+
+def test_card_file_names_are_safe_for_shells_and_the_hub() -> None:
+    assert card_file_name("APEX tiny qwen2moe", "I-Quality") == "APEX-tiny-qwen2moe-APEX-I-Quality.gguf"
+    assert card_file_name("Qwen3.5-35B-A3B", "Trinity 5-band") == \
+        "Qwen3.5-35B-A3B-APEX-Trinity-5-band.gguf"
