@@ -70,7 +70,7 @@ def centre(window: MainWindow, cell: tuple[int | None, str]) -> QPoint:
 
 
 def size_label_bytes(window: MainWindow) -> int:
-    return int(window.plan_panel.bytes_label.text().replace(",", ""))
+    return int(window.plan_panel.bytes_label.text().split()[0].replace(",", ""))
 
 
 # --- opening -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from apex_gui.core.hardware import GpuDevice, HardwareSnapshot, parse_device_spe
 from apex_gui.core.plan import PlanProblem, PrecisionPlan
 from apex_gui.core.profiles import Profile
 from apex_gui.core.quant_types import PLAN_TYPES, ggml_type
-from apex_gui.core.units import GB, format_gb
+from apex_gui.core.units import GB, GiB, format_gb
 
 from . import style
 
@@ -395,7 +395,9 @@ class PlanPanel(QWidget):
         total = plan.total_bytes()
         # Small (demo) models in MB: "0.02 GB" would hide every edit's effect.
         self.size_label.setText(format_gb(total) if total >= GB else f"{total / 1e6:.2f} MB")
-        self.bytes_label.setText(f"{total:,}")
+        # Model cards quote GiB under the name "GB" (Trinity Quality "219 GB" = 235 GB):
+        # show both so a user can compare with a card.
+        self.bytes_label.setText(f"{total:,}  ({total / GiB:.2f} GiB)")
         self.bpw_label.setText(f"{plan.bits_per_weight():.3f}")
         if self._baseline_bytes:
             delta = total - self._baseline_bytes
