@@ -79,3 +79,25 @@ def fallback_model(model_dir: Path) -> Path:
     from apex_gui.core.synthetic import FALLBACK_SPEC, write_synthetic_model
 
     return write_synthetic_model(model_dir / "fallback-f16.gguf", FALLBACK_SPEC)
+
+
+def words(n: int) -> str:
+    """``n`` words of plain text (one token per byte with the synthetic byte tokenizer)."""
+    vocabulary = "experts route tokens through mixture layers of a small model".split()
+    return " ".join(vocabulary[i % len(vocabulary)] for i in range(n)) + "\n"
+
+
+@pytest.fixture(scope="session")
+def text_words():
+    """The :func:`words` helper, as a fixture for test modules."""
+    return words
+
+
+@pytest.fixture(scope="module")
+def deep_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """21 layers: quantizing takes a few seconds on 2 cores, long enough to interrupt."""
+    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+
+    spec = SyntheticModelSpec(arch="qwen2moe", n_layer=21, n_expert=2, n_expert_used=1, seed=7,
+                              name="APEX 21-layer test model")
+    return write_synthetic_model(tmp_path_factory.mktemp("deep") / "deep-f16.gguf", spec)

@@ -17,20 +17,6 @@ from apex_gui.jobs import JobQueue
 pytestmark = pytest.mark.gui
 
 
-def words(n: int) -> str:
-    vocabulary = "experts route tokens through mixture layers of a small model".split()
-    return " ".join(vocabulary[i % len(vocabulary)] for i in range(n)) + "\n"
-
-
-@pytest.fixture(scope="module")
-def deep_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
-
-    spec = SyntheticModelSpec(arch="qwen2moe", n_layer=21, n_expert=2, n_expert_used=1, seed=7,
-                              name="APEX 21-layer test model")
-    return write_synthetic_model(tmp_path_factory.mktemp("deep") / "deep-f16.gguf", spec)
-
-
 @pytest.fixture
 def queue(qtbot, llama_tools):
     jobs = JobQueue(llama_tools, RunStore(), terminate_timeout_s=2.0)
@@ -118,9 +104,9 @@ def test_a_missing_tool_ends_the_job_with_the_fix(qtbot, tiny_qwen2moe, tmp_path
 
 
 def test_imatrix_quantize_and_kl_divergence_pipeline_in_the_queue(qtbot, queue, tiny_qwen2moe,
-                                                                  tmp_path):
+                                                                  tmp_path, text_words):
     text = tmp_path / "text.txt"
-    text.write_text(words(500))
+    text.write_text(text_words(500))
     imatrix = ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=tmp_path / "i.gguf",
                          context=128, chunks=2, threads=2)
     quantize = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf",

@@ -16,21 +16,6 @@ from apex_gui.core.runner import JobStatus, run_job
 from apex_gui.core.tools import LlamaTools
 
 
-def words(n: int) -> str:
-    vocabulary = "experts route tokens through mixture layers of a small model".split()
-    return " ".join(vocabulary[i % len(vocabulary)] for i in range(n)) + "\n"
-
-
-@pytest.fixture(scope="module")
-def deep_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """21 layers: quantizing takes a few seconds on 2 cores, long enough to interrupt."""
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
-
-    spec = SyntheticModelSpec(arch="qwen2moe", n_layer=21, n_expert=2, n_expert_used=1, seed=7,
-                              name="APEX 21-layer test model")
-    return write_synthetic_model(tmp_path_factory.mktemp("deep") / "deep-f16.gguf", spec)
-
-
 def quantize_job(source: Path, output: Path, **kw) -> QuantizeJob:
     return QuantizeJob(source=source, output_path=output, base_type="Q4_K_M", threads=2, **kw)
 
@@ -127,9 +112,9 @@ def test_the_tools_own_imatrix_refusal_leaves_no_partial_file(tiny_qwen2moe, tmp
     assert list(folder.iterdir()) == []
 
 
-def test_imatrix_then_perplexity_real_runs(tiny_qwen2moe, tmp_path, llama_tools):
+def test_imatrix_then_perplexity_real_runs(tiny_qwen2moe, tmp_path, llama_tools, text_words):
     text = tmp_path / "text.txt"
-    text.write_text(words(500))
+    text.write_text(text_words(500))
     output = tmp_path / "imatrix.gguf"
     imatrix = run_job(ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=output,
                                  context=128, chunks=2, threads=2), llama_tools)
