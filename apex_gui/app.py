@@ -148,17 +148,21 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
     the demo model) in a temporary data folder: the user's own history is never touched.
     """
     scratch = Path(tempfile.mkdtemp(prefix="apex-shots-data-"))
-    previous = os.environ.get("APEX_STUDIO_DATA_DIR")
-    os.environ["APEX_STUDIO_DATA_DIR"] = str(scratch / "data")
+    # Settings, window geometry and run history of the screenshot session stay in scratch.
+    scratch_dirs = {"APEX_STUDIO_DATA_DIR": scratch / "data",
+                    "APEX_STUDIO_CONFIG_DIR": scratch / "config"}
+    previous = {key: os.environ.get(key) for key in scratch_dirs}
+    os.environ.update({key: str(value) for key, value in scratch_dirs.items()})
     try:
         if {"results", "run"} & set(only or SCREENSHOT_VIEWS):
             record_demo_runs(scratch)
         return _take_screenshots(out_dir, only)
     finally:
-        if previous is None:
-            os.environ.pop("APEX_STUDIO_DATA_DIR", None)
-        else:
-            os.environ["APEX_STUDIO_DATA_DIR"] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         shutil.rmtree(scratch, ignore_errors=True)
 
 

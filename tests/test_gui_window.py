@@ -440,9 +440,14 @@ def test_window_geometry_is_remembered(qtbot: QtBot) -> None:
 def test_screenshot_mode_renders_pngs(tmp_path: Path) -> None:
     from apex_gui.app import main
 
+    from apex_gui.core.settings import config_dir, data_dir
+
     assert main(["--screenshot", str(tmp_path), "--only", "main-demo", "--only", "settings"]) == 0
     for name in ("main-demo.png", "settings.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+    # The screenshot session keeps its geometry, settings and runs out of the user's folders.
+    assert not (config_dir() / "window.ini").exists()
+    assert not any(data_dir().iterdir())
 
 
 def test_core_never_imports_qt() -> None:

@@ -397,7 +397,8 @@ class PlanPanel(QWidget):
         self.size_label.setText(format_gb(total) if total >= GB else f"{total / 1e6:.2f} MB")
         # Model cards quote GiB under the name "GB" (Trinity Quality "219 GB" = 235 GB):
         # show both so a user can compare with a card.
-        self.bytes_label.setText(f"{total:,}  ({total / GiB:.2f} GiB)")
+        binary = f"{total / GiB:.2f} GiB" if total >= GiB else f"{total / 2**20:.2f} MiB"
+        self.bytes_label.setText(f"{total:,}  ({binary})")
         self.bpw_label.setText(f"{plan.bits_per_weight():.3f}")
         if self._baseline_bytes:
             delta = total - self._baseline_bytes
