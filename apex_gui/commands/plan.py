@@ -68,6 +68,7 @@ def run_plan(args: argparse.Namespace) -> int:
         data = plan_summary(plan)
         data["command"] = plan.command_line(output, f"{model.path.stem}-APEX-{profile.label}.gguf")
         data["tensor_types"] = {n: plan.effective_type(n) for n in plan.types}
+        data["mtp_rule"] = profile.mtp if model.n_mtp_layers else None
         print(json.dumps(data, indent=2))
         return 0
     if not args.output:
@@ -77,6 +78,11 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"predicted size {format_gb(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
           f"{plan.bits_per_weight():.2f} bits per weight")
     print(plan.command_line(output, f"{model.path.stem}-APEX-{profile.label}.gguf"))
+    if model.n_mtp_layers:
+        rule = ("treated as one more edge layer" if profile.mtp == "edge"
+                else f"every tensor at {profile.mtp}")
+        print(f"MTP/nextn block(s) {model.n_layer}..{model.block_count - 1}: {rule} "
+              f"(profile rule mtp = {profile.mtp!r}); bands count the {model.n_layer} ordinary blocks")
     for problem in plan.problems(have_imatrix=profile.uses_imatrix):
         print(f"note: {problem.message}")
     if profile.uses_imatrix:

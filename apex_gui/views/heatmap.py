@@ -638,7 +638,13 @@ class PrecisionHeatmap(QAbstractScrollArea):
                 extra.append("routed experts")
             if layer.has_shared_experts:
                 extra.append("shared expert")
-            return (f"<b>{kind}</b>: {layer.mixer.value}; {', '.join(extra) or 'no FFN'}"
+            rule = ""
+            profile = self._plan.profile if self._plan is not None else None
+            if layer.is_mtp and profile is not None:
+                # Band positions count ordinary blocks; say what the profile does with MTP.
+                rule = ("<br>Profile rule: treated as one more edge layer" if profile.mtp == "edge"
+                        else f"<br>Profile rule: every tensor at {profile.mtp}")
+            return (f"<b>{kind}</b>: {layer.mixer.value}; {', '.join(extra) or 'no FFN'}{rule}"
                     "<br>Click to select the row, Ctrl+click to add it")
         kind, role = self._column_header_kind(pos)
         if kind is not None:

