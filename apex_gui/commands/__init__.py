@@ -13,4 +13,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.plan",
     "apex_gui.commands.recommend",
     "apex_gui.commands.jobs",
+    "apex_gui.commands.types",
 )
