@@ -354,3 +354,12 @@ def test_plan_speed_on_a_400b_twin(trinity_twin):
     plan.set_cells([(30, "ffn_down_exps")], "Q8_0")
     plan.total_bytes()
     assert time.perf_counter() - started < 0.1
+
+
+def test_quant_file_names_follow_the_published_naming():
+    from apex_gui.core.profiles import quant_file_name
+
+    assert quant_file_name("/m/Qwen3.5-35B-A3B-BF16.gguf", "I-Quality") == \
+        "Qwen3.5-35B-A3B-APEX-I-Quality.gguf"
+    assert quant_file_name("demo.gguf", "Trinity 5-band") == "demo-APEX-Trinity-5-band.gguf"
+    assert quant_file_name("x-f16.gguf", "Mini") == "x-APEX-Mini.gguf"

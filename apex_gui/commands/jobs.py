@@ -381,10 +381,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _output_name(model: Path, profile_key: str) -> str:
-    stem = model.stem
-    for suffix in ("-f16", "-F16", "-bf16", "-BF16", "-f32", "-F32", ".f16", ".bf16"):
-        stem = stem.removesuffix(suffix)
-    return f"{stem}-APEX-{profile_key}.gguf"
+    from apex_gui.core.profiles import get_profile, quant_file_name
+
+    return quant_file_name(model, get_profile(profile_key).label)
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from apex_gui.core.baselines import BASELINE_TYPES, baselines
 from apex_gui.core.model import ModelInfo, open_model
 from apex_gui.core.plan import PrecisionPlan, detect_profile, plan_from_profile, plan_from_tensor_type_file
-from apex_gui.core.profiles import builtin_profiles, get_profile
+from apex_gui.core.profiles import builtin_profiles, get_profile, quant_file_name
 from apex_gui.core.roles import TensorRole
 from apex_gui.core.units import GiB, format_gb, format_gib
 
@@ -66,7 +66,7 @@ def run_plan(args: argparse.Namespace) -> int:
         plan.write_tensor_type_file(args.output)
     if args.json:
         data = plan_summary(plan)
-        data["command"] = plan.command_line(output, f"{model.path.stem}-APEX-{profile.label}.gguf")
+        data["command"] = plan.command_line(output, quant_file_name(model.path, profile.label))
         data["tensor_types"] = {n: plan.effective_type(n) for n in plan.types}
         data["mtp_rule"] = profile.mtp if model.n_mtp_layers else None
         print(json.dumps(data, indent=2))
@@ -77,7 +77,7 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {len(plan.pinned_types())} tensors pinned for APEX {profile.label}")
     print(f"predicted size {format_gb(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
           f"{plan.bits_per_weight():.2f} bits per weight")
-    print(plan.command_line(output, f"{model.path.stem}-APEX-{profile.label}.gguf"))
+    print(plan.command_line(output, quant_file_name(model.path, profile.label)))
     if model.n_mtp_layers:
         rule = ("treated as one more edge layer" if profile.mtp == "edge"
                 else f"every tensor at {profile.mtp}")

@@ -258,3 +258,17 @@ def save_user_profile(profile: Profile) -> Path:
     temporary.write_text(profile_to_toml(profile), encoding="utf-8")
     temporary.replace(path)
     return path
+
+
+_PRECISION_SUFFIXES = ("-f16", "-bf16", "-f32", ".f16", ".bf16", ".f32")
+
+
+def quant_file_name(source: str | Path, label: str) -> str:
+    """``<source stem>-APEX-<Label>.gguf``, the published naming (``Model-F16.gguf`` with
+    I-Quality -> ``Model-APEX-I-Quality.gguf``)."""
+    stem = Path(source).name.removesuffix(".gguf")
+    for suffix in _PRECISION_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return f"{stem}-APEX-{label.replace(' ', '-')}.gguf"

@@ -441,20 +441,17 @@ def profile_candidates(model: ModelInfo, profiles: Iterable[Profile] | None = No
     The command names the file the quantize step writes: ``<model stem>-APEX-<Label>.gguf``.
     """
     from .plan import plan_from_profile
-    from .profiles import builtin_profiles
+    from .profiles import builtin_profiles, quant_file_name
 
     chosen = list(profiles) if profiles is not None else list(builtin_profiles().values())
     folder = Path(out_dir) if out_dir is not None else model.path.parent
-    stem = model.path.name.removesuffix(".gguf")
-    for suffix in ("-f16", "-bf16", "-F16", "-BF16", "-f32"):
-        stem = stem.removesuffix(suffix)
     candidates = []
     for profile in chosen:
         plan = plan_from_profile(model, profile)
         candidates.append(Candidate(
             key=profile.key, label=profile.label, tensor_bytes=plan.tensor_bytes_map(),
             file_bytes=plan.total_bytes(),
-            path=str(folder / f"{stem}-APEX-{profile.label}.gguf")))
+            path=str(folder / quant_file_name(model.path, profile.label))))
     return candidates
 
 

@@ -52,10 +52,9 @@ STATUS_TEXT = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed",
 
 def output_name(model: Any, label: str) -> str:
     """``<source stem>-APEX-<Label>.gguf``, the name the memory check also uses."""
-    stem = Path(model.path).name.removesuffix(".gguf")
-    for suffix in ("-f16", "-bf16", "-F16", "-BF16", "-f32", "-F32"):
-        stem = stem.removesuffix(suffix)
-    return f"{stem}-APEX-{label.replace(' ', '-')}.gguf"
+    from apex_gui.core.profiles import quant_file_name
+
+    return quant_file_name(Path(model.path), label)
 
 
 @dataclass(frozen=True)
