@@ -100,3 +100,27 @@ def test_types_table_gives_geometry_imatrix_need_and_fallback(capsys):
                             "fallback": ["Q5_0", "F16"]}
     assert rows["IQ2_S"]["needs_imatrix"] and rows["IQ2_S"]["fallback"] == ["IQ4_NL", "F16"]
     assert rows["Q8_0"]["fallback"] == ["F16"]
+
+
+def test_card_lists_only_this_models_quants(capsys, tiny_qwen2moe, tmp_path):
+    from apex_gui.core.run_store import RunStore
+
+    store = RunStore()
+    quant = tmp_path / "tiny-APEX-Compact.gguf"
+    quant.write_bytes(b"x" * 1000)
+    for spec, kind, results in (
+            ({"source": str(tiny_qwen2moe), "output_path": str(quant), "profile": "compact"},
+             "quantize", {"output_bytes": 1000}),
+            ({"source": "/other/model.gguf", "output_path": "/other/model-APEX-Quality.gguf",
+              "profile": "quality"}, "quantize", {"output_bytes": 5})):
+        run_id = store.start(kind, kind, spec, ["llama-quantize"], None)
+        store.finish(run_id, "succeeded", 0, "ok", "", results)
+    store.close()
+    target = tmp_path / "README.md"
+    code, out, _ = run(capsys, "card", str(tiny_qwen2moe), "--repo", "me/Tiny-APEX-GGUF",
+                       "-o", str(target), "--files")
+    card = target.read_text()
+    assert code == 0 and "APEX Compact" in card and "APEX Quality" not in card
+    assert "me/Tiny-APEX-GGUF" in card and "README.md" in out
+    code, _, err = run(capsys, "card", str(quant.with_name("missing.gguf")))
+    assert code == 2

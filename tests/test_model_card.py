@@ -279,3 +279,33 @@ def test_card_file_names_are_safe_for_shells_and_the_hub() -> None:
     assert card_file_name("APEX tiny qwen2moe", "I-Quality") == "APEX-tiny-qwen2moe-APEX-I-Quality.gguf"
     assert card_file_name("Qwen3.5-35B-A3B", "Trinity 5-band") == \
         "Qwen3.5-35B-A3B-APEX-Trinity-5-band.gguf"
+
+
+def test_results_of_one_model_family_leave_other_models_out(tmp_path):
+    from apex_gui.core.results import collect_results
+    from apex_gui.core.run_store import RunStore
+
+    store = RunStore(tmp_path / "runs.sqlite")
+
+    def record(kind: str, spec: dict, results: dict) -> None:
+        run_id = store.start(kind, kind, spec, ["tool"], None)
+        store.finish(run_id, "succeeded", 0, "ok", "", results)
+
+    for source in ("/m/a-F16.gguf", "/m/b-F16.gguf"):
+        stem = source[3]
+        logits = f"/cache/{stem}.kld"
+        record("reference-logits", {"model": source, "output_path": logits, "text": "t.txt"},
+               {"ppl": 10.0})
+        record("quantize", {"source": source, "output_path": f"/q/{stem}-APEX-Quality.gguf",
+                            "profile": "quality"}, {"output_bytes": 100})
+        record("kl-divergence", {"model": f"/q/{stem}-APEX-Quality.gguf",
+                                 "reference_logits": logits}, {"kld_mean": 0.01, "ppl": 10.1})
+    # a quant made elsewhere but measured against a's logits belongs with a
+    record("kl-divergence", {"model": "/elsewhere/a-Q4_K_M.gguf",
+                             "reference_logits": "/cache/a.kld"}, {"kld_mean": 0.02})
+    rows = collect_results(store, reference="/m/a-F16.gguf", family_only=True)
+    assert {r.path for r in rows} == {"/m/a-F16.gguf", "/q/a-APEX-Quality.gguf",
+                                      "/elsewhere/a-Q4_K_M.gguf"}
+    everything = collect_results(store, reference="/m/a-F16.gguf")
+    assert "/q/b-APEX-Quality.gguf" in {r.path for r in everything}
+    store.close()

@@ -14,4 +14,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.recommend",
     "apex_gui.commands.jobs",
     "apex_gui.commands.types",
+    "apex_gui.commands.card",
 )

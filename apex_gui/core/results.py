@@ -235,19 +235,38 @@ def _reference_label(path: str) -> str:
     return "reference"
 
 
+def _family(records: Sequence[RunRecord], reference: str) -> set[str]:
+    """Files that belong with ``reference``: itself, quants made from it, and files measured
+    against its reference logits (a quant made elsewhere but compared with this model)."""
+    members = {reference}
+    logits = {str(Path(r.spec.get("output_path", ""))) for r in records
+              if r.kind == "reference-logits" and str(Path(r.spec.get("model", ""))) == reference}
+    for record in records:
+        if record.kind == "quantize" and str(Path(record.spec.get("source", ""))) == reference:
+            members.add(str(Path(record.spec.get("output_path", ""))))
+        elif record.kind == "kl-divergence" and \
+                str(Path(record.spec.get("reference_logits", ""))) in logits:
+            members.add(str(Path(record.spec.get("model", ""))))
+    return members
+
+
 def collect_results(store: RunStore, *, reference: str | os.PathLike[str] | None = None,
-                    baselines: Iterable[Any] = (), limit: int = 10_000) -> list[QuantResult]:
+                    baselines: Iterable[Any] = (), limit: int = 10_000,
+                    family_only: bool = False) -> list[QuantResult]:
     """One row per model file with successful runs, plus the reference and size-only baselines.
 
     ``reference``: the full-precision model (gets a row even without runs, sized from disk).
+    ``family_only``: keep only files that belong with ``reference`` (see :func:`_family`), so a
+    model card or a comparison is not mixed with runs about other models.
     ``baselines``: :class:`apex_gui.core.baselines.Baseline` objects (``name``,
     ``total_bytes``); a baseline already measured (a quant with that name) is not repeated.
     """
     builders: dict[str, _Builder] = {}
     records = sorted(store.runs(status="succeeded", limit=limit), key=lambda r: r.id)
+    family = _family(records, str(Path(reference))) if family_only and reference else None
     for record in records:
         about = _about(record)
-        if not about:
+        if not about or (family is not None and str(Path(about)) not in family):
             continue
         key = str(Path(about))
         builders.setdefault(key, _Builder(key)).add(record)

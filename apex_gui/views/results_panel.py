@@ -333,8 +333,10 @@ class ResultsPanel(QWidget):
         if self._store is None:
             self.rows = []
         else:
+            # With a full-precision model open, only its own quants and measurements.
             self.rows = collect_results(self._store, reference=self._reference,
-                                        baselines=self._baselines)
+                                        baselines=self._baselines,
+                                        family_only=self._reference is not None)
         self.table_model.set_rows(self.rows)
         self.ppl_plot.show_rows(self.rows, _ppl)
         self.kld_plot.show_rows([r for r in self.rows if r.kind != "reference"], _kld)

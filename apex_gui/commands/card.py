@@ -1,0 +1,65 @@
+"""``apex-studio card SOURCE.gguf``: the model card (README) of the measured APEX quants."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from apex_gui.core.model import open_model
+from apex_gui.core.model_card import build_card_inputs, model_facts, quant_recipes, render_model_card
+from apex_gui.core.profiles import all_profiles
+from apex_gui.core.publish import repo_name_for, upload_plan
+from apex_gui.core.results import collect_results
+from apex_gui.core.run_store import RunStore
+from apex_gui.core.units import format_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("card", help="write a model card (README.md) for the APEX quants "
+                                         "made and measured from a source model")
+    parser.add_argument("source", help="the F16/BF16 model the quants were made from")
+    parser.add_argument("--repo", help="USER/NAME of the Hugging Face repository "
+                                       "(default USER/<Model>-APEX-GGUF)")
+    parser.add_argument("--name", help="model name on the card (default: the file's general.name)")
+    parser.add_argument("--base-model", default="", help="the original model's repository id")
+    parser.add_argument("--mmproj", help="a vision projector to list beside the quants")
+    parser.add_argument("-o", "--output", help="write the card here (default: print it)")
+    parser.add_argument("--files", action="store_true",
+                        help="also list the files an upload would send")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = open_model(args.source)
+    name = args.name or model.name
+    store = RunStore()
+    try:
+        rows = collect_results(store, reference=model.path, family_only=True)
+        recipes = quant_recipes(store)
+    finally:
+        store.close()
+    if not any(row.kind == "apex" for row in rows):
+        raise ValueError(f"no measured APEX quant of {model.path.name} in the run history; run "
+                         f"`apex-studio pipeline {model.path} --profiles quality --eval --kld` first")
+    mmproj = (Path(args.mmproj).name, Path(args.mmproj).stat().st_size) if args.mmproj else None
+    inputs, names = build_card_inputs(
+        rows, recipes, repo_id=args.repo or f"USER/{repo_name_for(name)}", model_name=name,
+        profiles=all_profiles(), facts=model_facts(model), base_model=args.base_model,
+        mmproj=mmproj)
+    card = render_model_card(inputs)
+    if args.output:
+        target = Path(args.output)
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(card, encoding="utf-8")
+        temporary.replace(target)
+        print(f"wrote {target}")
+    else:
+        print(card)
+    if args.files:
+        files = list(names.items()) + ([(args.mmproj, Path(args.mmproj).name)] if args.mmproj else [])
+        plan = upload_plan(inputs.repo_id, files, readme=card)
+        for item in plan.items:
+            print(f"  {item.path_in_repo}  ({format_size(item.size_bytes)})")
+        for problem in plan.problems:
+            print(f"  problem: {problem}")
+    return 0
