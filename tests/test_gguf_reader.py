@@ -8,10 +8,10 @@ one line on stderr, no traceback), quickly and without allocating what a header 
 from __future__ import annotations
 
 import os
+import resource
 import struct
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -94,6 +94,16 @@ def write(tmp_path: Path, content: bytes, name: str = "model.gguf") -> Path:
     path = tmp_path / name
     path.write_bytes(content)
     return path
+
+
+# Page faults, not seconds, show that a read stayed in the header: the data region of these
+# sparse files is hundreds of GiB, so touching it costs millions of faults.
+FEW_PAGES = 2048
+
+
+def page_faults() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
 
 
 def assert_clean_failure(path: Path, *phrases: str) -> GGUFError:
@@ -234,9 +244,9 @@ def test_missing_path(tmp_path: Path) -> None:
 def test_named_pipe_does_not_hang(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.gguf"
     os.mkfifo(fifo)
-    started = time.perf_counter()
+    # Opening a FIFO blocks until a writer comes: the reader must refuse it from stat() alone,
+    # so a regression shows up as this test never finishing.
     assert_clean_failure(fifo, "not a regular file")
-    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize("cut", [4, 10, 23])
@@ -316,9 +326,10 @@ def test_a_count_over_a_sparse_hole_is_bounded(tmp_path: Path) -> None:
     path = write(tmp_path, build_gguf([kv]))
     with open(path, "r+b") as handle:
         handle.truncate(1 << 40)  # 1 TiB of hole, nothing on disk
-    started = time.perf_counter()
+    before = page_faults()
     assert_clean_failure(path, "tokenizer.ggml.merges", "more than")
-    assert time.perf_counter() - started < 10
+    # Walking the hole would fault in page after page of zeros; the budget refuses it first.
+    assert page_faults() - before < FEW_PAGES
 
 
 @pytest.mark.parametrize("n_dims", [0, 5, 2**32 - 1])
@@ -329,7 +340,7 @@ def test_bad_dimension_count(tmp_path: Path, n_dims: int) -> None:
     assert_clean_failure(write(tmp_path, bad), "output_norm.weight", f"{n_dims} dimensions")
 
 
-@pytest.mark.parametrize("type_id", [4, 5, 31, 42, 2**32 - 1])
+@pytest.mark.parametrize("type_id", [4, 5, 31, 43, 2**32 - 1])
 def test_unknown_tensor_type(tmp_path: Path, type_id: int) -> None:
     path = write(tmp_path, build_gguf(tensors=[("output_norm.weight", (64,), type_id)]))
     assert_clean_failure(path, "output_norm.weight", f"unknown ggml type id {type_id}")
@@ -411,7 +422,7 @@ def test_reading_a_header_never_touches_tensor_data(tmp_path: Path) -> None:
     path = write(tmp_path, content)
     with open(path, "r+b") as handle:
         handle.truncate(len(content) + 4096 * 2**26 * 2)
-    started = time.perf_counter()
+    before = page_faults()
     header = read_header(path)
-    assert time.perf_counter() - started < 1
+    assert page_faults() - before < FEW_PAGES  # the 512 GiB of tensor data is never touched
     assert header.tensors[0].nbytes == 4096 * 2**26 * 2

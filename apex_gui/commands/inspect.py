@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from apex_gui.core.model import FileKind, ModelInfo, open_model, type_histogram
+from apex_gui.core.model import FileKind, MixerKind, ModelInfo, open_model, type_histogram
 from apex_gui.core.roles import TensorRole, kind_label
 from apex_gui.core.units import format_gb, format_params, format_size
 
@@ -73,6 +73,14 @@ def summary_dict(model: ModelInfo) -> dict[str, Any]:
     return base
 
 
+# Short names for the per-layer table: the first word of "multi-head latent attention"
+# would read as plain multi-head attention.
+MIXER_SHORT = {
+    MixerKind.FULL_ATTENTION: "full", MixerKind.SLIDING_WINDOW: "swa", MixerKind.MLA: "mla",
+    MixerKind.LINEAR_ATTENTION: "linear", MixerKind.SHORT_CONV: "conv", MixerKind.NONE: "none",
+}
+
+
 def layer_rows(model: ModelInfo) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-layer table: one row per block, one column per kind."""
     kinds = model.kinds
@@ -85,7 +93,7 @@ def layer_rows(model: ModelInfo) -> tuple[list[str], list[list[str]]]:
     for layer in model.layers:
         by_kind = types_by_layer.get(layer.index, {})
         label = layer.label
-        rows.append([label, layer.mixer.value.split(" ")[0]] + [by_kind.get(k, "-") for k in kinds])
+        rows.append([label, MIXER_SHORT[layer.mixer]] + [by_kind.get(k, "-") for k in kinds])
     return ["layer", "mixer"] + [kind_label(k) for k in kinds], rows
 
 
@@ -155,6 +163,8 @@ def render_text(model: ModelInfo, with_tensors: bool = False) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    present = [kind for kind in MixerKind if any(layer.mixer is kind for layer in model.layers)]
+    lines.append("mixer: " + ", ".join(f"{MIXER_SHORT[kind]} = {kind.value}" for kind in present))
     others = [t for t in model.tensors if t.layer is None and t.role is not TensorRole.NORM]
     if others:
         lines.append("")

@@ -10,8 +10,9 @@ from apex_gui.core.baselines import BASELINE_TYPES, baselines
 from apex_gui.core.model import ModelInfo, open_model
 from apex_gui.core.plan import PrecisionPlan, detect_profile, plan_from_profile, plan_from_tensor_type_file
 from apex_gui.core.profiles import builtin_profiles, get_profile, quant_file_name
+from apex_gui.core.quant_types import IMATRIX_REQUIRED, tensor_bytes
 from apex_gui.core.roles import TensorRole
-from apex_gui.core.units import GiB, format_gb, format_gib
+from apex_gui.core.units import GB, GiB, MiB, format_gb, format_gib
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("model")
     plan.add_argument("--profile", required=True, help="e.g. quality, i-quality, compact")
     plan.add_argument("-o", "--output", help="tensor-type file to write (default: print it)")
+    plan.add_argument("--imatrix", metavar="FILE",
+                      help="importance matrix to quantize with: goes into the command, and the "
+                           "size counts what llama-quantize records about it")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=run_plan)
 
@@ -57,10 +61,16 @@ def plan_summary(plan: PrecisionPlan) -> dict:
     }
 
 
+def _readable_size(nbytes: int) -> str:
+    """GB as the model cards quote sizes; MB for the small demo and test models."""
+    return format_gb(nbytes) if nbytes >= GB else f"{nbytes / 1e6:.2f} MB"
+
+
 def run_plan(args: argparse.Namespace) -> int:
     model = open_model(args.model)
     profile = get_profile(args.profile)
     plan = plan_from_profile(model, profile)
+    plan.imatrix = args.imatrix
     output = args.output or "plan.txt"
     if args.output:
         plan.write_tensor_type_file(args.output)
@@ -75,7 +85,7 @@ def run_plan(args: argparse.Namespace) -> int:
         print(plan.tensor_type_file_text(), end="")
         return 0
     print(f"wrote {args.output}: {len(plan.pinned_types())} tensors pinned for APEX {profile.label}")
-    print(f"predicted size {format_gb(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
+    print(f"predicted size {_readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
           f"{plan.bits_per_weight():.2f} bits per weight")
     print(plan.command_line(output, quant_file_name(model.path, profile.label)))
     if model.n_mtp_layers:
@@ -83,35 +93,87 @@ def run_plan(args: argparse.Namespace) -> int:
                 else f"every tensor at {profile.mtp}")
         print(f"MTP/nextn block(s) {model.n_layer}..{model.block_count - 1}: {rule} "
               f"(profile rule mtp = {profile.mtp!r}); bands count the {model.n_layer} ordinary blocks")
-    for problem in plan.problems(have_imatrix=profile.uses_imatrix):
+    for problem in plan.problems(have_imatrix=profile.uses_imatrix or bool(plan.imatrix)):
         print(f"note: {problem.message}")
-    if profile.uses_imatrix:
+    if profile.uses_imatrix and not plan.imatrix:
         print("this profile uses an importance matrix: add --imatrix FILE "
               "(apex-studio imatrix MODEL -o imatrix.gguf)")
     return 0
 
 
-def _role_column(plan: PrecisionPlan, role: TensorRole) -> str:
-    value = plan.bits_per_weight_by_role().get(role)
-    return f"{value:.2f}" if value is not None else "-"
+def _imatrix_column(needs: bool, uses: bool) -> str | None:
+    """"required" when llama-quantize refuses the types without one, "used" when the
+    profile asks for one by choice (I- variants), else None."""
+    if needs:
+        return "required"
+    return "used" if uses else None
+
+
+def _types_summary(model: ModelInfo, types: dict[str, str]) -> tuple[float | None, bool]:
+    """(routed-expert bits per weight, whether an imatrix is required) for per-tensor types."""
+    routed_bytes = routed_params = 0
+    needs = False
+    for tensor in model.tensors:
+        type_name = types.get(tensor.name, tensor.type_name)
+        if tensor.role is TensorRole.ROUTED_EXPERT:
+            routed_bytes += tensor_bytes(type_name, tensor.shape)
+            routed_params += tensor.n_elements
+        if type_name in IMATRIX_REQUIRED and tensor.role not in (TensorRole.EMBEDDING,
+                                                                 TensorRole.OUTPUT):
+            needs = True
+    return (round(routed_bytes * 8 / routed_params, 4) if routed_params else None), needs
 
 
 def estimate_rows(model: ModelInfo, with_baselines: bool) -> tuple[list[dict], list[str]]:
     rows = []
     for profile in builtin_profiles().values():
         plan = plan_from_profile(model, profile)
+        routed = plan.bits_per_weight_by_role().get(TensorRole.ROUTED_EXPERT)
         rows.append({"name": f"APEX {profile.label}", **plan_summary(plan),
-                     "routed_bpw": _role_column(plan, TensorRole.ROUTED_EXPERT)})
+                     "routed_bpw": round(routed, 4) if routed is not None else None,
+                     "imatrix": _imatrix_column(plan.needs_imatrix(), profile.uses_imatrix)})
     problems: list[str] = []
     if with_baselines:
         found, problems = baselines(model, BASELINE_TYPES)
         for base in found:
+            routed, needs = _types_summary(model, base.types)
             rows.append({"name": base.name, "profile": None, "origin": f"llama.cpp {base.name}",
                          "total_bytes": base.total_bytes, "total_gb": round(base.total_bytes / 1e9, 3),
                          "total_gib": round(base.total_bytes / GiB, 3),
-                         "bits_per_weight": round(base.bits_per_weight, 4), "routed_bpw": "-",
-                         "needs_imatrix": base.name.startswith("IQ2"), "problems": []})
+                         "bits_per_weight": round(base.bits_per_weight, 4), "routed_bpw": routed,
+                         "needs_imatrix": needs, "imatrix": _imatrix_column(needs, False),
+                         "problems": []})
     return rows, problems
+
+
+def render_estimate_table(model: ModelInfo, rows: list[dict], problems: list[str]) -> str:
+    """The ``estimate --all`` table: one row per profile and baseline, sizes aligned."""
+    # Demo and test models are a few MB: GB columns would read 0.00 on every row.
+    small = model.file_size < GB
+    unit, binary_unit = ("MB", "MiB") if small else ("GB", "GiB")
+    scale, binary_scale = (1e6, MiB) if small else (1e9, GiB)
+    layers = f"{model.n_layer} layers" + (f" + {model.n_mtp_layers} MTP" if model.n_mtp_layers else "")
+    shared = f" + {model.n_expert_shared} shared" if model.n_expert_shared else ""
+    lines = [f"{model.name} ({model.architecture}, {layers}, {model.n_expert} experts{shared}); "
+             f"source {model.file_type}, {model.file_size / scale:,.2f} {unit}",
+             "",
+             f"{'quant':<22} {'size ' + unit:>10} {'size ' + binary_unit:>10} {'bytes':>17} "
+             f"{'bpw':>6} {'experts bpw':>12}  imatrix"]
+    previous_apex = True
+    for row in rows:
+        is_apex = row["name"].startswith("APEX ")
+        if previous_apex and not is_apex:
+            lines.append("")  # baselines below the profiles
+        previous_apex = is_apex
+        routed = f"{row['routed_bpw']:.2f}" if row["routed_bpw"] is not None else "-"
+        lines.append(f"{row['name']:<22} {row['total_bytes'] / scale:>10,.2f} "
+                     f"{row['total_bytes'] / binary_scale:>10,.2f} {row['total_bytes']:>17,} "
+                     f"{row['bits_per_weight']:>6.2f} {routed:>12}  {row['imatrix'] or '-'}")
+    lines += ["", "bpw: bits per weight over every tensor; experts bpw: routed experts only",
+              "imatrix: required = llama-quantize refuses these types without one; "
+              "used = the profile asks for one"]
+    lines += [f"note: {problem}" for problem in problems]
+    return "\n".join(lines)
 
 
 def run_estimate(args: argparse.Namespace) -> int:
@@ -121,14 +183,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"model": str(model.path), "rows": rows, "problems": problems}, indent=2))
             return 0
-        print(f"{model.name} ({model.architecture}, {model.n_layer} layers, "
-              f"{model.n_expert} experts), source {format_gb(model.file_size)}")
-        print(f"{'quant':<22} {'size GB':>9} {'size GiB':>9} {'bytes':>16} {'bpw':>6} {'experts':>8}")
-        for row in rows:
-            print(f"{row['name']:<22} {row['total_gb']:>9.2f} {row['total_gib']:>9.2f} "
-                  f"{row['total_bytes']:>16,} {row['bits_per_weight']:>6.2f} {row['routed_bpw']:>8}")
-        for problem in problems:
-            print(f"note: {problem}")
+        print(render_estimate_table(model, rows, problems))
         return 0
     if args.profile:
         plan = plan_from_profile(model, get_profile(args.profile))

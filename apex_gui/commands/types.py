@@ -23,9 +23,18 @@ def fallback_chain(kind: GGMLType) -> list[str]:
     while current.fallback is not None:
         current = current.fallback
         chain.append(current.name)
-    if kind.quantized:
+    if kind.quantized and (chain or kind.block_size <= 32):
         chain.append("F16")  # when even the fallback's block does not divide the row
+    # A wide-block type with no fallback (Q1_0, NVFP4): llama-quantize stops with an error.
     return chain
+
+
+def _fallback_text(kind: GGMLType, chain: list[str]) -> str:
+    if chain:
+        return " -> ".join(chain)
+    if kind.quantized:
+        return "none: llama-quantize stops with an error"
+    return "-"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['type']:<8} {row['block_size']:>5} {row['bytes_per_block']:>5} "
               f"{row['bits_per_weight']:>6.3f}  {'needed' if row['needs_imatrix'] else '-':<8} "
-              + (" -> ".join(row["fallback"]) or "-"))
+              + _fallback_text(TYPES[row["type"]], row["fallback"]))
     return 0

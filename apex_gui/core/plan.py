@@ -9,11 +9,16 @@ each padded to the file's alignment.
 
 from __future__ import annotations
 
+import os
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+from .gguf_reader import GGUFError, LazyArray, read_header, read_lazy_array
 from .model import LayerInfo, ModelInfo
 from .profiles import Profile, builtin_profiles
 from .quant_types import (FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, TYPES, UnknownTypeError,
@@ -27,6 +32,83 @@ def _kv_bytes(key: str, value_bytes: int) -> int:
     """Bytes of one metadata entry: key length (u64) + key + value type (u32) + value."""
     return 8 + len(key.encode()) + 4 + value_bytes
 
+
+# llama-quantize copies override strings into a 128-byte buffer (strncpy 127 + NUL).
+_OVERRIDE_STRING_BYTES = 127
+# When the imatrix cannot be read yet (it is made later in a queue), a typical dataset name.
+_TYPICAL_DATASET_BYTES = 64
+# Bounds for walking a legacy .dat imatrix: far above real files, so garbage stops at once.
+_MAX_LEGACY_ENTRIES = 1 << 20
+_MAX_LEGACY_NAME = 1 << 16
+
+
+@dataclass(frozen=True)
+class ImatrixStamp:
+    """What llama-quantize writes into the quant's header about the imatrix it used."""
+
+    dataset_bytes: int | None  # length of quantize.imatrix.dataset; None: key not written
+    chunks: bool  # quantize.imatrix.chunks_count is written only for a positive chunk count
+
+
+def _imatrix_stamp(path: str) -> ImatrixStamp:
+    """Read the imatrix (GGUF or legacy .dat) as llama-quantize does; estimate if unreadable."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ImatrixStamp(_TYPICAL_DATASET_BYTES, True)
+    return _imatrix_stamp_cached(path, info.st_size, info.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _imatrix_stamp_cached(path: str, size: int, mtime_ns: int) -> ImatrixStamp:
+    del size, mtime_ns  # part of the cache key only: a rewritten imatrix is read again
+    try:
+        header = read_header(path)
+    except GGUFError:
+        return _legacy_imatrix_stamp(path)
+    datasets: Any = header.metadata.get("imatrix.datasets")
+    if isinstance(datasets, LazyArray):
+        try:
+            datasets = read_lazy_array(path, datasets, "imatrix.datasets")
+        except GGUFError:
+            datasets = None
+    first = datasets[0] if isinstance(datasets, list) and datasets else None
+    chunks = header.metadata.get("imatrix.chunk_count", 0)
+    return ImatrixStamp(
+        min(len(first.encode()), _OVERRIDE_STRING_BYTES) if isinstance(first, str) else None,
+        isinstance(chunks, int) and chunks > 0)
+
+
+def _legacy_imatrix_stamp(path: str) -> ImatrixStamp:
+    """The trailing chunk count and dataset name of a legacy ``.dat`` imatrix, read as
+    llama.cpp's loader reads them (the dataset is a C string: it ends at the first NUL)."""
+    try:
+        with open(path, "rb") as handle:
+            (entries,) = struct.unpack("<i", handle.read(4))
+            if not 0 < entries <= _MAX_LEGACY_ENTRIES:
+                raise ValueError("not a legacy imatrix")
+            for _ in range(entries):
+                (name_len,) = struct.unpack("<i", handle.read(4))
+                if not 0 <= name_len <= _MAX_LEGACY_NAME:
+                    raise ValueError("not a legacy imatrix")
+                handle.seek(name_len + 4, os.SEEK_CUR)  # name, ncall
+                (n_values,) = struct.unpack("<i", handle.read(4))
+                if n_values < 1:
+                    raise ValueError("not a legacy imatrix")
+                handle.seek(4 * n_values, os.SEEK_CUR)
+            tail = handle.read(8)
+            if len(tail) < 8:
+                return ImatrixStamp(None, False)
+            chunks, dataset_len = struct.unpack("<ii", tail)
+            dataset = handle.read(dataset_len) if 0 < dataset_len <= _MAX_LEGACY_NAME else b""
+    except (OSError, struct.error, ValueError):
+        return ImatrixStamp(_TYPICAL_DATASET_BYTES, True)
+    if len(dataset) < max(dataset_len, 1):  # no name, or cut short: llama.cpp keeps none
+        return ImatrixStamp(None, chunks > 0)
+    name = dataset.split(b"\0", 1)[0]
+    return ImatrixStamp(min(len(name), _OVERRIDE_STRING_BYTES), chunks > 0)
+
+
 # Substrings that llama-quantize's tensor_allows_quantization rejects (bar arch-specific ones).
 _NEVER_QUANTIZED = (
     "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
@@ -36,7 +118,8 @@ _NEVER_QUANTIZED = (
     "time_mix_v2.weight", "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight",
     "time_mix_g1.weight", "time_mix_g2.weight", "time_mix_decay_w1.weight",
     "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight", "attn_rel_b.weight",
-    ".position_embd", ".rel_pos", ".patch_embd", ".patch_merger",
+    ".position_embd", ".rel_pos", ".patch_embd", ".patch_merger", "sam.pos_embd", "sam.neck.",
+    "sam.net_", "a.rvq.codebook", "mm.a.code_embd",
 )
 
 
@@ -141,12 +224,23 @@ class PrecisionPlan:
             if key not in metadata:
                 extra += _kv_bytes(key, 4)
         if self.imatrix:
-            # quantize.imatrix.file (string), .dataset (string; its length is not known
-            # before the run, so allow a typical one), .entries_count, .chunks_count
-            extra += _kv_bytes("quantize.imatrix.file", 8 + len(str(self.imatrix).encode()))
-            extra += _kv_bytes("quantize.imatrix.dataset", 8 + 64)
-            extra += _kv_bytes("quantize.imatrix.entries_count", 4)
-            extra += _kv_bytes("quantize.imatrix.chunks_count", 4)
+            # llama-quantize stamps the imatrix it used: file name and first dataset (each cut
+            # to 127 bytes), entry count, and chunk count when the imatrix records one. Keys
+            # the source already has (a requantized quant) are replaced, not added.
+            stamp = _imatrix_stamp(str(self.imatrix))
+            path_bytes = min(len(str(self.imatrix).encode()), _OVERRIDE_STRING_BYTES)
+            written: dict[str, int] = {"quantize.imatrix.file": 8 + path_bytes,
+                                       "quantize.imatrix.entries_count": 4}
+            if stamp.dataset_bytes is not None:
+                written["quantize.imatrix.dataset"] = 8 + stamp.dataset_bytes
+            if stamp.chunks:
+                written["quantize.imatrix.chunks_count"] = 4
+            for key, value_bytes in written.items():
+                old = metadata.get(key)
+                if old is None:
+                    extra += _kv_bytes(key, value_bytes)
+                elif isinstance(old, str):
+                    extra += value_bytes - (8 + len(old.encode()))
         return self._padded(self.model.merged_header_bytes + extra)
 
     def data_bytes(self) -> int:
@@ -214,6 +308,7 @@ class PrecisionPlan:
                     changes[name] = (self.types[name], new_type)
         if not changes:
             return None
+        self._check_writable(changes)
         change = PlanChange(changes, description or f"set {len(changes)} tensors to {new_type}")
         self._apply(change, forward=True)
         self._undo.append(change)
@@ -230,12 +325,26 @@ class PrecisionPlan:
                 changes[name] = (self.types[name], new_type)
         if not changes:
             return None
+        self._check_writable(changes)
         change = PlanChange(changes, description or f"set {len(changes)} tensors")
         self._apply(change, forward=True)
         self._undo.append(change)
         self._redo.clear()
         self._notify(change)
         return change
+
+    def _check_writable(self, changes: Mapping[str, tuple[str, str]]) -> None:
+        """Refuse, before anything changes, a type llama-quantize cannot write for a tensor
+        (a wide-block type with no fallback, such as Q1_0, on rows it does not divide)."""
+        for name, (_, new_type) in changes.items():
+            row = self.model.tensor(name).row_length
+            try:
+                effective_type(new_type, row)
+            except UnknownTypeError:
+                raise UnknownTypeError(
+                    f"{name}: rows of {row} weights do not divide {new_type}'s block of "
+                    f"{ggml_type(new_type).block_size} and llama-quantize has no fallback for "
+                    f"{new_type}; pick another type for this tensor") from None
 
     def row_cells(self, layer: int | None) -> list[Cell]:
         return [cell for cell in self._cells if cell[0] == layer]
@@ -305,8 +414,11 @@ class PrecisionPlan:
 
     def _needs_imatrix(self, name: str) -> bool:
         role = self.model.tensor(name).role
-        return (self.effective_type(name) in IMATRIX_REQUIRED
-                and role not in (TensorRole.EMBEDDING, TensorRole.OUTPUT))
+        if role in (TensorRole.EMBEDDING, TensorRole.OUTPUT):
+            return False
+        actual = self.effective_type(name)
+        # llama-quantize's tensor_requires_imatrix: Q2_K needs one only in a Q2_K_S file.
+        return actual in IMATRIX_REQUIRED or (actual == "Q2_K" and self.base_type == "Q2_K_S")
 
     def problems(self, have_imatrix: bool | None = None) -> list[PlanProblem]:
         """Fallbacks, types that need an imatrix when none is given, unknown types."""
@@ -372,7 +484,9 @@ class PrecisionPlan:
         token_embd/output are listed too so the file alone re-imports to this plan;
         llama-quantize takes their types from the flags, which the plan sets to the same.
         """
-        lines = [f"^{re.escape(name)}$={self.effective_type(name).lower() if name not in self.pinned_types() else self.types[name].lower()}"
+        pinned = self.pinned_types()
+        lines = [f"^{re.escape(name)}$="
+                 f"{(pinned[name] if name in pinned else self.effective_type(name)).lower()}"
                  for name in self.model._by_name if name in self._quantizable]
         return "\n".join(lines) + "\n"
 
@@ -454,15 +568,27 @@ def profile_type_for(profile: Profile, model: ModelInfo, layer: LayerInfo | None
     return profile.group(group).type_for(position, n_layer)
 
 
+def has_tied_embeddings(model: ModelInfo) -> bool:
+    """No ``output.weight``: llama.cpp reuses ``token_embd`` as the output head."""
+    names = {t.name for t in model.tensors if t.layer is None}
+    return "token_embd.weight" in names and "output.weight" not in names
+
+
 def plan_from_profile(model: ModelInfo, profile: Profile) -> PrecisionPlan:
     """Every quantizable tensor gets its role's type for its band; the rest keep theirs."""
     default = profile.default_type
     layers = {layer.index: layer for layer in model.layers}
+    tied = has_tied_embeddings(model)
     types: dict[str, str] = {}
     for tensor in model.tensors:
         if not is_quantizable(tensor.name, tensor.shape):
             continue
         layer = layers.get(tensor.layer) if tensor.layer is not None else None
+        if tied and tensor.name == "token_embd.weight":
+            # Without output.weight the embedding is also the output head, and llama-quantize's
+            # base rules give it the output type (LFM2, Granite): so does the plan.
+            types[tensor.name] = profile.output_tensor_type
+            continue
         chosen = profile_type_for(profile, model, layer, tensor.role)
         types[tensor.name] = chosen or default
     return PrecisionPlan(model, types, profile.base_type, profile)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .plan import PrecisionPlan, role_group
+from .plan import PrecisionPlan, has_tied_embeddings, role_group
 from .profiles import ROLE_GROUPS, Band, BandedType, Profile, builtin_profiles
 
 
@@ -91,6 +91,10 @@ def profile_from_plan(plan: PrecisionPlan, key: str, label: str,
         if len(mtp_types) > 1:
             notes.append("MTP layers mix types; the profile keeps their majority type")
     embedding, output = plan.special_types()
+    if output is None and has_tied_embeddings(model):
+        # The tied embedding is the output head: its type is the output type, and the
+        # embedding type of untied models stays the template's.
+        embedding, output = None, embedding
     routed = groups["routed_experts"]
     shared = groups["shared_experts"]
     attention = groups["attention"]

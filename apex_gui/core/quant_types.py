@@ -80,6 +80,7 @@ _TABLE: tuple[tuple[str, int, int, int, bool], ...] = (
     ("MXFP4", 39, 32, 17, True),
     ("NVFP4", 40, 64, 36, True),
     ("Q1_0", 41, 128, 18, True),
+    ("Q2_0", 42, 64, 18, True),
 )
 
 TYPES: dict[str, GGMLType] = {row[0]: GGMLType(*row) for row in _TABLE}
@@ -92,7 +93,7 @@ IMATRIX_REQUIRED = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "I
 _FALLBACK: dict[str, str] = {
     **{name: "IQ4_NL" for name in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
                                    "IQ3_XXS", "IQ3_S", "IQ4_XS")},
-    **{name: "Q4_0" for name in ("Q2_K", "Q3_K", "TQ1_0", "TQ2_0")},
+    **{name: "Q4_0" for name in ("Q2_0", "Q2_K", "Q3_K", "TQ1_0", "TQ2_0")},
     "Q4_K": "Q5_0",
     "Q5_K": "Q5_1",
     "Q6_K": "Q8_0",
@@ -159,6 +160,7 @@ FTYPE_DEFAULT_TYPE: dict[str, str] = {
     "IQ3_XXS": "IQ3_XXS", "IQ3_XS": "IQ3_S", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S",
     "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M", "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS",
     "F16": "F16", "BF16": "BF16", "F32": "F32", "MXFP4_MOE": "MXFP4",
+    "Q1_0": "Q1_0", "Q2_0": "Q2_0", "TQ1_0": "TQ1_0", "TQ2_0": "TQ2_0",
 }
 
 #: general.file_type values (llama_ftype) by name, for reading a file's declared type.
@@ -168,5 +170,5 @@ FILE_TYPE_NAMES: dict[int, str] = {
     17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
     23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
     29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
-    38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
+    38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 41: "Q2_0",
 }

@@ -30,7 +30,9 @@ class TensorRole(Enum):
 _LAYER_NAME = re.compile(r"^blk\.(\d{1,9})\.(.+)$", re.DOTALL)
 _SUFFIXES = (".weight", ".bias", ".scale")
 
-_ROUTED = re.compile(r"^ffn_(gate|up|down|gate_up)_(ch)?exps$")
+# ``ffn_gate.3``: one tensor per expert, as Mixtral files converted before the experts were
+# merged into ``ffn_*_exps`` store them (llama.cpp no longer loads them, quantize still reads them).
+_ROUTED = re.compile(r"^ffn_(gate|up|down|gate_up)_(ch)?exps$|^ffn_(gate|up|down)\.\d{1,6}$")
 _SHARED = re.compile(r"^ffn_(gate|up|down)_(shexp|chexp)$")
 _ROUTER = frozenset({"ffn_gate_inp", "ffn_gate_inp_shexp", "exp_probs_b", "ffn_gate_tid2eid",
                      "ffn_exp_probs_b"})

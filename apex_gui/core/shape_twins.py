@@ -96,6 +96,7 @@ class TwinLayout:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     fused_gate_up_exps: bool = False  # ffn_gate_up_exps instead of ffn_gate_exps + ffn_up_exps
+    mla_kv_b: bool = False  # MLA: one attn_kv_b (older DeepSeek conversions) instead of k_b + v_b
     native_expert_type: str | None = None  # e.g. MXFP4 for gpt-oss: the type a real file ships
     # arch-specific metadata written as-is ("{arch}." is prefixed to keys starting with ".")
     extra_kv: tuple[tuple[str, object], ...] = ()
@@ -435,8 +436,12 @@ def _tensors_mla(L: TwinLayout) -> list[TwinTensor]:
         else:
             t.add(_blk(i, "attn_q.weight"), e, L.n_head * qk_head)
         t.add(_blk(i, "attn_kv_a_mqa.weight"), e, L.kv_lora_rank + L.qk_rope_head_dim)
-        t.add(_blk(i, "attn_k_b.weight"), L.qk_nope_head_dim, L.kv_lora_rank, L.n_head)
-        t.add(_blk(i, "attn_v_b.weight"), L.kv_lora_rank, L.v_head_dim, L.n_head)
+        if L.mla_kv_b:
+            t.add(_blk(i, "attn_kv_b.weight"), L.kv_lora_rank,
+                  L.n_head * (L.qk_nope_head_dim + L.v_head_dim))
+        else:
+            t.add(_blk(i, "attn_k_b.weight"), L.qk_nope_head_dim, L.kv_lora_rank, L.n_head)
+            t.add(_blk(i, "attn_v_b.weight"), L.kv_lora_rank, L.v_head_dim, L.n_head)
         t.add(_blk(i, "attn_output.weight"), L.n_head * L.v_head_dim, e)
         t.add(_blk(i, "ffn_norm.weight"), e)
         if i < L.n_dense_lead:
