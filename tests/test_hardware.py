@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -538,10 +540,24 @@ def test_real_nvml_on_an_nvidia_machine() -> None:
     for device in devices:
         assert device.source == "nvml"
         assert device.uuid is not None and device.uuid.startswith(("GPU-", "MIG-"))
+        assert device.is_mig == device.uuid.startswith("MIG-")
         assert device.total_bytes > 0
         assert 0 <= device.free_bytes <= device.total_bytes
         assert device.driver_version
+        # pynvml's busId is a char array (bytes); the backend must hand back text.
+        assert device.pci_bus_id is not None
+        assert re.fullmatch(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]",
+                            device.pci_bus_id), device.pci_bus_id
+        assert device.cuda_version is not None and re.fullmatch(r"\d+\.\d+", device.cuda_version)
     assert len({device.uuid for device in devices}) == len(devices)
+
+    # The driver's own listing names every device the probe found (GPUs and MIG instances).
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is not None:
+        listing = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True,
+                                 timeout=60, check=False).stdout
+        for device in devices:
+            assert device.uuid in listing, (device.uuid, listing)
 
 
 def test_x_inside_a_card_name_is_not_a_count() -> None:

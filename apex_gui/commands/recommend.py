@@ -25,6 +25,9 @@ from apex_gui.core.recommend import (
 )
 from apex_gui.core.units import GB, MiB, format_gb, parse_size
 
+#: The context planned for when --ctx is not given (shortened to a model's training context).
+DEFAULT_CTX = 8192
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -37,8 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "several GPUs (GB = 10^9 bytes, GiB = 2^30)")
     parser.add_argument("--gpu", action="append", default=[], metavar="SPEC",
                         help='GPUs by name, e.g. "2 x RTX 3090", "H100 80GB", "128 GB unified"')
+    parser.add_argument("--add-detected", action="store_true",
+                        help="add the --gpu / --vram devices to the detected GPUs instead of "
+                             "replacing them")
     parser.add_argument("--ram", metavar="SIZE", help="available system RAM (default: detected)")
-    parser.add_argument("--ctx", type=int, default=8192, help="context length (default 8192)")
+    parser.add_argument("--ctx", type=int, default=None,
+                        help="context length (default 8192, or the model's training context "
+                             "when that is shorter)")
     parser.add_argument("--kv-type", default="f16", choices=KV_CACHE_TYPES,
                         help="KV cache type for -ctk/-ctv (default f16)")
     parser.add_argument("--parallel", type=int, default=1, help="parallel sequences (-np)")
@@ -63,31 +71,48 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _manual_vram(values: list[str]) -> list[GpuDevice]:
+    """One manual GPU per --vram size, with exactly the bytes given (24GiB stays 24 GiB)."""
     devices: list[GpuDevice] = []
+    template = parse_device_spec("1 GB")[0]
     for value in values:
-        for part in (p for p in value.split(",") if p.strip()):
+        for part in (p.strip() for p in value.split(",") if p.strip()):
             size = parse_size(part)
-            devices.extend(parse_device_spec(f"{size / GB:.6g} GB"))
+            if size <= 0:
+                raise ValueError(f"--vram {part}: the memory size must be more than zero")
+            label = part if not part.replace(".", "", 1).isdigit() else f"{part} GB"
+            devices.append(replace(template, name=f"Manual {label}", total_bytes=size,
+                                   free_bytes=size))
     return devices
 
 
 def machine_from_args(args: argparse.Namespace) -> MachineMemory:
-    """GPUs from --vram / --gpu, else detected; RAM from --ram, else detected."""
-    devices = _manual_vram(args.vram)
+    """GPUs from --vram / --gpu (added to the detected ones with --add-detected), else
+    detected; RAM from --ram, else detected."""
+    manual = _manual_vram(args.vram)
     for spec in args.gpu:
-        devices.extend(parse_device_spec(spec))
-    devices = [replace(d, index=i) for i, d in enumerate(devices)]
-    notes: tuple[str, ...] = ()
-    if not devices and not args.vram and not args.gpu:
-        from apex_gui.core.hardware import snapshot
-
-        snap = snapshot()
-        devices, notes = list(snap.gpus), snap.notes
-        ram = snap.system.available_bytes
-    else:
+        manual.extend(parse_device_spec(spec))
+    if args.add_detected and not manual:
+        raise ValueError("--add-detected adds the devices of --gpu or --vram; give one of them")
+    if manual and not args.add_detected:
         from apex_gui.core.hardware import probe_system
 
-        ram = probe_system().available_bytes if args.ram is None else 0
+        devices = [replace(d, index=i) for i, d in enumerate(manual)]
+        notes: tuple[str, ...] = ()
+        ram = 0
+        if args.ram is None:
+            ram = probe_system().available_bytes
+            # Planning for another machine with this one's RAM would mislead quietly.
+            notes = (f"System RAM is this machine's ({format_gb(ram, 1)} available); pass "
+                     "--ram SIZE to plan for another machine.",)
+    else:
+        from apex_gui.core.hardware import snapshot
+
+        detected = MachineMemory.from_snapshot(snapshot())
+        devices = [replace(d, index=i) for i, d in enumerate([*detected.gpus, *manual])]
+        notes, ram = detected.notes, detected.ram_available
+        if manual and not detected.gpus:
+            # The probe's note says "planning for CPU only", which the added devices undo.
+            notes = ("No NVIDIA GPU detected here; planning for the devices given by hand.",)
     if args.ram is not None:
         ram = parse_size(args.ram)
     return MachineMemory(tuple(devices), ram, tuple(notes))
@@ -157,12 +182,13 @@ def result_dict(result: FitResult) -> dict[str, Any]:
     }
 
 
-def recommendation_dict(rec: Recommendation) -> dict[str, Any]:
+def recommendation_dict(rec: Recommendation, mmproj_bytes: int = 0) -> dict[str, Any]:
     ctx = rec.context
     return {
         "context": {"n_ctx": ctx.n_ctx_padded, "n_seq": ctx.n_seq, "type_k": ctx.type_k,
                     "type_v": ctx.type_v, "flash_attn": ctx.flash_attn,
                     "n_ubatch": ctx.n_ubatch, "use_mtp": ctx.use_mtp},
+        "mmproj_bytes": mmproj_bytes,
         "gpus": [{"name": g.name, "free_bytes": g.free_bytes, "unified_memory": g.unified_memory}
                  for g in rec.machine.gpus],
         "ram_available": rec.machine.ram_available,
@@ -196,7 +222,21 @@ def _describe_machine(machine: MachineMemory) -> str:
         return f"CPU only, {format_gb(machine.ram_available)} RAM available"
     gpus = ", ".join(f"{g.name} ({format_gb(g.free_bytes, 1)} free"
                      f"{', unified' if g.unified_memory else ''})" for g in machine.gpus)
+    if machine.unified:
+        # The pool is the system RAM: a second RAM figure would be counted twice by readers.
+        return f"{gpus}; one pool shared with the CPU"
     return f"{gpus}; {format_gb(machine.ram_available)} RAM available"
+
+
+def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
+    parts = [f"context {ctx.n_ctx_padded}", f"KV {ctx.type_k}"
+             + ("" if ctx.type_v == ctx.type_k else f"/{ctx.type_v}"),
+             f"{ctx.n_seq} sequence(s)", f"flash attention {'on' if ctx.flash_attn else 'off'}"]
+    if ctx.use_mtp:
+        parts.append("MTP speculative decoding")
+    if mmproj_bytes:
+        parts.append(f"vision projector {format_gb(mmproj_bytes, 1)}")
+    return ", ".join(parts)
 
 
 def run_recommend(args: argparse.Namespace) -> int:
@@ -212,21 +252,28 @@ def run_recommend(args: argparse.Namespace) -> int:
         if projector.file_kind is not FileKind.VISION_PROJECTOR:
             raise ValueError(f"--mmproj {args.mmproj} is not a vision projector (mmproj) GGUF")
         mmproj_bytes = projector.tensor_bytes
-    if args.parallel < 1 or args.ctx < 1:
-        raise ValueError("--ctx and --parallel must be at least 1")
-    ctx = ContextSettings(n_ctx=args.ctx, n_seq=args.parallel, type_k=args.kv_type,
+    geom = ModelGeometry.from_model(model)
+    n_ctx = args.ctx if args.ctx is not None else min(DEFAULT_CTX, geom.context_length
+                                                      or DEFAULT_CTX)
+    if args.parallel < 1 or n_ctx < 1 or args.ubatch < 1:
+        raise ValueError("--ctx, --parallel and --ubatch must be at least 1")
+    if args.margin < 0:
+        raise ValueError("--margin is the MiB kept free on each GPU and cannot be negative")
+    if args.mtp and not geom.mtp_layers:
+        raise ValueError(f"--mtp: {args.model} has no MTP (nextn) block for speculative "
+                         "decoding; leave out --mtp")
+    ctx = ContextSettings(n_ctx=n_ctx, n_seq=args.parallel, type_k=args.kv_type,
                           type_v=args.kv_type, flash_attn=not args.no_flash_attn,
                           n_ubatch=args.ubatch, use_mtp=args.mtp)
     machine = machine_from_args(args)
-    geom = ModelGeometry.from_model(model)
     candidates = [file_candidate(model)] if args.as_is else profile_candidates(model)
     rec = recommend(geom, candidates, machine, ctx, margin=int(args.margin * MiB),
                     mmproj_bytes=mmproj_bytes, mmproj_path=args.mmproj)
     if args.json:
-        print(json.dumps(recommendation_dict(rec), indent=2))
+        print(json.dumps(recommendation_dict(rec, mmproj_bytes), indent=2))
         return 0
-    print(f"{model.name}: context {ctx.n_ctx_padded}, KV {ctx.type_k}, {ctx.n_seq} sequence(s), "
-          f"margin {args.margin:.0f} MiB per GPU")
+    print(f"{model.name}: {_describe_context(ctx, mmproj_bytes)}, margin {args.margin:.0f} MiB "
+          "per GPU")
     print(f"Memory: {_describe_machine(machine)}")
     print()
     print(format_table(rec))

@@ -53,11 +53,13 @@ __all__ = [
     "Recommendation",
     "Verdict",
     "balanced_split",
+    "packed_split",
     "evaluate",
     "file_candidate",
     "profile_candidates",
     "recommend",
     "server_command",
+    "usable_by_one_process",
 ]
 
 #: Headroom share of a device at which a fit counts as comfortable.
@@ -95,7 +97,9 @@ class MachineMemory:
 
     @classmethod
     def from_snapshot(cls, snap: HardwareSnapshot) -> MachineMemory:
-        return cls(snap.gpus, snap.system.available_bytes, snap.notes)
+        """The probed machine as one llama.cpp process can use it (one MIG instance at most)."""
+        gpus, notes = usable_by_one_process(snap.gpus)
+        return cls(gpus, snap.system.available_bytes, snap.notes + notes)
 
     @property
     def unified(self) -> bool:
@@ -104,6 +108,26 @@ class MachineMemory:
     @property
     def capacities(self) -> list[int]:
         return [g.free_bytes for g in self.gpus]
+
+
+def usable_by_one_process(
+    gpus: Sequence[GpuDevice],
+) -> tuple[tuple[GpuDevice, ...], tuple[str, ...]]:
+    """The devices one llama.cpp process can place a model on, and a note when some are dropped.
+
+    CUDA enumerates a single MIG instance per process, however many exist (NVIDIA's MIG user
+    guide), so a model cannot be split across MIG instances: the plan uses the instance with
+    the most free memory and says how to select it.
+    """
+    migs = [g for g in gpus if g.is_mig]
+    if len(migs) <= 1:
+        return tuple(gpus), ()
+    chosen = max(migs, key=lambda g: g.free_bytes)
+    kept = tuple(g for g in gpus if not g.is_mig or g is chosen)
+    note = (f"{len(migs)} MIG instances found, but one llama.cpp process can use only one: "
+            f"planning for {chosen.name} ({chosen.free_bytes / 1e9:.1f} GB free); start "
+            f"llama-server with CUDA_VISIBLE_DEVICES={chosen.uuid} to use it.")
+    return kept, (note,)
 
 
 @dataclass(frozen=True)
@@ -236,17 +260,9 @@ def _expert_layers(weights: WeightTable) -> int:
     return last
 
 
-def balanced_split(inputs: _Inputs, ctx: ContextSettings,
-                   n_cpu_moe: int = 0) -> tuple[float, ...] | None:
-    """A ``-ts`` that gives each GPU a share of the *bytes* in proportion to its room.
-
-    llama.cpp's default split counts layers, not bytes; models whose blocks differ in size
-    (leading dense blocks, a heavy output layer) overflow the last GPU although the total
-    fits. The split is returned as layer counts (llama.cpp normalises them); None for one GPU.
-    """
-    gpus = inputs.machine.gpus
-    if len(gpus) < 2:
-        return None
+def _sizes_and_room(inputs: _Inputs, ctx: ContextSettings,
+                    n_cpu_moe: int) -> tuple[list[int], list[int]]:
+    """Bytes of each offloadable layer (blocks, then the output) and each GPU's room for them."""
     geom, weights = inputs.geom, inputs.weights
     probe = inputs.estimate(ctx, Placement(n_cpu_moe=n_cpu_moe))
     kv = probe.kv
@@ -260,7 +276,22 @@ def balanced_split(inputs: _Inputs, ctx: ContextSettings,
         sizes.append(size + kv.layer_bytes(il))
     sizes.append(weights.output_bytes(on_gpu=True))
     room = [max(g.free_bytes - inputs.margin - d.compute - d.extra, 1)
-            for g, d in zip(gpus, probe.devices)]
+            for g, d in zip(inputs.machine.gpus, probe.devices)]
+    return sizes, room
+
+
+def balanced_split(inputs: _Inputs, ctx: ContextSettings,
+                   n_cpu_moe: int = 0) -> tuple[float, ...] | None:
+    """A ``-ts`` that gives each GPU a share of the *bytes* in proportion to its room.
+
+    llama.cpp's default split counts layers, not bytes; models whose blocks differ in size
+    (leading dense blocks, a heavy output layer) overflow the last GPU although the total
+    fits. The split is returned as layer counts (llama.cpp normalises them); None for one GPU.
+    """
+    gpus = inputs.machine.gpus
+    if len(gpus) < 2:
+        return None
+    sizes, room = _sizes_and_room(inputs, ctx, n_cpu_moe)
     total, budget = sum(sizes), sum(room)
     counts = [0] * len(gpus)
     device, filled = 0, 0
@@ -275,12 +306,61 @@ def balanced_split(inputs: _Inputs, ctx: ContextSettings,
     return tuple(float(c) for c in counts)
 
 
+def packed_split(inputs: _Inputs, ctx: ContextSettings,
+                 n_cpu_moe: int = 0) -> tuple[float, ...] | None:
+    """A ``-ts`` that fills each GPU in turn with as many whole layers as its room takes.
+
+    Layers are indivisible and differ in size once some blocks' experts are in RAM, so a
+    proportional split can leave one GPU a layer over while another has room: whether a
+    given ``--n-cpu-moe`` fits then jumps up and down with N. Filling in order fits whenever
+    any in-order split does, which keeps "the smallest N that fits" well defined. None for
+    one GPU.
+    """
+    gpus = inputs.machine.gpus
+    if len(gpus) < 2:
+        return None
+    sizes, room = _sizes_and_room(inputs, ctx, n_cpu_moe)
+    counts = [0] * len(gpus)
+    device, filled = 0, 0
+    for index, size in enumerate(sizes):
+        must_leave = len(sizes) - index <= len(gpus) - device - 1  # every GPU gets a layer
+        if (device < len(gpus) - 1 and counts[device]
+                and (filled + size > room[device] or must_leave)):
+            device, filled = device + 1, 0
+        counts[device] += 1
+        filled += size
+    return tuple(float(c) for c in counts)
+
+
+def _neighbour_splits(split: tuple[float, ...]) -> list[tuple[float, ...]]:
+    """``split`` with one layer moved across one device boundary, each way."""
+    variants = []
+    for i in range(len(split) - 1):
+        for give, take in ((i, i + 1), (i + 1, i)):
+            if split[give] > 1:
+                moved = list(split)
+                moved[give] -= 1
+                moved[take] += 1
+                variants.append(tuple(moved))
+    return variants
+
+
 def _placements(inputs: _Inputs, ctx: ContextSettings, n_cpu_moe: int = 0) -> list[Placement]:
-    """The default split, then (several GPUs) a byte-balanced -ts."""
+    """The default split, then (several GPUs) a byte-balanced -ts, its neighbours and a
+    packed -ts.
+
+    Layers are indivisible, so the balanced split can leave one GPU a layer over while a
+    split one layer different, or one that fills the GPUs in turn, fits: trying them finds
+    the smaller --n-cpu-moe. The balanced split comes first as it spreads the headroom.
+    """
     options = [Placement(n_cpu_moe=n_cpu_moe)]
     split = balanced_split(inputs, ctx, n_cpu_moe)
     if split is not None:
-        options.append(Placement(n_cpu_moe=n_cpu_moe, tensor_split=split))
+        splits = [split, *_neighbour_splits(split)]
+        packed = packed_split(inputs, ctx, n_cpu_moe)
+        if packed is not None and packed not in splits:
+            splits.append(packed)
+        options += [Placement(n_cpu_moe=n_cpu_moe, tensor_split=s) for s in splits]
     return options
 
 
@@ -339,7 +419,9 @@ def _max_context(inputs: _Inputs, ctx: ContextSettings, verdict: Verdict,
     """Largest pad256 context (up to the training context) at which the verdict still holds."""
     if verdict is Verdict.DOES_NOT_FIT:
         return None
-    limit = inputs.geom.context_length or ctx.n_ctx
+    # Capped at the training context, unless the chosen context is already beyond it (the
+    # largest context must never read smaller than the one the verdict was made for).
+    limit = max(inputs.geom.context_length or 0, ctx.n_ctx_padded)
     top = max(limit // 256, 1)
 
     def holds(steps: int) -> bool:
@@ -428,6 +510,10 @@ def recommend(geom: ModelGeometry, candidates: Sequence[Candidate], machine: Mac
     if best is None and results:
         notes.append("Nothing fits: choose a shorter context, a quantized KV cache or more "
                      "memory.")
+    if 0 < geom.context_length < ctx.n_ctx_padded:
+        notes.append(f"Context {ctx.n_ctx_padded} is beyond the model's training context "
+                     f"({geom.context_length}): llama.cpp runs it but output quality may "
+                     f"degrade; choose {geom.context_length} or less.")
     return Recommendation(results, best, ctx, machine, margin, tuple(notes))
 
 
