@@ -10,11 +10,13 @@ every core, and two at once would only split them.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
+from PySide6.QtCore import (QCoreApplication, QEvent, QObject, QProcess, QProcessEnvironment,
+                            QTimer, Signal)
 
 from apex_gui.core.jobs import JobError, Pipeline, ToolJob
 from apex_gui.core.run_store import RunStore
@@ -141,6 +143,11 @@ class JobQueue(QObject):
             if not process.waitForFinished(timeout_ms):
                 process.kill()
                 process.waitForFinished(timeout_ms)
+            # The done-handler ran inside waitForFinished and scheduled the process's
+            # deletion; carry it out now, while this queue and the Python callables connected
+            # to the process still exist. Left to a later event loop, it ran after they were
+            # garbage-collected and crashed the interpreter (segfault).
+            QCoreApplication.sendPostedEvents(process, QEvent.Type.DeferredDelete)
         self._schedule.stop()
 
     # --- running -----------------------------------------------------------------------------
@@ -228,9 +235,20 @@ class JobQueue(QObject):
         if process.error() == QProcess.ProcessError.FailedToStart:
             start_error = process.errorString()
         crashed = process.exitStatus() == QProcess.ExitStatus.CrashExit
-        exit_code = None if crashed or start_error else process.exitCode()
-        outcome = conclude_run(prepared, monitor, exit_code, crashed=crashed and not
-                               entry.cancel_requested, cancelled=entry.cancel_requested,
+        # On POSIX, Qt reports a crashed process's signal number as its exit code: keep it,
+        # as the headless runner does (exit code -N), so the message can name the signal.
+        signal_number = process.exitCode() if crashed and os.name == "posix" \
+            and process.exitCode() > 0 else None
+        if start_error:
+            exit_code = None
+        elif crashed:
+            exit_code = -signal_number if signal_number else None
+        else:
+            exit_code = process.exitCode()
+        killed = crashed and not entry.cancel_requested
+        outcome = conclude_run(prepared, monitor, exit_code,
+                               signal_number=signal_number if killed else None,
+                               crashed=killed, cancelled=entry.cancel_requested,
                                store=self.store, start_error=start_error)
         process.deleteLater()
         self._current = self._prepared = self._monitor = None

@@ -176,6 +176,8 @@ def test_cli_pipeline_with_the_stock_i_mini_profile(tmp_path, capsys):
                           "i-mini:quantize", "i-mini:kld"]
     assert rows["compact:quantize"]["job"]["imatrix"] is None
     assert rows["i-mini:quantize"]["job"]["imatrix"] == rows["imatrix"]["output"]
-    mini = open_model(tmp_path / "quants" / "deep-APEX-i-mini.gguf")
+    # The quant's name follows the published naming (<stem>-APEX-<Label>.gguf).
+    assert rows["i-mini:quantize"]["output"] == str(tmp_path / "quants" / "deep-APEX-I-Mini.gguf")
+    mini = open_model(rows["i-mini:quantize"]["output"])
     assert mini.tensor("blk.10.ffn_down_exps.weight").type_name == "IQ2_S"
     assert rows["i-mini:kld"]["results"]["kld_mean"] > rows["compact:kld"]["results"]["kld_mean"]

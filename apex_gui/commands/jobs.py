@@ -3,15 +3,20 @@
 Each command builds core jobs, runs them as one pipeline (so a failed step stops what
 depends on it), shows progress on stderr and a result table on stdout (``--json`` for
 machines), and records every run in the history database. Exit code: 0 when every step
-succeeded, 1 when one failed, 2 for a usage error, 130 when interrupted.
+succeeded, 1 when one failed, 2 for a usage error, 130 when interrupted (Ctrl-C, SIGTERM,
+SIGHUP: the running tool is stopped and its partial output deleted).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,7 +24,7 @@ from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, Progres
                                 ReferenceLogitsJob, ToolJob, build_pipeline, evaluation_jobs)
 from apex_gui.core.runner import JobOutcome
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -155,8 +160,10 @@ class TerminalProgress:
         self.live = self.stream.isatty() and not quiet
         self._last_draw = 0.0
         self._drawn = False
+        self._announced: set[str] = set()
 
     def step(self, key: str, job: ToolJob) -> None:
+        self._announced.add(key)
         if not self.quiet:
             self._clear()
             print(f"> {key}: {job.title()}", file=self.stream, flush=True)
@@ -183,6 +190,8 @@ class TerminalProgress:
     def done(self, key: str, outcome: JobOutcome) -> None:
         if self.quiet:
             return
+        if key not in self._announced:  # refused or skipped before it started: name it
+            self.step(key, outcome.job)
         self._clear()
         mark = {"succeeded": "ok", "failed": "FAILED", "cancelled": "cancelled",
                 "skipped": "skipped"}[outcome.status.value]
@@ -246,22 +255,52 @@ def _outcome_json(key: str, outcome: JobOutcome) -> dict[str, Any]:
             "run_id": outcome.run_id, "job": outcome.job.to_dict()}
 
 
+@contextlib.contextmanager
+def _stop_signals_cancel(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGHUP (``kill``, a closed terminal) cancel the run: the runner stops the
+    tool politely and deletes its partial output, where Python's default would exit at once
+    and leave the tool running on, orphaned, with a ``.partial`` file behind. The handler only
+    sets ``stop``: an exception raised at an arbitrary point could land inside Popen."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; callers there handle their own
+        return
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+              if s is not None]
+    previous = {s: signal.signal(s, lambda number, frame: stop.set()) for s in wanted}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            # None: the previous handler was not set from Python; the default is what it was.
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
 def execute(pipeline: Pipeline, args: argparse.Namespace,
             notes: list[str] | None = None) -> int:
     """Run ``pipeline`` with terminal progress, print the table (or JSON), return the exit code."""
-    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.run_store import RunStore, RunStoreError
     from apex_gui.core.runner import run_pipeline
 
+    try:
+        store = RunStore()
+    except RunStoreError as error:
+        raise ValueError(str(error)) from None  # one line, exit code 2
     terminal = TerminalProgress(quiet=False)
     for note in notes or []:
         print(note, file=sys.stderr)
-    outcomes = run_pipeline(pipeline, _tools(args), RunStore(), on_step=terminal.step,
-                            on_progress=terminal.update, on_done=terminal.done)
+    stop = threading.Event()
+    with _stop_signals_cancel(stop):
+        outcomes = run_pipeline(pipeline, _tools(args), store, on_step=terminal.step,
+                                on_progress=terminal.update, on_done=terminal.done, cancel=stop)
     if args.json:
         print(json.dumps([_outcome_json(k, o) for k, o in outcomes.items()], indent=2,
                          default=str))
     else:
         print(result_table(outcomes))
+    if stop.is_set():
+        print(f"apex-studio {getattr(args, 'command', '')}: stopped by a signal; no partial "
+              "output was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if all(o.succeeded for o in outcomes.values()) else EXIT_FAILED
 
 
@@ -320,6 +359,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     imatrix_step: ImatrixJob | None = None
     if args.profile:
         job, wants = _plan_quantize_job(model, args.profile, output, given, threads)
+        if wants and not args.imatrix:
+            # An I-profile without its importance matrix would be the plain profile under
+            # the I- name (on a shallow model, with no IQ type the tool could refuse).
+            raise ValueError(f"profile {args.profile} uses an importance matrix: give one with "
+                             "--imatrix FILE, or --imatrix auto to compute it from the "
+                             "calibration set (cached for later runs)")
         if auto and wants:
             found = _auto_imatrix(model, args, threads, notes)
             imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found

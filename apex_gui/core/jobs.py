@@ -82,6 +82,17 @@ def check_readable_model(path: Path, what: str = "model") -> None:
         raise JobError(f"{what} {path} cannot be read ({error})") from None
 
 
+def gguf_output_problem(written: Path) -> str | None:
+    """Why a GGUF the tool just wrote is incomplete (truncated, bad header), or None."""
+    from .gguf_reader import GGUFError, read_header
+
+    try:
+        read_header(written)
+    except GGUFError as error:
+        return error.problem.replace("; download it again", "")
+    return None
+
+
 def check_readable_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise JobError(f"{what} {path} does not exist; check the path")
@@ -380,6 +391,15 @@ class ToolJob:
     def verdict(self, exit_code: int, log: str) -> Verdict:
         raise NotImplementedError
 
+    def output_problem(self, written: Path) -> str | None:
+        """Why the file the tool wrote (under its temporary name) is unusable, or None.
+
+        llama-imatrix, llama-perplexity and llama-quantize's last writes are not checked by
+        the tools: on a full disk they can exit 0 with a truncated file. The runner asks
+        this before it renames the file into place.
+        """
+        return None
+
     # Description.
     def title(self) -> str:
         return self.label or self.kind
@@ -468,6 +488,9 @@ class ImatrixJob(ToolJob):
                 results["chunks"] = values[-1][0]
             return Verdict(True, f"importance matrix written to {self.output_path}", results)
         return Verdict(False, _generic_failure("llama-imatrix", exit_code, log))
+
+    def output_problem(self, written: Path) -> str | None:
+        return gguf_output_problem(written)
 
     def title(self) -> str:
         return self.label or f"imatrix {self.model.name}"
@@ -624,6 +647,9 @@ class QuantizeJob(ToolJob):
             return Verdict(True, f"quantized to {self.output_path}", results)
         return Verdict(False, _generic_failure("llama-quantize", exit_code, log))
 
+    def output_problem(self, written: Path) -> str | None:
+        return gguf_output_problem(written)
+
     def title(self) -> str:
         what = self.profile or self.base_type
         return self.label or f"quantize {self.source.name} -> {self.output_path.name} ({what})"
@@ -671,6 +697,38 @@ def _file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: ``--kl-divergence-base`` files start with this magic, then int32 n_ctx, n_vocab, n_chunk.
+KLD_BASE_MAGIC = b"_logits_"
+
+
+def reference_logits_problem(written: Path) -> str | None:
+    """Why a ``--kl-divergence-base`` file is incomplete, or None.
+
+    Its size follows from its header (llama-perplexity's writer, tools/perplexity): the
+    header, ``n_chunk * n_ctx`` int32 tokens, then for each chunk the last ``n_ctx - 1 -
+    n_ctx / 2`` tokens' log-probabilities as ``2 * ((n_vocab + 1) / 2) + 4`` uint16 values.
+    """
+    import struct
+
+    try:
+        size = written.stat().st_size
+        with open(written, "rb") as handle:
+            head = handle.read(len(KLD_BASE_MAGIC) + 12)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if len(head) < len(KLD_BASE_MAGIC) + 12 or not head.startswith(KLD_BASE_MAGIC):
+        return f"no complete logits header in its {size} bytes"
+    n_ctx, n_vocab, n_chunk = struct.unpack("<iii", head[len(KLD_BASE_MAGIC):])
+    if n_ctx <= 0 or n_vocab <= 0 or n_chunk <= 0:
+        return f"invalid header: n_ctx {n_ctx}, n_vocab {n_vocab}, n_chunk {n_chunk}"
+    values_per_token = 2 * ((n_vocab + 1) // 2) + 4
+    expected = (len(KLD_BASE_MAGIC) + 12 + n_chunk * n_ctx * 4
+                + n_chunk * (n_ctx - 1 - n_ctx // 2) * values_per_token * 2)
+    if size != expected:
+        return f"truncated: {size} bytes where its header promises {expected}"
+    return None
 
 
 def reference_logits_path(model: Path, text: Path, context: int, chunks: int | None) -> Path:
@@ -731,6 +789,9 @@ class ReferenceLogitsJob(ToolJob):
         # (when the logger dropped it) the running values having reached the last chunk.
         return _perplexity_verdict(exit_code, log, self.text, self.context,
                                    f"reference logits saved to {self.output_path}")
+
+    def output_problem(self, written: Path) -> str | None:
+        return reference_logits_problem(written)
 
     def title(self) -> str:
         return self.label or f"reference logits {self.model.name}"
@@ -812,6 +873,13 @@ class KLDivergenceJob(ToolJob):
             return Verdict(False, f"the reference logits {self.reference_logits} were computed "
                                   f"with another context than {self.context}; use the same "
                                   "--ctx as the reference or recompute it")
+        total, _ = _completed_chunks(log)
+        scored = total * (self.context - 1 - self.context // 2) if total else None
+        if exit_code == 0 and scored is not None and scored < 100 and stats.kld_mean is None:
+            # llama-perplexity prints no statistics over fewer than 100 tokens.
+            return Verdict(False, f"{total} chunk(s) of context {self.context} score only "
+                                  f"{scored} tokens and KL divergence statistics need 100: use "
+                                  "more chunks (--chunks), a longer text or a larger --ctx")
         if exit_code == 0 and log.strip() and not _last_error_lines(log):
             return _lost_output("llama-perplexity --kl-divergence")
         return Verdict(False, _generic_failure("llama-perplexity --kl-divergence", exit_code, log))
@@ -884,7 +952,14 @@ class HellaSwagJob(_TaskJob):
     tasks: int | None = 400
 
     def _score(self, log: str) -> parsers.TaskScore | None:
-        return parsers.parse_hellaswag(log)
+        # No final line: the last row is the result only if it is the last task. A row lost
+        # at exit (llama.cpp issue 22142) would otherwise pass the running accuracy of one
+        # task fewer off as the score; the verdict then asks for a rerun.
+        score = parsers.parse_hellaswag(log)
+        totals = [t for t in map(parsers.parse_task_total, log.splitlines()) if t is not None]
+        if score is not None and totals and score.tasks < totals[-1]:
+            return None
+        return score
 
 
 @dataclass(frozen=True, kw_only=True)

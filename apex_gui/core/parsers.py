@@ -241,12 +241,15 @@ class KLDivergenceStats:
     kld_median: float | None = None
     kld_min: float | None = None
     delta_p_rms: float | None = None
-    same_top_p: float | None = None  # percent; absent when fewer than 100 tokens were scored
+    same_top_p: float | None = None  # percent
     same_top_p_error: float | None = None
 
     @property
     def complete(self) -> bool:
-        return self.kld_mean is not None
+        """Every block was printed. ``Same top p`` is the tool's last line, and with fewer
+        than 100 scored tokens none of the blocks is printed, so a log with the mean but not
+        that line lost its tail (llama.cpp issue 22142)."""
+        return self.kld_mean is not None and self.same_top_p is not None
 
 
 def parse_kld_chunk_row(line: str) -> int | None:

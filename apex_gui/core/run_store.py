@@ -72,6 +72,10 @@ class RunRecord:
         return None if self.ended is None else self.ended - self.started
 
 
+class RunStoreError(RuntimeError):
+    """The run history cannot be read or written; the message names the database and the fix."""
+
+
 def default_store_path() -> Path:
     return data_dir() / "runs.sqlite"
 
@@ -88,10 +92,15 @@ class RunStore:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunStoreError(f"cannot create the folder of the run history {self.path} "
+                                f"({error.strerror or error}); check the data folder "
+                                "(APEX_STUDIO_DATA_DIR)") from None
         with self._connect() as db:
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -101,16 +110,22 @@ class RunStore:
         # One long-lived connection per thread in WAL mode with synchronous=NORMAL: a commit
         # then appends to the log without an fsync, where a fresh connection per call paid a
         # checkpoint and fsyncs on close (60-400 ms a write on a slow disk, on the GUI thread).
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
-        with db:  # commits, or rolls back on error
-            yield db
+        try:
+            db = getattr(self._local, "db", None)
+            if db is None:
+                db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                self._local.db = db
+                with self._lock:
+                    self._connections.append(db)
+            with db:  # commits, or rolls back on error
+                yield db
+        except sqlite3.Error as error:
+            # A full disk is the usual cause (the data folder often shares it with the quants).
+            raise RunStoreError(
+                f"the run history {self.path} failed ({error}): if its disk is full, free some "
+                "space; if the file is damaged, move it away and a new one is started") from None
 
     def close(self) -> None:
         """Close every connection this store opened (each thread's)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 
 from .jobs import JobError, Pipeline, Progress, ToolJob
 from .parsers import LineSplitter
-from .run_store import RunStore
+from .run_store import RunStore, RunStoreError
 from .tools import LlamaTools, ToolNotFoundError
 
 #: Seconds between terminate() and kill() when a job is cancelled.
@@ -34,6 +35,9 @@ PROGRESS_INTERVAL_S = 0.1
 #: Runs of a job whose result lines llama.cpp's logger dropped at exit (about one run in five
 #: on tiny models, rarer on big ones): four attempts leave well under 1% unlucky.
 MAX_ATTEMPTS = 4
+#: Free space below this in an output's folder, right after a failed or incomplete write,
+#: means the disk filled up (the tools write in blocks of a few MiB at most).
+DISK_FULL_MARGIN_BYTES = 16 * 2**20
 
 
 class JobStatus(str, Enum):
@@ -154,9 +158,27 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
     run_id = None
     if store is not None:
         output = job.output()
-        run_id = store.start(job.kind, job.title(), job.to_dict(), argv,
-                             str(output) if output else None, pipeline)
+        try:
+            run_id = store.start(job.kind, job.title(), job.to_dict(), argv,
+                                 str(output) if output else None, pipeline)
+        except RunStoreError as error:
+            # Not started: a run that cannot be recorded could not be compared later.
+            raise JobError(f"not started: {error}") from None
     return PreparedRun(job, argv, job.env(), run_id, time.time())
+
+
+def _disk_full(folder: Path) -> str | None:
+    """A message when ``folder``'s disk has (almost) no space left, else None."""
+    from .units import format_size
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= DISK_FULL_MARGIN_BYTES:
+        return None
+    return (f"the disk holding {folder} is full ({format_size(free)} free): free some space "
+            "or choose another output folder, then run it again")
 
 
 def _signal_name(number: int) -> str:
@@ -206,18 +228,33 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
         output_lost = verdict.output_lost
     output, partial = job.output(), job.partial_output()
     if status is JobStatus.SUCCEEDED and output is not None and partial is not None:
-        if partial.is_file():
+        problem = job.output_problem(partial) if partial.is_file() else "never written"
+        if problem is None:
             os.replace(partial, output)
             results.setdefault("output_bytes", output.stat().st_size)
         else:
-            status = JobStatus.FAILED
-            message = (f"{tool} reported success but wrote no {partial.name}; the disk may be "
-                       "full or the folder not writable")
+            # The tools do not check their last writes: on a full disk they exit 0 with a
+            # truncated file, which must never be renamed into place.
+            status, results = JobStatus.FAILED, {}
+            cause = _disk_full(partial.parent) or (
+                "the write failed: check that the folder is writable and the disk healthy")
+            message = (f"{tool} exited normally but its output {output.name} is incomplete "
+                       f"({problem}); {cause}; no output was kept")
+    elif status is JobStatus.FAILED and exit_code is not None and exit_code > 0 \
+            and output is not None and partial is not None and partial.is_file():
+        # llama-quantize says only "iostream error" when a write fails: name the cause.
+        full = _disk_full(partial.parent)  # measured before the partial file is deleted
+        if full:
+            message = (f"{tool} could not finish writing {output.name}: {full}; no output "
+                       f"was kept (the tool said: {message})")
     if status is not JobStatus.SUCCEEDED and partial is not None:
         partial.unlink(missing_ok=True)
     ended = time.time()
     if store is not None and prepared.run_id is not None:
-        store.finish(prepared.run_id, status.value, exit_code, message, log, results)
+        try:
+            store.finish(prepared.run_id, status.value, exit_code, message, log, results)
+        except RunStoreError as error:
+            message += f" (not recorded: {error})"
     return JobOutcome(job, status, message, exit_code, results, log, prepared.started, ended,
                       prepared.run_id, output_lost)
 
@@ -230,9 +267,13 @@ def failed_before_start(job: ToolJob, message: str, store: RunStore | None = Non
     run_id = None
     if store is not None:
         output = job.output()
-        run_id = store.start(job.kind, job.title(), job.to_dict(), [],
-                             str(output) if output else None, pipeline)
-        store.finish(run_id, status.value, None, message, "", {})
+        try:
+            run_id = store.start(job.kind, job.title(), job.to_dict(), [],
+                                 str(output) if output else None, pipeline)
+            store.finish(run_id, status.value, None, message, "", {})
+        except RunStoreError as error:
+            if str(error) not in message:  # prepare_run's own refusal already names it
+                message += f" (not recorded: {error})"
     return JobOutcome(job, status, message, None, {}, "", now, now, run_id)
 
 
@@ -287,20 +328,22 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
     except (JobError, ToolNotFoundError) as error:
         return failed_before_start(job, str(error), store, pipeline=pipeline)
     monitor = JobMonitor(job)
+    chunks: queue.Queue[bytes | None] = queue.Queue()
+    cancelled = False
+    interrupted: BaseException | None = None
+    last_report = 0.0
     try:
         process = subprocess.Popen(prepared.argv, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=prepared.env, bufsize=0)
     except OSError as error:
         return conclude_run(prepared, monitor, None, store=store, start_error=str(error))
-    chunks: queue.Queue[bytes | None] = queue.Queue()
+    # From here on an interruption (Ctrl-C) must stop the child and remove its partial
+    # output, however early it comes.
     reader = threading.Thread(target=_pump, args=(process.stdout, chunks),
                               name=f"apex-job-output-{process.pid}")
-    reader.start()
-    cancelled = False
-    interrupted: BaseException | None = None
-    last_report = 0.0
     try:
+        reader.start()
         while True:
             if cancel is not None and cancel.is_set() and not cancelled:
                 cancelled = True
@@ -321,11 +364,13 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
     except BaseException as error:  # KeyboardInterrupt: stop the child, clean up, re-raise
         interrupted, cancelled = error, True
         _stop(process, terminate_timeout)
-        while chunks.get() is not None:  # drain so the reader thread ends
-            pass
+        if reader.ident is not None:
+            while chunks.get() is not None:  # drain so the reader thread ends
+                pass
     finally:
         exit_code = process.wait()
-        reader.join()
+        if reader.ident is not None:
+            reader.join()
         process.stdout.close()  # type: ignore[union-attr]
     if on_progress is not None and not cancelled:
         on_progress(monitor.progress, monitor.eta_seconds())
