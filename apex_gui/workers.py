@@ -12,6 +12,7 @@ owns those (``apex_gui/jobs.py``).
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -77,9 +78,12 @@ class Task(QObject):
     _progress_from_thread = Signal(float, str)
     _stopped_from_thread = Signal()
 
+    _serials = itertools.count()
+
     def __init__(self, description: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.description = description
+        self.serial = next(Task._serials)  # submission order
         self.token = CancelToken(self._progress_from_thread.emit)
         self.running = True
         self._result_from_thread.connect(self._deliver_result)
@@ -141,6 +145,8 @@ class WorkerPool(QObject):
     """Runs callables on a private thread pool; cancel and wait for all of them on quit."""
 
     busyChanged = Signal(bool)
+    #: descriptions of the tasks not yet done, whenever one starts or ends (for a status bar)
+    tasksChanged = Signal(list)
 
     def __init__(self, parent: QObject | None = None, max_threads: int = 4) -> None:
         super().__init__(parent)
@@ -163,13 +169,19 @@ class WorkerPool(QObject):
             self._idle_switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(min(BUSY_SWITCH_INTERVAL_S, self._idle_switch_interval))
             self.busyChanged.emit(True)
+        self.tasksChanged.emit(self.task_descriptions())
         return task
+
+    def task_descriptions(self) -> list[str]:
+        """What the pool is doing, oldest first."""
+        return [t.description for t in sorted(self._tasks, key=lambda t: t.serial)]
 
     def _forget(self, task: Task) -> None:
         if task in self._tasks:
             # The task stays a child of the pool (freed with it): deleting it here, inside
             # its own signal, or later with deleteLater while the pool may go first, crashes.
             self._tasks.discard(task)
+            self.tasksChanged.emit(self.task_descriptions())
             if not self._tasks:
                 sys.setswitchinterval(self._idle_switch_interval)
                 self.busyChanged.emit(False)

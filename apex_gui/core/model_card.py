@@ -425,7 +425,11 @@ def _recommended_flags(inputs: CardInputs, file: CardFile) -> tuple[str, str]:
     fit = inputs.fits.get(file.file_name)
     if fit is not None and fit.flags not in ("-", ""):
         on = f" for {inputs.hardware}" if inputs.hardware else ""
-        return fit.flags, f"flags from APEX Studio's memory check{on}: {fit.verdict.value}"
+        verdict = fit.verdict.value
+        if inputs.hardware.lower().startswith(verdict.lower()):
+            # "for CPU only, 24 GB RAM available: CPU only" said it twice.
+            return fit.flags, f"flags from APEX Studio's memory check{on}"
+        return fit.flags, f"flags from APEX Studio's memory check{on}: {verdict}"
     return "-ngl 99", ("all layers on the GPU; if it does not fit, add `--n-cpu-moe N` to keep "
                        "the routed experts of the first N layers in system RAM")
 

@@ -14,6 +14,7 @@ Signals:
   (``MainWindow.switch_profile``).
 * ``recommendationChanged(object)``: the latest :class:`Recommendation` (or None).
 * ``manualDevicesChanged(str)``: the manual device text, for the settings.
+* ``contextChanged(int, str)``: context length and KV cache type, for the settings.
 
 Probing NVML and fitting every profile both run off the GUI thread through the window's
 :class:`WorkerPool`; the newest request wins.
@@ -149,6 +150,8 @@ class HardwarePanel(QWidget):
     recommendationChanged = Signal(object)
     manualDevicesChanged = Signal(str)
     snapshotChanged = Signal(object)
+    contextChanged = Signal(int, str)  # context length, KV cache type
+    commandCopied = Signal(str)
 
     def __init__(self, model: Any = None, *, snapshot: HardwareSnapshot | None = None,
                  workers: WorkerPool | None = None,
@@ -187,6 +190,7 @@ class HardwarePanel(QWidget):
         self.cards_button = QToolButton()
         self.cards_button.setText("Common cards")
         self.cards_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.cards_button.setToolTip("Plan for a common GPU or unified-memory machine")
         self.cards_menu = QMenu(self.cards_button)
         for card in COMMON_CARDS:
             action = self.cards_menu.addAction(card.name)
@@ -201,6 +205,7 @@ class HardwarePanel(QWidget):
         self.context_spin.setSuffix(" tokens")
         self.context_spin.setValue(context)
         self.context_spin.setKeyboardTracking(False)
+        self.context_spin.setToolTip("Context length (-c) the KV cache is sized for")
         self.kv_combo = QComboBox()
         self.kv_combo.addItems(KV_TYPES)
         if kv_cache_type in KV_TYPES:
@@ -274,8 +279,8 @@ class HardwarePanel(QWidget):
         self._debounce.timeout.connect(self.recompute)
         self.refresh_button.clicked.connect(self.probe_hardware)
         self.manual_edit.textChanged.connect(self._manual_changed)
-        self.context_spin.valueChanged.connect(lambda _: self._debounce.start())
-        self.kv_combo.currentTextChanged.connect(lambda _: self._debounce.start())
+        self.context_spin.valueChanged.connect(self._context_edited)
+        self.kv_combo.currentTextChanged.connect(self._context_edited)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         self.table.itemDoubleClicked.connect(lambda _item: self.apply_selected())
         self.apply_button.clicked.connect(self.apply_selected)
@@ -302,7 +307,23 @@ class HardwarePanel(QWidget):
         self._debounce.start()
 
     def set_manual_devices(self, text: str) -> None:
-        self.manual_edit.setText(text)
+        if text != self.manual_edit.text():
+            self.manual_edit.setText(text)
+
+    def set_context(self, context: int, kv_cache_type: str) -> None:
+        """Context length and KV cache type from the settings (no echo back)."""
+        for widget in (self.context_spin, self.kv_combo):
+            widget.blockSignals(True)
+        self.context_spin.setValue(context)
+        if kv_cache_type in KV_TYPES:
+            self.kv_combo.setCurrentText(kv_cache_type)
+        for widget in (self.context_spin, self.kv_combo):
+            widget.blockSignals(False)
+        self._debounce.start()
+
+    def _context_edited(self, _value: object) -> None:
+        self.contextChanged.emit(self.context_spin.value(), self.kv_combo.currentText())
+        self._debounce.start()
 
     def choose_card(self, name: str) -> None:
         """Plan for one common card (the one-click list)."""
@@ -371,6 +392,7 @@ class HardwarePanel(QWidget):
     def _update_manual_status(self) -> None:
         text = self.manual_edit.text().strip()
         self.manual_error = ""
+        self.manual_status.setToolTip("")
         if not text:
             self.manual_status.setText("Fitting to this machine. Type devices (or pick a "
                                        "common card) to plan for another one.")
@@ -380,7 +402,14 @@ class HardwarePanel(QWidget):
             devices = parse_device_spec(text)
         except ValueError as error:
             self.manual_error = str(error)
-            self.manual_status.setText(str(error))
+            # The parser's message lists every known card and form (a paragraph): the label
+            # keeps its first clause so typing does not make the panel jump; the rest is
+            # in the tooltip and the "Common cards" menu.
+            short = self.manual_error.split(" (", 1)[0].split("; ", 1)[0]
+            if short != self.manual_error:
+                short += " (hover for the accepted forms, or pick from Common cards)"
+            self.manual_status.setText(short)
+            self.manual_status.setToolTip(self.manual_error)
             self.manual_status.setStyleSheet("color: #e03131;")
             return
         total = sum(d.total_bytes for d in devices)
@@ -556,6 +585,7 @@ class HardwarePanel(QWidget):
         text = self.command_edit.text()
         if text:
             QApplication.clipboard().setText(text)
+            self.commandCopied.emit(text)
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         """Cancel pending fits; a pool of the panel's own is also waited for (the window's

@@ -32,14 +32,13 @@ from apex_gui.core.profiles import (Profile, ProfileError, all_profiles, get_pro
 from apex_gui.core.settings import (Settings, add_recent_file, cache_dir, config_dir,
                                     load_settings, save_settings)
 from apex_gui.core.synthetic import demo_model_path
-from apex_gui.core.units import format_gb
 from apex_gui.workers import CancelToken, Task, WorkerPool
 
 from . import style
 from .heatmap import BitsLegend, PrecisionHeatmap
 from .hf_download import HubDownloadDialog
 from .model_info import ModelInfoView, render_summary_html
-from .plan_panel import PlanPanel
+from .plan_panel import PlanPanel, readable_size
 from .settings_dialog import SettingsDialog
 
 DEFAULT_PROFILE = "quality"
@@ -122,6 +121,7 @@ class MainWindow(QMainWindow):
     planChanged = Signal(object)  # PrecisionPlan: a new plan, or an edit/undo/redo of it
     errorShown = Signal(str, str)  # title, message: every error dialog goes through this
     modelLoadFinished = Signal(float)  # seconds from request to heatmap
+    settingsChanged = Signal(object)  # Settings, after the settings dialog was accepted
 
     def __init__(self, settings: Settings | None = None, probe_hardware: bool = True) -> None:
         super().__init__()
@@ -204,7 +204,10 @@ class MainWindow(QMainWindow):
         self.busy_bar.setMaximumWidth(160)
         self.busy_bar.setRange(0, 0)
         self.busy_bar.hide()
+        self.busy_label = QLabel("")  # what the background work is, beside its busy bar
+        self.busy_label.hide()
         self.statusBar().addPermanentWidget(self.hover_label)
+        self.statusBar().addPermanentWidget(self.busy_label)
         self.statusBar().addPermanentWidget(self.busy_bar)
 
         self.heatmap.selectionChanged.connect(self._selection_changed)
@@ -222,6 +225,15 @@ class MainWindow(QMainWindow):
         self.plan_panel.set_manual_devices_text(self.settings.manual_devices)
         self.plan_panel.palette_widget.set_current_type("Q4_K")
         self.workers.busyChanged.connect(self.busy_bar.setVisible)
+        self.workers.tasksChanged.connect(self._background_tasks_changed)
+
+    def _background_tasks_changed(self, descriptions: list[str]) -> None:
+        text = descriptions[0] if descriptions else ""
+        if len(descriptions) > 1:
+            text += f" (+{len(descriptions) - 1} more)"
+        self.busy_label.setText(text)
+        self.busy_label.setVisible(bool(descriptions))
+        self.busy_bar.setToolTip("Working: " + ", ".join(descriptions) if descriptions else "")
 
     def _action(self, text: str, slot: Callable[[], object], shortcut: QKeySequence | str | None = None,
                 icon: str | None = None, tip: str = "") -> QAction:
@@ -485,10 +497,13 @@ class MainWindow(QMainWindow):
             return
         detected = self.profile_matches[0].profile if self.profile_matches else None
         self._set_plan(new_plan, band_profile=detected)
+        # The request may come from elsewhere (Hardware & tiers): the picker shows the result.
+        self.plan_panel.select_profile(key if key == "stored" or new_plan.profile is None
+                                       else new_plan.profile.key)
         if self.reference_plan is not None:
             self._update_diff_summary()
             self.heatmap.set_reference(self.reference_plan, self.heatmap.reference_label)
-        self.statusBar().showMessage(f"Plan: {new_plan.origin}, {format_gb(new_plan.total_bytes())}", 6000)
+        self.statusBar().showMessage(f"Plan: {new_plan.origin}, {readable_size(new_plan.total_bytes())}", 6000)
 
     def reset_to_profile(self) -> None:
         """Every cell back to the profile's (or the file's) type, as one undoable step."""
@@ -646,7 +661,7 @@ class MainWindow(QMainWindow):
     def _edit_made(self, description: str) -> None:
         if self.current_plan is not None:
             self.statusBar().showMessage(
-                f"{description}: now {format_gb(self.current_plan.total_bytes())} (Ctrl+Z undoes it)", 5000)
+                f"{description}: now {readable_size(self.current_plan.total_bytes())} (Ctrl+Z undoes it)", 5000)
 
     def _brush_changed(self, type_name: str) -> None:
         self.heatmap.brush_type = type_name
@@ -717,6 +732,7 @@ class MainWindow(QMainWindow):
         self._save_settings()
         if theme_changed:
             self.set_theme(settings.theme)
+        self.settingsChanged.emit(settings)
         self.statusBar().showMessage("Settings saved", 4000)
 
     def set_theme(self, theme: str) -> None:
@@ -760,9 +776,16 @@ class MainWindow(QMainWindow):
         box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self)
         box.setObjectName("errorBox")
         box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # Deleted when closed, so old boxes do not pile up as hidden children of the window.
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(lambda _result, b=box: self._error_closed(b))
         box.open()
         self._error_box = box
         return box
+
+    def _error_closed(self, box: QMessageBox) -> None:
+        if self._error_box is box:
+            self._error_box = None
 
     def confirm(self, title: str, question: str) -> bool:
         answer = QMessageBox.question(self, title, question,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apex_gui.core.run_store import RunStore
+from apex_gui.core.settings import save_settings
 from apex_gui.core.tools import LlamaTools
 from apex_gui.jobs import JobQueue
 
@@ -89,6 +90,53 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         if tabs is not None:
             tabs.setCurrentIndex(0)  # show the heatmap the tier was applied to
 
+    def remember(**values: Any) -> None:
+        """Keep what the user set in a panel for the next session (typed settings file)."""
+        changed = False
+        for key, value in values.items():
+            if getattr(settings, key, None) != value:
+                setattr(settings, key, value)
+                changed = True
+        if changed:
+            try:
+                save_settings(settings)
+            except OSError as error:
+                window.statusBar().showMessage(f"Could not save settings: {error}", 8000)
+
+    def hardware_devices_changed(text: str) -> None:
+        remember(manual_devices=text)
+        plan_panel = getattr(window, "plan_panel", None)
+        if plan_panel is not None and plan_panel.device_edit.text() != text:
+            plan_panel.set_manual_devices_text(text)  # one device list for both fit views
+
+    def settings_changed(new: Any) -> None:
+        # The queue looks tools up when a job starts: the next job uses the folder just
+        # chosen, a running one keeps its process.
+        queue.tools = LlamaTools(getattr(new, "llama_cpp_dir", "") or None)
+        hardware.set_context(getattr(new, "context_length", 8192),
+                             getattr(new, "kv_cache_type", "f16"))
+        run.set_default_output_dir(getattr(new, "output_dir", "") or "")
+
+    def job_started(job_id: int) -> None:
+        window.statusBar().showMessage(f"Running {queue.job(job_id).title()}: see the Run tab",
+                                       0)
+
+    hardware.manualDevicesChanged.connect(hardware_devices_changed)
+    hardware.contextChanged.connect(
+        lambda context, kv: remember(context_length=context, kv_cache_type=kv))
+    hardware.commandCopied.connect(
+        lambda _text: window.statusBar().showMessage("llama-server command copied", 4000))
+    plan_devices = getattr(getattr(window, "plan_panel", None), "manualDevicesChanged", None)
+    if plan_devices is not None:
+        plan_devices.connect(hardware.set_manual_devices)
+    settings_signal = getattr(window, "settingsChanged", None)
+    if settings_signal is not None:
+        settings_signal.connect(settings_changed)
+    queue.jobStarted.connect(job_started)
+    run.startRefused.connect(lambda message: window.show_error("Cannot start the run",
+                                                               f"Not started: {message}."))
+    results.exported.connect(lambda path: window.statusBar().showMessage(f"Wrote {path}", 8000))
+    results.exportFailed.connect(lambda message: window.show_error("Cannot export", message))
     hardware.applyProfileRequested.connect(apply_profile)
     hardware.recommendationChanged.connect(
         lambda rec: results.set_recommendation(rec, hardware.hardware_label()))

@@ -9,6 +9,7 @@ to the window as signals: it owns plan replacement and the worker pool.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from PySide6.QtCore import QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPaintEvent, QPalette, QPixmap
@@ -27,6 +28,15 @@ from apex_gui.core.units import GB, GiB, format_gb
 from . import style
 
 PROBLEMS_SHOWN = 300  # a 400B plan can list thousands; the count says how many are hidden
+
+
+def readable_size(nbytes: int, digits: int = 2, like: int | None = None) -> str:
+    """Decimal GB (``digits`` decimals), or MB below 1 GB: on a small (demo) model
+    "0.02 GB" would hide every edit's effect. ``like``: pick the unit by this size instead
+    (a change is shown in the unit of the file it changes)."""
+    if abs(nbytes if like is None else like) >= GB:
+        return format_gb(nbytes, digits)
+    return f"{nbytes / 1e6:.2f} MB"
 
 
 def type_swatch(type_name: str, size: int = 14) -> QIcon:
@@ -308,6 +318,11 @@ class PlanPanel(QWidget):
         layout.addWidget(fit_box)
         layout.addStretch(1)
         self._fit_bars: list[FitBar] = []
+        # The scroll area never scrolls sideways, so the panel is never narrower than its
+        # content: a dock state restored from a smaller screen would clip the numbers.
+        self.setMinimumWidth(body.minimumSizeHint().width()
+                             + scroll.verticalScrollBar().sizeHint().width())
+        self.refresh()  # no plan yet: plan buttons off until a model is open
 
     # --- inputs from the window -----------------------------------------------------------
     def set_profiles(self, profiles: dict[str, Profile], current: str | None,
@@ -334,11 +349,23 @@ class PlanPanel(QWidget):
         self.diff_combo.addItem("another GGUF file...", "file")
         self._updating = False
 
+    def select_profile(self, key: str) -> None:
+        """Show ``key`` ("stored" for the file's own types) as the picked profile."""
+        index = self.profile_combo.findData(key)
+        if index >= 0:
+            self._updating = True
+            self.profile_combo.setCurrentIndex(index)
+            self._updating = False
+
     def set_diff_choice(self, value: str, summary: str = "") -> None:
         index = self.diff_combo.findData(value)
         if index < 0 and value:
-            self.diff_combo.addItem(summary or value, value)
+            # The item names what is compared (the summary below it changes with every edit).
+            path = value.removeprefix("gguf:")
+            self.diff_combo.addItem(f"file {Path(path).name}" if value.startswith("gguf:") else value,
+                                    value)
             index = self.diff_combo.count() - 1
+            self.diff_combo.setItemData(index, path, Qt.ItemDataRole.ToolTipRole)
         self._updating = True
         self.diff_combo.setCurrentIndex(max(index, 0))
         self._updating = False
@@ -393,8 +420,7 @@ class PlanPanel(QWidget):
             self._refresh_fit()
             return
         total = plan.total_bytes()
-        # Small (demo) models in MB: "0.02 GB" would hide every edit's effect.
-        self.size_label.setText(format_gb(total) if total >= GB else f"{total / 1e6:.2f} MB")
+        self.size_label.setText(readable_size(total))
         # Model cards quote GiB under the name "GB" (Trinity Quality "219 GB" = 235 GB):
         # show both so a user can compare with a card.
         binary = f"{total / GiB:.2f} GiB" if total >= GiB else f"{total / 2**20:.2f} MiB"
@@ -404,7 +430,7 @@ class PlanPanel(QWidget):
             delta = total - self._baseline_bytes
             share = delta / self._baseline_bytes
             sign = "+" if delta > 0 else ""
-            self.change_label.setText(f"{sign}{delta / GB:.3f} GB ({sign}{delta:,} bytes, "
+            self.change_label.setText(f"{sign}{readable_size(delta, 3, like=total)} ({sign}{delta:,} bytes, "
                                       f"{sign}{share:.2%}) vs {self._baseline_label}")
         else:
             self.change_label.setText("-")
@@ -415,7 +441,7 @@ class PlanPanel(QWidget):
         self.role_table.setRowCount(len(rows))
         for row, (role, nbytes) in enumerate(rows):
             self.role_table.setItem(row, 0, QTableWidgetItem(role.value))
-            size_item = QTableWidgetItem(format_gb(nbytes, 3 if nbytes < 10 * GB else 2))
+            size_item = QTableWidgetItem(readable_size(nbytes, 3 if nbytes < 10 * GB else 2))
             size_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             size_item.setToolTip(f"{nbytes:,} bytes")
             self.role_table.setItem(row, 1, size_item)

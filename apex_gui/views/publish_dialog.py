@@ -217,7 +217,12 @@ class PublishDialog(QDialog):
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Save the model card into")
         if folder:
-            self.save_to_folder(folder)
+            try:
+                self.save_to_folder(folder)
+            except OSError as error:
+                # Said in the dialog (the button's slot must not raise into Qt).
+                self.status.setText(f"{folder}: cannot write the card ({error.strerror or error}). "
+                                    "Choose a folder you can write to.")
 
     def _choose_mmproj(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Vision projector", "", "GGUF (*.gguf)")

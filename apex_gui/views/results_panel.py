@@ -13,7 +13,7 @@ them. Export: CSV, Markdown and the model card (through :class:`PublishDialog`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +140,15 @@ class ResultsPlot(pg.PlotWidget):
         self.setMenuEnabled(False)
         self.points: list[tuple[str, float, float]] = []  # (label, size GB, value): for tests
         self.size_only: list[tuple[str, float]] = []
+        self.text_colour = self.palette().color(QPalette.ColorRole.Text)
 
     def apply_palette(self, palette: QPalette) -> None:
         background = palette.color(QPalette.ColorRole.Base)
         text = palette.color(QPalette.ColorRole.Text)
         self.setBackground(background)
+        # Kept for the point labels: on a theme switch the panel passes the new palette
+        # before this widget's own palette has been updated.
+        self.text_colour = text
         for axis in ("bottom", "left"):
             item = self.getAxis(axis)
             item.setPen(pg.mkPen(text))
@@ -156,7 +160,7 @@ class ResultsPlot(pg.PlotWidget):
         self.clear()
         self.points, self.size_only = [], []
         extents: list[tuple[float, float, float]] = []  # x, lowest y, highest y
-        text_colour = self.palette().color(QPalette.ColorRole.Text)
+        text_colour = self.text_colour
         reference_y = None
         for row in rows:
             if row.size_bytes is None:
@@ -238,6 +242,7 @@ class ResultsPanel(QWidget):
 
     rowsChanged = Signal(int)  # number of rows after a refresh
     exported = Signal(str)  # path of a file just written
+    exportFailed = Signal(str)  # a message naming the file and what to do
 
     def __init__(self, store: RunStore | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -274,6 +279,9 @@ class ResultsPanel(QWidget):
         self.refresh_button = QPushButton("Refresh")
         self.csv_button = QPushButton("Export CSV…")
         self.markdown_button = QPushButton("Export Markdown…")
+        self.refresh_button.setToolTip("Read the run history again")
+        self.csv_button.setToolTip("Every column with its error, one row per file")
+        self.markdown_button.setToolTip("The table as on the model cards (Core Metrics)")
         self.card_button = QPushButton("Model card && publish…")
         self.card_button.setToolTip("Write a README in the style of the APEX model cards from "
                                     "these results, and upload the quants to Hugging Face")
@@ -341,10 +349,13 @@ class ResultsPanel(QWidget):
         self.ppl_plot.show_rows(self.rows, _ppl)
         self.kld_plot.show_rows([r for r in self.rows if r.kind != "reference"], _kld)
         self.speed_plot.show_rows(self.rows, _tg)
-        measured = sum(1 for r in self.rows if r.measured and r.has_measurements)
-        quants = sum(1 for r in self.rows if r.kind in ("apex", "other"))
-        self.summary.setText(f"{quants} quant{'s' if quants != 1 else ''}, {measured} with "
-                             "measurements" if self.rows else
+        quants = [r for r in self.rows if r.kind in ("apex", "other")]
+        measured = sum(1 for r in quants if r.measured and r.has_measurements)
+        sized = sum(1 for r in self.rows if not r.measured)
+        parts = [f"{len(quants)} quant{'s' if len(quants) != 1 else ''} ({measured} measured)"]
+        if sized:
+            parts.append(f"{sized} uniform quant{'s' if sized != 1 else ''} sized for comparison")
+        self.summary.setText(", ".join(parts) if self.rows else
                              "No results yet: quantize and evaluate in the Run tab.")
         self._update_buttons()
         self.rowsChanged.emit(len(self.rows))
@@ -372,13 +383,23 @@ class ResultsPanel(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export results as CSV", "apex-results.csv",
                                               "CSV (*.csv)")
         if path:
-            self.export_csv(path)
+            self._export(self.export_csv, path)
 
     def _choose_markdown(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export results as Markdown",
                                               "apex-results.md", "Markdown (*.md)")
         if path:
-            self.export_markdown(path)
+            self._export(self.export_markdown, path)
+
+    def _export(self, write: Callable[[str], Path], path: str) -> None:
+        """Write from a button: a failure is told to the user, never raised into Qt."""
+        try:
+            write(path)
+        except OSError as error:
+            message = (f"{path}: cannot be written ({error.strerror or error}). "
+                       "Choose a folder you can write to.")
+            self.summary.setText(message)
+            self.exportFailed.emit(message)
 
     def open_publish_dialog(self) -> Any:
         """The model card and upload dialog for the APEX quants in the table."""

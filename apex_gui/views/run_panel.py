@@ -15,6 +15,7 @@ For the main window's ``closeEvent``: :meth:`RunPanel.has_running_jobs` and
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ from apex_gui.jobs import JobQueue
 __all__ = ["RunPanel", "RunRequest", "output_name", "pipeline_for"]
 
 CURRENT_PLAN_KEY = "__current_plan__"
+#: source file types llama-quantize takes without --allow-requantize ("unknown": no
+#: general.file_type key, as in many converted files)
+FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
 KEY_ROLE = Qt.ItemDataRole.UserRole + 1
 #: Lines of log kept per job: a 700-tensor quantize prints ~1,500; a runaway tool more.
 LOG_BLOCKS = 20_000
@@ -118,6 +122,25 @@ def pipeline_for(request: RunRequest) -> Pipeline:
         winogrande=request.winogrande, multiple_choice=request.multiple_choice,
         tasks=request.tasks, bench=request.bench, bench_repetitions=2)
     return build_pipeline(quantize_jobs, imatrix_job, evaluation, request.threads)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse a run whose quants cannot fit on the output disk (ValueError naming the folder).
+
+    Checked before anything starts: a 400B model's quants fill a disk in the middle of
+    the night otherwise (and a sparse shape twin would try to write hundreds of GB).
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return  # an unreadable folder is reported by the job that writes into it
+    if needed > free:
+        raise ValueError(f"the quants need {needed / 1e9:.1f} GB but {folder} has only "
+                         f"{free / 1e9:.1f} GB free: choose another output folder or fewer "
+                         "profiles")
 
 
 # --- widgets --------------------------------------------------------------------------------
@@ -205,7 +228,11 @@ class RunPanel(QWidget):
         self.calibration_files.setPlaceholderText("one or more text files, separated by ;")
         calibration_browse = QToolButton()
         calibration_browse.setText("…")
+        calibration_browse.setToolTip("Choose calibration text files")
         calibration_browse.clicked.connect(self._choose_calibration)
+        self.calibration_bundled.setToolTip("The bundled, diverse calibration text (no "
+                                            "Wikipedia): what the APEX I-variants use")
+        self.calibration_custom.setToolTip("Your own text files, joined in order")
         imatrix_box = QGroupBox("Importance matrix (for I-profiles)")
         imatrix_layout = QVBoxLayout(imatrix_box)
         imatrix_layout.addWidget(self.calibration_bundled)
@@ -220,7 +247,10 @@ class RunPanel(QWidget):
                                     "Evaluation text (e.g. wiki.test.raw)")
         self.kl_box = QCheckBox("KL divergence against the source (also gives PPL)")
         self.kl_box.setChecked(True)
+        self.kl_box.setToolTip("llama-perplexity --kl-divergence against the source's "
+                               "logits (saved once per text and context)")
         self.ppl_box = QCheckBox("Perplexity")
+        self.ppl_box.setToolTip("llama-perplexity on the evaluation text")
         self.eval_context = QSpinBox()
         self.eval_context.setRange(64, 131072)
         self.eval_context.setValue(512)
@@ -231,6 +261,8 @@ class RunPanel(QWidget):
                                           "Winogrande data")
         self.mc_file = _FileField("optional: mmlu / arc / truthfulqa .bin", "Multiple-choice data")
         self.bench_box = QCheckBox("Speed (llama-bench pp512 / tg128)")
+        self.bench_box.setToolTip("llama-bench prompt processing and generation speed, "
+                                  "on this machine's build of llama.cpp")
         eval_box = QGroupBox("Evaluation")
         eval_form = QFormLayout(eval_box)
         eval_form.addRow("Text", self.eval_file)
@@ -249,9 +281,12 @@ class RunPanel(QWidget):
         default_out = getattr(settings, "output_dir", "") or ""
         self.output_dir = _FileField("next to the source model", "Output folder", folder=True)
         self.output_dir.edit.setText(default_out)
+        self._default_output = default_out
         self.start_button = QPushButton("Start")
         self.start_button.setObjectName("runStart")
         self.start_button.setDefault(True)
+        self.start_button.setToolTip("Queue the importance matrix (when needed), the quants "
+                                     "and their evaluation")
         out_row = QHBoxLayout()
         out_row.addWidget(QLabel("Output folder"))
         out_row.addWidget(self.output_dir, 1)
@@ -265,6 +300,9 @@ class RunPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        # One line per step: long messages (output paths) elide, the tooltip has them whole.
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
@@ -279,7 +317,10 @@ class RunPanel(QWidget):
         self.log_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.cancel_button = QPushButton("Cancel step")
+        self.cancel_button.setToolTip("Stop the selected step; its unfinished output is "
+                                      "deleted and the steps that need it are skipped")
         self.cancel_all_button = QPushButton("Cancel all")
+        self.cancel_all_button.setToolTip("Stop the running step and drop every queued one")
         self.status_label = QLabel("Nothing queued.")
         self.status_label.setObjectName("runStatus")
         self.status_label.setWordWrap(True)
@@ -328,6 +369,12 @@ class RunPanel(QWidget):
         self._update_buttons()
 
     # --- inputs -------------------------------------------------------------------------
+    def set_default_output_dir(self, folder: str) -> None:
+        """The settings' default output folder; a folder the user typed here is kept."""
+        if self.output_dir.edit.text().strip() in ("", self._default_output):
+            self.output_dir.edit.setText(folder)
+        self._default_output = folder
+
     def set_model(self, model: Any) -> None:
         self._model = model
         self._update_buttons()
@@ -381,6 +428,10 @@ class RunPanel(QWidget):
         model = self._model
         if model is None:
             raise ValueError("open the full-precision (F16/BF16) model first")
+        file_type = str(getattr(model, "file_type", "unknown"))
+        if file_type not in FULL_PRECISION:
+            raise ValueError(f"{Path(model.path).name} is already quantized ({file_type}): "
+                             "open the F16/BF16 model it was made from to quantize")
         keys = self.checked_keys()
         if not keys:
             raise ValueError("tick at least one profile to quantize")
@@ -402,6 +453,7 @@ class RunPanel(QWidget):
             if not calibration:
                 raise ValueError("choose calibration files, or use the bundled set")
         output = self.output_dir.path() or Path(model.path).parent
+        check_free_space(output, sum(plan.total_bytes() for plan in plans))
         threads = self._settings.effective_threads() if self._settings is not None else 0
         mc = self.mc_file.path()
         return RunRequest(
@@ -459,6 +511,8 @@ class RunPanel(QWidget):
             item = self.table.item(row, column)
             if item is not None:
                 item.setText(text)
+                if column == 4:
+                    item.setToolTip(text)
 
     def _job_started(self, job_id: int) -> None:
         if job_id not in self._rows:

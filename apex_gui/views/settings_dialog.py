@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
@@ -20,16 +21,26 @@ from .style import THEMES
 KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "iq4_nl", "q4_1", "q4_0")
 
 
-def format_tool_report(locations: list[ToolLocation]) -> str:
-    """Tools grouped by the folder they were found in (usually one), then what is missing."""
+def format_tool_report(locations: list[ToolLocation], folder_asked: str | None = None) -> str:
+    """Tools grouped by the folder they were found in (usually one), then what is missing.
+
+    With ``folder_asked`` (the folder typed in the dialog), a first line says when it held
+    no tools and the search fell back to PATH or the package: otherwise a typo in the folder
+    would silently run another build of llama.cpp.
+    """
     by_folder: dict[str, list[ToolLocation]] = {}
     missing = []
+    lines = []
+    if folder_asked and not any(loc.origin == "configured folder" for loc in locations):
+        asked = Path(folder_asked).expanduser()
+        why = "does not exist" if not asked.exists() else "holds no llama.cpp tools"
+        lines.append(f"WARNING: {asked} {why} (choose the folder with llama-quantize, or its "
+                     "build folder); using the tools found elsewhere:")
     for location in locations:
         if location.path is None:
             missing.append(location.executable)
         else:
             by_folder.setdefault(str(location.path.parent), []).append(location)
-    lines = []
     for folder, found in by_folder.items():
         first = found[0]
         version = f", version {first.version}" if first.version else ""
@@ -147,13 +158,13 @@ class SettingsDialog(QDialog):
         self.check_button.setEnabled(False)
         task = self._workers.submit("check llama.cpp tools", lambda _token: LlamaTools(folder).report())
         self._check_task = task
-        task.finished.connect(self._tools_checked)
+        task.finished.connect(lambda locations: self._tools_checked(locations, folder))
         task.failed.connect(lambda error: self._tools_checked_text(f"Check failed: {error}"))
         task.done.connect(self._check_done)
 
-    def _tools_checked(self, locations: object) -> None:
+    def _tools_checked(self, locations: object, folder: str | None = None) -> None:
         assert isinstance(locations, list)
-        self._tools_checked_text(format_tool_report(locations))
+        self._tools_checked_text(format_tool_report(locations, folder))
 
     def _tools_checked_text(self, text: str) -> None:
         self.tools_report.setPlainText(text)

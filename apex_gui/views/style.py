@@ -70,13 +70,15 @@ def text_colour_on(background: QColor) -> QColor:
 
 def dark_palette() -> QPalette:
     palette = QPalette()
-    window, base, text = QColor("#232629"), QColor("#1b1e20"), QColor("#eff0f1")
+    # Base (fields, lists, check boxes) is lighter than Window: Fusion outlines check boxes
+    # and radio buttons in a darker shade of Window, which vanishes on a darker Base.
+    window, base, text = QColor("#232629"), QColor("#2b2f33"), QColor("#eff0f1")
     button, highlight, disabled = QColor("#31363b"), QColor("#3daee9"), QColor("#7f8c8d")
     for group in (QPalette.ColorGroup.Active, QPalette.ColorGroup.Inactive):
         palette.setColor(group, QPalette.ColorRole.Window, window)
         palette.setColor(group, QPalette.ColorRole.WindowText, text)
         palette.setColor(group, QPalette.ColorRole.Base, base)
-        palette.setColor(group, QPalette.ColorRole.AlternateBase, QColor("#2a2e32"))
+        palette.setColor(group, QPalette.ColorRole.AlternateBase, QColor("#32373c"))
         palette.setColor(group, QPalette.ColorRole.ToolTipBase, QColor("#31363b"))
         palette.setColor(group, QPalette.ColorRole.ToolTipText, text)
         palette.setColor(group, QPalette.ColorRole.PlaceholderText, disabled)
@@ -177,18 +179,23 @@ def icon(name: str, colour: QColor | None = None) -> QIcon:
     from PySide6.QtSvg import QSvgRenderer
 
     data = icon_svg(name)
+    app = QApplication.instance()
+    palette = app.palette() if app is not None else None  # type: ignore[union-attr]
     if colour is None:
-        app = QApplication.instance()
-        colour = (app.palette().color(QPalette.ColorRole.WindowText)  # type: ignore[union-attr]
-                  if app is not None else QColor("#202020"))
-    data = data.replace(b"currentColor", colour.name().encode())
-    renderer = QSvgRenderer(QByteArray(data))
+        colour = (palette.color(QPalette.ColorRole.WindowText) if palette is not None
+                  else QColor("#202020"))
+    # Disabled actions get the palette's disabled text colour: Qt's generated disabled
+    # pixmap of a light icon (dark theme) looks almost the same as the enabled one.
+    disabled = (palette.color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.WindowText)
+                if palette is not None else QColor("#9aa0a6"))
     result = QIcon()
-    for size in (16, 24, 32, 48, 64, 128, 256):
-        pixmap = QPixmap(size, size)
-        pixmap.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(pixmap)
-        renderer.render(painter)
-        painter.end()
-        result.addPixmap(pixmap)
+    for tint, mode in ((colour, QIcon.Mode.Normal), (disabled, QIcon.Mode.Disabled)):
+        renderer = QSvgRenderer(QByteArray(data.replace(b"currentColor", tint.name().encode())))
+        for size in (16, 24, 32, 48, 64, 128, 256):
+            pixmap = QPixmap(size, size)
+            pixmap.fill(Qt.GlobalColor.transparent)
+            painter = QPainter(pixmap)
+            renderer.render(painter)
+            painter.end()
+            result.addPixmap(pixmap, mode)
     return result
