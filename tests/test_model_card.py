@@ -309,3 +309,24 @@ def test_results_of_one_model_family_leave_other_models_out(tmp_path):
     everything = collect_results(store, reference="/m/a-F16.gguf")
     assert "/q/b-APEX-Quality.gguf" in {r.path for r in everything}
     store.close()
+
+
+def test_relative_and_absolute_paths_of_one_file_are_one_row(tmp_path, monkeypatch):
+    from apex_gui.core.jobs import PerplexityJob
+    from apex_gui.core.results import collect_results
+    from apex_gui.core.run_store import RunStore
+
+    monkeypatch.chdir(tmp_path)
+    store = RunStore(tmp_path / "runs.sqlite")
+    job = PerplexityJob(model=Path("mini.gguf"), text=Path("t.txt"))
+    spec = job.to_dict()
+    assert spec["model"] == str(tmp_path / "mini.gguf")  # stored absolute
+    run_id = store.start("perplexity", "ppl", spec, ["llama-perplexity"], None)
+    store.finish(run_id, "succeeded", 0, "ok", "", {"ppl": 7.0})
+    # a run recorded by an older version with a relative path
+    old = store.start("perplexity", "ppl", {"model": "mini.gguf", "text": "t.txt"}, ["x"], None)
+    store.finish(old, "succeeded", 0, "ok", "", {"ppl": 7.5})
+    rows = [r for r in collect_results(store) if r.path.endswith("mini.gguf")]
+    assert len(rows) == 1 and rows[0].path == str(tmp_path / "mini.gguf")
+    assert store.results_for(tmp_path / "mini.gguf")["ppl"] == 7.5
+    store.close()

@@ -409,7 +409,9 @@ class ToolJob:
         spec: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
-            spec[f.name] = str(value) if isinstance(value, Path) else value
+            # Absolute: a run started as `eval mini.gguf` and the same file opened in the
+            # window must be recognised as one file in the history.
+            spec[f.name] = os.path.abspath(value) if isinstance(value, Path) else value
         return spec
 
 

@@ -235,18 +235,23 @@ def _reference_label(path: str) -> str:
     return "reference"
 
 
+def _norm(path: str | os.PathLike[str]) -> str:
+    """One spelling per file (runs recorded before paths were stored absolute included)."""
+    return os.path.abspath(path) if str(path) else ""
+
+
 def _family(records: Sequence[RunRecord], reference: str) -> set[str]:
     """Files that belong with ``reference``: itself, quants made from it, and files measured
     against its reference logits (a quant made elsewhere but compared with this model)."""
     members = {reference}
-    logits = {str(Path(r.spec.get("output_path", ""))) for r in records
-              if r.kind == "reference-logits" and str(Path(r.spec.get("model", ""))) == reference}
+    logits = {_norm(r.spec.get("output_path", "")) for r in records
+              if r.kind == "reference-logits" and _norm(r.spec.get("model", "")) == reference}
     for record in records:
-        if record.kind == "quantize" and str(Path(record.spec.get("source", ""))) == reference:
-            members.add(str(Path(record.spec.get("output_path", ""))))
+        if record.kind == "quantize" and _norm(record.spec.get("source", "")) == reference:
+            members.add(_norm(record.spec.get("output_path", "")))
         elif record.kind == "kl-divergence" and \
-                str(Path(record.spec.get("reference_logits", ""))) in logits:
-            members.add(str(Path(record.spec.get("model", ""))))
+                _norm(record.spec.get("reference_logits", "")) in logits:
+            members.add(_norm(record.spec.get("model", "")))
     return members
 
 
@@ -263,15 +268,15 @@ def collect_results(store: RunStore, *, reference: str | os.PathLike[str] | None
     """
     builders: dict[str, _Builder] = {}
     records = sorted(store.runs(status="succeeded", limit=limit), key=lambda r: r.id)
-    family = _family(records, str(Path(reference))) if family_only and reference else None
+    family = _family(records, _norm(reference)) if family_only and reference else None
     for record in records:
         about = _about(record)
-        if not about or (family is not None and str(Path(about)) not in family):
+        if not about or (family is not None and _norm(about) not in family):
             continue
-        key = str(Path(about))
+        key = _norm(about)
         builders.setdefault(key, _Builder(key)).add(record)
     if reference is not None:
-        ref_key = str(Path(reference))
+        ref_key = _norm(reference)
         builder = builders.setdefault(ref_key, _Builder(ref_key))
         builder.kind = "reference"
         builder.label = builder.label if builder.label and builder.label != Path(ref_key).stem \

@@ -179,14 +179,14 @@ class RunStore:
 
     def results_for(self, model: str | os.PathLike[str]) -> dict[str, Any]:
         """Every successful result about ``model`` merged, newest winning (for a comparison)."""
-        target = str(Path(model))
+        target = os.path.abspath(model)
         merged: dict[str, Any] = {}
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE status = 'succeeded' ORDER BY id ASC")
             for row in rows:
                 record = _record(row)
                 about = record.spec.get("model") or record.spec.get("output_path")
-                if about == target:
+                if about and os.path.abspath(about) == target:
                     merged.update(record.results)
         return merged
 

@@ -115,7 +115,7 @@ class SyntheticModelSpec:
 
 
 #: What the app opens when started without a model: big enough for a believable heatmap.
-DEMO_SPEC = SyntheticModelSpec(arch="qwen2moe", n_layer=12, n_expert=8, seed=1234,
+DEMO_SPEC = SyntheticModelSpec(arch="qwen2moe", n_layer=24, n_expert=4, seed=1234,
                                name="APEX demo qwen2moe")
 #: A few MB each: fast in tests.
 TINY_QWEN2MOE = SyntheticModelSpec(arch="qwen2moe", n_layer=2, n_expert=4, seed=1,
