@@ -174,3 +174,30 @@ def test_a_quantized_file_is_fitted_as_it_is_first(qtbot, tmp_path: Path,
         panel.apply_button.click()
     assert signal.args == ["stored"]  # MainWindow.switch_profile's key for the file's types
     panel.shutdown()
+
+
+def test_typed_devices_can_be_added_to_the_detected_ones(qtbot, twin_model) -> None:
+    panel = make_panel(qtbot, twin_model, fake_snapshot(free_gib=22, total_gib=24))
+    with qtbot.waitSignal(panel.recommendationChanged, timeout=10_000):
+        panel.manual_edit.setText("RTX 3060 12GB")
+    replaced = panel.machine()
+    assert [g.name for g in replaced.gpus] == ["RTX 3060 12GB"]
+    assert any("System RAM is this machine's" in note for note in replaced.notes)
+    with qtbot.waitSignal(panel.recommendationChanged, timeout=10_000):
+        panel.add_detected_check.setChecked(True)
+    added = panel.machine()
+    assert len(added.gpus) == 2 and added.gpus[1].name == "RTX 3060 12GB"
+    assert [g.index for g in added.gpus] == [0, 1]
+    assert "detected GPUs plus 1 device" in panel.manual_status.text()
+    panel.shutdown()
+
+
+def test_context_is_capped_at_the_models_training_context(qtbot, tmp_path) -> None:
+    from apex_gui.core.model import open_model
+    from apex_gui.core.shape_twins import write_shape_twin
+
+    olmoe = open_model(write_shape_twin(tmp_path / "olmoe.gguf", "olmoe-1b-7b")[0])
+    panel = make_panel(qtbot, olmoe, fake_snapshot())
+    assert olmoe.context_length == 4096
+    assert panel.context_spin.value() == 4096
+    panel.shutdown()

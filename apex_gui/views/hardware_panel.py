@@ -23,11 +23,12 @@ Probing NVML and fitting every profile both run off the GUI thread through the w
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QPainter, QPaintEvent, QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox,
                                QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
                                QMenu, QPushButton, QSizePolicy, QSpinBox, QTableWidget,
                                QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
@@ -196,6 +197,10 @@ class HardwarePanel(QWidget):
             action = self.cards_menu.addAction(card.name)
             action.triggered.connect(lambda _=False, name=card.name: self.choose_card(name))
         self.cards_button.setMenu(self.cards_menu)
+        self.add_detected_check = QCheckBox("add to detected GPUs")
+        self.add_detected_check.setToolTip(
+            "Plan for the detected GPUs plus the typed ones (e.g. a card you are about to add); "
+            "unticked, the typed devices replace this machine's")
         self.manual_status = QLabel("")
         self.manual_status.setWordWrap(True)
 
@@ -248,6 +253,7 @@ class HardwarePanel(QWidget):
         manual_row = QHBoxLayout()
         manual_row.addWidget(self.manual_edit, 1)
         manual_row.addWidget(self.cards_button)
+        manual_row.addWidget(self.add_detected_check)
         self.bars_layout.addLayout(manual_row)
         self.bars_layout.addWidget(self.manual_status)
 
@@ -279,6 +285,8 @@ class HardwarePanel(QWidget):
         self._debounce.timeout.connect(self.recompute)
         self.refresh_button.clicked.connect(self.probe_hardware)
         self.manual_edit.textChanged.connect(self._manual_changed)
+        self.add_detected_check.toggled.connect(lambda _on: self._manual_changed(
+            self.manual_edit.text()))
         self.context_spin.valueChanged.connect(self._context_edited)
         self.kv_combo.currentTextChanged.connect(self._context_edited)
         self.table.itemSelectionChanged.connect(self._selection_changed)
@@ -288,6 +296,7 @@ class HardwarePanel(QWidget):
 
         self._update_manual_status()
         self._show_devices()
+        self._cap_context()
         if snapshot is None and auto_probe:
             self.probe_hardware()
         else:
@@ -298,7 +307,16 @@ class HardwarePanel(QWidget):
         """The model whose tiers are fitted (a ModelInfo, or None)."""
         self._model = model
         self._candidates = None
+        self._cap_context()
         self._debounce.start()
+
+    def _cap_context(self) -> None:
+        """Planning beyond the training context would size a KV cache nobody can use."""
+        trained = int(getattr(self._model, "context_length", 0) or 0)
+        if trained and self.context_spin.value() > trained:
+            self.context_spin.blockSignals(True)
+            self.context_spin.setValue(trained)
+            self.context_spin.blockSignals(False)
 
     def set_snapshot(self, snapshot: HardwareSnapshot | None) -> None:
         self._snapshot = snapshot
@@ -349,11 +367,18 @@ class HardwarePanel(QWidget):
         snapshot = self._snapshot
         manual = self.manual_devices()
         ram = snapshot.system.available_bytes if snapshot is not None else 0
+        if manual is not None and self.add_detected_check.isChecked() and snapshot is not None:
+            detected = MachineMemory.from_snapshot(snapshot)
+            devices = [replace(d, index=i) for i, d in enumerate([*detected.gpus, *manual])]
+            return MachineMemory(tuple(devices), detected.ram_available, detected.notes)
         if manual is not None:
             if snapshot is None:
                 # No probe yet: assume the devices are all there is, with RAM for the host side.
                 ram = max(sum(d.total_bytes for d in manual), 16 * 10**9)
-            return MachineMemory(tuple(manual), ram)
+            # Typed devices stand for another machine, but its RAM is unknown: say whose.
+            note = (f"System RAM is this machine's ({ram / 1e9:.1f} GB available); experts "
+                    "placed in RAM assume that much.")
+            return MachineMemory(tuple(manual), ram, (note,))
         if snapshot is None:
             return None
         return MachineMemory.from_snapshot(snapshot)
@@ -413,8 +438,12 @@ class HardwarePanel(QWidget):
             self.manual_status.setStyleSheet("color: #e03131;")
             return
         total = sum(d.total_bytes for d in devices)
-        self.manual_status.setText(f"Planning for {len(devices)} device(s), "
-                                   f"{total / 2**30:.0f} GiB in all (not this machine).")
+        if self.add_detected_check.isChecked():
+            self.manual_status.setText(f"Planning for the detected GPUs plus {len(devices)} "
+                                       f"device(s) of {total / 2**30:.0f} GiB in all.")
+        else:
+            self.manual_status.setText(f"Planning for {len(devices)} device(s), "
+                                       f"{total / 2**30:.0f} GiB in all (not this machine).")
         self.manual_status.setStyleSheet("")
 
     def _show_devices(self) -> None:
