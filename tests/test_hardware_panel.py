@@ -200,4 +200,7 @@ def test_context_is_capped_at_the_models_training_context(qtbot, tmp_path) -> No
     panel = make_panel(qtbot, olmoe, fake_snapshot())
     assert olmoe.context_length == 4096
     assert panel.context_spin.value() == 4096
+    # the next model, trained on more, gets the asked-for 8192 back
+    panel.set_model(open_model(write_shape_twin(tmp_path / "q.gguf", "qwen3-30b-a3b")[0]))
+    assert panel.context_spin.value() == 8192
     panel.shutdown()

@@ -209,6 +209,8 @@ class HardwarePanel(QWidget):
         self.context_spin.setSingleStep(CONTEXT_STEP)
         self.context_spin.setSuffix(" tokens")
         self.context_spin.setValue(context)
+        # What the user asked for; a model trained on less shows less, the next model gets it back.
+        self._preferred_context = context
         self.context_spin.setKeyboardTracking(False)
         self.context_spin.setToolTip("Context length (-c) the KV cache is sized for")
         self.kv_combo = QComboBox()
@@ -313,9 +315,10 @@ class HardwarePanel(QWidget):
     def _cap_context(self) -> None:
         """Planning beyond the training context would size a KV cache nobody can use."""
         trained = int(getattr(self._model, "context_length", 0) or 0)
-        if trained and self.context_spin.value() > trained:
+        wanted = min(self._preferred_context, trained) if trained else self._preferred_context
+        if self.context_spin.value() != wanted:
             self.context_spin.blockSignals(True)
-            self.context_spin.setValue(trained)
+            self.context_spin.setValue(wanted)
             self.context_spin.blockSignals(False)
 
     def set_snapshot(self, snapshot: HardwareSnapshot | None) -> None:
@@ -333,6 +336,8 @@ class HardwarePanel(QWidget):
         for widget in (self.context_spin, self.kv_combo):
             widget.blockSignals(True)
         self.context_spin.setValue(context)
+        self._preferred_context = context
+        self._cap_context()
         if kv_cache_type in KV_TYPES:
             self.kv_combo.setCurrentText(kv_cache_type)
         for widget in (self.context_spin, self.kv_combo):
@@ -340,6 +345,7 @@ class HardwarePanel(QWidget):
         self._debounce.start()
 
     def _context_edited(self, _value: object) -> None:
+        self._preferred_context = self.context_spin.value()
         self.contextChanged.emit(self.context_spin.value(), self.kv_combo.currentText())
         self._debounce.start()
 
