@@ -190,9 +190,6 @@ class WorkerPool(QObject):
     def busy(self) -> bool:
         return bool(self._tasks)
 
-    def active_tasks(self) -> list[Task]:
-        return [t for t in self._tasks if t.running]
-
     def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()

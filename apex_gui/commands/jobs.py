@@ -18,11 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, Progress, QuantizeJob,
                                 ReferenceLogitsJob, ToolJob, build_pipeline, evaluation_jobs)
 from apex_gui.core.runner import JobOutcome
+
+if TYPE_CHECKING:
+    from apex_gui.core.tools import LlamaTools
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -69,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--eval", action="store_true",
                           help="evaluate each quant (KL divergence against the model itself "
                                "unless --reference is given)")
-    _eval_args(pipeline, reference_required=False)
+    _eval_args(pipeline)
     _common_args(pipeline)
     pipeline.set_defaults(func=run_pipeline_command)
 
@@ -84,7 +87,7 @@ def _calibration_args(parser: argparse.ArgumentParser) -> None:
                         help="at most this many chunks of calibration text (default: all)")
 
 
-def _eval_args(parser: argparse.ArgumentParser, reference_required: bool = False) -> None:
+def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path,
                         help="the F16/BF16 model for KL divergence (its logits are cached)")
     parser.add_argument("--ppl", type=Path, metavar="TEXT",
@@ -121,7 +124,7 @@ def _threads(args: argparse.Namespace) -> int:
     return args.threads if args.threads > 0 else load_settings().effective_threads()
 
 
-def _tools(args: argparse.Namespace):  # -> LlamaTools
+def _tools(args: argparse.Namespace) -> LlamaTools:
     from apex_gui.core.settings import load_settings
     from apex_gui.core.tools import LlamaTools
 

@@ -99,7 +99,8 @@ def combine_calibration(files: Sequence[str | os.PathLike[str] | Traversable] | 
     return _materialize(combined.encode("utf-8"), "calibration", "calibration.txt")
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content, read in blocks (calibration and evaluation texts key caches)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -117,6 +118,6 @@ def imatrix_cache_path(model: str | os.PathLike[str], calibration: str | os.Path
     model_path = Path(model)
     stat = model_path.stat()
     key = "|".join([str(model_path.resolve()), str(stat.st_size), str(stat.st_mtime_ns),
-                    _digest(Path(calibration)), str(context), str(chunks)])
+                    file_digest(Path(calibration)), str(context), str(chunks)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return data_dir() / "imatrix" / f"{model_path.stem}-c{context}-{digest}.imatrix.gguf"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import parsers
+from .calibration import file_digest
 from .quant_types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED
 from .settings import data_dir
 from .tools import LlamaTools, child_environment
@@ -378,6 +379,12 @@ class ToolJob:
     def _thread_args(self, flag: str = "-t") -> list[str]:
         return [flag, str(self.threads)] if self.threads > 0 else []
 
+    def _context_args(self, context: int, chunks: int | None = None) -> list[str]:
+        """The tail llama-imatrix and llama-perplexity runs share: context, chunks, threads
+        and plain log lines (the parsers read them without prefixes or colour codes)."""
+        chunk_args = ["--chunks", str(chunks)] if chunks is not None else []
+        return ["-c", str(context), *chunk_args, *self._thread_args(), *PLAIN_LOG_FLAGS]
+
     # Before and after.
     def check(self, produced: Iterable[Path] = ()) -> None:
         """Raise :class:`JobError` when the job would fail for a reason known in advance.
@@ -448,11 +455,8 @@ class ImatrixJob(ToolJob):
         # "\n" inside a string literal into a newline). --output-format gguf: the temporary
         # ".partial" suffix would otherwise draw a warning about a non-.gguf name.
         args = ["-m", str(self.model), "-f", str(self.calibration),
-                "-o", str(self.partial_output()), "--output-format", "gguf", "--no-escape",
-                "-c", str(self.context)]
-        if self.chunks is not None:
-            args += ["--chunks", str(self.chunks)]
-        return [*args, *self._thread_args(), *PLAIN_LOG_FLAGS]
+                "-o", str(self.partial_output()), "--output-format", "gguf", "--no-escape"]
+        return [*args, *self._context_args(self.context, self.chunks)]
 
     def check(self, produced: Iterable[Path] = ()) -> None:
         produced = list(produced)
@@ -693,14 +697,6 @@ def _model_identity(model: Path) -> str:
     return f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 #: ``--kl-divergence-base`` files start with this magic, then int32 n_ctx, n_vocab, n_chunk.
 KLD_BASE_MAGIC = b"_logits_"
 
@@ -740,7 +736,7 @@ def reference_logits_path(model: Path, text: Path, context: int, chunks: int | N
     computed once and reused by every quant evaluated against it.
     """
     key = hashlib.sha256("|".join([
-        _model_identity(model), _file_digest(text), str(context), str(chunks)]).encode())
+        _model_identity(model), file_digest(text), str(context), str(chunks)]).encode())
     return data_dir() / "reference-logits" / f"{model.stem}-c{context}-{key.hexdigest()[:16]}.kld"
 
 
@@ -772,10 +768,8 @@ class ReferenceLogitsJob(ToolJob):
 
     def args(self) -> list[str]:
         args = ["-m", str(self.model), "-f", str(self.text), "--no-escape",
-                "--kl-divergence-base", str(self.partial_output()), "-c", str(self.context)]
-        if self.chunks is not None:
-            args += ["--chunks", str(self.chunks)]
-        return [*args, *self._thread_args(), *PLAIN_LOG_FLAGS]
+                "--kl-divergence-base", str(self.partial_output())]
+        return [*args, *self._context_args(self.context, self.chunks)]
 
     def check(self, produced: Iterable[Path] = ()) -> None:
         _exists_or_produced(self.model, list(produced), "reference model", model=True)
@@ -815,11 +809,8 @@ class PerplexityJob(ToolJob):
         return (self.model, self.text)
 
     def args(self) -> list[str]:
-        args = ["-m", str(self.model), "-f", str(self.text), "--no-escape",
-                "-c", str(self.context)]
-        if self.chunks is not None:
-            args += ["--chunks", str(self.chunks)]
-        return [*args, *self._thread_args(), *PLAIN_LOG_FLAGS]
+        args = ["-m", str(self.model), "-f", str(self.text), "--no-escape"]
+        return [*args, *self._context_args(self.context, self.chunks)]
 
     def check(self, produced: Iterable[Path] = ()) -> None:
         _exists_or_produced(self.model, list(produced), "model", model=True)
@@ -853,10 +844,8 @@ class KLDivergenceJob(ToolJob):
 
     def args(self) -> list[str]:
         args = ["-m", str(self.model), "--kl-divergence-base", str(self.reference_logits),
-                "--kl-divergence", "-c", str(self.context)]
-        if self.chunks is not None:
-            args += ["--chunks", str(self.chunks)]
-        return [*args, *self._thread_args(), *PLAIN_LOG_FLAGS]
+                "--kl-divergence"]
+        return [*args, *self._context_args(self.context, self.chunks)]
 
     def check(self, produced: Iterable[Path] = ()) -> None:
         produced = list(produced)
@@ -911,8 +900,7 @@ class _TaskJob(ToolJob):
         args = ["-m", str(self.model), self.data_flag, str(self.data), self.flag]
         if self.tasks is not None:
             args += [f"{self.flag}-tasks", str(self.tasks)]
-        args += ["-c", str(self.context)]
-        return [*args, *self._thread_args(), *PLAIN_LOG_FLAGS]
+        return [*args, *self._context_args(self.context)]
 
     def check(self, produced: Iterable[Path] = ()) -> None:
         _exists_or_produced(self.model, list(produced), "model", model=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .gguf_reader import GGUFError, GGUFHeader, LazyArray, printable, read_header, read_lazy_array
-from .quant_types import FILE_TYPE_NAMES, IMATRIX_REQUIRED, ggml_type
+from .quant_types import FILE_TYPE_NAMES, IMATRIX_REQUIRED
 from .roles import TensorRole, classify_kind, kind_sort_key, split_name
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -191,10 +191,6 @@ class ModelInfo:
         if isinstance(value, int):
             return FILE_TYPE_NAMES.get(value, f"type {value}")
         return "unknown"
-
-    @property
-    def is_moe(self) -> bool:
-        return self.n_expert > 1 or any(t.role is TensorRole.ROUTED_EXPERT for t in self.tensors)
 
     # --- tensors --------------------------------------------------------------------
     def tensor(self, name: str) -> TensorInfo:
@@ -514,7 +510,3 @@ def type_histogram(model: ModelInfo) -> dict[str, int]:
     for tensor in model.tensors:
         totals[tensor.type_name] = totals.get(tensor.type_name, 0) + tensor.nbytes
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
-
-
-def validate_type_name(name: str) -> str:
-    return ggml_type(name).name

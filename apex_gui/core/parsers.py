@@ -158,7 +158,6 @@ _CHUNK_VALUE = re.compile(r"\[(\d+)\](-?[\d.]+|nan|-?inf),")
 _FINAL_PPL = re.compile(r"Final estimate: PPL = ([\d.]+|nan|inf) \+/- ([\d.]+|nan|inf)")
 _TOO_FEW_TOKENS = re.compile(r"you need at least (\d+) tokens")
 _TOKENIZES_TO = re.compile(r"tokenizes to only (\d+) tokens")
-_SECONDS_PER_PASS = re.compile(r"([\d.]+) seconds per pass")
 
 
 def parse_chunk_count(line: str) -> int | None:
@@ -171,11 +170,6 @@ def parse_chunk_count(line: str) -> int | None:
 def parse_chunk_values(text: str) -> list[tuple[int, float]]:
     """Every ``[i]value,`` pair in ``text`` (the running perplexity after chunk ``i``)."""
     return [(int(i), float(v)) for i, v in _CHUNK_VALUE.findall(text)]
-
-
-def parse_seconds_per_pass(line: str) -> float | None:
-    match = _SECONDS_PER_PASS.search(line)
-    return float(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)

@@ -308,13 +308,7 @@ class PrecisionPlan:
                     changes[name] = (self.types[name], new_type)
         if not changes:
             return None
-        self._check_writable(changes)
-        change = PlanChange(changes, description or f"set {len(changes)} tensors to {new_type}")
-        self._apply(change, forward=True)
-        self._undo.append(change)
-        self._redo.clear()
-        self._notify(change)
-        return change
+        return self._commit(changes, description or f"set {len(changes)} tensors to {new_type}")
 
     def set_tensor_types(self, types: Mapping[str, str], description: str = "") -> PlanChange | None:
         """Set individual tensors (one undo step)."""
@@ -325,8 +319,12 @@ class PrecisionPlan:
                 changes[name] = (self.types[name], new_type)
         if not changes:
             return None
+        return self._commit(changes, description or f"set {len(changes)} tensors")
+
+    def _commit(self, changes: dict[str, tuple[str, str]], description: str) -> PlanChange:
+        """Check, apply and file the changes as one undo step, then tell the listeners."""
         self._check_writable(changes)
-        change = PlanChange(changes, description or f"set {len(changes)} tensors")
+        change = PlanChange(changes, description)
         self._apply(change, forward=True)
         self._undo.append(change)
         self._redo.clear()
@@ -668,15 +666,16 @@ def detect_profile(model: ModelInfo) -> list[ProfileMatch]:
     actual = plan_from_gguf(model)
     imatrix = model.looks_imatrix_quantized
     matches = []
-    for profile in builtin_profiles().values():
+    total = sum(t.nbytes for t in model.tensors)
+    profiles = builtin_profiles()
+    for profile in profiles.values():
         if profile.is_imatrix_variant != imatrix and (
-                f"i-{profile.key}" in builtin_profiles() or profile.key.startswith("i-")):
+                f"i-{profile.key}" in profiles or profile.key.startswith("i-")):
             continue
         candidate = plan_from_profile(model, profile)
         differences = {name: (actual.types[name], candidate.effective_type(name))
                        for name in candidate._quantizable
                        if actual.types[name] != candidate.effective_type(name)}
-        total = sum(t.nbytes for t in model.tensors)
         share = sum(model.tensor(n).nbytes for n in differences) / total if total else 0.0
         matches.append(ProfileMatch(profile, share, differences))
     matches.sort(key=lambda m: (m.differing_share, len(m.differences)))

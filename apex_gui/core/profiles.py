@@ -9,6 +9,7 @@ asymmetric one with ``first``/``last``) is expressible for any layer count.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -174,6 +175,14 @@ def load_profile_file(path: str | Path, builtin: bool = False) -> Profile:
 
 def builtin_profiles() -> dict[str, Profile]:
     """Built-in profiles, highest quality first, then any other bundled layouts."""
+    # A copy: callers such as all_profiles() add to the dict they get.
+    return dict(_bundled_profiles())
+
+
+@functools.cache
+def _bundled_profiles() -> dict[str, Profile]:
+    # Package data cannot change while the app runs, and the window asks for the profiles
+    # on every plan edit (the Run tab's list): parse the TOML files once.
     folder = resources.files("apex_gui.resources") / "profiles"
     found: dict[str, Profile] = {}
     for entry in folder.iterdir():

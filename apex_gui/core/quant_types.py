@@ -36,10 +36,6 @@ class GGMLType:
         target = _FALLBACK.get(self.name)
         return TYPES[target] if target else None
 
-    def row_bytes(self, n_per_row: int) -> int:
-        """Bytes of one row of ``n_per_row`` weights (rows must divide the block)."""
-        return (n_per_row // self.block_size) * self.block_bytes
-
     def fits_row(self, n_per_row: int) -> bool:
         return n_per_row % self.block_size == 0
 

@@ -363,20 +363,12 @@ def _fmt(value: Any) -> str:
 
 
 def _accuracy_names(rows: Sequence[QuantResult]) -> list[str]:
-    names: list[str] = []
-    for row in rows:
-        for name in row.accuracy:
-            if name not in names:
-                names.append(name)
-    return names
+    """Every benchmark any row has, in the order first seen."""
+    return list(dict.fromkeys(name for row in rows for name in row.accuracy))
 
 
 def _speed_names(rows: Sequence[QuantResult]) -> list[str]:
-    names: list[str] = []
-    for row in rows:
-        for name in row.speed:
-            if name not in names:
-                names.append(name)
+    names = dict.fromkeys(name for row in rows for name in row.speed)
     return sorted(names, key=lambda n: (not n.startswith("pp"), n))
 
 

@@ -611,11 +611,6 @@ class HardwarePanel(QWidget):
         if fit is not None:
             self.applyProfileRequested.emit(_profile_key(fit))
 
-    def apply_recommended(self) -> None:
-        rec = self.recommendation
-        if rec is not None and rec.recommended is not None:
-            self.applyProfileRequested.emit(_profile_key(rec.recommended))
-
     def copy_command(self) -> None:
         text = self.command_edit.text()
         if text:

@@ -87,8 +87,9 @@ def load_model(path: Path, profile_key: str, token: CancelToken) -> LoadedModel:
         key: str | None = None
     else:
         token.progress(0.5, "planning")
-        plan = plan_from_profile(model, get_profile(profile_key))
-        baseline = plan_from_profile(model, get_profile(profile_key))
+        profile = get_profile(profile_key)
+        plan = plan_from_profile(model, profile)
+        baseline = plan_from_profile(model, profile)
         key = plan.profile.key if plan.profile else profile_key
     token.raise_if_cancelled()
     summary = render_summary_html(model, matches)
@@ -466,8 +467,8 @@ class MainWindow(QMainWindow):
         self.planChanged.emit(plan)
 
     def _plan_edited(self, _change: object) -> None:
-        # The plan tells listeners before it files the change on its undo/redo stacks, so
-        # can_undo()/can_redo() are read once the edit has returned.
+        # Title and actions are refreshed from the event loop (a 0 ms single-shot timer), so
+        # a burst of edits updates them once.
         self._state_timer.start()
         if self.reference_plan is not None:
             self._update_diff_summary()

@@ -77,11 +77,6 @@ class TypePalette(QWidget):
             layout.addWidget(button, index // columns, index % columns)
             button.clicked.connect(lambda _=False, t=type_name: self.typeChosen.emit(t))
 
-    @property
-    def current_type(self) -> str:
-        checked = self._group.checkedButton()
-        return checked.text() if checked is not None else ""
-
     def set_current_type(self, type_name: str) -> None:
         button = self._buttons.get(type_name)
         if button is not None and not button.isChecked():

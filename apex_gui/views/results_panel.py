@@ -310,10 +310,6 @@ class ResultsPanel(QWidget):
         self._update_buttons()
 
     # --- inputs -------------------------------------------------------------------------
-    def set_store(self, store: RunStore | None) -> None:
-        self._store = store
-        self.refresh()
-
     def set_model(self, model: Any) -> None:
         """The source model (ModelInfo): its file is the reference row, its facts go on the card."""
         self._model = model

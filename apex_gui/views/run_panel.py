@@ -85,8 +85,12 @@ class RunRequest:
     labels: tuple[str, ...] = field(default=())  # file label per plan ("Quality", "custom")
 
     def needs_imatrix(self) -> bool:
-        return any(plan.needs_imatrix() or (plan.profile is not None and plan.profile.uses_imatrix)
-                   for plan in self.plans)
+        return any(_uses_imatrix(plan) for plan in self.plans)
+
+
+def _uses_imatrix(plan: Any) -> bool:
+    """Its types need an importance matrix, or its profile asks for one (the I- variants)."""
+    return plan.needs_imatrix() or (plan.profile is not None and plan.profile.uses_imatrix)
 
 
 def pipeline_for(request: RunRequest) -> Pipeline:
@@ -108,10 +112,9 @@ def pipeline_for(request: RunRequest) -> Pipeline:
     labels = request.labels or tuple(
         plan.profile.label if plan.profile else "custom" for plan in request.plans)
     for plan, label in zip(request.plans, labels):
-        uses = plan.needs_imatrix() or (plan.profile is not None and plan.profile.uses_imatrix)
         quantize_jobs.append(QuantizeJob.from_plan(
             plan, request.output_dir / output_name(model, label),
-            imatrix=imatrix_path if uses else None, threads=request.threads))
+            imatrix=imatrix_path if _uses_imatrix(plan) else None, threads=request.threads))
     text = None
     if request.kl_divergence or request.perplexity:
         text = request.eval_text or quick_eval_text()
