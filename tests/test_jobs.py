@@ -280,9 +280,39 @@ def test_run_store_keeps_runs_across_a_restart(tmp_path):
     assert record.results == {"ppl": 5.1} and record.duration is not None
     assert reopened.results_for("m.gguf") == {"ppl": 5.1}
     assert [r.id for r in reopened.runs(kind="perplexity")] == [run_id]
-    dangling = reopened.start("bench", "b", {"kind": "bench"}, [], None)
-    assert reopened.mark_interrupted() == 1
-    assert reopened.get(dangling).status == "interrupted"  # type: ignore[union-attr]
+    # A run of a process that is still alive (this one) is not "interrupted".
+    ongoing = reopened.start("bench", "b", {"kind": "bench"}, [], None)
+    assert reopened.mark_interrupted() == 0
+    assert reopened.get(ongoing).status == "running"  # type: ignore[union-attr]
+    reopened.finish(ongoing, "succeeded", 0, "ok", "", {})
+    reopened.close()
+    store.close()
+
+
+def test_a_live_cli_run_is_not_marked_interrupted_until_its_process_is_gone(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "runs.sqlite"
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from apex_gui.core.run_store import RunStore\n"
+         f"store = RunStore({str(path)!r})\n"
+         "print(store.start('quantize', 'q', {}, [], None), flush=True)\n"
+         "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = int(writer.stdout.readline())
+        window = RunStore(path)
+        assert window.mark_interrupted() == 0
+        assert window.get(run_id).status == "running"  # type: ignore[union-attr]
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert window.mark_interrupted() == 1
+    assert window.get(run_id).status == "interrupted"  # type: ignore[union-attr]
+    window.close()
 
 
 def test_core_job_modules_do_not_import_qt():

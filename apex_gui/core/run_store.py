@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS runs (
     results TEXT NOT NULL DEFAULT '{}',
     pipeline TEXT
 );
+CREATE TABLE IF NOT EXISTS run_owners (
+    run_id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    created REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS runs_output ON runs(output);
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
@@ -143,7 +148,13 @@ class RunStore:
                 "INSERT INTO runs (kind, title, spec, argv, output, started, status, pipeline) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
                 (kind, title, json.dumps(spec), json.dumps(argv), output, time.time(), pipeline))
-            return int(cursor.lastrowid or 0)
+            run_id = int(cursor.lastrowid or 0)
+            # Which process runs it: a window opened while a CLI run goes on must not call
+            # that run interrupted (see mark_interrupted).
+            pid, created = _this_process()
+            db.execute("INSERT OR REPLACE INTO run_owners (run_id, pid, created) VALUES (?, ?, ?)",
+                       (run_id, pid, created))
+            return run_id
 
     def finish(self, run_id: int, status: str, exit_code: int | None, message: str, log: str,
                results: dict[str, Any]) -> None:
@@ -191,12 +202,41 @@ class RunStore:
         return merged
 
     def mark_interrupted(self) -> int:
-        """Runs left 'running' by a crash or a kill of the app itself; returns how many."""
+        """Runs left 'running' by a process that is gone (a crash, a kill); returns how many.
+
+        A run whose owning process is still alive (another window, a CLI pipeline) is left
+        as it is: it will record its own end.
+        """
         with self._connect() as db:
-            cursor = db.execute(
+            rows = db.execute(
+                "SELECT runs.id, run_owners.pid, run_owners.created FROM runs "
+                "LEFT JOIN run_owners ON run_owners.run_id = runs.id "
+                "WHERE runs.status = 'running'").fetchall()
+            gone = [run_id for run_id, pid, created in rows
+                    if pid is None or not _process_alive(pid, created)]
+            db.executemany(
                 "UPDATE runs SET status = 'interrupted', message = 'APEX Studio stopped before "
-                "this run ended' WHERE status = 'running'")
-            return cursor.rowcount
+                "this run ended' WHERE id = ?", [(run_id,) for run_id in gone])
+            return len(gone)
+
+
+def _this_process() -> tuple[int, float]:
+    import psutil
+
+    process = psutil.Process()
+    return process.pid, process.create_time()
+
+
+def _process_alive(pid: int, created: float) -> bool:
+    """The same process (a recycled pid has another start time) and still running."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - created) < 1.0 and \
+            process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:
