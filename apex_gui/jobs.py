@@ -22,7 +22,7 @@ from apex_gui.core.jobs import JobError, Pipeline, ToolJob
 from apex_gui.core.run_store import RunStore
 from apex_gui.core.runner import (MAX_ATTEMPTS, PROGRESS_INTERVAL_S, TERMINATE_TIMEOUT_S,
                                   JobMonitor, JobOutcome, JobStatus, PreparedRun, conclude_run,
-                                  failed_before_start, prepare_run)
+                                  crash_retry_for, failed_before_start, prepare_run)
 from apex_gui.core.tools import LlamaTools, ToolNotFoundError
 
 
@@ -37,6 +37,7 @@ class _Entry:
     cancel_requested: bool = False
     attempts: int = 0
     produced: list = field(default_factory=list)
+    retry_note: str | None = None  # why this run repeats one that crashed
 
 
 class JobQueue(QObject):
@@ -177,6 +178,8 @@ class JobQueue(QObject):
             self.allFinished.emit(failures)
 
     def _launch(self, entry: _Entry) -> None:
+        if self.tools.no_repack:
+            entry.job = entry.job.without_repack()
         try:
             prepared = prepare_run(entry.job, self.tools, self.store, entry.produced,
                                    entry.pipeline)
@@ -204,7 +207,7 @@ class JobQueue(QObject):
         process.errorOccurred.connect(lambda *_, p=process: self._on_done(p))
         self._process = process
         self._last_progress = 0.0
-        if entry.attempts == 1:
+        if entry.attempts == 1 and entry.retry_note is None:
             self.jobStarted.emit(entry.job_id)
         process.start()
 
@@ -249,9 +252,18 @@ class JobQueue(QObject):
         outcome = conclude_run(prepared, monitor, exit_code,
                                signal_number=signal_number if killed else None,
                                crashed=killed, cancelled=entry.cancel_requested,
-                               store=self.store, start_error=start_error)
+                               store=self.store, start_error=start_error,
+                               retry_note=entry.retry_note)
         process.deleteLater()
         self._current = self._prepared = self._monitor = None
+        retry = crash_retry_for(outcome) if not entry.cancel_requested else None
+        if retry is not None:
+            # Run it again without the code path that crashed (see crash_retry_for).
+            entry.job, entry.retry_note = retry
+            entry.state, entry.attempts = "pending", 0
+            self.jobOutput.emit(entry.job_id, f"\n[APEX Studio] {entry.retry_note}\n")
+            self._launch(entry)
+            return
         if outcome.output_lost and entry.attempts < MAX_ATTEMPTS:
             entry.state = "pending"  # run it again: the tool's logger dropped its result
             self.jobOutput.emit(entry.job_id, "\n[APEX Studio] the tool's result lines were "

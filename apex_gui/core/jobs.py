@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,6 +40,16 @@ PLAIN_LOG_FLAGS = ("--no-log-prefix", "--log-colors", "off")
 CHARS_PER_TOKEN_UPPER_BOUND = 6
 #: Tools whose output goes through llama.cpp's asynchronous common logger.
 ASYNC_LOG_TOOLS = frozenset({"imatrix", "perplexity"})
+#: How each tool that multiplies matrices is told to keep weights as stored instead of
+#: repacking them into the CPU's fastest layout. On AMX / AVX-512 Xeons the repacked (AMX)
+#: path of this llama.cpp build crashes on quantized models (SIGSEGV or SIGILL right after
+#: "llama threadpool init"); without repacking the same run computes the same numbers.
+NO_REPACK_ARGS: dict[str, tuple[str, ...]] = {
+    "imatrix": ("--no-repack",),
+    "perplexity": ("--no-repack",),
+    "completion": ("--no-repack",),
+    "bench": ("--repack", "0"),
+}
 
 
 class JobError(Exception):
@@ -340,6 +350,11 @@ class ToolJob:
 
     threads: int = 0  # 0: the tool's own default
     label: str = ""
+    #: Keep weights as stored (see NO_REPACK_ARGS); set by the crash retry or the user.
+    no_repack: bool = False
+    #: CPU backend variants (``sapphirerapids``...) the tool must not load: set when one
+    #: crashed, so the tool runs on the next best variant of a portable build.
+    skip_cpu_variants: tuple[str, ...] = ()
 
     # What the job reads and writes.
     def inputs(self) -> tuple[Path, ...]:
@@ -359,7 +374,29 @@ class ToolJob:
 
     def argv(self, tools: LlamaTools) -> list[str]:
         """The full argument list; :class:`ToolNotFoundError` if the tool is missing."""
-        return [str(tools.path(self.tool)), *self.args()]
+        if self.skip_cpu_variants:
+            executable = tools.path_without_cpu_variants(self.tool, self.skip_cpu_variants)
+        else:
+            executable = tools.path(self.tool)
+        repack = NO_REPACK_ARGS.get(self.tool, ()) if self.no_repack else ()
+        return [str(executable), *self.args(), *repack]
+
+    def without_repack(self) -> ToolJob:
+        """This job keeping weights as stored, where its tool can be told to."""
+        return replace(self, no_repack=True) if self.tool in NO_REPACK_ARGS else self
+
+    def crash_fallback(self, crashed_variant: str | None) -> tuple[ToolJob, str] | None:
+        """The same job without the code path that just crashed, and how it differs.
+
+        First without repacking (the AMX / repacked kernels); then, for a portable build,
+        without the CPU variant that was loaded. None when nothing is left to avoid.
+        """
+        if self.tool in NO_REPACK_ARGS and not self.no_repack:
+            return replace(self, no_repack=True), "without repacking the weights (--no-repack)"
+        if crashed_variant and crashed_variant not in self.skip_cpu_variants:
+            return (replace(self, skip_cpu_variants=(*self.skip_cpu_variants, crashed_variant)),
+                    f"on the next CPU variant below {crashed_variant}")
+        return None
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The child's environment: ours minus ``LLAMA_ARG_*`` (they set options silently).

@@ -388,3 +388,29 @@ def parse_bench_line(line: str) -> BenchResult | None:
 
 def parse_bench(text: str) -> list[BenchResult]:
     return [r for r in (parse_bench_line(line) for line in text.splitlines()) if r is not None]
+
+
+# --- backend loading (portable builds) --------------------------------------------------------
+
+_CPU_VARIANT = re.compile(r"loaded CPU backend from \S*?libggml-cpu-([A-Za-z0-9_.]+)\.(?:so|dll|dylib)")
+_SYSTEM_INFO_FLAG = re.compile(r"\b([A-Z][A-Z0-9_]*) = 1\b")
+
+
+def parse_loaded_cpu_variant(text: str) -> str | None:
+    """The CPU backend variant a portable build loaded (``sapphirerapids``), or None.
+
+    ggml prints ``load_backend: loaded CPU backend from .../libggml-cpu-haswell.so`` once
+    at start-up; a single-variant (native) build prints no such line.
+    """
+    match = _CPU_VARIANT.search(text)
+    return match.group(1) if match else None
+
+
+def parse_system_info_flags(text: str) -> frozenset[str]:
+    """Instruction-set features on the ``system_info`` line (``AVX512``, ``AMX_INT8``...)."""
+    for line in text.splitlines():
+        if "system_info" in line or "CPU :" in line:
+            found = _SYSTEM_INFO_FLAG.findall(line)
+            if found:
+                return frozenset(found)
+    return frozenset()

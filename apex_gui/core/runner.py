@@ -23,10 +23,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
+                            claim_output, gguf_extent_problem, move_into_place, temporary_name)
 from .jobs import JobError, Pipeline, Progress, ToolJob
-from .parsers import LineSplitter
+from .parsers import LineSplitter, parse_loaded_cpu_variant
 from .run_store import RunStore, RunStoreError
-from .tools import LlamaTools, ToolNotFoundError
+from .tools import TOOL_NAMES, LlamaTools, ToolNotFoundError
 
 #: Seconds between terminate() and kill() when a job is cancelled.
 TERMINATE_TIMEOUT_S = 5.0
@@ -35,6 +37,11 @@ PROGRESS_INTERVAL_S = 0.1
 #: Runs of a job whose result lines llama.cpp's logger dropped at exit (about one run in five
 #: on tiny models, rarer on big ones): four attempts leave well under 1% unlucky.
 MAX_ATTEMPTS = 4
+#: Signals of a tool that crashed (as opposed to one stopped from outside): worth one run
+#: without the code path that crashed.
+CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in
+                          ("SIGSEGV", "SIGILL", "SIGBUS", "SIGABRT", "SIGFPE")
+                          if hasattr(signal, name))
 #: Free space below this in an output's folder, right after a failed or incomplete write,
 #: means the disk filled up (the tools write in blocks of a few MiB at most).
 DISK_FULL_MARGIN_BYTES = 16 * 2**20
@@ -62,6 +69,7 @@ class JobOutcome:
     run_id: int | None = None
     output_lost: bool = False  # worth running again (see Verdict.output_lost)
     attempts: int = 1
+    signal_number: int | None = None  # the tool died from this signal
 
     @property
     def succeeded(self) -> bool:
@@ -141,30 +149,45 @@ class PreparedRun:
     env: dict[str, str]
     run_id: int | None
     started: float
+    #: The unique temporary name the tool writes (None: the job writes no file).
+    partial: Path | None = None
+    #: The lock on the output's final name, held from prepare_run to conclude_run.
+    lock: OutputLock | None = field(default=None, compare=False, repr=False)
 
 
 def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
                 produced: Iterable[Path] = (), pipeline: str | None = None) -> PreparedRun:
-    """Check the job, find its tool, clear a stale partial file, record the run as started.
+    """Check the job, find its tool, lock its output, clear what dead runs left for it,
+    record the run as started.
 
+    The tool writes under a name unique to this run (the job's ``OUT.partial`` in its
+    arguments is swapped for it), and the lock on the final name is held until
+    :func:`conclude_run`: two runs writing one output cannot mix their files.
     Raises :class:`JobError` or :class:`ToolNotFoundError` with a message naming the fix.
     """
     job.check(produced)
     argv = job.argv(tools)
-    partial = job.partial_output()
-    if partial is not None:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.unlink(missing_ok=True)  # left by a run of an older, crashed app
+    output, partial, lock = job.output(), job.partial_output(), None
+    if output is not None and partial is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            lock = claim_output(output)  # also removes partial files of dead runs
+        except (OSError, OutputError) as error:
+            raise JobError(f"not started: {error}") from None
+        unique = temporary_name(output)
+        argv = [str(unique) if arg == str(partial) else arg for arg in argv]
+        partial = unique
     run_id = None
     if store is not None:
-        output = job.output()
         try:
             run_id = store.start(job.kind, job.title(), job.to_dict(), argv,
                                  str(output) if output else None, pipeline)
         except RunStoreError as error:
+            if lock is not None:
+                lock.release()
             # Not started: a run that cannot be recorded could not be compared later.
             raise JobError(f"not started: {error}") from None
-    return PreparedRun(job, argv, job.env(), run_id, time.time())
+    return PreparedRun(job, argv, job.env(), run_id, time.time(), partial, lock)
 
 
 def _disk_full(folder: Path) -> str | None:
@@ -204,10 +227,12 @@ def _killed_message(tool: str, signal_number: int | None) -> str:
 def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | None, *,
                  signal_number: int | None = None, crashed: bool = False,
                  cancelled: bool = False, store: RunStore | None = None,
-                 start_error: str | None = None) -> JobOutcome:
+                 start_error: str | None = None, retry_note: str | None = None) -> JobOutcome:
     """Judge a finished process; keep its output (rename) or delete the partial file; record.
 
     ``signal_number``/``crashed``: the process died from a signal (number known or not).
+    ``retry_note``: why this run is a retry (a crash before it); the message and the stored
+    results say so.
     """
     job = prepared.job
     monitor.finish()
@@ -226,11 +251,13 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
         status = JobStatus.SUCCEEDED if verdict.succeeded else JobStatus.FAILED
         message, results = verdict.message, dict(verdict.results)
         output_lost = verdict.output_lost
-    output, partial = job.output(), job.partial_output()
+    output, partial = job.output(), prepared.partial or job.partial_output()
     if status is JobStatus.SUCCEEDED and output is not None and partial is not None:
-        problem = job.output_problem(partial) if partial.is_file() else "never written"
+        problem, seen = check_complete(partial, lambda path: _output_problem(job, path))
+        if problem is None and seen is not None:
+            # Renamed only if it is still the file that was checked (no other writer).
+            problem = move_into_place(partial, output, seen)
         if problem is None:
-            os.replace(partial, output)
             results.setdefault("output_bytes", output.stat().st_size)
         else:
             # The tools do not check their last writes: on a full disk they exit 0 with a
@@ -249,14 +276,55 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
                        f"was kept (the tool said: {message})")
     if status is not JobStatus.SUCCEEDED and partial is not None:
         partial.unlink(missing_ok=True)
+    if retry_note is not None:
+        message = f"{message} ({retry_note})"
+        results["crash_retry"] = retry_note
     ended = time.time()
     if store is not None and prepared.run_id is not None:
         try:
             store.finish(prepared.run_id, status.value, exit_code, message, log, results)
         except RunStoreError as error:
             message += f" (not recorded: {error})"
+    if prepared.lock is not None:
+        prepared.lock.release()
     return JobOutcome(job, status, message, exit_code, results, log, prepared.started, ended,
-                      prepared.run_id, output_lost)
+                      prepared.run_id, output_lost, signal_number=signal_number)
+
+
+def crash_retry_for(outcome: JobOutcome) -> tuple[ToolJob, str] | None:
+    """The job to run after ``outcome`` crashed, without the path that crashed, and a note.
+
+    On AMX / AVX-512 Xeons the repacked kernels of this llama.cpp build crash on quantized
+    models; without repacking (then, for a portable build, on a lower CPU variant) the same
+    run works. None when the outcome was no crash or nothing is left to avoid.
+    """
+    if outcome.signal_number not in CRASH_SIGNALS:
+        return None
+    variant = parse_loaded_cpu_variant(outcome.log)
+    fallback = outcome.job.crash_fallback(variant)
+    if fallback is None:
+        return None
+    job, how = fallback
+    tool = TOOL_NAMES.get(outcome.job.tool, outcome.job.tool)
+    where = f" in its {variant} CPU variant" if variant else ""
+    note = (f"{tool} crashed ({_signal_name(outcome.signal_number)}){where}; APEX Studio ran "
+            f"it again {how}")
+    return job, note
+
+
+def _output_problem(job: ToolJob, written: Path) -> str | None:
+    """The job's own completeness check, then (for a GGUF) no bytes past what its header
+    describes: a file another writer appended to must not pass as complete."""
+    problem = job.output_problem(written)
+    if problem is None:
+        try:
+            with open(written, "rb") as handle:
+                is_gguf = handle.read(4) == b"GGUF"
+        except OSError as error:
+            return f"cannot be read back ({error.strerror or error})"
+        if is_gguf:
+            problem = gguf_extent_problem(written)
+    return problem
 
 
 def failed_before_start(job: ToolJob, message: str, store: RunStore | None = None,
@@ -298,19 +366,30 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
             on_progress: ProgressCallback | None = None, on_output: OutputCallback | None = None,
             cancel: threading.Event | None = None, produced: Iterable[Path] = (),
             pipeline: str | None = None, terminate_timeout: float = TERMINATE_TIMEOUT_S,
-            max_attempts: int = MAX_ATTEMPTS) -> JobOutcome:
+            max_attempts: int = MAX_ATTEMPTS, crash_retry: bool = True) -> JobOutcome:
     """Run one job to the end and return its outcome; never raises for a failed job.
 
     ``cancel``: set it (from another thread) to stop the job politely: terminate, then kill
     after ``terminate_timeout``. A KeyboardInterrupt does the same and is re-raised. A run
-    whose result lines were lost is repeated, up to ``max_attempts`` runs in all.
+    whose result lines were lost is repeated, up to ``max_attempts`` runs in all. A tool that
+    crashes is run again without the crashing code path (:func:`crash_retry_for`) unless
+    ``crash_retry`` is off; ``tools.no_repack`` makes every run keep weights as stored.
     """
     tools = tools or LlamaTools()
     produced = list(produced)
+    if tools.no_repack:
+        job = job.without_repack()
     attempt = 1
+    note: str | None = None
     while True:
         outcome = _run_once(job, tools, store, on_progress, on_output, cancel, produced,
-                            pipeline, terminate_timeout)
+                            pipeline, terminate_timeout, note)
+        retry = crash_retry_for(outcome) if crash_retry else None
+        if retry is not None:
+            job, note = retry
+            if on_output is not None:
+                on_output(f"\n[APEX Studio] {note}\n")
+            continue
         if not outcome.output_lost or attempt >= max_attempts:
             return replace(outcome, attempts=attempt)
         attempt += 1
@@ -322,7 +401,7 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
 def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
               on_progress: ProgressCallback | None, on_output: OutputCallback | None,
               cancel: threading.Event | None, produced: list[Path], pipeline: str | None,
-              terminate_timeout: float) -> JobOutcome:
+              terminate_timeout: float, retry_note: str | None = None) -> JobOutcome:
     try:
         prepared = prepare_run(job, tools, store, produced, pipeline)
     except (JobError, ToolNotFoundError) as error:
@@ -333,9 +412,12 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
     interrupted: BaseException | None = None
     last_report = 0.0
     try:
+        # The tool gets SIGKILL if this process dies (a SIGKILLed CLI, an out-of-memory
+        # kill): an orphan would write on to a partial file no one renames or deletes.
         process = subprocess.Popen(prepared.argv, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=prepared.env, bufsize=0)
+                                   env=prepared.env, bufsize=0,
+                                   preexec_fn=child_dies_with_parent())
     except OSError as error:
         return conclude_run(prepared, monitor, None, store=store, start_error=str(error))
     # From here on an interruption (Ctrl-C) must stop the child and remove its partial
@@ -376,7 +458,7 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
         on_progress(monitor.progress, monitor.eta_seconds())
     signal_number = -exit_code if exit_code < 0 and not cancelled else None
     outcome = conclude_run(prepared, monitor, exit_code, signal_number=signal_number,
-                           cancelled=cancelled, store=store)
+                           cancelled=cancelled, store=store, retry_note=retry_note)
     if interrupted is not None:
         raise interrupted
     return outcome

@@ -1,0 +1,100 @@
+"""A tool that crashes on this CPU class is run again without the crashing path.
+
+Driven by stand-in tools (tests/fakes.py) that crash the way llama.cpp's AMX path does on
+AMX / AVX-512 Xeons, so these tests pass or fail the same on every CPU.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from fakes import calls, copying_quantize, crashing_perplexity
+
+from apex_gui.core.jobs import PerplexityJob, QuantizeJob
+from apex_gui.core.run_store import RunStore
+from apex_gui.core.runner import JobStatus, run_job
+from apex_gui.core.tools import LlamaTools
+
+
+@pytest.fixture
+def text(tmp_path, text_words):
+    path = tmp_path / "text.txt"
+    path.write_text(text_words(500))
+    return path
+
+
+def _job(model, text) -> PerplexityJob:
+    return PerplexityJob(model=model, text=text, context=128, chunks=2, threads=2)
+
+
+def test_a_crash_without_no_repack_is_retried_once_and_recorded(tmp_path, tiny_qwen2moe, text):
+    folder = tmp_path / "bin"
+    crashing_perplexity(folder)
+    store = RunStore(tmp_path / "runs.db")
+    seen: list[str] = []
+    outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder), store, on_output=seen.append)
+    assert outcome.status is JobStatus.SUCCEEDED, outcome.message
+    assert outcome.results["ppl"] == pytest.approx(279.2694)
+    assert outcome.job.no_repack
+    note = outcome.results["crash_retry"]
+    assert "SIGSEGV" in note and "--no-repack" in note and "sapphirerapids" not in note
+    assert "[APEX Studio] llama-perplexity crashed (SIGSEGV" in "".join(seen)
+    argument_lines = calls(folder)
+    assert len(argument_lines) == 2
+    assert "--no-repack" not in argument_lines[0] and "--no-repack" in argument_lines[1]
+    crashed, retried = sorted(store.runs(), key=lambda record: record.id)
+    assert crashed.status == "failed" and "crashed (SIGSEGV (11))" in crashed.message
+    assert retried.status == "succeeded" and "--no-repack" in retried.argv
+    assert retried.results["crash_retry"] == note and "--no-repack" in retried.message
+    store.close()
+
+
+def test_without_crash_retry_the_crash_is_the_outcome(tmp_path, tiny_qwen2moe, text):
+    folder = tmp_path / "bin"
+    crashing_perplexity(folder)
+    outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder), crash_retry=False)
+    assert outcome.status is JobStatus.FAILED
+    assert outcome.signal_number == signal.SIGSEGV
+    assert "crashed (SIGSEGV (11))" in outcome.message
+    assert len(calls(folder)) == 1
+
+
+def test_no_repack_setting_passes_the_flag_from_the_first_run(tmp_path, tiny_qwen2moe, text):
+    folder = tmp_path / "bin"
+    crashing_perplexity(folder)
+    outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder, no_repack=True))
+    assert outcome.succeeded and "crash_retry" not in outcome.results
+    assert [("--no-repack" in line) for line in calls(folder)] == [True]
+
+
+def test_a_crashing_cpu_variant_is_skipped_for_the_next_best(tmp_path, tiny_qwen2moe, text):
+    folder = tmp_path / "bin"
+    crashing_perplexity(folder, mode="variant", signal="SIGILL",
+                        variants=("haswell", "sapphirerapids", "x64"))
+    outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder))
+    assert outcome.status is JobStatus.SUCCEEDED, outcome.message
+    assert outcome.job.skip_cpu_variants == ("sapphirerapids",)
+    assert "SIGILL" in outcome.results["crash_retry"]
+    assert "sapphirerapids" in outcome.results["crash_retry"]
+    # First run as built, then --no-repack (still the crashing variant), then without it.
+    assert len(calls(folder)) == 3
+
+
+def test_a_tool_that_always_crashes_fails_after_the_fallbacks(tmp_path, tiny_qwen2moe, text):
+    folder = tmp_path / "bin"
+    crashing_perplexity(folder, mode="always")
+    outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder))
+    assert outcome.status is JobStatus.FAILED
+    assert "crashed (SIGSEGV (11))" in outcome.message
+    assert "ran it again without repacking" in outcome.message
+    assert len(calls(folder)) == 2
+
+
+def test_quantize_has_no_repack_flag_and_is_not_changed(tmp_path, tiny_qwen2moe):
+    folder = tmp_path / "bin"
+    copying_quantize(folder)
+    job = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf", base_type="Q4_K_M")
+    assert job.without_repack() is job
+    argv = job.argv(LlamaTools(folder, no_repack=True))
+    assert "--no-repack" not in argv
