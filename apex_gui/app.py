@@ -79,8 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from apex_gui.views.panels import install_panels
 
+    from apex_gui.views.tools_banner import install_tools_check
+
     window = MainWindow(settings)
-    install_panels(window)
+    panels = install_panels(window)
+    install_tools_check(window, panels.queue.tools)  # once per tools build, in the background
     window.show()
     if args.model:
         window.open_model_file(Path(args.model))

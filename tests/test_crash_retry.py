@@ -98,3 +98,40 @@ def test_quantize_has_no_repack_flag_and_is_not_changed(tmp_path, tiny_qwen2moe)
     assert job.without_repack() is job
     argv = job.argv(LlamaTools(folder, no_repack=True))
     assert "--no-repack" not in argv
+
+
+# --- apex-studio tools --check -----------------------------------------------------------------
+
+
+def test_tools_check_finds_a_crashing_repack_path_and_remembers_it(tmp_path):
+    from apex_gui.core.settings import Settings
+    from apex_gui.core.tools_check import known_check, run_tools_check
+
+    folder = tmp_path / "bin"
+    copying_quantize(folder)
+    crashing_perplexity(folder)
+    tools = LlamaTools(folder)
+    report = run_tools_check(tools)
+    assert report.ok and report.repack_broken, report.summary()
+    perplexity = next(c for c in report.checks if c.tool == "llama-perplexity")
+    assert "only with --no-repack" in perplexity.detail and "SIGSEGV" in perplexity.detail
+    assert "--no-repack" in report.summary()
+    assert known_check(LlamaTools(folder)) == report
+    # Every later run of this build on this CPU keeps weights as stored from the start.
+    assert LlamaTools.for_settings(Settings(llama_cpp_dir=str(folder))).no_repack
+    assert not LlamaTools.for_settings(Settings(llama_cpp_dir=str(tmp_path / "other"))).no_repack
+
+
+def test_tools_check_names_a_broken_tool_and_its_fix_on_the_command_line(tmp_path, capsys):
+    from apex_gui.cli import main
+
+    folder = tmp_path / "bin"
+    copying_quantize(folder)
+    crashing_perplexity(folder, mode="always")
+    code = main(["tools", "--check", "--llama-cpp-dir", str(folder)])
+    out = capsys.readouterr().out
+    assert code == 1
+    line = next(ln for ln in out.splitlines() if ln.startswith("llama-perplexity"))
+    assert "BROKEN" in line and "SIGSEGV" in line and "even with --no-repack" in line
+    assert "fix: rebuild the tools" in out
+    assert "llama-perplexity is broken on this CPU" in out

@@ -12,6 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("tools", help="show where each llama.cpp tool was found")
     parser.add_argument("--llama-cpp-dir", help="a llama.cpp build folder to look in first")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--check", action="store_true",
+                        help="smoke-test the tools on this CPU (a few seconds): quantize a tiny "
+                             "model, run perplexity on it with and without repacking, start "
+                             "every tool; exit 1 when one is broken")
     parser.set_defaults(func=run)
 
 
@@ -20,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     folder = args.llama_cpp_dir or load_settings().llama_cpp_dir or None
     tools = LlamaTools(folder)
+    if args.check:
+        return _check(tools, args.json)
     report = tools.report()
     if args.json:
         print(json.dumps([{"tool": r.name, "executable": r.executable,
@@ -39,3 +45,21 @@ def run(args: argparse.Namespace) -> int:
             print()
             print(GPU_BUILD_HINT)
     return 1 if any(not r.found and r.name in REQUIRED_TOOLS for r in report) else 0
+
+
+def _check(tools: LlamaTools, as_json: bool) -> int:
+    from apex_gui.core.tools_check import run_tools_check
+
+    report = run_tools_check(tools)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else 1
+    width = max((len(c.tool) for c in report.checks), default=0)
+    for check in report.checks:
+        state = "working" if check.working else "BROKEN "
+        print(f"{check.tool:<{width}}  {state}  {check.detail}")
+        if check.fix:
+            print(f"{'':<{width}}  fix: {check.fix}")
+    variant = f"; CPU variant {report.cpu_variant}" if report.cpu_variant else ""
+    print(f"\n{report.summary()} (checked in {report.seconds:.1f} s{variant})")
+    return 0 if report.ok else 1
