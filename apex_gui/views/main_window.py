@@ -175,7 +175,12 @@ class MainWindow(QMainWindow):
         self.center_tabs.setObjectName("centerTabs")
         self.center_tabs.setDocumentMode(True)
         self.center_tabs.addTab(map_page, "Precision map")
-        self.setCentralWidget(self.center_tabs)
+        central = QWidget()
+        self._central_layout = QVBoxLayout(central)  # banners above the tabs (add_banner)
+        self._central_layout.setContentsMargins(0, 0, 0, 0)
+        self._central_layout.setSpacing(0)
+        self._central_layout.addWidget(self.center_tabs, 1)
+        self.setCentralWidget(central)
 
         self.plan_panel = PlanPanel()
         self.right_tabs = QTabWidget()
@@ -372,6 +377,10 @@ class MainWindow(QMainWindow):
         if tabs is None:
             raise ValueError(f"unknown panel area {area!r}; use one of {', '.join(PANEL_AREAS)}")
         tabs.addTab(widget, title)
+
+    def add_banner(self, widget: QWidget) -> None:
+        """A strip across the top of the centre area (a problem the user must see first)."""
+        self._central_layout.insertWidget(self._central_layout.count() - 1, widget)
 
     def add_close_guard(self, guard: Callable[[], bool]) -> None:
         """``guard()`` runs before the window closes; returning False keeps it open."""

@@ -50,7 +50,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     settings = window.settings
     store = store or RunStore()
     store.mark_interrupted()  # runs a previous session left "running" ended with it
-    tools = LlamaTools(getattr(settings, "llama_cpp_dir", "") or None)
+    tools = LlamaTools.for_settings(settings)
     queue = queue or JobQueue(tools, store, parent=window)
 
     hardware = HardwarePanel(window.current_model, workers=window.workers,
@@ -112,7 +112,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     def settings_changed(new: Any) -> None:
         # The queue looks tools up when a job starts: the next job uses the folder just
         # chosen, a running one keeps its process.
-        queue.tools = LlamaTools(getattr(new, "llama_cpp_dir", "") or None)
+        queue.tools = LlamaTools.for_settings(new)
         hardware.set_context(getattr(new, "context_length", 8192),
                              getattr(new, "kv_cache_type", "f16"))
         run.set_default_output_dir(getattr(new, "output_dir", "") or "")

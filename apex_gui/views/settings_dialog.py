@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton,
-                               QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
+                               QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
+                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from apex_gui.core import hub
 from apex_gui.core.settings import Settings
@@ -90,6 +90,14 @@ class SettingsDialog(QDialog):
         self.tools_report.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.tools_report.setPlaceholderText("Press Check to see where each tool was found.")
         form.addRow("", self.tools_report)
+        self.no_repack_check = QCheckBox("Keep weights as stored (--no-repack) in every run")
+        self.no_repack_check.setObjectName("noRepackCheck")
+        self.no_repack_check.setToolTip(
+            "llama.cpp repacks weights for the CPU's fastest kernels; on some AMX / AVX-512 "
+            "Xeons those kernels crash on quantized models. A tool that crashes is run again "
+            "without repacking anyway; this makes every run do so from the start.")
+        self.no_repack_check.setChecked(settings.llama_no_repack)
+        form.addRow("", self.no_repack_check)
 
         self.threads_spin = QSpinBox()
         self.threads_spin.setRange(0, 1024)
@@ -177,6 +185,7 @@ class SettingsDialog(QDialog):
     def result_settings(self) -> Settings:
         settings = dataclasses.replace(self._settings)
         settings.llama_cpp_dir = self.tools_edit.text().strip()
+        settings.llama_no_repack = self.no_repack_check.isChecked()
         settings.threads = self.threads_spin.value()
         settings.output_dir = self.output_edit.text().strip()
         settings.context_length = self.context_spin.value()
