@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from apex_gui import __version__
 from apex_gui.commands import COMMAND_MODULES
 from apex_gui.core.gguf_reader import GGUFError
+from apex_gui.core.run_store import RunStoreError
 
 EXIT_USAGE = 2
+#: Sub-commands that read profiles: a user profile that cannot be read is named once there.
+PROFILE_COMMANDS = frozenset({"plan", "estimate", "detect", "quantize", "pipeline", "card"})
 
 
 class UserError(Exception):
@@ -37,6 +40,14 @@ def _gui_args(argv: Sequence[str]) -> bool:
     return not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"))
 
 
+def _warn_about_skipped_profiles(command: str) -> None:
+    """One line per user profile that cannot be used (it is skipped, not fatal)."""
+    from apex_gui.core.profiles import user_profiles
+
+    for problem in user_profiles()[1]:
+        print(f"apex-studio {command}: warning: skipped profile {problem}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if _gui_args(args_list):
@@ -47,10 +58,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if args.command in PROFILE_COMMANDS:
+        _warn_about_skipped_profiles(args.command)
     try:
         return int(args.func(args) or 0)
-    except (GGUFError, UserError, FileNotFoundError, ValueError) as error:
+    except (GGUFError, UserError, FileNotFoundError, ValueError, RunStoreError) as error:
         print(f"apex-studio {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        # A read-only or full output folder, a vanished file: one line naming the file.
+        where = f" {error.filename}" if error.filename else ""
+        print(f"apex-studio {args.command}: error: cannot use{where}: "
+              f"{error.strerror or error}; check the path, its permissions and free space",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"apex-studio {args.command}: interrupted", file=sys.stderr)

@@ -13,6 +13,8 @@ from apex_gui.core.results import collect_results
 from apex_gui.core.run_store import RunStore
 from apex_gui.core.units import format_size
 
+from .arguments import add_force, check_inputs, check_model_file
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("card", help="write a model card (README.md) for the APEX quants "
@@ -26,11 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", help="write the card here (default: print it)")
     parser.add_argument("--files", action="store_true",
                         help="also list the files an upload would send")
+    add_force(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = open_model(args.source)
+    from apex_gui.core.files.outputs import check_output, write_text_output
+
+    model = open_model(check_model_file(args.source, "source model"))
+    check_inputs([(args.mmproj, "--mmproj", None)])
+    sources = [(p, "source model") for p in model.paths] + [(args.mmproj, "vision projector")]
+    if args.output:  # refused before the run history is read, not after
+        check_output(args.output, sources=sources, force=args.force)
     name = args.name or model.name
     store = RunStore()
     try:
@@ -48,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
         mmproj=mmproj)
     card = render_model_card(inputs)
     if args.output:
-        target = Path(args.output)
-        temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(card, encoding="utf-8")
-        temporary.replace(target)
+        target = write_text_output(args.output, card, force=args.force, sources=sources)
         print(f"wrote {target}")
     else:
         print(card)

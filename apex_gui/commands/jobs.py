@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, Progress, QuantizeJob,
                                 ReferenceLogitsJob, ToolJob, build_pipeline, evaluation_jobs)
+from apex_gui.core.files.inputs import TASK_CAP_BYTES, TEXT_CAP_BYTES
 from apex_gui.core.runner import JobOutcome
+
+from .rpc import add_rpc_option, checked_workers
+
+from .arguments import (MAX_CONTEXT, add_force, check_base_type, check_inputs, check_model_file,
+                        check_model_header, check_tensor_type_file, check_threads,
+                        check_writable_output, int_in_range, tool_path)
 
 if TYPE_CHECKING:
     from apex_gui.core.tools import LlamaTools
@@ -35,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     imatrix.add_argument("model", help="the F16/BF16 model (.gguf)")
     _calibration_args(imatrix)
     imatrix.add_argument("-o", "--output", required=True, help="output imatrix (.gguf)")
+    add_force(imatrix)
     _common_args(imatrix)
+    add_rpc_option(imatrix)
     imatrix.set_defaults(func=run_imatrix)
 
     quantize = sub.add_parser("quantize", help="quantize a model with an APEX profile")
@@ -50,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                             "from the calibration set when the profile needs it")
     _calibration_args(quantize)
     quantize.add_argument("-o", "--output", required=True, help="output quant (.gguf)")
+    add_force(quantize)
     _common_args(quantize)
     quantize.set_defaults(func=run_quantize)
 
@@ -57,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("model", help="the quant to evaluate (.gguf)")
     _eval_args(evaluate)
     _common_args(evaluate)
+    add_rpc_option(evaluate)
     evaluate.set_defaults(func=run_eval)
 
     pipeline = sub.add_parser("pipeline", help="imatrix -> quantize profiles -> evaluate each")
@@ -72,8 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--eval", action="store_true",
                           help="evaluate each quant (KL divergence against the model itself "
                                "unless --reference is given)")
+    add_force(pipeline)
     _eval_args(pipeline)
     _common_args(pipeline)
+    add_rpc_option(pipeline)
     pipeline.set_defaults(func=run_pipeline_command)
 
 
@@ -109,9 +122,12 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-t", "--threads", type=int, default=0,
+    parser.add_argument("-t", "--threads", type=int, default=None,
                         help="CPU threads (default: the setting, else physical cores)")
     parser.add_argument("--llama-cpp-dir", help="a llama.cpp build folder to look in first")
+    parser.add_argument("--no-repack", action="store_true",
+                        help="keep weights as stored (llama.cpp --no-repack) in every run; a "
+                             "tool that crashes is retried this way anyway")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -121,26 +137,28 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 def _threads(args: argparse.Namespace) -> int:
     from apex_gui.core.settings import load_settings
 
-    return args.threads if args.threads > 0 else load_settings().effective_threads()
+    return args.threads if args.threads else load_settings().effective_threads()
 
 
 def _tools(args: argparse.Namespace) -> LlamaTools:
     from apex_gui.core.settings import load_settings
     from apex_gui.core.tools import LlamaTools
 
-    return LlamaTools(args.llama_cpp_dir or load_settings().llama_cpp_dir or None)
+    return LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
+                                   no_repack=getattr(args, "no_repack", False))
 
 
 def _calibration_text(args: argparse.Namespace) -> Path:
     from apex_gui.core.calibration import combine_calibration
 
-    return combine_calibration(args.calibration or None)
+    return combine_calibration([tool_path(p) for p in args.calibration] if args.calibration
+                               else None)
 
 
 def _eval_text(args: argparse.Namespace) -> Path:
     from apex_gui.core.calibration import quick_eval_text
 
-    return args.ppl if args.ppl is not None else quick_eval_text()
+    return tool_path(args.ppl) if args.ppl is not None else quick_eval_text()
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -286,8 +304,16 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
 
     try:
         store = RunStore()
+        # Runs a killed CLI left 'running' are marked interrupted and their partial files
+        # removed (unless a live run holds that output now).
+        store.mark_interrupted()
     except RunStoreError as error:
         raise ValueError(str(error)) from None  # one line, exit code 2
+    # --rpc: workers checked first (an unreachable one is named now, not after the load).
+    workers, probes = checked_workers(getattr(args, "rpc", None), _tools(args))
+    if workers:
+        pipeline = pipeline.with_rpc_workers(workers)
+        notes = [*(notes or []), *(p.summary() for p in probes)]
     terminal = TerminalProgress(quiet=False)
     for note in notes or []:
         print(note, file=sys.stderr)
@@ -321,8 +347,38 @@ def _imatrix_job(model: Path, args: argparse.Namespace, output: Path | None,
                       context=args.imatrix_ctx, chunks=args.imatrix_chunks, threads=threads)
 
 
+def _check_calibration_args(args: argparse.Namespace) -> None:
+    check_threads(args)
+    int_in_range(args.imatrix_ctx, "--imatrix-ctx", 1, MAX_CONTEXT, "a context in tokens")
+    int_in_range(args.imatrix_chunks, "--imatrix-chunks", 1, None, "a number of chunks")
+    check_inputs((path, "--calibration", TEXT_CAP_BYTES) for path in args.calibration or ())
+
+
+def _checked_model(path: str, what: str = "model") -> Path:
+    """The model argument as a regular file whose header a tool will not abort on."""
+    from apex_gui.core.model import open_model
+
+    model = check_model_file(path, what)
+    check_model_header(open_model(model))
+    return model
+
+
+def _sources(args: argparse.Namespace, model: Path) -> list[tuple[Path | str | None, str]]:
+    """Every file a job reads: none of them may be its output."""
+    found: list[tuple[Path | str | None, str]] = [(model, "source model")]
+    found += [(path, "calibration text") for path in args.calibration or ()]
+    imatrix = getattr(args, "imatrix", None)
+    if imatrix and imatrix != "auto":
+        found.append((imatrix, "importance matrix"))
+    found.append((getattr(args, "tensor_type_file", None), "tensor-type file"))
+    return found
+
+
 def run_imatrix(args: argparse.Namespace) -> int:
-    job = _imatrix_job(Path(args.model), args, Path(args.output), _threads(args))
+    _check_calibration_args(args)
+    model = _checked_model(args.model)
+    output = check_writable_output(args.output, args.force, _sources(args, model))
+    job = _imatrix_job(model, args, output, _threads(args))
     return execute(Pipeline.from_jobs([("imatrix", job)]), args)
 
 
@@ -355,10 +411,20 @@ def _plan_quantize_job(model: Path, profile_name: str, output: Path, imatrix: Pa
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    model, output, threads = Path(args.model), Path(args.output), _threads(args)
-    notes: list[str] = []
+    _check_calibration_args(args)
+    model = _checked_model(args.model, "source model")
     auto = args.imatrix == "auto"
-    given = Path(args.imatrix) if args.imatrix and not auto else None
+    if args.imatrix and not auto:
+        # Checked even when the profile needs none: a typo should not pass unnoticed.
+        check_inputs([(args.imatrix, "--imatrix", None)])
+    if args.tensor_type_file is not None:
+        args.tensor_type_file = check_tensor_type_file(args.tensor_type_file,
+                                                       "--tensor-type-file")
+        check_base_type(args.base_type)
+    output = check_writable_output(args.output, args.force, _sources(args, model))
+    threads = _threads(args)
+    notes: list[str] = []
+    given = tool_path(args.imatrix) if args.imatrix and not auto else None
     imatrix_step: ImatrixJob | None = None
     if args.profile:
         job, wants = _plan_quantize_job(model, args.profile, output, given, threads)
@@ -417,8 +483,32 @@ def _reference_step(options: EvaluationOptions, threads: int) -> list[tuple[str,
     return [] if job.output_path.is_file() else [("reference", job)]
 
 
+def _check_eval_args(args: argparse.Namespace) -> None:
+    check_threads(args)
+    int_in_range(args.ctx, "--ctx", 1, MAX_CONTEXT, "a context in tokens")
+    int_in_range(args.chunks, "--chunks", 1, None, "a number of chunks")
+    int_in_range(args.tasks, "--tasks", 1, None, "a number of tasks")
+    int_in_range(args.bench_reps, "--bench-reps", 1, 1000, "a number of repetitions")
+    int_in_range(args.bench_prompt, "--bench-prompt", 0, MAX_CONTEXT, "a number of tokens")
+    int_in_range(args.bench_gen, "--bench-gen", 0, MAX_CONTEXT, "a number of tokens")
+    if args.bench and not args.bench_prompt and not args.bench_gen:
+        raise ValueError("--bench-prompt 0 and --bench-gen 0 measure nothing; give either "
+                         "a number of tokens")
+    check_inputs([(args.ppl, "--ppl", TEXT_CAP_BYTES),
+                  (args.hellaswag, "--hellaswag", TASK_CAP_BYTES),
+                  (args.winogrande, "--winogrande", TASK_CAP_BYTES),
+                  *[(path, "--mc", TASK_CAP_BYTES) for path in args.mc]])
+    if args.reference is not None:
+        args.reference = check_model_file(args.reference, "--reference model")
+    for name in ("hellaswag", "winogrande"):
+        if getattr(args, name) is not None:
+            setattr(args, name, tool_path(getattr(args, name)))
+    args.mc = [tool_path(path) for path in args.mc]
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    model, threads = Path(args.model), _threads(args)
+    _check_eval_args(args)
+    model, threads = check_model_file(args.model), _threads(args)
     options = _evaluation_options(args, None, default_kld=True)
     steps = _reference_step(options, threads)
     steps += evaluation_jobs(model, options, threads, prefix=model.stem)
@@ -435,17 +525,25 @@ def _output_name(model: Path, profile_key: str) -> str:
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
-    model, threads = Path(args.model), _threads(args)
+    _check_calibration_args(args)
+    _check_eval_args(args)
+    model = _checked_model(args.model, "source model")
+    if args.imatrix and args.imatrix != "auto":
+        check_inputs([(args.imatrix, "--imatrix", None)])
+    threads = _threads(args)
     keys = [k.strip() for k in args.profiles.split(",") if k.strip()]
     if not keys:
         raise ValueError("--profiles needs at least one profile key, e.g. quality,i-quality")
     folder = args.output_dir or model.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output-dir {folder} is a file; give a folder")
     notes: list[str] = []
     imatrix_job: ImatrixJob | None = None
     imatrix_path: Path | None = None
     jobs: list[QuantizeJob] = []
     for key in keys:
-        output = folder / _output_name(model, key)
+        output = check_writable_output(folder / _output_name(model, key), args.force,
+                                       _sources(args, model), flag=f"{key}: the quant")
         job, wants = _plan_quantize_job(model, key, output, None, threads)
         if wants and imatrix_path is None:
             if args.imatrix == "auto":
@@ -453,7 +551,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
                 imatrix_job = found if isinstance(found, ImatrixJob) else None
                 imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
             else:
-                imatrix_path = Path(args.imatrix)
+                imatrix_path = tool_path(args.imatrix)
         if wants:
             job, _ = _plan_quantize_job(model, key, output, imatrix_path, threads)
         jobs.append(job)

@@ -14,6 +14,9 @@ from apex_gui.core.quant_types import IMATRIX_REQUIRED, tensor_bytes
 from apex_gui.core.roles import TensorRole
 from apex_gui.core.units import GB, GiB, MiB, format_gb, format_gib
 
+from .arguments import (add_force, check_base_type, check_inputs, check_model_file,
+                        check_model_header, check_tensor_type_file)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="write the tensor-type file of a profile for a model")
@@ -24,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="importance matrix to quantize with: goes into the command, and the "
                            "size counts what llama-quantize records about it")
     plan.add_argument("--json", action="store_true")
+    add_force(plan)
     plan.set_defaults(func=run_plan)
 
     estimate = sub.add_parser("estimate", help="exact output size of a profile or plan file")
@@ -66,14 +70,26 @@ def _readable_size(nbytes: int) -> str:
     return format_gb(nbytes) if nbytes >= GB else f"{nbytes / 1e6:.2f} MB"
 
 
+def _open_checked(path: str) -> ModelInfo:
+    model = open_model(check_model_file(path))
+    check_model_header(model)
+    return model
+
+
 def run_plan(args: argparse.Namespace) -> int:
-    model = open_model(args.model)
+    from apex_gui.core.files.outputs import write_text_output
+
+    model = _open_checked(args.model)
     profile = get_profile(args.profile)
+    check_inputs([(args.imatrix, "--imatrix", None)])
     plan = plan_from_profile(model, profile)
     plan.imatrix = args.imatrix
     output = args.output or "plan.txt"
     if args.output:
-        plan.write_tensor_type_file(args.output)
+        # Never the source model, its imatrix, or (without --force) any existing file.
+        write_text_output(args.output, plan.tensor_type_file_text(), force=args.force,
+                          sources=[(p, "source model") for p in model.paths]
+                          + [(args.imatrix, "importance matrix")])
     if args.json:
         data = plan_summary(plan)
         data["command"] = plan.command_line(output, quant_file_name(model.path, profile.label))
@@ -177,7 +193,10 @@ def render_estimate_table(model: ModelInfo, rows: list[dict], problems: list[str
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    model = open_model(args.model)
+    model = _open_checked(args.model)
+    if args.plan:
+        check_base_type(args.base_type, "--base-type")
+        check_tensor_type_file(args.plan, "--plan")
     if args.all:
         rows, problems = estimate_rows(model, not args.no_baselines)
         if args.json:
@@ -204,7 +223,7 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    model = open_model(args.quant)
+    model = open_model(check_model_file(args.quant, "quant"))
     matches = detect_profile(model)
     best = matches[0]
     if args.json:

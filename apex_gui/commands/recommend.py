@@ -25,6 +25,8 @@ from apex_gui.core.recommend import (
 )
 from apex_gui.core.units import GB, MiB, format_gb, parse_size
 
+from .rpc import add_rpc_option, checked_workers, probe_dict
+
 #: The context planned for when --ctx is not given (shortened to a model's training context).
 DEFAULT_CTX = 8192
 
@@ -60,10 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--as-is", action="store_true",
                         help="size MODEL as it is instead of its APEX profiles")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_rpc_option(parser)
     parser.set_defaults(func=run_recommend)
 
     hw = sub.add_parser("hardware", help="show detected GPUs, system RAM and CPU cores")
     hw.add_argument("--json", action="store_true", help="machine-readable output")
+    add_rpc_option(hw)
     hw.set_defaults(func=run_hardware)
 
 
@@ -75,6 +79,9 @@ def _manual_vram(values: list[str]) -> list[GpuDevice]:
     devices: list[GpuDevice] = []
     template = parse_device_spec("1 GB")[0]
     for value in values:
+        if not any(p.strip() for p in value.split(",")):
+            raise ValueError(f"--vram {value!r} gives no size; give one like 24GB or "
+                             "24GB,24GB for two GPUs")
         for part in (p.strip() for p in value.split(",") if p.strip()):
             size = parse_size(part)
             if size <= 0:
@@ -134,12 +141,25 @@ def hardware_dict(snap: HardwareSnapshot) -> dict[str, Any]:
 
 
 def run_hardware(args: argparse.Namespace) -> int:
+    import sys
+
+    from apex_gui.core.fit.rpc_workers import parse_workers, probe_workers, worker_warnings
     from apex_gui.core.hardware import snapshot
+    from apex_gui.core.tools import LlamaTools, ToolNotFoundError
 
     snap = snapshot()
+    # Unreachable workers are listed, not refused: this command is how one finds them.
+    workers = parse_workers(args.rpc) if args.rpc else ()
+    for line in worker_warnings(workers):
+        print(line, file=sys.stderr)
+    try:
+        probes = probe_workers(workers, LlamaTools()) if workers else ()
+    except ToolNotFoundError as error:
+        raise ValueError(str(error)) from None
     if args.json:
-        print(json.dumps(hardware_dict(snap), indent=2))
-        return 0
+        print(json.dumps({**hardware_dict(snap), "rpc_workers": [probe_dict(p) for p in probes]},
+                         indent=2))
+        return 0 if all(p.reachable for p in probes) else 1
     if not snap.gpus:
         print("GPUs: none detected")
     for g in snap.gpus:
@@ -152,7 +172,9 @@ def run_hardware(args: argparse.Namespace) -> int:
     print(f"CPU cores: {snap.cpu_cores_physical or '?'} physical, {snap.cpu_cores_logical} logical")
     for note in snap.notes:
         print(f"note: {note}")
-    return 0
+    for probe in probes:
+        print(probe.summary())
+    return 0 if all(p.reachable for p in probes) else 1
 
 
 # ----------------------------------------------------------------------------- recommend
@@ -197,6 +219,8 @@ def recommendation_dict(rec: Recommendation, mmproj_bytes: int = 0) -> dict[str,
         "recommended": rec.recommended.candidate.key if rec.recommended else None,
         "command": list(rec.recommended.command) if rec.recommended else None,
         "notes": list(rec.notes),
+        "rpc_workers": list(rec.machine.rpc_workers),
+        "machines_needed": rec.machines_needed,
     }
 
 
@@ -242,13 +266,23 @@ def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
 def run_recommend(args: argparse.Namespace) -> int:
     from apex_gui.core.model import FileKind, open_model
 
-    model = open_model(args.model)
+    from .arguments import (MAX_CONTEXT, check_model_file, check_model_header,
+                            float_in_range, int_in_range)
+
+    int_in_range(args.ctx, "--ctx", 1, MAX_CONTEXT, "a context in tokens")
+    int_in_range(args.parallel, "--parallel", 1, 4096, "a number of sequences")
+    int_in_range(args.ubatch, "--ubatch", 1, MAX_CONTEXT, "a batch in tokens")
+    # 2^30 MiB is a petabyte: anything above is a typo (1e308 overflowed to a traceback).
+    float_in_range(args.margin, "--margin", 0, 2.0**30, "the MiB kept free on each GPU")
+    model = open_model(check_model_file(args.model))
     if model.file_kind is not FileKind.MODEL:
         raise ValueError(f"{args.model} is a {model.file_kind.value}, not a model; pass the "
                          "model GGUF (and a vision projector with --mmproj)")
     mmproj_bytes = 0
+    if model.file_kind is FileKind.MODEL:
+        check_model_header(model)
     if args.mmproj:
-        projector = open_model(args.mmproj)
+        projector = open_model(check_model_file(args.mmproj, "--mmproj"))
         if projector.file_kind is not FileKind.VISION_PROJECTOR:
             raise ValueError(f"--mmproj {args.mmproj} is not a vision projector (mmproj) GGUF")
         mmproj_bytes = projector.tensor_bytes
@@ -266,6 +300,10 @@ def run_recommend(args: argparse.Namespace) -> int:
                           type_v=args.kv_type, flash_attn=not args.no_flash_attn,
                           n_ubatch=args.ubatch, use_mtp=args.mtp)
     machine = machine_from_args(args)
+    if args.rpc:
+        from apex_gui.core.fit.cluster import machine_with_workers
+
+        machine = machine_with_workers(machine, checked_workers(args.rpc)[1])
     candidates = [file_candidate(model)] if args.as_is else profile_candidates(model)
     rec = recommend(geom, candidates, machine, ctx, margin=int(args.margin * MiB),
                     mmproj_bytes=mmproj_bytes, mmproj_path=args.mmproj)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from .arguments import add_force, int_in_range
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -11,24 +14,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth = sub.add_parser("synth", help="write a small runnable synthetic MoE GGUF")
     synth.add_argument("preset", choices=sorted(PRESETS), help="which synthetic model")
     synth.add_argument("-o", "--output", required=True, help="output .gguf path")
+    add_force(synth)
     synth.set_defaults(func=run_synth)
 
     twin = sub.add_parser("twin", help="write a sparse shape twin of a big model (header only)")
     twin.add_argument("layout", help="layout name; `apex-studio twin list` lists them")
     twin.add_argument("-o", "--output", help="output .gguf path")
     twin.add_argument("--splits", type=int, default=1, help="write N split shards")
+    add_force(twin)
     twin.set_defaults(func=run_twin)
 
 
 def run_synth(args: argparse.Namespace) -> int:
     from apex_gui.core.synthetic import preset, write_synthetic_model
 
-    path = write_synthetic_model(args.output, preset(args.preset))
-    print(path)
+    from apex_gui.core.files.outputs import writing
+
+    spec = preset(args.preset)
+    with writing(args.output, force=args.force) as temporary:
+        write_synthetic_model(temporary, spec)
+    print(args.output)
     return 0
 
 
 def run_twin(args: argparse.Namespace) -> int:
+    from apex_gui.core.files.outputs import check_output, writing
     from apex_gui.core.shape_twins import TWIN_LAYOUTS, write_shape_twin
 
     if args.layout == "list":
@@ -39,6 +49,22 @@ def run_twin(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown twin layout {args.layout!r}; known: {', '.join(TWIN_LAYOUTS)}")
     if not args.output:
         raise ValueError("give the output path with -o")
-    for path in write_shape_twin(args.output, args.layout, n_splits=args.splits):
-        print(path)
+    int_in_range(args.splits, "--splits", 1, 9999, "a number of shards")
+    if args.splits == 1:
+        with writing(args.output, force=args.force) as temporary:
+            write_shape_twin(temporary, args.layout)
+        print(args.output)
+        return 0
+    from apex_gui.core.shape_twins import _split_path
+
+    shards = [_split_path(Path(args.output), i, args.splits) for i in range(args.splits)]
+    for shard in shards:  # a twin is a sparse file of hundreds of GB: never over a model
+        check_output(shard, force=args.force)
+    try:
+        for path in write_shape_twin(args.output, args.layout, n_splits=args.splits):
+            print(path)
+    except BaseException:
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+        raise
     return 0

@@ -108,18 +108,29 @@ def _type(value: Any, where: str) -> str:
         raise ProfileError(f"{where}: {error}") from None
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProfileError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
 def _banded(data: Any, where: str) -> BandedType:
     if not isinstance(data, dict):
         raise ProfileError(f"{where}: expected a table with `bands` and `middle`")
+    listed = data.get("bands", [])
+    if not isinstance(listed, list):
+        raise ProfileError(f"{where}.bands: expected a list like [{{ depth = 2, type = \"Q8_0\" "
+                           f"}}], got {listed!r}")
     bands = []
-    for index, band in enumerate(data.get("bands", [])):
+    for index, band in enumerate(listed):
         here = f"{where}.bands[{index}]"
         if not isinstance(band, dict):
             raise ProfileError(f"{here}: expected {{ depth = N, type = \"Q6_K\" }}")
         depth = band.get("depth")
         first = band.get("first", depth)
         last = band.get("last", depth)
-        if not isinstance(first, int) or not isinstance(last, int) or first < 0 or last < 0:
+        if isinstance(first, bool) or isinstance(last, bool) or not isinstance(first, int) \
+                or not isinstance(last, int) or first < 0 or last < 0:
             raise ProfileError(f"{here}: give `depth` (both edges) or `first`/`last` as "
                                "non-negative layer counts")
         bands.append(Band(first, last, _type(band.get("type"), here + ".type")))
@@ -148,7 +159,7 @@ def parse_profile(data: dict[str, Any], source: str, builtin: bool = False) -> P
         label=str(data.get("label", key)),
         description=str(data.get("description", "")),
         base_type=base,
-        uses_imatrix=bool(data.get("uses_imatrix", False)),
+        uses_imatrix=_flag(data.get("uses_imatrix", False), f"{source}: uses_imatrix"),
         token_embedding_type=_type(need("token_embedding_type"), f"{source}: token_embedding_type"),
         output_tensor_type=_type(need("output_tensor_type"), f"{source}: output_tensor_type"),
         routed_experts=_banded(need("routed_experts"), f"{source}: routed_experts"),
@@ -163,14 +174,26 @@ def parse_profile(data: dict[str, Any], source: str, builtin: bool = False) -> P
 
 
 def load_profile_file(path: str | Path, builtin: bool = False) -> Profile:
+    """Read and check one profile file; every problem is a :class:`ProfileError` naming the
+    file (and the key): a FIFO, a huge file, non-UTF-8 bytes and wrong value types included."""
+    from .files.inputs import PROFILE_CAP_BYTES, InputFileError, read_bounded_text
+
     file_path = Path(path)
     try:
-        data = tomllib.loads(file_path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ProfileError(f"{file_path}: cannot read ({error.strerror})") from None
+        text = read_bounded_text(file_path, "", PROFILE_CAP_BYTES)
+    except InputFileError as error:
+        raise ProfileError(str(error)) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ProfileError(f"{file_path}: not valid TOML ({error})") from None
-    return parse_profile(data, str(file_path), builtin)
+    try:
+        return parse_profile(data, str(file_path), builtin)
+    except ProfileError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
+        # A value of an unexpected type the checks above did not foresee: still one line.
+        raise ProfileError(f"{file_path}: a value has the wrong type ({error})") from None
 
 
 def builtin_profiles() -> dict[str, Profile]:
@@ -232,7 +255,9 @@ def get_profile(name: str) -> Profile:
     for profile in profiles.values():
         if profile.label.lower().replace(" ", "-") == wanted:
             return profile
-    raise ValueError(f"unknown profile {name!r}; known: {', '.join(profiles)}")
+    skipped = user_profiles()[1]
+    note = f" (skipped, unreadable: {'; '.join(skipped)})" if skipped else ""
+    raise ValueError(f"unknown profile {name!r}; known: {', '.join(profiles)}{note}")
 
 
 def profile_to_toml(profile: Profile) -> str:

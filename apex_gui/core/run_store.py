@@ -209,15 +209,28 @@ class RunStore:
         """
         with self._connect() as db:
             rows = db.execute(
-                "SELECT runs.id, run_owners.pid, run_owners.created FROM runs "
+                "SELECT runs.id, run_owners.pid, run_owners.created, runs.output FROM runs "
                 "LEFT JOIN run_owners ON run_owners.run_id = runs.id "
                 "WHERE runs.status = 'running'").fetchall()
-            gone = [run_id for run_id, pid, created in rows
+            gone = [(run_id, pid, output) for run_id, pid, created, output in rows
                     if pid is None or not _process_alive(pid, created)]
             db.executemany(
-                "UPDATE runs SET status = 'interrupted', message = 'APEX Studio stopped before "
-                "this run ended' WHERE id = ?", [(run_id,) for run_id in gone])
-            return len(gone)
+                "UPDATE runs SET status = 'interrupted', ended = COALESCE(ended, ?), message = "
+                "? WHERE id = ?",
+                [(time.time(), _interrupted_message(pid), run_id) for run_id, pid, _ in gone])
+        # What the dead runs were writing: their partial files and locks go too (unless a
+        # live run has taken that output since; clean_abandoned checks the lock).
+        from .files.outputs import clean_abandoned
+
+        for output in {output for _, _, output in gone if output}:
+            clean_abandoned(output)
+        return len(gone)
+
+
+def _interrupted_message(pid: int | None) -> str:
+    owner = f" (process {pid})" if pid is not None else ""
+    return (f"interrupted: APEX Studio{owner} stopped before this run ended (killed or "
+            "crashed); its partial output was removed")
 
 
 def _this_process() -> tuple[int, float]:
