@@ -15,4 +15,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.jobs",
     "apex_gui.commands.types",
     "apex_gui.commands.card",
+    "apex_gui.commands.rpc",
 )

@@ -60,7 +60,7 @@ DEFAULT_MEMINFO_PATH = Path("/proc/meminfo")
 GB = 10**9
 GiB = 2**30
 
-DeviceSource = Literal["nvml", "manual"]
+DeviceSource = Literal["nvml", "manual", "rpc"]  # rpc: a worker's device
 
 
 # ----------------------------------------------------------------------------- data

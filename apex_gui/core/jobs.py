@@ -40,6 +40,8 @@ PLAIN_LOG_FLAGS = ("--no-log-prefix", "--log-colors", "off")
 CHARS_PER_TOKEN_UPPER_BOUND = 6
 #: Tools whose output goes through llama.cpp's asynchronous common logger.
 ASYNC_LOG_TOOLS = frozenset({"imatrix", "perplexity"})
+#: Tools that take ``--rpc`` workers (they evaluate a model; llama-quantize does not).
+RPC_TOOLS = frozenset({"imatrix", "perplexity", "bench"})
 #: How each tool that multiplies matrices is told to keep weights as stored instead of
 #: repacking them into the CPU's fastest layout. On AMX / AVX-512 Xeons the repacked (AMX)
 #: path of this llama.cpp build crashes on quantized models (SIGSEGV or SIGILL right after
@@ -355,6 +357,9 @@ class ToolJob:
     #: CPU backend variants (``sapphirerapids``...) the tool must not load: set when one
     #: crashed, so the tool runs on the next best variant of a portable build.
     skip_cpu_variants: tuple[str, ...] = ()
+    #: llama.cpp RPC workers (``host:port``) whose devices the tool splits layers across
+    #: (``--rpc``); only tools that evaluate a model take them (RPC_TOOLS).
+    rpc_workers: tuple[str, ...] = ()
 
     # What the job reads and writes.
     def inputs(self) -> tuple[Path, ...]:
@@ -379,7 +384,15 @@ class ToolJob:
         else:
             executable = tools.path(self.tool)
         repack = NO_REPACK_ARGS.get(self.tool, ()) if self.no_repack else ()
-        return [str(executable), *self.args(), *repack]
+        return [str(executable), *self.args(), *repack, *self._rpc_args()]
+
+    def _rpc_args(self) -> list[str]:
+        if not self.rpc_workers:
+            return []
+        if self.tool not in RPC_TOOLS:
+            raise JobError(f"{self.kind} jobs run locally only; remove the RPC workers "
+                           f"({', '.join(self.rpc_workers)}) from this step")
+        return ["--rpc", ",".join(self.rpc_workers)]
 
     def without_repack(self) -> ToolJob:
         """This job keeping weights as stored, where its tool can be told to."""
@@ -411,6 +424,9 @@ class ToolJob:
         env = child_environment(base)
         if self.tool in ASYNC_LOG_TOOLS:
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if self.rpc_workers:
+            # A lost worker aborts the tool; ggml would first try to attach a debugger.
+            env.setdefault("GGML_NO_BACKTRACE", "1")
         return env
 
     def _thread_args(self, flag: str = "-t") -> list[str]:
@@ -1085,6 +1101,8 @@ def job_from_dict(spec: dict[str, Any]) -> ToolJob:
         value = spec[f.name]
         if value is not None and "Path" in str(f.type):
             value = Path(value)
+        elif isinstance(value, list):  # JSON has no tuples
+            value = tuple(value)
         values[f.name] = value
     return cls(**values)
 
@@ -1133,6 +1151,13 @@ class Pipeline:
             if step.key == key:
                 return step
         raise KeyError(key)
+
+    def with_rpc_workers(self, workers: Sequence[str]) -> Pipeline:
+        """The same steps, every one whose tool takes ``--rpc`` running across ``workers``."""
+        chosen = tuple(workers)
+        return Pipeline(tuple(
+            replace(step, job=replace(step.job, rpc_workers=chosen))
+            if step.job.tool in RPC_TOOLS else step for step in self.steps))
 
     def produced_before(self, key: str) -> list[Path]:
         """Outputs of the steps before ``key``: files that will exist by the time it runs."""

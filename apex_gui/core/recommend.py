@@ -94,6 +94,9 @@ class MachineMemory:
     gpus: tuple[GpuDevice, ...]
     ram_available: int
     notes: tuple[str, ...] = ()
+    #: RPC workers (``host:port``) whose devices lead ``gpus``, as llama.cpp orders them
+    #: (see :func:`apex_gui.core.fit.cluster.machine_with_workers`).
+    rpc_workers: tuple[str, ...] = ()
 
     @classmethod
     def from_snapshot(cls, snap: HardwareSnapshot) -> MachineMemory:
@@ -185,6 +188,9 @@ class Recommendation:
     machine: MachineMemory
     margin: int
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: When nothing fits: how many machines like this one (it plus rpc-server workers) would
+    #: hold the smallest candidate; None when something fits or even 16 would not.
+    machines_needed: int | None = None
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -435,10 +441,13 @@ def _max_context(inputs: _Inputs, ctx: ContextSettings, verdict: Verdict,
 
 
 def server_command(path: str, ctx: ContextSettings, verdict: Verdict, placement: Placement,
-                   n_expert_layers: int, mmproj: str | None = None) -> tuple[str, ...]:
+                   n_expert_layers: int, mmproj: str | None = None,
+                   rpc_workers: Sequence[str] = ()) -> tuple[str, ...]:
     """The llama-server command line a verdict assumes (explicit -np: the server's automatic
     choice is 4 slots with a unified cache, which sizes memory differently)."""
     argv = ["llama-server", "-m", path, "-c", str(pad256(ctx.n_ctx))]
+    if rpc_workers and verdict_uses_gpu(verdict):
+        argv += ["--rpc", ",".join(rpc_workers)]
     if verdict is Verdict.CPU_ONLY or not verdict_uses_gpu(verdict):
         argv += ["-ngl", "0"]
     else:
@@ -477,6 +486,10 @@ def evaluate(geom: ModelGeometry, candidate: Candidate, machine: MachineMemory,
     weights = weight_table(candidate.tensor_bytes, geom)
     inputs = _Inputs(geom, weights, machine, margin, mmproj_bytes)
     verdict, placement = _best_outcome(inputs, ctx)
+    if machine.rpc_workers and verdict_uses_gpu(verdict):
+        from .fit.cluster import explicit_split  # the fit room builds on this module
+
+        placement = explicit_split(geom, machine, placement)
     estimate = inputs.estimate(ctx, placement)
     left, share, band = _headroom(estimate, machine, verdict, margin)
     notes: list[str] = []
@@ -490,7 +503,7 @@ def evaluate(geom: ModelGeometry, candidate: Candidate, machine: MachineMemory,
         headroom_bytes=left, headroom_share=share, headroom=band,
         max_context=_max_context(inputs, ctx, verdict, placement),
         command=server_command(candidate.path, ctx, verdict, placement,
-                               _expert_layers(weights), mmproj_path),
+                               _expert_layers(weights), mmproj_path, machine.rpc_workers),
         notes=tuple(notes))
 
 
@@ -507,14 +520,22 @@ def recommend(geom: ModelGeometry, candidates: Sequence[Candidate], machine: Mac
     if not machine.gpus:
         notes.append("No GPU: CPU only, checked against available system RAM "
                      f"({machine.ram_available / 1e9:.1f} GB).")
+    machines = None
     if best is None and results:
+        from .fit.cluster import machines_needed
+
+        smallest = min(candidates, key=lambda c: c.file_bytes)
+        machines = machines_needed(geom, smallest, machine, ctx, margin=margin)
+        more = (f" {machines} machines like this one (this one plus {machines - 1} running "
+                f"rpc-server, joined with --rpc) would hold {smallest.label}." if machines
+                else "")
         notes.append("Nothing fits: choose a shorter context, a quantized KV cache or more "
-                     "memory.")
+                     "memory." + more)
     if 0 < geom.context_length < ctx.n_ctx_padded:
         notes.append(f"Context {ctx.n_ctx_padded} is beyond the model's training context "
                      f"({geom.context_length}): llama.cpp runs it but output quality may "
                      f"degrade; choose {geom.context_length} or less.")
-    return Recommendation(results, best, ctx, machine, margin, tuple(notes))
+    return Recommendation(results, best, ctx, machine, margin, tuple(notes), machines)
 
 
 # ----------------------------------------------------------------------------- candidates

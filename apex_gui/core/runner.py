@@ -25,6 +25,7 @@ from typing import Any
 
 from .files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
+from .fit.rpc_workers import rpc_failure_message
 from .jobs import JobError, Pipeline, Progress, ToolJob
 from .parsers import LineSplitter, parse_loaded_cpu_variant
 from .run_store import RunStore, RunStoreError
@@ -245,7 +246,9 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
     elif cancelled:
         status, message = JobStatus.CANCELLED, "cancelled; no output was kept"
     elif signal_number is not None or crashed:
-        status, message = JobStatus.FAILED, _killed_message(tool, signal_number)
+        # A lost RPC worker aborts the tool: say which worker rather than "the tool crashed".
+        status, message = JobStatus.FAILED, (rpc_failure_message(log, job.rpc_workers)
+                                             or _killed_message(tool, signal_number))
     else:
         verdict = job.verdict(exit_code if exit_code is not None else -1, log)
         status = JobStatus.SUCCEEDED if verdict.succeeded else JobStatus.FAILED
@@ -300,6 +303,8 @@ def crash_retry_for(outcome: JobOutcome) -> tuple[ToolJob, str] | None:
     """
     if outcome.signal_number not in CRASH_SIGNALS:
         return None
+    if rpc_failure_message(outcome.log, outcome.job.rpc_workers):
+        return None  # a worker was lost: running again here would not bring it back
     variant = parse_loaded_cpu_variant(outcome.log)
     fallback = outcome.job.crash_fallback(variant)
     if fallback is None:

@@ -43,6 +43,8 @@ class Settings:
     theme: str = "system"  # "system", "light" or "dark"
     recent_files: list[str] | None = None
     manual_devices: str = ""
+    #: llama.cpp RPC workers, ``host:port`` comma-separated (Hardware & tiers, Run panel).
+    rpc_workers: str = ""
     #: Run llama.cpp with ``--no-repack`` always (the crash retry does it after a crash).
     llama_no_repack: bool = False
 

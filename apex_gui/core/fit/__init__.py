@@ -1,0 +1,1 @@
+"""Where a model fits: hardware, memory, recommendation and llama.cpp RPC workers."""
