@@ -36,9 +36,12 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComb
 from apex_gui.core import hardware
 from apex_gui.core.hardware import COMMON_CARDS, GpuDevice, HardwareSnapshot, parse_device_spec
 from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
+from apex_gui.core.fit.cluster import machine_with_workers
+from apex_gui.core.fit.rpc_workers import WorkerProbe
 from apex_gui.core.recommend import (Candidate, FitResult, Headroom, MachineMemory,
                                      Recommendation, Verdict, file_candidate,
                                      profile_candidates, recommend)
+from apex_gui.views.rpc_workers_box import RpcWorkersBox
 from apex_gui.workers import CancelToken, Task, WorkerPool
 
 __all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
@@ -158,7 +161,8 @@ class HardwarePanel(QWidget):
                  workers: WorkerPool | None = None,
                  probe: Callable[[], HardwareSnapshot] = hardware.snapshot,
                  context: int = 8192, kv_cache_type: str = "f16", manual_devices: str = "",
-                 auto_probe: bool = True, parent: QWidget | None = None) -> None:
+                 auto_probe: bool = True, rpc_workers: str = "",
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("hardwarePanel")
         self._model = model
@@ -172,6 +176,10 @@ class HardwarePanel(QWidget):
         self._probe_task: Task | None = None
         self.recommendation: Recommendation | None = None
         self.manual_error = ""
+        # RPC workers: their devices join the ones fitted to (apex_gui.core.fit.cluster).
+        self.rpc_probes: tuple[WorkerProbe, ...] = ()
+        self.rpc_box = RpcWorkersBox(self._workers, rpc_workers)
+        self.rpc_box.probesChanged.connect(self.set_rpc_probes)
 
         # Devices.
         self.bars_box = QGroupBox("Memory")
@@ -275,6 +283,7 @@ class HardwarePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.bars_box)
+        layout.addWidget(self.rpc_box)
         layout.addLayout(settings)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.summary)
@@ -368,7 +377,19 @@ class HardwarePanel(QWidget):
         except ValueError:
             return None
 
+    def set_rpc_probes(self, probes: tuple[WorkerProbe, ...]) -> None:
+        """The latest probe of the RPC workers; the tiers are fitted again across them."""
+        self.rpc_probes = tuple(probes)
+        self._debounce.start()
+
     def machine(self) -> MachineMemory | None:
+        """This machine (or the typed devices) plus the reachable RPC workers' devices."""
+        local = self._local_machine()
+        if local is None or not self.rpc_probes:
+            return local
+        return machine_with_workers(local, self.rpc_probes)
+
+    def _local_machine(self) -> MachineMemory | None:
         """What the tiers are fitted into: manual devices if given, else the probe's."""
         snapshot = self._snapshot
         manual = self.manual_devices()

@@ -57,7 +57,8 @@ def install_panels(window: Any, *, store: RunStore | None = None,
                              context=getattr(settings, "context_length", 8192),
                              kv_cache_type=getattr(settings, "kv_cache_type", "f16"),
                              manual_devices=getattr(settings, "manual_devices", ""),
-                             auto_probe=probe_hardware)
+                             auto_probe=probe_hardware,
+                             rpc_workers=getattr(settings, "rpc_workers", ""))
     run = RunPanel(queue, window.current_model, window.current_plan, settings=settings)
     results = ResultsPanel(store)
     results.set_model(window.current_model)
@@ -122,6 +123,8 @@ def install_panels(window: Any, *, store: RunStore | None = None,
                                        0)
 
     hardware.manualDevicesChanged.connect(hardware_devices_changed)
+    # The Run panel reads the worker list from the settings when a run starts.
+    hardware.rpc_box.workersChanged.connect(lambda text: remember(rpc_workers=text))
     hardware.contextChanged.connect(
         lambda context, kv: remember(context_length=context, kv_cache_type=kv))
     hardware.commandCopied.connect(

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QFile
                                QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
 from apex_gui.core.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
+from apex_gui.core.fit.rpc_workers import parse_workers
 from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, QuantizeJob,
                                 build_pipeline)
 from apex_gui.core.plan import plan_from_profile
@@ -83,6 +84,7 @@ class RunRequest:
     bench: bool = False
     threads: int = 0
     labels: tuple[str, ...] = field(default=())  # file label per plan ("Quality", "custom")
+    rpc_workers: tuple[str, ...] = ()  # llama.cpp RPC workers for imatrix and evaluations
 
     def needs_imatrix(self) -> bool:
         return any(_uses_imatrix(plan) for plan in self.plans)
@@ -124,7 +126,8 @@ def pipeline_for(request: RunRequest) -> Pipeline:
         perplexity=request.perplexity, hellaswag=request.hellaswag,
         winogrande=request.winogrande, multiple_choice=request.multiple_choice,
         tasks=request.tasks, bench=request.bench, bench_repetitions=2)
-    return build_pipeline(quantize_jobs, imatrix_job, evaluation, request.threads)
+    pipeline = build_pipeline(quantize_jobs, imatrix_job, evaluation, request.threads)
+    return pipeline.with_rpc_workers(request.rpc_workers) if request.rpc_workers else pipeline
 
 
 def check_free_space(folder: Path, needed: int) -> None:
@@ -458,6 +461,8 @@ class RunPanel(QWidget):
         output = self.output_dir.path() or Path(model.path).parent
         check_free_space(output, sum(plan.total_bytes() for plan in plans))
         threads = self._settings.effective_threads() if self._settings is not None else 0
+        # The Hardware & tiers panel's worker list (settings); a bad entry refuses the run.
+        workers = parse_workers(getattr(self._settings, "rpc_workers", "") or "")
         mc = self.mc_file.path()
         return RunRequest(
             model=model, plans=tuple(plans), labels=tuple(labels), output_dir=output,
@@ -465,7 +470,8 @@ class RunPanel(QWidget):
             kl_divergence=self.kl_box.isChecked(), perplexity=self.ppl_box.isChecked(),
             eval_context=self.eval_context.value(), hellaswag=self.hellaswag_file.path(),
             winogrande=self.winogrande_file.path(), multiple_choice=(mc,) if mc else (),
-            bench=self.bench_box.isChecked(), threads=threads)
+            bench=self.bench_box.isChecked(), threads=threads,
+            rpc_workers=tuple(w.endpoint for w in workers))
 
     # --- running ------------------------------------------------------------------------
     def start(self) -> dict[str, int] | None:
