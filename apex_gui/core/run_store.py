@@ -76,6 +76,11 @@ class RunRecord:
     def duration(self) -> float | None:
         return None if self.ended is None else self.ended - self.started
 
+    @property
+    def rpc_workers(self) -> tuple[str, ...]:
+        """The llama.cpp RPC workers (``host:port``) the run was split across; () when local."""
+        return tuple(self.spec.get("rpc_workers") or ())
+
 
 class RunStoreError(RuntimeError):
     """The run history cannot be read or written; the message names the database and the fix."""

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..hardware import GpuDevice
-from ..memory_fit import ContextSettings, ModelGeometry, Placement, layer_devices
+from ..memory_fit import ContextSettings, ModelGeometry, Placement, layer_devices, weight_table
+# The placement search itself: a machine with workers is planned exactly like one with GPUs.
 from ..recommend import (DEFAULT_MARGIN, Candidate, MachineMemory, Verdict, _best_outcome,
                          _Inputs)
-from ..memory_fit import weight_table
 from .rpc_workers import DEFAULT_RPC_PORT, MAX_RPC_SERVERS, RemoteDevice, WorkerProbe
 
 __all__ = ["explicit_split", "machine_with_workers", "machines_needed", "remote_gpu"]

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .rpc_workers import DEFAULT_RPC_PORT, AddressScope, RpcWorker, classify_host, SECURITY_NOTE
+from .rpc_workers import (DEFAULT_RPC_PORT, SECURITY_NOTE, AddressScope, RpcWorker,
+                          classify_host)
 
 if TYPE_CHECKING:
     from ..tools import LlamaTools
