@@ -405,8 +405,15 @@ def _plan_quantize_job(model: Path, profile_name: str, output: Path, imatrix: Pa
     profile = get_profile(profile_name)
     plan = plan_from_profile(open_model(model), profile)
     wants = profile.uses_imatrix or plan.needs_imatrix()
-    job = QuantizeJob.from_plan(plan, output, imatrix=imatrix if wants else None,
-                                threads=threads)
+    try:
+        job = QuantizeJob.from_plan(plan, output, imatrix=imatrix if wants else None,
+                                    threads=threads)
+    except OSError as error:  # the plan's tensor-type file goes to the data folder
+        from apex_gui.core.settings import data_dir
+
+        raise ValueError(f"cannot write the plan's tensor-type file in {data_dir() / 'plans'} "
+                         f"({error.strerror or error}): free some space there or set "
+                         "APEX_STUDIO_DATA_DIR to a writable folder") from None
     return job, wants
 
 

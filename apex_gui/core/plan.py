@@ -491,8 +491,12 @@ class PrecisionPlan:
     def write_tensor_type_file(self, path: str | Path) -> Path:
         target = Path(path)
         temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(self.tensor_type_file_text(), encoding="utf-8")
-        temporary.replace(target)
+        try:
+            temporary.write_text(self.tensor_type_file_text(), encoding="utf-8")
+            temporary.replace(target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # a full disk left an empty .tmp behind
+            raise
         return target
 
     def quantize_args(self, tensor_type_file: str | Path, imatrix: str | Path | None = None) -> list[str]:
