@@ -321,6 +321,12 @@ def run_recommend(args: argparse.Namespace) -> int:
         print(f"Recommended: {best.candidate.label} ({best.verdict.value}, headroom "
               f"{best.headroom.value})")
         print(f"  {best.command_line}")
+        if rec.machine.rpc_workers:
+            # Across workers each device's own headroom matters: a worker is a whole machine.
+            for gpu, usage in zip(rec.machine.gpus, best.estimate.devices):
+                print(f"  {gpu.name}: layers {len(usage.layers)}, needs "
+                      f"{format_gb(usage.total, 1)} of {format_gb(gpu.free_bytes, 1)} free, "
+                      f"headroom {format_gb(gpu.free_bytes - usage.total, 1)}")
     for note in rec.notes:
         print(f"note: {note}")
     return 0

@@ -9,7 +9,7 @@ worker before a run so an unreachable one is named at once instead of aborting t
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from apex_gui.core.fit.rpc_workers import (DEFAULT_RPC_PORT, PROBE_TIMEOUT_S, WorkerProbe,
                                            parse_workers, probe_workers, worker_warnings)
@@ -98,14 +98,7 @@ def run_rpc_worker(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     print(f"apex-studio rpc-worker: {' '.join(argv)}  (use --rpc {args.host}:{args.port} on the "
           "client; Ctrl-C stops it)", file=sys.stderr, flush=True)
-    process = subprocess.Popen(argv, env=probe_environment())
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        raise
+    # Become rpc-server: Ctrl-C, SIGTERM and a closed terminal reach it directly, and no
+    # Python parent is left to die first and orphan it.
+    os.execve(argv[0], argv, probe_environment())
+    return 0  # not reached

@@ -14,7 +14,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..tools import LlamaTools
 
 __all__ = ["LocalRpcWorker", "ServerDevice", "bind_warning", "free_port", "parse_server_banner",
-           "rpc_server_argv"]
+           "rpc_server_argv", "wait_until_listening"]
 
 #: Seconds a fresh rpc-server gets to open its port (it loads every backend first).
 START_TIMEOUT_S = 30.0
@@ -64,6 +64,23 @@ def bind_warning(host: str) -> str | None:
              AddressScope.UNRESOLVED: "a named interface"}[scope]
     return (f"warning: the RPC worker listens on {host} ({where}); {SECURITY_NOTE}. Use it "
             "on a trusted network only and firewall the port")
+
+
+def wait_until_listening(host: str, port: int, timeout_s: float,
+                         alive: Callable[[], bool] = lambda: True) -> bool:
+    """True once ``host:port`` accepts a connection; False after ``timeout_s`` or when
+    ``alive()`` says the server process is gone.
+
+    A bare connection is harmless to rpc-server: it reads no HELLO, closes, serves the next.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)  # the port opens within a second of the start
+    return False
 
 
 @dataclass(frozen=True)
@@ -110,19 +127,14 @@ class LocalRpcWorker:
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=probe_environment())
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                output = self.stop()
-                raise RuntimeError(f"rpc-server on {self.worker} exited at start (code "
-                                   f"{self.process.returncode}): {output.strip()[-400:]}")
-            try:
-                # A bare connection is harmless: the server reads no HELLO and serves the next.
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
+        process = self.process
+        if wait_until_listening(self.host, self.port, timeout_s,
+                                alive=lambda: process.poll() is None):
+            return self
+        output = self.stop()
+        if process.returncode is not None and process.returncode != -15:
+            raise RuntimeError(f"rpc-server on {self.worker} exited at start (code "
+                               f"{process.returncode}): {output.strip()[-400:]}")
         raise RuntimeError(f"rpc-server on {self.worker} did not open its port within "
                            f"{timeout_s:g} s")
 
