@@ -16,4 +16,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.types",
     "apex_gui.commands.card",
     "apex_gui.commands.rpc",
+    "apex_gui.commands.quality",
 )

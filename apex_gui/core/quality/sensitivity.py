@@ -1,0 +1,424 @@
+"""Measured quantization sensitivity: what each candidate type does to each tensor.
+
+For every candidate type, one ``llama-quantize`` run pins every quantizable tensor to that
+type (the row-length fallback applies as it always does). The quantized file and its source
+are read back tensor by tensor with the ``gguf`` package's dequantizers, and the error is
+weighted by the importance matrix where one is given (per expert for ``*_exps``): for a row
+``w`` and its quantized ``q`` the output error is about ``sum_j imatrix_j * (w_j - q_j)^2``.
+Only one tensor (one expert of a merged expert tensor) is in memory at a time.
+
+That proxy is then calibrated to KL divergence per tensor kind with real probes: the model
+with only that kind lowered to a probe type, measured with ``llama-perplexity
+--kl-divergence`` against the source's logits. A routed expert, a shared expert and an
+attention projection reach the output differently; one scale per kind captures that.
+
+Results are cached by the content fingerprint of the model and imatrix (and the text,
+context and candidates); the cache entry is written only when everything is measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..calibration import file_digest, quick_eval_text
+from ..jobs import KLDivergenceJob, QuantizeJob, ReferenceLogitsJob
+from ..model import ModelInfo, open_model
+from ..plan import PrecisionPlan, is_quantizable
+from ..quant_types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, effective_type
+from ..roles import split_name
+from ..runner import run_job
+from ..settings import cache_dir
+from ..tools import LlamaTools
+
+#: Bump when the measurement changes: old cache entries are then ignored.
+SENSITIVITY_VERSION = 1
+#: Types measured by default, and the extra ones that need an importance matrix.
+DEFAULT_CANDIDATES: tuple[str, ...] = ("Q2_K", "Q3_K", "IQ3_S", "IQ4_XS", "Q4_K", "Q5_K",
+                                       "Q6_K", "Q8_0")
+IMATRIX_CANDIDATES: tuple[str, ...] = ("IQ2_XXS", "IQ2_S", "IQ3_XXS")
+#: The type each kind is lowered to in its calibration probe: low enough to be measured well
+#: above noise, high enough that KL divergence is still close to additive across kinds.
+PROBE_TYPE = "Q3_K"
+#: Bytes hashed from the start of each tensor for the content fingerprint (a full hash of a
+#: 400 GB model would take longer than the measurement).
+_FINGERPRINT_SAMPLE = 1 << 16
+
+ProgressCallback = Callable[[str, float, float | None], None]  # stage, fraction, ETA seconds
+
+
+class SensitivityError(RuntimeError):
+    """A measurement step failed; the message names the tool run and what to do."""
+
+
+class SensitivityCancelled(Exception):
+    """The measurement was cancelled; nothing was cached."""
+
+
+def tensor_kind(name: str) -> str:
+    """The calibration class of a tensor: its name without layer index and suffix."""
+    return split_name(name)[1]
+
+
+@dataclass
+class SensitivityTable:
+    """Weighted squared error per (tensor, effective type) and KL divergence per unit error."""
+
+    model: str
+    fingerprint: str
+    imatrix: str | None
+    candidates: tuple[str, ...]
+    source_types: dict[str, str]
+    errors: dict[str, dict[str, float]]  # tensor -> effective type -> weighted squared error
+    kind_scale: dict[str, float] = field(default_factory=dict)  # kind -> KLD per unit error
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def damage(self, tensor: str, effective: str) -> float:
+        """Predicted mean KL divergence this tensor adds at this (effective) type."""
+        if effective == self.source_types.get(tensor):
+            return 0.0
+        try:
+            error = self.errors[tensor][effective]
+        except KeyError:
+            raise KeyError(f"no measured sensitivity for {tensor} at {effective}; measure "
+                           f"with that type among the candidates") from None
+        return self.kind_scale.get(tensor_kind(tensor), 0.0) * error
+
+    def known(self, tensor: str, effective: str) -> bool:
+        return effective == self.source_types.get(tensor) or effective in self.errors.get(tensor, {})
+
+    def predict_kld(self, plan: PrecisionPlan) -> float:
+        """Predicted mean KL divergence of a plan: the per-tensor damages added up."""
+        return sum(self.damage(name, plan.effective_type(name)) for name in self.errors)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": SENSITIVITY_VERSION, "model": self.model,
+                "fingerprint": self.fingerprint, "imatrix": self.imatrix,
+                "candidates": list(self.candidates), "source_types": self.source_types,
+                "errors": self.errors, "kind_scale": self.kind_scale, "probes": self.probes,
+                "timings": self.timings}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "sensitivity file") -> SensitivityTable:
+        if data.get("version") != SENSITIVITY_VERSION:
+            raise ValueError(f"{source}: sensitivity format {data.get('version')!r}, this "
+                             f"version reads {SENSITIVITY_VERSION}; measure again "
+                             "(apex-studio sensitivity MODEL -o FILE)")
+        return cls(model=data["model"], fingerprint=data["fingerprint"],
+                   imatrix=data.get("imatrix"), candidates=tuple(data["candidates"]),
+                   source_types=dict(data["source_types"]),
+                   errors={k: dict(v) for k, v in data["errors"].items()},
+                   kind_scale=dict(data.get("kind_scale", {})),
+                   probes=list(data.get("probes", [])), timings=dict(data.get("timings", {})))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SensitivityTable:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a sensitivity file ({error}); write one with "
+                             "apex-studio sensitivity MODEL -o FILE") from None
+        return cls.from_json(data, str(path))
+
+
+# --- fingerprints and cache ----------------------------------------------------------------
+
+
+def model_fingerprint(model: ModelInfo) -> str:
+    """Content fingerprint: each shard's size, its first MiB (the header) and 64 evenly
+    spaced 64 KiB samples of its data. Reads a few MiB even of a 400 GB model."""
+    digest = hashlib.sha256()
+    for path in model.paths:
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            for index in range(64):
+                handle.seek(size * index // 64)
+                digest.update(handle.read(_FINGERPRINT_SAMPLE))
+    return digest.hexdigest()
+
+
+def cache_path(fingerprint: str, imatrix: Path | None, candidates: Iterable[str], text: Path,
+               context: int, chunks: int | None) -> Path:
+    key = "|".join([str(SENSITIVITY_VERSION), fingerprint,
+                    file_digest(imatrix) if imatrix else "-", ",".join(candidates),
+                    file_digest(text), str(context), str(chunks)])
+    return cache_dir() / "sensitivity" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+# --- importance matrix -----------------------------------------------------------------------
+
+
+def read_imatrix(path: Path) -> dict[str, np.ndarray]:
+    """Tensor name -> mean squared activation per input column, shape (n_mat, n_per_row).
+
+    Reads the GGUF format (``NAME.in_sum2`` / ``NAME.counts``, normalised per expert as
+    llama-quantize does) and the legacy ``.dat`` format.
+    """
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except (ValueError, OSError):
+        return _read_legacy_imatrix(path)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for tensor in reader.tensors:
+        if tensor.name.endswith(".in_sum2"):
+            sums[tensor.name[: -len(".in_sum2")]] = np.asarray(tensor.data, dtype=np.float32)
+        elif tensor.name.endswith(".counts"):
+            counts[tensor.name[: -len(".counts")]] = np.asarray(tensor.data, dtype=np.float32)
+    out: dict[str, np.ndarray] = {}
+    for name, values in sums.items():
+        n_mat = counts[name].size if name in counts else 1
+        per = values.reshape(n_mat, -1)
+        count = counts.get(name, np.ones(n_mat, np.float32)).reshape(n_mat, 1)
+        # An expert that saw no token gets weight 1, as llama-quantize gives it.
+        out[name] = np.where(count > 0, per / np.maximum(count, 1e-30), 1.0).astype(np.float32)
+    return out
+
+
+def _read_legacy_imatrix(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    try:
+        with open(path, "rb") as handle:
+            (entries,) = struct.unpack("<i", handle.read(4))
+            for _ in range(entries):
+                (name_len,) = struct.unpack("<i", handle.read(4))
+                name = handle.read(name_len).decode()
+                ncall, n_values = struct.unpack("<ii", handle.read(8))
+                values = np.frombuffer(handle.read(4 * n_values), dtype=np.float32)
+                out[name] = (values / ncall if ncall > 0 else values).reshape(1, -1)
+    except (struct.error, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path}: not an importance matrix (GGUF or legacy .dat): {error}; "
+                         "compute one with apex-studio imatrix MODEL -o FILE") from None
+    return out
+
+
+# --- read-back -------------------------------------------------------------------------------
+
+
+def _dequantized_slices(tensor: Any) -> Iterable[np.ndarray]:
+    """The tensor as float32, one 2-D slice (one expert) at a time."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    data = tensor.data
+    qtype = GGMLQuantizationType(int(tensor.tensor_type))
+    if data.ndim <= 2 or (qtype.name not in ("F32", "F16", "BF16") and data.ndim == 2):
+        slices: Iterable[np.ndarray] = [data]
+    else:
+        slices = (data[i] for i in range(data.shape[0])) if data.ndim == 3 else [
+            data.reshape(-1, data.shape[-1])]
+    for part in slices:
+        if qtype.name == "F32":
+            yield np.asarray(part, dtype=np.float32)
+        elif qtype.name == "F16":
+            yield np.asarray(part).astype(np.float32)
+        else:
+            yield dequantize(np.asarray(part), qtype).astype(np.float32, copy=False)
+
+
+def weighted_errors(source: Path, quantized: Path, names: Iterable[str],
+                    imatrix: dict[str, np.ndarray] | None,
+                    cancel: threading.Event | None = None) -> dict[str, float]:
+    """Sum over rows of ``sum_j imatrix_j (w_j - q_j)^2`` for each named tensor."""
+    import gguf
+
+    src = {t.name: t for t in gguf.GGUFReader(source, "r").tensors}
+    qnt = {t.name: t for t in gguf.GGUFReader(quantized, "r").tensors}
+    out: dict[str, float] = {}
+    for name in names:
+        if cancel is not None and cancel.is_set():
+            raise SensitivityCancelled()
+        weights = imatrix.get(name) if imatrix else None
+        total = 0.0
+        for index, (w, q) in enumerate(zip(_dequantized_slices(src[name]),
+                                           _dequantized_slices(qnt[name]), strict=True)):
+            diff2 = np.square(w - q, dtype=np.float32)
+            if weights is not None and weights.shape[-1] == diff2.shape[-1]:
+                column = weights[min(index, weights.shape[0] - 1)]
+                total += float(diff2.reshape(-1, diff2.shape[-1]).sum(0) @ column)
+            else:
+                total += float(diff2.sum())
+        out[name] = total
+    return out
+
+
+# --- measurement -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Clock:
+    """Progress over weighted steps with an ETA from the work done so far."""
+
+    total: float
+    callback: ProgressCallback | None
+    done: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def advance(self, stage: str, amount: float = 0.0) -> None:
+        self.done += amount
+        if self.callback is None:
+            return
+        fraction = min(1.0, self.done / self.total) if self.total else 1.0
+        elapsed = time.monotonic() - self.started
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        self.callback(stage, fraction, eta)
+
+
+def _uniform_plan(model: ModelInfo, type_name: str, keep: Iterable[str] = ()) -> PrecisionPlan:
+    """Every quantizable tensor at ``type_name`` except ``keep`` (left as stored)."""
+    kept = set(keep)
+    types = {t.name: (t.type_name if t.name in kept else type_name) for t in model.tensors
+             if is_quantizable(t.name, t.shape)}
+    base = type_name if type_name in FTYPE_DEFAULT_TYPE else "Q8_0"
+    return PrecisionPlan(model, types, base, origin=f"sensitivity {type_name}")
+
+
+def _run(job: Any, tools: LlamaTools, cancel: threading.Event | None, what: str) -> dict[str, Any]:
+    outcome = run_job(job, tools, cancel=cancel)
+    if cancel is not None and cancel.is_set():
+        raise SensitivityCancelled()
+    if not outcome.succeeded:
+        raise SensitivityError(f"{what} failed: {outcome.message}")
+    return outcome.results
+
+
+def measure_sensitivity(
+    model_path: str | os.PathLike[str], imatrix: str | os.PathLike[str] | None = None, *,
+    text: str | os.PathLike[str] | None = None, context: int = 512, chunks: int | None = None,
+    candidates: Iterable[str] | None = None, tools: LlamaTools | None = None, threads: int = 0,
+    on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+    use_cache: bool = True, work_dir: str | os.PathLike[str] | None = None,
+) -> SensitivityTable:
+    """Measure (or load from the cache) the sensitivity table of a model."""
+    model = open_model(model_path)
+    imatrix_path = Path(imatrix) if imatrix else None
+    text_path = Path(text) if text else quick_eval_text()
+    chosen = tuple(candidates) if candidates else (
+        DEFAULT_CANDIDATES + (IMATRIX_CANDIDATES if imatrix_path else ()))
+    if not imatrix_path and (needing := [c for c in chosen if c.upper() in IMATRIX_REQUIRED]):
+        raise ValueError(f"candidate types {', '.join(needing)} need an importance matrix; "
+                         "give one with --imatrix FILE or leave them out")
+    fingerprint = model_fingerprint(model)
+    cached = cache_path(fingerprint, imatrix_path, chosen, text_path, context, chunks)
+    if use_cache and cached.is_file():
+        try:
+            table = SensitivityTable.load(cached)
+            if on_progress is not None:
+                on_progress("loaded from cache", 1.0, 0.0)
+            return table
+        except (ValueError, KeyError):
+            cached.unlink(missing_ok=True)  # unreadable entry: measure again
+    tools = tools or LlamaTools()
+    names = [t.name for t in model.tensors if is_quantizable(t.name, t.shape)]
+    weights = read_imatrix(imatrix_path) if imatrix_path else None
+    kinds = sorted({tensor_kind(n) for n in names})
+    # Weights: a quantize run and its read-back count 1 each; a KL probe counts 2.
+    clock = _Clock(total=2 * len(chosen) + 1 + 3 * len(kinds), callback=on_progress)
+    scratch = Path(tempfile.mkdtemp(prefix="apex-sensitivity-", dir=work_dir))
+    timings: dict[str, float] = {}
+    try:
+        errors: dict[str, dict[str, float]] = {n: {} for n in names}
+        started = time.monotonic()
+        for type_name in chosen:
+            clock.advance(f"quantizing every tensor to {type_name}")
+            plan = _uniform_plan(model, type_name)
+            quant = scratch / f"all-{type_name}.gguf"
+            job = QuantizeJob.from_plan(plan, quant, scratch / f"all-{type_name}.txt",
+                                        imatrix=imatrix_path, threads=threads)
+            _run(job, tools, cancel, f"llama-quantize to {type_name}")
+            clock.advance(f"reading back {type_name}", 1)
+            measured = weighted_errors(Path(model.path), quant, names, weights, cancel)
+            for name, value in measured.items():
+                errors[name][plan.effective_type(name)] = value
+            quant.unlink(missing_ok=True)
+            clock.advance(f"measured {type_name}", 1)
+        timings["error_seconds"] = time.monotonic() - started
+        started = time.monotonic()
+        clock.advance("reference logits of the source model")
+        reference = ReferenceLogitsJob(model=Path(model.path), text=text_path, context=context,
+                                       chunks=chunks, threads=threads,
+                                       output_path=scratch / "reference.kld")
+        _run(reference, tools, cancel, "llama-perplexity --kl-divergence-base")
+        clock.advance("reference logits", 1)
+        scales, probes = _calibrate(model, names, kinds, errors, reference.output_path,
+                                    scratch, tools, imatrix_path, context, chunks, threads,
+                                    cancel, clock)
+        timings["calibration_seconds"] = time.monotonic() - started
+        table = SensitivityTable(model=str(model.path), fingerprint=fingerprint,
+                                 imatrix=str(imatrix_path) if imatrix_path else None,
+                                 candidates=chosen,
+                                 source_types={n: model.tensor(n).type_name for n in names},
+                                 errors=errors, kind_scale=scales, probes=probes,
+                                 timings=timings)
+        if use_cache:
+            table.save(cached)  # atomic: a cancel before this line leaves no entry behind
+        clock.advance("done")
+        return table
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _calibrate(model: ModelInfo, names: list[str], kinds: list[str],
+               errors: dict[str, dict[str, float]], reference: Path, scratch: Path,
+               tools: LlamaTools, imatrix: Path | None, context: int, chunks: int | None,
+               threads: int, cancel: threading.Event | None,
+               clock: _Clock) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """One KL probe per tensor kind: that kind at PROBE_TYPE, the rest as stored."""
+    scales: dict[str, float] = {}
+    probes: list[dict[str, Any]] = []
+    for kind in kinds:
+        members = [n for n in names if tensor_kind(n) == kind]
+        clock.advance(f"probe: {kind} at {PROBE_TYPE}")
+        plan = _uniform_plan(model, PROBE_TYPE, keep=[n for n in names if n not in members])
+        quant = scratch / f"probe-{kind}.gguf"
+        job = QuantizeJob.from_plan(plan, quant, scratch / f"probe-{kind}.txt",
+                                    imatrix=imatrix, threads=threads)
+        _run(job, tools, cancel, f"llama-quantize for the {kind} probe")
+        clock.advance(f"probe: {kind} KL divergence", 1)
+        # --no-repack: repacked kernels crash on some AMX CPUs with quantized weights.
+        kld_job = KLDivergenceJob(model=quant, reference_logits=reference, context=context,
+                                  chunks=chunks, threads=threads, no_repack=True)
+        results = _run(kld_job, tools, cancel, f"llama-perplexity --kl-divergence ({kind} probe)")
+        quant.unlink(missing_ok=True)
+        measured = float(results.get("kld_mean", 0.0))
+        proxy = sum(errors[n].get(plan.effective_type(n), 0.0) for n in members)
+        probes.append({"kind": kind, "type": PROBE_TYPE, "kld_mean": measured,
+                       "proxy_error": proxy, "tensors": len(members)})
+        if proxy > 0 and measured > 0:
+            scales[kind] = measured / proxy
+        clock.advance(f"probe: {kind} done", 2)
+    # A kind whose probe measured nothing (below the tool's resolution) gets the smallest
+    # scale seen: not free, so the optimizer never spends bytes on it for no reason.
+    floor = min(scales.values()) if scales else 1.0
+    for kind in kinds:
+        scales.setdefault(kind, floor)
+    return scales, probes
