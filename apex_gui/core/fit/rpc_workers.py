@@ -280,6 +280,7 @@ _VERSION = re.compile(r"RPC server version mismatch: (\d+\.\d+\.\d+)")
 _HANDSHAKE = re.compile(r"RPC handshake failed for (\S+)")
 _LOST = "Remote RPC server crashed or returned malformed response"
 _UNSUPPORTED = "RPC not supported in this build"
+_SIGPIPE = 13  # the POSIX number (signal.SIGPIPE does not exist on Windows)
 
 
 def _protocol_text() -> str:
@@ -378,8 +379,15 @@ def probe_workers(workers: Sequence[RpcWorker], tools: LlamaTools,
 # ----------------------------------------------------------------------------- runs
 
 
-def rpc_failure_message(log: str, workers: Sequence[str]) -> str | None:
-    """Why a run across ``workers`` failed, when the log shows a worker was the cause."""
+def rpc_failure_message(log: str, workers: Sequence[str],
+                        signal_number: int | None = None) -> str | None:
+    """Why a run across ``workers`` failed, when the log or the signal shows a worker was
+    the cause.
+
+    A worker that goes away mid-run usually kills the tool with SIGPIPE (ggml-rpc writes to
+    the closed socket without MSG_NOSIGNAL, so nothing is printed); a failed read aborts
+    with "Remote RPC server crashed or returned malformed response".
+    """
     if not workers:
         return None
     listed = ", ".join(workers)
@@ -394,7 +402,7 @@ def rpc_failure_message(log: str, workers: Sequence[str]) -> str | None:
     if match := _RESOLVE_FAILED.search(log):
         return (f"RPC worker host {match.group(1)!r} does not resolve; fix the worker list "
                 f"({listed}); no output was kept")
-    if _LOST in log:
+    if _LOST in log or (signal_number is not None and signal_number == _SIGPIPE):
         return (f"an RPC worker stopped answering mid-run (one of {listed}): it crashed, was "
                 "stopped or lost the network; check the workers (Hardware & tiers, or "
                 "`apex-studio hardware --rpc ...`), restart the one that is down and run "
