@@ -256,7 +256,8 @@ class JobQueue(QObject):
                                retry_note=entry.retry_note)
         process.deleteLater()
         self._current = self._prepared = self._monitor = None
-        retry = crash_retry_for(outcome) if not entry.cancel_requested else None
+        retry = (crash_retry_for(outcome, self.tools) if not entry.cancel_requested
+                 else None)
         if retry is not None:
             # Run it again without the code path that crashed (see crash_retry_for).
             entry.job, entry.retry_note = retry

@@ -135,3 +135,25 @@ def test_tools_check_names_a_broken_tool_and_its_fix_on_the_command_line(tmp_pat
     assert "BROKEN" in line and "SIGSEGV" in line and "even with --no-repack" in line
     assert "fix: rebuild the tools" in out
     assert "llama-perplexity is broken on this CPU" in out
+
+
+SAPPHIRE_RAPIDS_FLAGS = frozenset(
+    "sse4_2 avx f16c fma avx2 bmi2 avx512f avx512vbmi avx512_vnni avx512_bf16 amx_tile "
+    "amx_int8 avx_vnni".split())
+ALL_X86_VARIANTS = ("alderlake", "cannonlake", "cascadelake", "cooperlake", "haswell", "icelake",
+                    "ivybridge", "piledriver", "sandybridge", "sapphirerapids", "skylakex",
+                    "sse42", "x64", "zen4")
+
+
+@pytest.mark.parametrize(("flags", "available", "expected"), [
+    (SAPPHIRE_RAPIDS_FLAGS, ALL_X86_VARIANTS, "sapphirerapids"),
+    (SAPPHIRE_RAPIDS_FLAGS, tuple(v for v in ALL_X86_VARIANTS if v != "sapphirerapids"), "zen4"),
+    (frozenset("sse4_2 avx f16c fma avx2 bmi2".split()), ALL_X86_VARIANTS, "haswell"),
+    (frozenset("sse4_2 avx f16c fma avx2 bmi2 avx_vnni".split()), ALL_X86_VARIANTS, "alderlake"),
+    (frozenset(), ALL_X86_VARIANTS, "x64"),
+    (SAPPHIRE_RAPIDS_FLAGS, (), None),
+])
+def test_the_variant_ggml_loads_is_predicted_from_the_cpu_flags(flags, available, expected):
+    from apex_gui.core.tools import expected_cpu_variant
+
+    assert expected_cpu_variant(available, flags) == expected

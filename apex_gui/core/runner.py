@@ -29,7 +29,8 @@ from .fit.rpc_workers import rpc_failure_message
 from .jobs import JobError, Pipeline, Progress, ToolJob
 from .parsers import LineSplitter, parse_loaded_cpu_variant
 from .run_store import RunStore, RunStoreError
-from .tools import TOOL_NAMES, LlamaTools, ToolNotFoundError
+from .tools import (TOOL_NAMES, LlamaTools, ToolNotFoundError, cpu_variants,
+                    expected_cpu_variant)
 
 #: Seconds between terminate() and kill() when a job is cancelled.
 TERMINATE_TIMEOUT_S = 5.0
@@ -295,7 +296,7 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
                       prepared.run_id, output_lost, signal_number=signal_number)
 
 
-def crash_retry_for(outcome: JobOutcome) -> tuple[ToolJob, str] | None:
+def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, str] | None:
     """The job to run after ``outcome`` crashed, without the path that crashed, and a note.
 
     On AMX / AVX-512 Xeons the repacked kernels of this llama.cpp build crash on quantized
@@ -306,7 +307,7 @@ def crash_retry_for(outcome: JobOutcome) -> tuple[ToolJob, str] | None:
         return None
     if rpc_failure_message(outcome.log, outcome.job.rpc_workers, outcome.signal_number):
         return None  # a worker was lost: running again here would not bring it back
-    variant = parse_loaded_cpu_variant(outcome.log)
+    variant = parse_loaded_cpu_variant(outcome.log) or _loaded_variant(outcome.job, tools)
     fallback = outcome.job.crash_fallback(variant)
     if fallback is None:
         return None
@@ -316,6 +317,17 @@ def crash_retry_for(outcome: JobOutcome) -> tuple[ToolJob, str] | None:
     note = (f"{tool} crashed ({_signal_name(outcome.signal_number)}){where}; APEX Studio ran "
             f"it again {how}")
     return job, note
+
+
+def _loaded_variant(job: ToolJob, tools: LlamaTools) -> str | None:
+    """The CPU variant a portable build loads for ``job`` on this CPU (release builds do not
+    log it), or None for a single-variant build."""
+    try:
+        folder = tools.path(job.tool).parent
+    except ToolNotFoundError:
+        return None
+    remaining = [v for v in cpu_variants(folder) if v not in job.skip_cpu_variants]
+    return expected_cpu_variant(remaining)
 
 
 def _output_problem(job: ToolJob, written: Path) -> str | None:
@@ -390,7 +402,7 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
     while True:
         outcome = _run_once(job, tools, store, on_progress, on_output, cancel, produced,
                             pipeline, terminate_timeout, note)
-        retry = crash_retry_for(outcome) if crash_retry else None
+        retry = crash_retry_for(outcome, tools) if crash_retry else None
         if retry is not None:
             job, note = retry
             if on_output is not None:

@@ -246,6 +246,51 @@ class LlamaTools:
         return [self.locate(short, probe_version=True) for short in TOOL_NAMES]
 
 
+#: Instruction-set features each x86-64 CPU variant of a portable build needs, as
+#: /proc/cpuinfo names them (llama.cpp's GGML_CPU_ALL_VARIANTS list). ggml loads the variant
+#: with the most features the CPU has; a release build does not log which one it loaded.
+X86_VARIANT_FEATURES: dict[str, tuple[str, ...]] = {
+    "x64": (),
+    "sse42": ("sse4_2",),
+    "sandybridge": ("sse4_2", "avx"),
+    "ivybridge": ("sse4_2", "avx", "f16c"),
+    "piledriver": ("sse4_2", "avx", "f16c", "fma"),
+    "haswell": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2"),
+    "skylakex": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f"),
+    "cannonlake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi"),
+    "cascadelake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512_vnni"),
+    "icelake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi",
+                "avx512_vnni"),
+    "cooperlake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512_vnni",
+                   "avx512_bf16"),
+    "zen4": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi",
+             "avx512_vnni", "avx512_bf16"),
+    "alderlake": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx_vnni"),
+    "sapphirerapids": ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx512f", "avx512vbmi",
+                       "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"),
+}
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def expected_cpu_variant(variants: list[str] | tuple[str, ...],
+                         flags: frozenset[str] | None = None) -> str | None:
+    """The variant ggml would load on this CPU among ``variants`` (None if none is known)."""
+    flags = cpu_flags() if flags is None else flags
+    usable = [v for v in variants if v in X86_VARIANT_FEATURES
+              and set(X86_VARIANT_FEATURES[v]) <= flags]
+    return max(usable, key=lambda v: len(X86_VARIANT_FEATURES[v]), default=None)
+
+
 def cpu_variants(folder: Path) -> list[str]:
     """CPU backend variants of a portable build in ``folder`` (empty for a native build)."""
     prefix, suffix = "libggml-cpu-", ".so"

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .settings import data_dir
-from .tools import TOOL_NAMES, LlamaTools, child_environment
+from .tools import (TOOL_NAMES, LlamaTools, child_environment, cpu_variants,
+                    expected_cpu_variant)
 
 CHECK_FILE = "tools-check.json"
 #: Seconds one tool start (``--help``) may take before it counts as hung.
@@ -208,6 +209,7 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
     plain = tools.with_no_repack(False)  # judge the build itself, not the user's setting
     with tempfile.TemporaryDirectory(prefix="apex-tools-check-") as folder:
         source = write_synthetic_model(Path(folder) / "check-f16.gguf", TINY_QWEN2MOE)
+        quant_tool_folder = plain.path("perplexity").parent
         quant = Path(folder) / "check-q4_k_m.gguf"
         outcome = run_job(QuantizeJob(source=source, output_path=quant, base_type="Q4_K_M",
                                       threads=2), plain, cancel=cancel, crash_retry=False)
@@ -222,8 +224,9 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
             job = PerplexityJob(model=quant, text=text, context=128, chunks=2, threads=2)
             with_repack = run_job(job, plain, cancel=cancel, crash_retry=False)
             without = run_job(job.without_repack(), plain, cancel=cancel, crash_retry=False)
-            variant = parse_loaded_cpu_variant(with_repack.log) or parse_loaded_cpu_variant(
-                without.log)
+            variant = (parse_loaded_cpu_variant(with_repack.log)
+                       or parse_loaded_cpu_variant(without.log)
+                       or expected_cpu_variant(cpu_variants(quant_tool_folder)))
             name = TOOL_NAMES["perplexity"]
             if with_repack.succeeded:
                 checks.append(ToolCheck(name, True, "perplexity of a Q4_K_M model, with "
