@@ -28,16 +28,20 @@ out = args[outputs[-1]]
 source = args[outputs[-1] - 1]
 data = open(source, "rb").read()
 half = len(data) // 2
-with open(out, "wb") as handle:
-    handle.write(data[:half])
-    handle.flush()
-    if os.environ.get("APEX_STANDIN_STARTED"):
-        with open(os.environ["APEX_STANDIN_STARTED"], "w") as started:
-            started.write(f"{{os.getpid()}}\\n")
-    if os.environ.get("APEX_STANDIN_GO"):
-        with open(os.environ["APEX_STANDIN_GO"]) as go:
-            go.read()
-    handle.write(data[half:])
+try:
+    with open(out, "wb") as handle:
+        handle.write(data[:half])
+        handle.flush()
+        if os.environ.get("APEX_STANDIN_STARTED"):
+            with open(os.environ["APEX_STANDIN_STARTED"], "w") as started:
+                started.write(f"{{os.getpid()}}\\n")
+        if os.environ.get("APEX_STANDIN_GO"):
+            with open(os.environ["APEX_STANDIN_GO"]) as go:
+                go.read()
+        handle.write(data[half:])
+except OSError as error:  # as llama-quantize: one line, exit 1 (a full disk)
+    print(f"llama_model_quantize: failed to quantize: {{error.strerror}}")
+    sys.exit(1)
 mib = len(data) / 2**20
 print(f"llama_model_quantize_impl: model size  = {{mib:8.2f}} MiB (16.02 BPW)")
 print(f"llama_model_quantize_impl: quant size  = {{mib:8.2f}} MiB (16.02 BPW)")
