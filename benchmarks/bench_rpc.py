@@ -71,24 +71,32 @@ def main() -> int:
                 LocalRpcWorker(tools, threads=args.threads) as b:
             endpoints = (a.worker.endpoint, b.worker.endpoint)
             for name, job in jobs.items():
-                spread = replace(job, rpc_workers=endpoints)
-                local_times, rpc_times = [], []
-                local_results: dict[str, object] = {}
-                rpc_results: dict[str, object] = {}
+                # Three ways: one process as the tools run by default (on an AMX CPU some
+                # weights are repacked), one process with --no-repack (what a worker's CPU
+                # device computes: rpc-server offers plain buffers only), two workers.
+                variants = {"one process": job,
+                            "one process --no-repack": replace(job, no_repack=True),
+                            "two loopback workers": replace(job, rpc_workers=endpoints)}
+                times: dict[str, list[float]] = {k: [] for k in variants}
+                results: dict[str, dict[str, object]] = {}
                 for _ in range(args.runs):
-                    seconds, local_results = timed(job, tools)
-                    local_times.append(seconds)
-                    seconds, rpc_results = timed(spread, tools)
-                    rpc_times.append(seconds)
-                one, two = statistics.median(local_times), statistics.median(rpc_times)
-                same = ""
-                if "ppl" in local_results:
-                    equal = round(local_results["ppl"], 4) == round(rpc_results["ppl"], 4)  # type: ignore[arg-type]
-                    same = f", PPL {local_results['ppl']:.4f} vs {rpc_results['ppl']:.4f} " \
-                           f"({'equal' if equal else 'DIFFERENT'})"
-                print(f"{name}: one process {one:.2f} s, two loopback workers {two:.2f} s, "
-                      f"ratio {two / one:.2f} (median of {args.runs}, {args.chunks} chunks of "
-                      f"256, {args.threads} thread(s) per process){same}")
+                    for label, variant in variants.items():
+                        seconds, results[label] = timed(variant, tools)
+                        times[label].append(seconds)
+                medians = {k: statistics.median(v) for k, v in times.items()}
+                base = medians["one process --no-repack"]
+                parts = [f"{k} {v:.2f} s" for k, v in medians.items()]
+                print(f"{name} (median of {args.runs}, {args.chunks} chunks of 256, "
+                      f"{args.threads} thread(s) per process): {', '.join(parts)}; workers / "
+                      f"one process --no-repack = {medians['two loopback workers'] / base:.2f}, "
+                      f"/ one process = {medians['two loopback workers'] / medians['one process']:.2f}")
+                if "ppl" in results["one process"]:
+                    ppl = {k: float(r["ppl"]) for k, r in results.items()}  # type: ignore[arg-type]
+                    same = round(ppl["two loopback workers"], 4) == round(
+                        ppl["one process --no-repack"], 4)
+                    print("  PPL " + ", ".join(f"{k} {v:.4f}" for k, v in ppl.items())
+                          + f" (workers {'equal' if same else 'DIFFERENT'} to 4 decimals "
+                            "against --no-repack)")
     return 0
 
 
