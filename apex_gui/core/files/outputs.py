@@ -205,8 +205,8 @@ class OutputLock:
             if not same:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            # The file stays empty: on a nearly full disk even one page for a pid could be the
+            # page the tool needs (the holder is found in /proc/locks instead).
             self._fd = fd
             return self
         raise OutputBusyError(f"the lock on {self.output} keeps changing hands; try again")
@@ -233,10 +233,22 @@ class OutputLock:
 
 
 def _read_holder(fd: int) -> str:
+    """The pid holding a flock on ``fd``'s file, from /proc/locks (Linux), else ""."""
     try:
-        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        info = os.fstat(fd)
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
     except OSError:
         return ""
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 12345 08:01:123456 0 EOF"
+        fields = line.split()
+        if "FLOCK" in fields and device in fields:
+            pid = fields[fields.index(device) - 1]
+            if pid.isdigit():
+                return pid
+    return ""
 
 
 def claim_output(output: str | os.PathLike[str]) -> OutputLock:
