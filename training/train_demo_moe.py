@@ -221,8 +221,8 @@ class TinyQwen2Moe(nn.Module):
 # --- export -------------------------------------------------------------------------------------
 
 
-def gguf_tensors(model: TinyQwen2Moe) -> dict[str, np.ndarray]:
-    """Every tensor in GGUF naming, as numpy arrays in row-major (slowest dimension first) order."""
+def gguf_parameters(model: TinyQwen2Moe) -> dict[str, torch.Tensor]:
+    """Every parameter under its GGUF name (shapes already in GGUF's row-major order)."""
     t = {"token_embd.weight": model.embed.weight, "output_norm.weight": model.norm.weight,
          "output.weight": model.output.weight}
     for i, blk in enumerate(model.blocks):
@@ -240,7 +240,12 @@ def gguf_tensors(model: TinyQwen2Moe) -> dict[str, np.ndarray]:
             b + "ffn_up_shexp.weight": blk.up_shexp.weight,
             b + "ffn_down_shexp.weight": blk.down_shexp.weight,
         }
-    return {k: v.detach().float().numpy() for k, v in t.items()}
+    return t
+
+
+def gguf_tensors(model: TinyQwen2Moe) -> dict[str, np.ndarray]:
+    """Every tensor in GGUF naming, as numpy arrays in row-major (slowest dimension first) order."""
+    return {k: v.detach().float().numpy() for k, v in gguf_parameters(model).items()}
 
 
 def export_gguf(model: TinyQwen2Moe, path: Path) -> Path:
@@ -271,6 +276,22 @@ def export_gguf(model: TinyQwen2Moe, path: Path) -> Path:
         writer.close()
     os.replace(tmp, path)
     return path
+
+
+def load_gguf(path: Path) -> TinyQwen2Moe:
+    """The PyTorch model with the weights of an exported GGUF (F16 read back as float32)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path, "r")
+    field = reader.get_field("qwen2moe.block_count")
+    n_layer = int(field.contents()) if field is not None else TRAINED_SPEC.n_layer
+    model = TinyQwen2Moe(TRAINED_SPEC if n_layer == TRAINED_SPEC.n_layer else
+                         SyntheticModelSpec(**{**asdict(TRAINED_SPEC), "n_layer": n_layer}))
+    stored = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
+    with torch.no_grad():
+        for name, target in gguf_parameters(model).items():
+            target.copy_(torch.from_numpy(stored[name].reshape(target.shape)))
+    return model.eval()
 
 
 # --- perplexity as llama-perplexity computes it ------------------------------------------------

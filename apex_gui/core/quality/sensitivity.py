@@ -19,6 +19,7 @@ context and candidates); the cache entry is written only when everything is meas
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import parsers
 from ..calibration import file_digest, quick_eval_text
 from ..jobs import KLDivergenceJob, QuantizeJob, ReferenceLogitsJob
 from ..model import ModelInfo, open_model
@@ -59,7 +61,7 @@ _FINGERPRINT_SAMPLE = 1 << 16
 ProgressCallback = Callable[[str, float, float | None], None]  # stage, fraction, ETA seconds
 
 
-class SensitivityError(RuntimeError):
+class SensitivityError(ValueError):
     """A measurement step failed; the message names the tool run and what to do."""
 
 
@@ -302,6 +304,65 @@ def _uniform_plan(model: ModelInfo, type_name: str, keep: Iterable[str] = ()) ->
     return PrecisionPlan(model, types, base, origin=f"sensitivity {type_name}")
 
 
+_KLD_ROW = re.compile(r"^\s*(\d+)\s+[-\d.naif]+\s+±\s+[-\d.naif]+\s+[-\d.naif]+\s+±\s+"
+                      r"[-\d.naif]+\s+([-\d.naif]+)\s+±")
+
+
+def kld_from_rows(log: str, min_share: float = 1.0) -> float | None:
+    """The running mean KLD after the last per-chunk row printed, when at least ``min_share``
+    of the announced chunks were printed (else None).
+
+    llama-perplexity's closing statistics are sometimes lost at exit (llama.cpp issue
+    22142); the per-chunk rows carry the running mean over the chunks so far.
+    """
+    total = None
+    last: tuple[int, float] | None = None
+    for line in log.splitlines():
+        count = parsers.parse_chunk_count(line)
+        if count is not None:
+            total = count
+        match = _KLD_ROW.match(line)
+        if match:
+            last = (int(match.group(1)), float(match.group(2)))
+    if total is None or last is None or last[0] < total * min_share:
+        return None
+    return last[1]
+
+
+#: KL runs tried per measurement when the tool's closing lines keep getting lost.
+KLD_TRIES = 3
+#: Share of chunks whose rows must have arrived for a run without statistics to count.
+PARTIAL_ROWS_SHARE = 0.5
+
+
+def measure_kld(job: KLDivergenceJob, tools: LlamaTools, cancel: threading.Event | None,
+                what: str) -> tuple[float, bool]:
+    """Mean KLD of a quant and whether it came from the closing statistics.
+
+    When every try lost them, the running mean of the most complete per-chunk table stands
+    in (5 decimals; over at least half of the chunks).
+    """
+    best: tuple[int, float] | None = None
+    message = ""
+    for _ in range(KLD_TRIES):
+        outcome = run_job(job, tools, cancel=cancel)
+        if cancel is not None and cancel.is_set():
+            raise SensitivityCancelled()
+        if outcome.succeeded:
+            return float(outcome.results["kld_mean"]), True
+        message = outcome.message
+        if not outcome.output_lost:
+            break
+        rows = [n for n in (parsers.parse_kld_chunk_row(line) for line in outcome.log.splitlines())
+                if n is not None]
+        value = kld_from_rows(outcome.log, PARTIAL_ROWS_SHARE)
+        if value is not None and (best is None or max(rows) > best[0]):
+            best = (max(rows), value)
+    if best is None:
+        raise SensitivityError(f"{what} failed: {message}")
+    return best[1], False
+
+
 def _run(job: Any, tools: LlamaTools, cancel: threading.Event | None, what: str) -> dict[str, Any]:
     outcome = run_job(job, tools, cancel=cancel)
     if cancel is not None and cancel.is_set():
@@ -369,7 +430,7 @@ def measure_sensitivity(
                                        output_path=scratch / "reference.kld")
         _run(reference, tools, cancel, "llama-perplexity --kl-divergence-base")
         clock.advance("reference logits", 1)
-        scales, probes = _calibrate(model, names, kinds, errors, reference.output_path,
+        scales, probes = _calibrate(model, names, kinds, chosen, errors, reference.output_path,
                                     scratch, tools, imatrix_path, context, chunks, threads,
                                     cancel, clock)
         timings["calibration_seconds"] = time.monotonic() - started
@@ -387,18 +448,30 @@ def measure_sensitivity(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _calibrate(model: ModelInfo, names: list[str], kinds: list[str],
+def probe_type_for(candidates: Iterable[str]) -> str:
+    """PROBE_TYPE when measured, else the measured type with the fewest bits that needs no
+    imatrix (the probe's proxy error must come from the same table)."""
+    from ..quant_types import TYPES
+
+    measured = [c for c in candidates if c in TYPES and c not in IMATRIX_REQUIRED]
+    if PROBE_TYPE in measured or not measured:
+        return PROBE_TYPE
+    return min(measured, key=lambda c: (TYPES[c].bits_per_weight, c))
+
+
+def _calibrate(model: ModelInfo, names: list[str], kinds: list[str], candidates: tuple[str, ...],
                errors: dict[str, dict[str, float]], reference: Path, scratch: Path,
                tools: LlamaTools, imatrix: Path | None, context: int, chunks: int | None,
                threads: int, cancel: threading.Event | None,
                clock: _Clock) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """One KL probe per tensor kind: that kind at PROBE_TYPE, the rest as stored."""
+    """One KL probe per tensor kind: that kind at the probe type, the rest as stored."""
+    probe_type = probe_type_for(candidates)
     scales: dict[str, float] = {}
     probes: list[dict[str, Any]] = []
     for kind in kinds:
         members = [n for n in names if tensor_kind(n) == kind]
-        clock.advance(f"probe: {kind} at {PROBE_TYPE}")
-        plan = _uniform_plan(model, PROBE_TYPE, keep=[n for n in names if n not in members])
+        clock.advance(f"probe: {kind} at {probe_type}")
+        plan = _uniform_plan(model, probe_type, keep=[n for n in names if n not in members])
         quant = scratch / f"probe-{kind}.gguf"
         job = QuantizeJob.from_plan(plan, quant, scratch / f"probe-{kind}.txt",
                                     imatrix=imatrix, threads=threads)
@@ -407,12 +480,12 @@ def _calibrate(model: ModelInfo, names: list[str], kinds: list[str],
         # --no-repack: repacked kernels crash on some AMX CPUs with quantized weights.
         kld_job = KLDivergenceJob(model=quant, reference_logits=reference, context=context,
                                   chunks=chunks, threads=threads, no_repack=True)
-        results = _run(kld_job, tools, cancel, f"llama-perplexity --kl-divergence ({kind} probe)")
+        measured, exact = measure_kld(kld_job, tools, cancel,
+                               f"llama-perplexity --kl-divergence ({kind} probe)")
         quant.unlink(missing_ok=True)
-        measured = float(results.get("kld_mean", 0.0))
         proxy = sum(errors[n].get(plan.effective_type(n), 0.0) for n in members)
-        probes.append({"kind": kind, "type": PROBE_TYPE, "kld_mean": measured,
-                       "proxy_error": proxy, "tensors": len(members)})
+        probes.append({"kind": kind, "type": probe_type, "kld_mean": measured,
+                       "from_statistics": exact, "proxy_error": proxy, "tensors": len(members)})
         if proxy > 0 and measured > 0:
             scales[kind] = measured / proxy
         clock.advance(f"probe: {kind} done", 2)

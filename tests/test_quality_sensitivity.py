@@ -1,0 +1,98 @@
+"""Sensitivity measured with the real tools: one quantize per type, read back, KL probes per
+kind; cached by content; a cancelled run leaves no cache entry and no scratch files."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from apex_gui.core.quality.sensitivity import (SensitivityCancelled, SensitivityTable,
+                                               kld_from_rows, measure_sensitivity,
+                                               probe_type_for)
+from apex_gui.core.settings import cache_dir
+
+LOGS = Path(__file__).parent / "logs"
+
+
+def test_kld_from_the_per_chunk_rows_when_the_statistics_were_lost() -> None:
+    """Recorded llama-perplexity --kl-divergence output cut before its closing statistics."""
+    log = (LOGS / "kld_statistics_lost.log").read_text()
+    assert "Mean    KLD" not in log
+    assert kld_from_rows(log) == pytest.approx(0.00141)
+    half = "\n".join(log.splitlines()[:90])  # rows up to about chunk 70 of 142
+    assert kld_from_rows(half) is None
+    assert kld_from_rows(half, min_share=0.4) is not None
+
+
+def test_probe_type_comes_from_the_measured_types() -> None:
+    assert probe_type_for(("Q2_K", "Q3_K", "Q8_0")) == "Q3_K"
+    assert probe_type_for(("Q8_0", "Q4_K")) == "Q4_K"
+    assert probe_type_for(("IQ2_XXS", "Q6_K")) == "Q6_K"
+
+
+def _measure(model: Path, text: Path, **kwargs):
+    return measure_sensitivity(model, text=text, context=128, chunks=12,
+                               candidates=("Q4_K", "Q8_0"), **kwargs)
+
+
+@pytest.fixture()
+def probe_text(tmp_path: Path, text_words) -> Path:
+    path = tmp_path / "probe.txt"
+    path.write_text(text_words(900))
+    return path
+
+
+def test_measured_sensitivity_orders_types_and_is_cached(llama_tools, tiny_qwen2moe: Path,
+                                                         probe_text: Path) -> None:
+    stages: list[str] = []
+    table = _measure(tiny_qwen2moe, probe_text, tools=llama_tools,
+                     on_progress=lambda stage, fraction, eta: stages.append(stage))
+    assert any("quantizing every tensor to Q4_K" in s for s in stages)
+    assert any(s.startswith("probe: ffn_down_exps") for s in stages)
+    assert len(table.errors) == 22  # 2 layers x 10 + token_embd + output
+    for name, by_type in table.errors.items():
+        assert 0 < by_type["Q8_0"] < by_type["Q4_K"], name
+    kinds = {p["kind"] for p in table.probes}
+    assert {"ffn_gate_exps", "ffn_down_shexp", "attn_q", "output"} <= kinds
+    assert all(scale > 0 for scale in table.kind_scale.values())
+    # Each probe's own prediction reproduces its measurement (that is the calibration).
+    for probe in table.probes:
+        if probe["kld_mean"] > 0:
+            assert table.kind_scale[probe["kind"]] * probe["proxy_error"] == pytest.approx(
+                probe["kld_mean"])
+    entries = list((cache_dir() / "sensitivity").glob("*.json"))
+    assert len(entries) == 1
+    again: list[str] = []
+    cached = _measure(tiny_qwen2moe, probe_text, tools=llama_tools,
+                      on_progress=lambda stage, fraction, eta: again.append(stage))
+    assert again == ["loaded from cache"]
+    assert cached.errors == table.errors
+    assert SensitivityTable.load(entries[0]).errors == table.errors
+    # Another text is another measurement: not answered from the cache.
+    probe_text.write_text(probe_text.read_text() + "more words\n")
+    other: list[str] = []
+    _measure(tiny_qwen2moe, probe_text, tools=llama_tools,
+             on_progress=lambda stage, fraction, eta: other.append(stage))
+    assert "loaded from cache" not in other
+    assert len(list((cache_dir() / "sensitivity").glob("*.json"))) == 2
+
+
+def test_cancelled_sensitivity_leaves_no_partial_cache(llama_tools, tiny_qwen2moe: Path,
+                                                       probe_text: Path,
+                                                       tmp_path: Path) -> None:
+    cancel = threading.Event()
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def progress(stage: str, fraction: float, eta: float | None) -> None:
+        if stage.startswith("reading back"):
+            cancel.set()  # after the first quantize run, during the read-back
+
+    with pytest.raises(SensitivityCancelled):
+        _measure(tiny_qwen2moe, probe_text, tools=llama_tools, on_progress=progress,
+                 cancel=cancel, work_dir=work)
+    folder = cache_dir() / "sensitivity"
+    assert not folder.exists() or not list(folder.iterdir())
+    assert list(work.iterdir()) == []  # the quantized scratch files are gone too
