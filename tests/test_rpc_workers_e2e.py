@@ -195,3 +195,27 @@ def test_rpc_worker_command_serves_on_loopback_until_stopped(llama_tools):
         _, err = child.communicate(timeout=10)
     text = err.decode()
     assert f"--rpc 127.0.0.1:{port}" in text and "warning" not in text
+
+
+def test_cli_imatrix_runs_across_workers_and_refuses_a_dead_one_before_loading(
+        model, workers, tmp_path, capsys):
+    import json
+
+    from apex_gui.cli import main
+
+    text = text_file(tmp_path, 1200)
+    endpoints = ",".join(w.worker.endpoint for w in workers)
+    output = tmp_path / "cli-imatrix.gguf"
+    common = [str(model), "-o", str(output), "--calibration", str(text), "--imatrix-ctx",
+              str(CONTEXT), "--imatrix-chunks", "2", "-t", "1"]
+    assert main(["imatrix", *common, "--rpc", endpoints, "--json"]) == 0
+    captured = capsys.readouterr()
+    (step,) = json.loads(captured.out)
+    assert step["status"] == "succeeded" and output.is_file()
+    assert tuple(step["job"]["rpc_workers"]) == tuple(endpoints.split(","))
+    assert captured.err.count("RPC worker 127.0.0.1:") == 2  # what each worker offers
+    down = f"127.0.0.1:{free_port()}"
+    output.unlink()
+    assert main(["imatrix", *common, "--rpc", f"{endpoints},{down}"]) == 2
+    err = capsys.readouterr().err
+    assert f"RPC worker {down}: connection refused" in err and not output.exists()
