@@ -43,6 +43,11 @@ def test_the_panel_fits_across_a_probed_worker_and_shows_the_rpc_command(
         panel.table.selectRow(0)
         command = panel.command_edit.text()
         assert f"--rpc {endpoint}" in command and "-ts " in command
+        # The worker's bar comes first, as its device does in the fit, and shows its need.
+        assert panel.bars[0].text().startswith(f"RPC0 {endpoint} (RPC worker)")
+        selected = panel.selected_fit()
+        assert selected is not None and selected.estimate.devices[0].name.startswith("RPC0")
+        assert panel.bars[0].need == selected.estimate.devices[0].total
         panel.shutdown()
 
 

@@ -380,6 +380,7 @@ class HardwarePanel(QWidget):
     def set_rpc_probes(self, probes: tuple[WorkerProbe, ...]) -> None:
         """The latest probe of the RPC workers; the tiers are fitted again across them."""
         self.rpc_probes = tuple(probes)
+        self._show_devices()
         self._debounce.start()
 
     def machine(self) -> MachineMemory | None:
@@ -483,6 +484,13 @@ class HardwarePanel(QWidget):
         snapshot = self._snapshot
         manual = self.manual_devices()
         devices = manual if manual is not None else (list(snapshot.gpus) if snapshot else [])
+        # Workers first, in the order llama.cpp lists devices (the fit's devices line up).
+        for probe in self.rpc_probes:
+            for remote in probe.devices:
+                bar = MemoryBar(f"{remote.name} {remote.endpoint} (RPC worker)",
+                                remote.total_bytes, remote.total_bytes - remote.free_bytes)
+                self.bars_container.addWidget(bar)
+                self.bars.append(bar)
         for device in devices:
             suffix = " (manual)" if device.source == "manual" else ""
             bar = MemoryBar(device.name + suffix, device.total_bytes,
