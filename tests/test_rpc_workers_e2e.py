@@ -133,6 +133,7 @@ def test_probes_report_devices_and_name_an_unreachable_worker_quickly(workers, l
     first, missing, second = probes
     assert first.reachable and second.reachable
     assert first.devices[0].name == "RPC0" and first.free_bytes > 0
+    assert second.devices[0].name == "RPC1"  # numbered as one run across both numbers them
     assert first.total_bytes >= first.free_bytes
     assert not missing.reachable
     assert missing.error.startswith(f"RPC worker {down}: connection refused")

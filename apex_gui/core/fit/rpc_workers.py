@@ -31,7 +31,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,7 @@ __all__ = [
     "parse_probe_output",
     "parse_worker",
     "parse_workers",
+    "number_devices",
     "probe_argv",
     "probe_workers",
     "resolve_host",
@@ -373,7 +374,20 @@ def probe_workers(workers: Sequence[RpcWorker], tools: LlamaTools,
             code = None
         probes.append(parse_probe_output(worker, out.decode("utf-8", "replace"), code,
                                          timeout_s, time.monotonic() - started))
-    return tuple(probes)
+    return number_devices(probes)
+
+
+def number_devices(probes: Sequence[WorkerProbe]) -> tuple[WorkerProbe, ...]:
+    """The probes with their devices named as one run across every reachable worker names
+    them: RPC0, RPC1... in worker order (each probe alone calls its first device RPC0)."""
+    numbered, index = [], 0
+    for probe in probes:
+        devices = []
+        for device in probe.devices:
+            devices.append(replace(device, name=f"RPC{index}"))
+            index += 1
+        numbered.append(replace(probe, devices=tuple(devices)))
+    return tuple(numbered)
 
 
 # ----------------------------------------------------------------------------- runs
