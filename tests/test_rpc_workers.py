@@ -341,3 +341,15 @@ def test_cli_has_rpc_on_imatrix_eval_pipeline_recommend_and_hardware():
     worker = parser.parse_args(["rpc-worker"])
     assert isinstance(worker, argparse.Namespace)
     assert (worker.host, worker.port) == ("127.0.0.1", 50052)
+
+
+def test_probed_devices_are_numbered_as_one_run_across_all_workers_numbers_them():
+    from apex_gui.core.fit.rpc_workers import number_devices
+
+    output = log("rpc_list_devices.log")
+    endpoint = parse_list_devices(output)[0].endpoint
+    alone = parse_probe_output(parse_worker(endpoint), output, 0)
+    down = WorkerProbe(RpcWorker("10.0.0.9", 50052), False, error="refused")
+    numbered = number_devices([alone, down, alone])
+    assert [d.name for p in numbered for d in p.devices] == ["RPC0", "RPC1"]
+    assert numbered[1] == down and alone.devices[0].name == "RPC0"
