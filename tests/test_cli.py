@@ -80,10 +80,11 @@ def test_tools_reports_every_tool_and_missing_ones_with_the_fix(capsys, tmp_path
     assert code == 0
     assert {"quantize", "imatrix", "perplexity", "bench", "gguf-split"} <= set(report)
     assert all(report[t]["path"] for t in ("quantize", "imatrix", "perplexity", "bench", "gguf-split"))
-    # An empty configured folder, no PATH, and the package hidden: every tool is missing.
+    # An empty configured folder, no PATH, no portable build, no package: every tool is missing.
     import apex_gui.core.tools as tools_module
 
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(tools_module, "portable_build_dir", lambda: None)
     monkeypatch.setattr(tools_module, "_package_bin_dir", lambda: None)
     code, out, _ = run(capsys, "tools", "--llama-cpp-dir", str(tmp_path))
     assert code == 1

