@@ -85,3 +85,23 @@ def test_the_run_panel_runs_imatrix_and_evaluations_across_the_settings_workers(
     settings.rpc_workers = "10.0.0.2"
     with pytest.raises(ValueError, match="has no port"):
         panel.request()
+
+
+def test_the_window_keeps_the_worker_list_and_hands_it_to_the_run_panel(qtbot, tmp_path: Path,
+                                                                       llama_tools):
+    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.settings import load_settings
+    from apex_gui.views.main_window import MainWindow
+    from apex_gui.views.panels import install_panels
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    window = MainWindow(probe_hardware=False)
+    qtbot.addWidget(window)
+    panels = install_panels(window, store=store, queue=JobQueue(llama_tools, store),
+                            probe_hardware=False)
+    panels.hardware.rpc_box.edit.setText("192.168.1.20:50052")
+    assert load_settings().rpc_workers == "192.168.1.20:50052"  # saved for the next session
+    assert panels.run._settings.rpc_workers == "192.168.1.20:50052"
+    panels.hardware.rpc_box._debounce.stop()  # no probe of an address nobody serves here
+    window.close()
+    store.close()
