@@ -134,9 +134,17 @@ def test_recommend_prints_a_sensible_table_for_every_twin(
     if not usable:
         assert data["recommended"] is None and "Nothing fits" in text
         return
-    # The recommended tier: the first (highest-quality) profile with the best verdict.
+    # The recommended tier: among the profiles with the best verdict that fit comfortably
+    # (and the first, highest-quality one of them), the lowest published KL mean.
     best_rank = min(Verdict[r["verdict"].upper()].rank for r in usable)
     first_best = next(r for r in usable if Verdict[r["verdict"].upper()].rank == best_rank)
+    eligible = [r for r in usable if Verdict[r["verdict"].upper()].rank == best_rank
+                and (r is first_best or r["headroom"] == "comfortable")
+                and r["profile"] in data["kld"]]
+    if first_best["profile"] in data["kld"] and len(eligible) >= 2:
+        first_best = min(eligible, key=lambda r: data["kld"][r["profile"]]["kld_mean"])
+        assert data["quality_basis"] == "published"
+        assert all(f["basis"] == "published" for f in data["kld"].values())
     assert data["recommended"] == first_best["profile"]
     command = data["command"]
     assert command == first_best["command"]
@@ -270,7 +278,8 @@ def test_several_mig_instances_plan_for_one(twin_paths: dict[str, Path],
     data = json.loads(capsys.readouterr().out)
     assert [g["name"] for g in data["gpus"]] == ["NVIDIA H100 MIG 4g.40gb"]
     assert all(len(r["devices"]) == 1 for r in data["results"])
-    assert data["recommended"] == "quality"
+    # 39 GiB hold Balanced comfortably, and its published KL mean is below Quality's.
+    assert data["recommended"] == "balanced"
 
 
 def test_one_mig_instance_and_plain_gpus_are_kept() -> None:

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="MiB kept free on each GPU (default 1024, like llama-fit-params)")
     parser.add_argument("--as-is", action="store_true",
                         help="size MODEL as it is instead of its APEX profiles")
+    parser.add_argument("--sensitivity", metavar="FILE",
+                        help="rank the tiers by KL divergence predicted from this table "
+                             "(apex-studio sensitivity); default: one measured earlier, if any")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_rpc_option(parser)
     parser.set_defaults(func=run_recommend)
@@ -221,20 +224,26 @@ def recommendation_dict(rec: Recommendation, mmproj_bytes: int = 0) -> dict[str,
         "notes": list(rec.notes),
         "rpc_workers": list(rec.machine.rpc_workers),
         "machines_needed": rec.machines_needed,
+        "quality_basis": rec.quality_basis,
+        "quality_note": rec.quality_note,
+        "kld": {key: {"kld_mean": f.kld, "basis": f.basis, "source": f.source}
+                for key, f in rec.quality.items()},
     }
 
 
 def format_table(rec: Recommendation) -> str:
     """The human table: one row per candidate, the recommended one marked with ``*``."""
-    header = ("", "profile", "size", "verdict", "flags", "headroom", "max context")
+    header = ("", "profile", "size", "verdict", "flags", "headroom", "max context", "KL mean")
     rows = []
     for r in rec.results:
         mark = "*" if r is rec.recommended else ""
         headroom = (f"{r.headroom_bytes / GB:.1f} GB ({r.headroom_share:.0%}, {r.headroom.value})"
                     if r.headroom.value != "none" else "none")
+        figure = rec.quality.get(r.candidate.key)
+        kld = f"{figure.kld:.4g} ({figure.basis})" if figure else "-"
         rows.append((mark, r.candidate.label, format_gb(r.candidate.file_bytes, 1),
                      r.verdict.value, r.flags, headroom,
-                     str(r.max_context) if r.max_context else "-"))
+                     str(r.max_context) if r.max_context else "-", kld))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
              for row in [header, *rows]]
@@ -261,6 +270,29 @@ def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
     if mmproj_bytes:
         parts.append(f"vision projector {format_gb(mmproj_bytes, 1)}")
     return ", ".join(parts)
+
+
+def _quality_figures(args: argparse.Namespace, model: Any, candidates: list[Any]) -> Any:
+    """KL figures to rank the tiers by: measured runs, a sensitivity table, the cards."""
+    from apex_gui.core.fit.quality_rank import quality_figures
+    from apex_gui.core.quality.known import known_sensitivity
+    from apex_gui.core.quality.sensitivity import SensitivityTable
+    from apex_gui.core.run_store import RunStore, RunStoreError
+
+    from .arguments import check_inputs
+
+    check_inputs([(args.sensitivity, "--sensitivity", None)])
+    table = (SensitivityTable.load(args.sensitivity) if args.sensitivity
+             else known_sensitivity(model))
+    try:
+        store = RunStore()
+    except RunStoreError:
+        store = None  # no run history readable: rank by what else is known
+    try:
+        return quality_figures(model, [c.key for c in candidates], table=table, store=store)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def run_recommend(args: argparse.Namespace) -> int:
@@ -306,7 +338,8 @@ def run_recommend(args: argparse.Namespace) -> int:
         machine = machine_with_workers(machine, checked_workers(args.rpc)[1])
     candidates = [file_candidate(model)] if args.as_is else profile_candidates(model)
     rec = recommend(geom, candidates, machine, ctx, margin=int(args.margin * MiB),
-                    mmproj_bytes=mmproj_bytes, mmproj_path=args.mmproj)
+                    mmproj_bytes=mmproj_bytes, mmproj_path=args.mmproj,
+                    quality=_quality_figures(args, model, candidates))
     if args.json:
         print(json.dumps(recommendation_dict(rec, mmproj_bytes), indent=2))
         return 0
@@ -320,6 +353,8 @@ def run_recommend(args: argparse.Namespace) -> int:
         best = rec.recommended
         print(f"Recommended: {best.candidate.label} ({best.verdict.value}, headroom "
               f"{best.headroom.value})")
+        if rec.quality_note:
+            print(f"  {rec.quality_note}")
         print(f"  {best.command_line}")
         if rec.machine.rpc_workers:
             # Across workers each device's own headroom matters: a worker is a whole machine.

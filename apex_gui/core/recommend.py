@@ -13,6 +13,8 @@ Without a GPU the check is against system RAM alone (CPU only). Unified-memory d
 
 The recommended tier is the highest-quality candidate (candidates come in quality order)
 whose best outcome is (a); failing that, the highest-quality candidate with the best split.
+Among the candidates with that outcome and comfortable headroom, the one with the lowest KL
+divergence then wins (measured, predicted or published: :mod:`apex_gui.core.fit.quality_rank`).
 Headroom is the smallest free space left on any GPU (or in RAM for CPU only):
 comfortable at >= 10 % of that device, tight below, none when it does not fit.
 """
@@ -41,6 +43,7 @@ from .memory_fit import (
 )
 
 if TYPE_CHECKING:
+    from .fit.quality_rank import QualityFigure
     from .model import ModelInfo
     from .profiles import Profile
 
@@ -191,6 +194,11 @@ class Recommendation:
     #: When nothing fits: how many machines like this one (it plus rpc-server workers) would
     #: hold the smallest candidate; None when something fits or even 16 would not.
     machines_needed: int | None = None
+    #: The KL divergence figures the tiers were ranked by (profile key -> figure), which
+    #: kind was used ("measured", "predicted", "published"; None: not ranked) and why.
+    quality: Mapping[str, QualityFigure] = field(default_factory=dict)
+    quality_basis: str | None = None
+    quality_note: str | None = None
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -509,13 +517,24 @@ def evaluate(geom: ModelGeometry, candidate: Candidate, machine: MachineMemory,
 
 def recommend(geom: ModelGeometry, candidates: Sequence[Candidate], machine: MachineMemory,
               ctx: ContextSettings, *, margin: int = DEFAULT_MARGIN, mmproj_bytes: int = 0,
-              mmproj_path: str | None = None) -> Recommendation:
-    """Evaluate every candidate (given in quality order) and pick the recommended one."""
+              mmproj_path: str | None = None,
+              quality: Mapping[str, QualityFigure] | None = None) -> Recommendation:
+    """Evaluate every candidate (given in quality order) and pick the recommended one.
+
+    ``quality``: KL divergence per candidate key (measured, predicted or published; see
+    :mod:`apex_gui.core.fit.quality_rank`); None ranks by the published KL means.
+    """
+    from .fit.quality_rank import choose_by_quality, published_figures
+
     results = tuple(evaluate(geom, c, machine, ctx, margin=margin, mmproj_bytes=mmproj_bytes,
                              mmproj_path=mmproj_path) for c in candidates)
     usable = [r for r in results if r.verdict is not Verdict.DOES_NOT_FIT]
     best = min(usable, key=lambda r: r.verdict.rank, default=None)
-    # min() keeps the first of equal rank: the highest-quality candidate with the best verdict.
+    # min() keeps the first of equal rank: the highest-quality candidate with the best verdict;
+    # among the tiers with that verdict that fit comfortably, the lowest KL divergence wins.
+    figures = published_figures(c.key for c in candidates) if quality is None else quality
+    choice = choose_by_quality(usable, best, figures)
+    best = choice.result
     notes = list(machine.notes)
     if not machine.gpus:
         notes.append("No GPU: CPU only, checked against available system RAM "
@@ -535,7 +554,8 @@ def recommend(geom: ModelGeometry, candidates: Sequence[Candidate], machine: Mac
         notes.append(f"Context {ctx.n_ctx_padded} is beyond the model's training context "
                      f"({geom.context_length}): llama.cpp runs it but output quality may "
                      f"degrade; choose {geom.context_length} or less.")
-    return Recommendation(results, best, ctx, machine, margin, tuple(notes), machines)
+    return Recommendation(results, best, ctx, machine, margin, tuple(notes), machines,
+                          dict(figures), choice.basis, choice.note)
 
 
 # ----------------------------------------------------------------------------- candidates
