@@ -241,3 +241,21 @@ def test_legacy_imatrix_is_read_per_call(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<i", 1) + struct.pack("<i", len(name)) + name
                      + struct.pack("<ii", 2, 3) + values.tobytes() + struct.pack("<i", 10))
     assert read_imatrix(path)["blk.0.attn_q.weight"].tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_cli_optimize_for_a_gpu_uses_the_memory_model(tiny_qwen2moe: Path, tmp_path: Path) -> None:
+    sensitivity = synthetic_table(tiny_qwen2moe).save(tmp_path / "s.json")
+    found = {}
+    for vram in ("0.008GB", "0.009GB"):
+        run = subprocess.run(
+            [sys.executable, "-m", "apex_gui.cli", "optimize", str(tiny_qwen2moe),
+             "--sensitivity", str(sensitivity), "--vram", vram, "--ram", "1GB", "--ctx", "256",
+             "--margin", "0", "--json"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        data = json.loads(run.stdout)
+        assert data["fit"]["verdict"] == "full GPU offload"
+        found[vram] = data
+    # More memory buys a bigger plan and less predicted damage; the KV cache and buffers
+    # leave less than the whole card to the weights.
+    assert found["0.008GB"]["bytes"] < found["0.009GB"]["bytes"] < 9_000_000
+    assert found["0.009GB"]["predicted_kld"] < found["0.008GB"]["predicted_kld"]

@@ -168,7 +168,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {len(plan.pinned_types())} tensors pinned; "
           f"{format_size(plan.total_bytes())} ({plan.total_bytes():,} bytes, budget "
           f"{result.budget:,}), {plan.bits_per_weight():.2f} bits per weight")
-    print(f"predicted mean KLD {result.predicted_kld:.5f} (optimized in {result.seconds:.2f} s)")
+    print(f"predicted mean KLD {result.predicted_kld:.3g} (optimized in {result.seconds:.2f} s)")
     if fit is not None:
         print(f"fits: {fit.verdict.value} ({fit.flags})")
     print(plan.command_line(args.output))
