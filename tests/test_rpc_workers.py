@@ -275,6 +275,9 @@ def test_trinity_quality_fits_one_h100_plus_two_h100_workers_with_the_exact_comm
         assert gpu.free_bytes - usage.total >= 1024 * MiB
     assert fit.headroom_bytes == min(g.free_bytes - u.total
                                      for g, u in zip(machine.gpus, fit.estimate.devices))
+    remote = len(fit.estimate.devices[0].layers) + len(fit.estimate.devices[1].layers)
+    assert f"{remote} of {geom.n_layer_all} blocks on RPC workers (10.0.0.2:50052, " \
+        "10.0.0.3:50052)" in fit.notes[-1]
 
 
 def test_the_written_out_split_places_every_layer_where_the_default_split_does(trinity):

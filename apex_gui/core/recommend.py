@@ -506,6 +506,11 @@ def evaluate(geom: ModelGeometry, candidate: Candidate, machine: MachineMemory,
                      "(-ctk q8_0 -ctv q8_0)")
     if verdict is Verdict.EXPERTS_IN_RAM or verdict is Verdict.PARTIAL:
         notes.append(f"{estimate.host.weights / 1e9:.1f} GB of weights stay in system RAM")
+    if machine.rpc_workers and verdict_uses_gpu(verdict):
+        remote = sum(len(usage.layers) for gpu, usage in zip(machine.gpus, estimate.devices)
+                     if gpu.source == "rpc")
+        notes.append(f"{remote} of {geom.n_layer_all} blocks on RPC workers "
+                     f"({', '.join(machine.rpc_workers)}); start them before the server")
     return FitResult(
         candidate=candidate, verdict=verdict, placement=placement, estimate=estimate,
         headroom_bytes=left, headroom_share=share, headroom=band,
