@@ -124,7 +124,7 @@ def test_manual_devices_and_common_cards_replan(qtbot, twin_model) -> None:
     with qtbot.waitSignal(panel.recommendationChanged, timeout=10_000):
         panel.manual_edit.setText("2 x H100 80GB")
     assert all(f.verdict is Verdict.FULL_GPU for f in panel.recommendation.results)
-    assert panel.recommendation.recommended.candidate.key == "quality"
+    assert panel.recommendation.recommended.candidate.key == "balanced"  # lowest published KL
 
     panel.manual_edit.setText("2 x nonsense")
     assert "Unknown card" in panel.manual_status.text()

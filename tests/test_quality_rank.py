@@ -105,3 +105,47 @@ def test_cli_recommend_says_which_figure_it_ranked_by(qwen35: ModelInfo,
     assert "Recommended: Balanced" in text
     assert "Ranked by published KL divergence: Balanced 0.0088" in text
     assert "0.0114 (published)" in text  # the table's KL column
+
+
+@pytest.mark.gui
+def test_hardware_panel_ranks_and_offers_the_best_plan(qtbot, tmp_path: Path) -> None:
+    """The tier table shows each tier's KL figure, the recommendation says which figure it
+    used, and with sensitivities known a "Best plan for this set-up" row applies the
+    optimizer's plan."""
+    from apex_gui.core.synthetic import DEMO_SPEC, write_synthetic_model
+    from apex_gui.views.hardware_panel import BEST_PLAN_LABEL, COLUMNS, HardwarePanel
+    from quality_tables import synthetic_table
+
+    model = open_model(write_synthetic_model(tmp_path / "demo.gguf", DEMO_SPEC))
+    machine_text = "RTX 4090 24GB"  # the demo (tens of MB) fits comfortably
+    panel = HardwarePanel(model, snapshot=None, auto_probe=False, manual_devices=machine_text)
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.recommendationChanged, timeout=20_000,
+                          check_params_cb=lambda rec: rec is not None):
+        panel.show()
+    rec = panel.recommendation
+    assert rec.recommended.candidate.key == "balanced"  # lowest published KL of those fitting
+    assert "Ranked by published KL divergence" in panel.summary.text()
+    kl_column = COLUMNS.index("KL mean")
+    row = panel.recommended_row()
+    assert panel.table.item(row, kl_column).text() == "0.0088 (published)"
+    assert panel.best_plan_row() is None  # no sensitivity measured yet
+
+    table = synthetic_table(model)
+    with qtbot.waitSignal(panel.recommendationChanged, timeout=20_000,
+                          check_params_cb=lambda rec: rec is not None):
+        panel.set_sensitivity(table)
+    rec = panel.recommendation
+    assert rec.quality_basis == "predicted"
+    best_row = panel.best_plan_row()
+    assert best_row == len(rec.results)
+    assert panel.table.item(best_row, 0).text() == BEST_PLAN_LABEL
+    predicted = panel.best_plan.predicted_kld
+    assert panel.table.item(best_row, kl_column).text() == f"{predicted:.4g} (predicted)"
+    # The best plan for a set-up the whole model fits: never worse than any tier predicted.
+    assert all(predicted <= f.kld + 1e-12 for f in rec.quality.values())
+    panel.table.selectRow(best_row)
+    with qtbot.waitSignal(panel.bestPlanRequested, timeout=2000) as applied:
+        panel.apply_button.click()
+    assert applied.args[0] is panel.best_plan.plan
+    panel.shutdown()

@@ -49,7 +49,9 @@ __all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
 KV_TYPES = ("f16", "q8_0", "q4_0")
 FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
 CONTEXT_STEP = 1024
-COLUMNS = ("Tier", "Size", "Verdict", "Headroom", "Max context", "Flags")
+COLUMNS = ("Tier", "Size", "Verdict", "Headroom", "Max context", "Flags", "KL mean")
+#: The extra row with the optimizer's plan for the set-up (when sensitivities are known).
+BEST_PLAN_LABEL = "Best plan for this set-up"
 
 VERDICT_COLOURS = {
     Verdict.FULL_GPU: QColor("#2f9e44"),
@@ -156,6 +158,7 @@ class HardwarePanel(QWidget):
     snapshotChanged = Signal(object)
     contextChanged = Signal(int, str)  # context length, KV cache type
     commandCopied = Signal(str)
+    bestPlanRequested = Signal(object)  # the optimizer's PrecisionPlan for this set-up
 
     def __init__(self, model: Any = None, *, snapshot: HardwareSnapshot | None = None,
                  workers: WorkerPool | None = None,
@@ -175,6 +178,11 @@ class HardwarePanel(QWidget):
         self._task: Task | None = None
         self._probe_task: Task | None = None
         self.recommendation: Recommendation | None = None
+        # Measured sensitivity of the model (None: looked up beside it / in the cache) and the
+        # optimizer's plan for the set-up, with its fit (apex_gui.core.quality).
+        self.sensitivity: Any = None
+        self.best_plan: Any = None
+        self.best_fit: FitResult | None = None
         self.manual_error = ""
         # RPC workers: their devices join the ones fitted to (apex_gui.core.fit.cluster).
         self.rpc_probes: tuple[WorkerProbe, ...] = ()
@@ -318,6 +326,7 @@ class HardwarePanel(QWidget):
         """The model whose tiers are fitted (a ModelInfo, or None)."""
         self._model = model
         self._candidates = None
+        self.sensitivity = None  # another model's table says nothing about this one
         self._cap_context()
         self._debounce.start()
 
@@ -526,8 +535,11 @@ class HardwarePanel(QWidget):
             self.summary.setText(str(error))
             return None
         cached = self._candidates if self._candidates_for is model else None
+        table = self.sensitivity
 
-        def fit(token: CancelToken) -> tuple[list[Candidate], Recommendation]:
+        def fit(token: CancelToken) -> tuple[list[Candidate], Recommendation, Any]:
+            from apex_gui.views.quality_rows import best_plan_for, figures_for
+
             candidates = cached
             if candidates is None:
                 candidates = profile_candidates(model)
@@ -536,7 +548,10 @@ class HardwarePanel(QWidget):
                     candidates.insert(0, file_candidate(model))
             token.raise_if_cancelled()
             geometry = ModelGeometry.from_model(model)
-            return candidates, recommend(geometry, candidates, machine, ctx)
+            known, figures = figures_for(model, candidates, table)
+            token.raise_if_cancelled()
+            rec = recommend(geometry, candidates, machine, ctx, quality=figures)
+            return candidates, rec, best_plan_for(model, known, machine, ctx, rec.margin)
 
         self.summary.setText("Fitting every tier…")
         task = self._workers.submit("fit tiers", fit)
@@ -545,13 +560,25 @@ class HardwarePanel(QWidget):
         task.failed.connect(lambda error: self.summary.setText(f"Cannot fit the tiers: {error}"))
         return task
 
-    def _fitted(self, model: Any, result: tuple[list[Candidate], Recommendation]) -> None:
-        candidates, recommendation = result
+    def _fitted(self, model: Any, result: tuple[list[Candidate], Recommendation, Any]) -> None:
+        candidates, recommendation, best = result
         self._task = None
         if model is not self._model:
             return
         self._candidates, self._candidates_for = candidates, model
+        self.best_plan, self.best_fit = best if best is not None else (None, None)
         self._show_recommendation(recommendation)
+
+    def set_sensitivity(self, table: Any) -> None:
+        """Measured sensitivity of the open model: ranks the tiers and adds the best plan."""
+        self.sensitivity = table
+        self._debounce.start()
+
+    def best_plan_row(self) -> int | None:
+        """Row of "Best plan for this set-up", when the optimizer gave one."""
+        if self.recommendation is None or self.best_fit is None:
+            return None
+        return len(self.recommendation.results)
 
     def _show_recommendation(self, recommendation: Recommendation | None) -> None:
         self.recommendation = recommendation
@@ -566,13 +593,21 @@ class HardwarePanel(QWidget):
         bold.setBold(True)
         highlight = QColor(self.palette().color(QPalette.ColorRole.Highlight))
         highlight.setAlpha(60)
-        self.table.setRowCount(len(recommendation.results))
-        for row, fit in enumerate(recommendation.results):
+        from apex_gui.views.quality_rows import kl_cell
+
+        rows = list(recommendation.results)
+        if self.best_fit is not None:
+            rows.append(self.best_fit)
+        self.table.setRowCount(len(rows))
+        for row, fit in enumerate(rows):
             is_best = fit is recommended
-            cells = [("★ " if is_best else "") + fit.candidate.label,
+            is_plan = fit is self.best_fit
+            kl_text, kl_tip = kl_cell(recommendation, fit, self.best_plan if is_plan else None)
+            cells = [("★ " if is_best else "") + (BEST_PLAN_LABEL if is_plan else
+                                                  fit.candidate.label),
                      _gb(fit.candidate.file_bytes), verdict_text(fit),
                      self._headroom_text(fit),
-                     f"{fit.max_context:,}" if fit.max_context else "--", fit.flags]
+                     f"{fit.max_context:,}" if fit.max_context else "--", fit.flags, kl_text]
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, fit.candidate.key)
@@ -581,6 +616,9 @@ class HardwarePanel(QWidget):
                 if column == 2:
                     item.setForeground(VERDICT_COLOURS[fit.verdict])
                     item.setToolTip("; ".join(fit.notes) or fit.verdict.value)
+                if column == 6:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    item.setToolTip(kl_tip)
                 if is_best:
                     item.setFont(bold)
                     item.setBackground(highlight)
@@ -591,7 +629,8 @@ class HardwarePanel(QWidget):
             self.summary.setText(
                 f"Recommended: <b>{fit.candidate.label}</b> ({verdict_text(fit)}, "
                 f"{self._headroom_text(fit)} headroom) at {recommendation.context.n_ctx:,} "
-                f"tokens on {self.hardware_label()}.")
+                f"tokens on {self.hardware_label()}."
+                + (f"<br>{recommendation.quality_note}" if recommendation.quality_note else ""))
             self.table.selectRow(recommendation.results.index(fit))
         else:
             self.summary.setText(" ".join(recommendation.notes) or "No tier fits.")
@@ -610,6 +649,8 @@ class HardwarePanel(QWidget):
         rows = self.table.selectionModel().selectedRows()
         if not rows:
             return self.recommendation.recommended
+        if rows[0].row() == self.best_plan_row():
+            return self.best_fit
         return self.recommendation.results[rows[0].row()]
 
     def recommended_row(self) -> int | None:
@@ -637,7 +678,9 @@ class HardwarePanel(QWidget):
     # --- actions ------------------------------------------------------------------------
     def apply_selected(self) -> None:
         fit = self.selected_fit()
-        if fit is not None:
+        if fit is not None and fit is self.best_fit:
+            self.bestPlanRequested.emit(self.best_plan.plan)
+        elif fit is not None:
             self.applyProfileRequested.emit(_profile_key(fit))
 
     def copy_command(self) -> None:
