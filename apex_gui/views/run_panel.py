@@ -25,7 +25,7 @@ from PySide6.QtCore import QElapsedTimer, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QFileDialog,
                                QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QListWidget, QListWidgetItem, QMainWindow,
+                               QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QMessageBox,
                                QPlainTextEdit, QProgressBar, QPushButton, QRadioButton,
                                QSpinBox, QSplitter, QSystemTrayIcon, QTableWidget,
                                QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
@@ -213,6 +213,7 @@ class RunPanel(QWidget):
         self._model = model
         self._plan = plan
         self._settings = settings
+        self._replace_box: QMessageBox | None = None  # open while asking to replace quants
         self._rows: dict[int, int] = {}  # job id -> table row
         self._logs: dict[int, list[str]] = {}
         self._titles: dict[int, str] = {}
@@ -482,12 +483,35 @@ class RunPanel(QWidget):
             self.status_label.setText(f"Not started: {error}")
             self.startRefused.emit(str(error))
             return None
+        existing = [job.output_path for job in (step.job for step in pipeline.steps)
+                    if isinstance(job, QuantizeJob) and job.output_path.exists()]
+        if existing and not self._confirm_replace(existing):
+            names = ", ".join(path.name for path in existing)
+            self.status_label.setText(f"Not started: {names} already exist(s); choose another "
+                                      "output folder, or start again and replace them")
+            return None
         ids = self.queue.add_pipeline(pipeline)
         for key, job_id in ids.items():
             self._add_row(job_id, key, pipeline.step(key).job.title())
         self.status_label.setText(f"{len(ids)} step(s) queued.")
         self._update_buttons()
         return ids
+
+    def _confirm_replace(self, existing: list[Path]) -> bool:
+        """Ask before a run replaces quants already on disk (the CLI wants --force)."""
+        listing = "\n".join(str(path) for path in existing)
+        box = QMessageBox(QMessageBox.Icon.Warning, "Replace existing quants?",
+                          f"These files exist and would be replaced:\n{listing}",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                          self)
+        box.button(QMessageBox.StandardButton.Yes).setText("Replace")
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        self._replace_box = box  # tests answer it through the real buttons
+        try:
+            return box.exec() == QMessageBox.StandardButton.Yes
+        finally:
+            self._replace_box = None
+            box.deleteLater()
 
     def _add_row(self, job_id: int, key: str, title: str) -> None:
         row = self.table.rowCount()
