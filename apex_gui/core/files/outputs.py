@@ -369,8 +369,7 @@ def writing(output: str | os.PathLike[str], *, force: bool = False,
             if force:
                 os.replace(temporary, target)
             else:
-                os.link(temporary, target)  # fails if a file appeared since the check
-                temporary.unlink()
+                _publish_without_replacing(temporary, target)
         except FileExistsError:
             raise OutputError(f"{flag} {target} appeared while it was written; pass --force "
                               "to replace it, or choose another output name") from None
@@ -382,6 +381,24 @@ def writing(output: str | os.PathLike[str], *, force: bool = False,
         with contextlib.suppress(OSError):
             temporary.unlink()
         lock.release()
+
+
+def _publish_without_replacing(temporary: Path, target: Path) -> None:
+    """Give ``temporary`` the name ``target`` unless a file took that name meanwhile."""
+    try:
+        os.link(temporary, target)  # atomic: fails with EEXIST if a file appeared
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # No hard links here (FAT, some network mounts): we hold the lock on the name, so
+        # only a writer that ignores it could slip in between this check and the rename.
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.replace(temporary, target)
+        return
+    temporary.unlink()
 
 
 def write_text_output(output: str | os.PathLike[str], text: str, *, force: bool = False,
