@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sens.add_argument("model", help="the source GGUF (F16/BF16/F32)")
     sens.add_argument("--imatrix", metavar="FILE", help="importance matrix (adds IQ2/IQ3 types)")
     sens.add_argument("-o", "--output", required=True, help="sensitivity JSON to write")
+    sens.add_argument("--json", action="store_true", help="machine-readable summary")
     _add_measure_options(sens)
     add_force(sens)
     sens.set_defaults(func=run_sensitivity)
@@ -112,6 +113,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     table = _measure(args, model_path)
     write_text_output(args.output, json.dumps(table.to_json(), indent=1) + "\n",
                       force=args.force, sources=sources)
+    if args.json:
+        print(json.dumps({"output": str(args.output), "tensors": len(table.errors),
+                          "candidates": list(table.candidates), "kind_scale": table.kind_scale,
+                          "probes": table.probes, "timings": table.timings}, indent=2))
+        return 0
     worst = sorted(table.probes, key=lambda p: -p["kld_mean"])[:3]
     print(f"wrote {args.output}: {len(table.errors)} tensors x {len(table.candidates)} types, "
           f"{len(table.probes)} KL probes")

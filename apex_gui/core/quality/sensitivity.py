@@ -233,11 +233,14 @@ def _dequantized_slices(tensor: Any) -> Iterable[np.ndarray]:
 
     data = tensor.data
     qtype = GGMLQuantizationType(int(tensor.tensor_type))
-    if data.ndim <= 2 or (qtype.name not in ("F32", "F16", "BF16") and data.ndim == 2):
-        slices: Iterable[np.ndarray] = [data]
+    # Merged expert tensors come one expert at a time: memory stays at one expert's floats.
+    slices: Iterable[np.ndarray]
+    if data.ndim == 3:
+        slices = (data[i] for i in range(data.shape[0]))
+    elif data.ndim > 3:
+        slices = (part for part in data.reshape(-1, *data.shape[-2:]))
     else:
-        slices = (data[i] for i in range(data.shape[0])) if data.ndim == 3 else [
-            data.reshape(-1, data.shape[-1])]
+        slices = [data]
     for part in slices:
         if qtype.name == "F32":
             yield np.asarray(part, dtype=np.float32)
