@@ -5,8 +5,8 @@ a native build (GGML_NATIVE=ON, one CPU backend for this machine) is what llama.
 default. Both are made by packaging/build_llama_tools.py and cached per machine; the native one
 is built here on first use (about 10 minutes on 2 cores).
 
-Speed: llama-perplexity on the same model and text, same threads, alternating builds, median
-of N runs, as tokens per second (tokens scored / wall time), with and without repacking on the
+Speed: llama-perplexity on the same model and text, same threads, alternating builds, the best
+of N runs (the least disturbed by other work on the machine), as tokens per second (tokens scored / wall time), with and without repacking on the
 portable build (on AMX Xeons the repacked path crashes, so that row may be missing).
 
     python benchmarks/bench_portable_tools.py [--runs 3] [--threads 2]
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         text = quick_eval_text()
         tokens = CONTEXT * CHUNKS
         print(f"\nllama-perplexity, {CHUNKS} chunks of {CONTEXT} tokens, {args.threads} threads, "
-              f"median of {args.runs} (tokens/s):")
+              f"best of {args.runs} (tokens/s):")
         for label, path in (("F16", model), ("Q4_K_M", quant)):
             rows = {"native": (native, []), "portable": (portable, []),
                     "portable --no-repack": (portable, ["--no-repack"]),
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                                args.threads, extra)
                     if seconds is not None:
                         times[name].append(seconds)
-            speeds = {name: tokens / statistics.median(t) for name, t in times.items() if t}
+            speeds = {name: tokens / min(t) for name, t in times.items() if t}
             for name in rows:
                 if name in speeds:
                     base = speeds.get(name.replace("portable", "native"))
