@@ -214,6 +214,7 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
     shoot("scale200", window)
     shoot("diff", window, lambda: window.set_diff("profile:compact"))
     window.set_diff("")
+    window.allow_dropping_edits()  # staged for the pictures: opening the next model need not ask
 
     with tempfile.TemporaryDirectory(prefix="apex-shots-") as folder:
         if "main-twin" in wanted:

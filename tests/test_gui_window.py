@@ -15,6 +15,8 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QLabel, QMessageBox
 from pytestqt.qtbot import QtBot
 
+from gui_prompts import close_window
+
 from apex_gui.core.model import open_model
 from apex_gui.core.plan import plan_from_profile
 from apex_gui.core.profiles import get_profile, user_profiles_dir
@@ -31,12 +33,11 @@ OPEN_TIMEOUT_MS = 10_000
 @pytest.fixture
 def window(qtbot: QtBot) -> Iterator[MainWindow]:
     main = MainWindow(load_settings(), probe_hardware=False)
-    qtbot.addWidget(main)
     main.resize(1400, 900)
     main.show()
     qtbot.waitExposed(main)
     yield main
-    main.close()
+    close_window(main)  # answers the "Keep your changes?" prompt of tests that painted
 
 
 @pytest.fixture

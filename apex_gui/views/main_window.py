@@ -147,6 +147,7 @@ class MainWindow(QMainWindow):
         self._error_box: QMessageBox | None = None
         self._diff_choice = ""
         self._detected_plan: PrecisionPlan | None = None
+        self._edits_kept = False  # the edits were exported or saved as a profile since the last change
         self._state_timer = QTimer(self)
         self._state_timer.setSingleShot(True)
         self._state_timer.setInterval(0)
@@ -405,8 +406,49 @@ class MainWindow(QMainWindow):
         self._start_load(file_path.name, lambda token: load_model(file_path, self._profile_key, token),
                          remember=True, path=file_path)
 
+    def has_unsaved_edits(self) -> bool:
+        """True when the plan holds hand edits that no export or profile has kept."""
+        plan = self.current_plan
+        return plan is not None and plan.can_undo() and not self._edits_kept
+
+    def allow_dropping_edits(self) -> None:
+        """The current edits may go without asking (screenshot mode's staged edits)."""
+        self._edits_kept = True
+
+    def keep_edits_prompt(self, action: str) -> bool:
+        """Ask before ``action`` drops hand edits; True when the caller may go on.
+
+        Save exports the tensor-type file first (going on only if it was written), Discard
+        goes on, Cancel (also Esc) keeps the plan and its undo history untouched.
+        """
+        if not self.has_unsaved_edits() or not self.isVisible():
+            return True  # nothing to lose, or no window on screen to ask from (scripted use)
+        assert self.current_plan is not None
+        box = QMessageBox(QMessageBox.Icon.Question, "Keep your changes?",
+                          f"{self._edit_summary()} {action} drops them and their undo history.",
+                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard |
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("keepEditsBox")
+        box.setInformativeText("Save writes the tensor-type file (as File > Export does) first.")
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setEscapeButton(QMessageBox.StandardButton.Cancel)
+        answer = box.exec()
+        if answer == QMessageBox.StandardButton.Save:
+            return self.export_tensor_type_file()
+        return answer == QMessageBox.StandardButton.Discard
+
+    def _edit_summary(self) -> str:
+        plan, baseline = self.current_plan, self._baseline
+        assert plan is not None
+        changed = len(plan.diff(baseline)) if baseline is not None else 0
+        origin = baseline.origin if baseline is not None else plan.origin
+        return f"Your edits to the plan (now {changed} tensor(s) differ from {origin}) are not saved."
+
     def _start_load(self, label: str, function: Callable[[CancelToken], LoadedModel],
                     remember: bool, path: Path | None = None) -> None:
+        if not self.keep_edits_prompt(f"Opening {label}"):
+            self.statusBar().showMessage(f"Did not open {label}: your edits are kept", 6000)
+            return
         if self._load_task is not None:
             self._load_task.cancel()
         self._load_started = time.perf_counter()
@@ -462,6 +504,7 @@ class MainWindow(QMainWindow):
         if self._unsubscribe is not None:
             self._unsubscribe()
         self.current_plan = plan
+        self._edits_kept = False
         self._unsubscribe = plan.subscribe(self._plan_edited)
         if plan.profile is not None:
             self._baseline = baseline or plan_from_profile(plan.model, plan.profile)
@@ -476,6 +519,7 @@ class MainWindow(QMainWindow):
         self.planChanged.emit(plan)
 
     def _plan_edited(self, _change: object) -> None:
+        self._edits_kept = False
         # Title and actions are refreshed from the event loop (a 0 ms single-shot timer), so
         # a burst of edits updates them once.
         self._state_timer.start()
@@ -549,6 +593,7 @@ class MainWindow(QMainWindow):
         model = plan.model
         self.plan_panel.set_profiles(all_profiles(), current,
                                      f"As stored in {model.path.name}" if is_quantized(model) else None)
+        self._edits_kept = True
         problems = user_profiles()[1]
         message = f"Saved profile {label} to {path}"
         if notes:
@@ -703,21 +748,24 @@ class MainWindow(QMainWindow):
         self.heatmap.set_selection([cell])
         self.heatmap.ensure_visible(cell)
 
-    def export_tensor_type_file(self) -> None:
+    def export_tensor_type_file(self) -> bool:
+        """Ask for a path and write the plan's tensor-type file; True when it was written."""
         plan = self.current_plan
         if plan is None:
-            return
+            return False
         suggested = plan.model.path.with_name(f"{plan.model.path.stem}.tensor-types.txt")
         path, _ = QFileDialog.getSaveFileName(self, "Export tensor-type file", str(suggested),
                                               "Text files (*.txt);;All files (*)")
         if not path:
-            return
+            return False
         try:
             plan.write_tensor_type_file(path)
         except OSError as error:
             self.show_error("Cannot export", f"{path}: {error.strerror or error}. Choose another folder.")
-            return
+            return False
+        self._edits_kept = True
         self.statusBar().showMessage(f"Wrote {path}; quantize with: {plan.command_line(Path(path).name)}", 15000)
+        return True
 
     # --- hardware ---------------------------------------------------------------------------
     def probe_hardware(self) -> None:
@@ -882,7 +930,7 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if not all(guard() for guard in self._close_guards):
+        if not self.keep_edits_prompt("Quitting") or not all(guard() for guard in self._close_guards):
             event.ignore()
             return
         stored = self._window_settings()
