@@ -191,6 +191,7 @@ class PrecisionHeatmap(QAbstractScrollArea):
         self.reference_label = ""
         self._states: dict[Cell, CellState] = {}
         self._selection: set[Cell] = set()
+        self._cursor: Cell | None = None
         self._stroke: list[Cell] = []
         self._rect_anchor: Cell | None = None
         self._hovered: Cell | None = None
@@ -542,14 +543,39 @@ class PrecisionHeatmap(QAbstractScrollArea):
             self.hoveredCellChanged.emit(None)
         super().leaveEvent(event)
 
+    ARROWS = {Qt.Key.Key_Up: (-1, 0), Qt.Key.Key_Down: (1, 0), Qt.Key.Key_Left: (0, -1),
+              Qt.Key.Key_Right: (0, 1)}
+
     def keyPressEvent(self, event: QKeyEvent) -> None:
         key = event.key()
         if key == Qt.Key.Key_Escape and self._selection:
             self.clear_selection()
         elif key in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self._selection:
             self.apply_to_selection()
+        elif key in self.ARROWS and self._geometry.rows and self._geometry.kinds:
+            add = bool(event.modifiers() & Qt.KeyboardModifier.ShiftModifier)
+            self.move_cursor(*self.ARROWS[key], add)  # type: ignore[index]
         else:
             super().keyPressEvent(event)
+
+    def cursor_cell(self) -> Cell | None:
+        """The keyboard cursor: where arrow keys move from (the last cell they reached)."""
+        return self._cursor
+
+    def move_cursor(self, rows: int, columns: int, add: bool = False) -> None:
+        """Move the keyboard cursor one cell; it selects that cell (Shift: adds it)."""
+        geometry = self._geometry
+        start = self._cursor if self._cursor in self._states and self._cursor[0] is not None else None
+        if start is None:
+            grid = [c for c in self.selection() if c[0] is not None]
+            start = grid[0] if grid else (geometry.rows[0].index, geometry.kinds[0])
+            rows, columns = (0, 0) if not grid else (rows, columns)
+        row = min(max(geometry.row_index[start[0]] + rows, 0), len(geometry.rows) - 1)
+        column = min(max(geometry.column_index[start[1]] + columns, 0), len(geometry.kinds) - 1)
+        cell = (geometry.rows[row].index, geometry.kinds[column])
+        self._cursor = cell
+        self.set_selection([cell], add)
+        self.ensure_visible(cell)
 
     def contextMenuEvent(self, event: QContextMenuEvent) -> None:
         cell = self.cell_at(event.pos())
@@ -757,12 +783,6 @@ class PrecisionHeatmap(QAbstractScrollArea):
             painter.setBrush(style.MARKER_FALLBACK)
             painter.drawPolygon(triangle)
             painter.setBrush(Qt.BrushStyle.NoBrush)
-        if state.differs:
-            painter.setBrush(Qt.BrushStyle.NoBrush)
-            painter.setPen(QPen(QColor("#000000"), 3))
-            painter.drawRect(inner.adjusted(1, 1, -1, -1))
-            painter.setPen(QPen(style.MARKER_DIFF, 2))
-            painter.drawRect(inner.adjusted(1, 1, -1, -1))
         if cell in self._selection:
             highlight = palette.color(QPalette.ColorRole.Highlight)
             overlay = QColor(highlight)
@@ -770,6 +790,14 @@ class PrecisionHeatmap(QAbstractScrollArea):
             painter.fillRect(inner, overlay)
             painter.setPen(QPen(highlight, 2))
             painter.setBrush(Qt.BrushStyle.NoBrush)
+            # Inside the diff outline, which is drawn last: a selection never hides a difference.
+            inset = 4 if state.differs else 1
+            painter.drawRect(inner.adjusted(inset, inset, -inset, -inset))
+        if state.differs:
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.setPen(QPen(QColor("#000000"), 3))
+            painter.drawRect(inner.adjusted(1, 1, -1, -1))
+            painter.setPen(QPen(style.MARKER_DIFF, 2))
             painter.drawRect(inner.adjusted(1, 1, -1, -1))
 
     def _paint_band_lines(self, painter: QPainter, first_row: int, last_row: int) -> None:
@@ -834,13 +862,14 @@ class PrecisionHeatmap(QAbstractScrollArea):
                                                 text_rect.width() - type_width))
             painter.drawText(text_rect, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, shown)
             painter.setBrush(Qt.BrushStyle.NoBrush)
+            if cell in self._selection:
+                inset = 4 if state.differs else 1
+                painter.setPen(QPen(palette.color(QPalette.ColorRole.Highlight), 2))
+                painter.drawRect(inner.adjusted(inset, inset, -inset, -inset))
             if state.differs:
                 painter.setPen(QPen(QColor("#000000"), 3))
                 painter.drawRect(inner.adjusted(1, 1, -1, -1))
                 painter.setPen(QPen(style.MARKER_DIFF, 2))
-                painter.drawRect(inner.adjusted(1, 1, -1, -1))
-            if cell in self._selection:
-                painter.setPen(QPen(palette.color(QPalette.ColorRole.Highlight), 2))
                 painter.drawRect(inner.adjusted(1, 1, -1, -1))
 
     def _paint_row_header(self, painter: QPainter, palette: QPalette, first_row: int,

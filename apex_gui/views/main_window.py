@@ -653,12 +653,11 @@ class MainWindow(QMainWindow):
             self.set_diff("")
         elif self.profile_matches:
             self.set_diff("detected")
+        elif self.current_plan is not None and self.current_plan.profile is not None:
+            # The plan's own profile: diff mode then shows exactly the hand edits.
+            self.set_diff(f"profile:{self.current_plan.profile.key}")
         elif self.current_plan is not None:
-            key = self.current_plan.profile.key if self.current_plan.profile else DEFAULT_PROFILE
-            # Against its own profile a fresh plan has no differences: compare with the next tier.
-            keys = list(all_profiles())
-            other = keys[(keys.index(key) + 2) % len(keys)] if key in keys else DEFAULT_PROFILE
-            self.set_diff(f"profile:{other}")
+            self.set_diff(f"profile:{DEFAULT_PROFILE}")
 
     def choose_compare_file(self) -> None:
         if self.current_model is None:
@@ -720,6 +719,8 @@ class MainWindow(QMainWindow):
 
     def _brush_changed(self, type_name: str) -> None:
         self.heatmap.brush_type = type_name
+        # "Pick a type and press Enter": the map keeps the keyboard, not the palette button.
+        self.heatmap.setFocus(Qt.FocusReason.OtherFocusReason)
         self.plan_panel.set_selection_size(len(self.heatmap.selection()), type_name)
 
     def _selection_changed(self, cells: list) -> None:  # type: ignore[type-arg]
