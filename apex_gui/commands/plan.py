@@ -99,6 +99,14 @@ def run_plan(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         print(plan.tensor_type_file_text(), end="")
+        # The file goes to stdout (redirectable); what to do with it goes to stderr, so a
+        # terminal shows the size and the command after the patterns and `> plan.txt` stays clean.
+        import sys
+        print(f"predicted size {_readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
+              f"{plan.bits_per_weight():.2f} bits per weight; save this output as {output} "
+              f"(or use -o) and quantize with:\n"
+              f"{plan.command_line(output, quant_file_name(model.path, profile.label))}",
+              file=sys.stderr)
         return 0
     print(f"wrote {args.output}: {len(plan.pinned_types())} tensors pinned for APEX {profile.label}")
     print(f"predicted size {_readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "

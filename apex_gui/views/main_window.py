@@ -35,6 +35,7 @@ from apex_gui.core.synthetic import demo_model_path
 from apex_gui.workers import CancelToken, Task, WorkerPool
 
 from . import style
+from .export_dialog import ExportedDialog
 from .heatmap import BitsLegend, PrecisionHeatmap
 from .hf_download import HubDownloadDialog
 from .model_info import ModelInfoView, render_summary_html
@@ -147,6 +148,7 @@ class MainWindow(QMainWindow):
         self._error_box: QMessageBox | None = None
         self._diff_choice = ""
         self._detected_plan: PrecisionPlan | None = None
+        self.exported_dialog: ExportedDialog | None = None
         self._edits_kept = False  # the edits were exported or saved as a profile since the last change
         self._state_timer = QTimer(self)
         self._state_timer.setSingleShot(True)
@@ -249,9 +251,11 @@ class MainWindow(QMainWindow):
             action.setIcon(style.icon(icon))
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
-        action.setStatusTip(tip or text.replace("...", ""))
-        action.setToolTip(f"{text.replace('...', '')} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
-                          if shortcut is not None else text.replace("...", ""))
+        # Tooltips and status tips show text as is: the menu's "&" mnemonic marker must go.
+        plain = text.replace("&", "").replace("...", "")
+        action.setStatusTip(tip or plain)
+        action.setToolTip(f"{plain} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
+                          if shortcut is not None else plain)
         action.triggered.connect(lambda _checked=False: slot())
         self.addAction(action)
         return action
@@ -765,7 +769,9 @@ class MainWindow(QMainWindow):
             self.show_error("Cannot export", f"{path}: {error.strerror or error}. Choose another folder.")
             return False
         self._edits_kept = True
-        self.statusBar().showMessage(f"Wrote {path}; quantize with: {plan.command_line(Path(path).name)}", 15000)
+        self.statusBar().showMessage(f"Wrote {path}", 8000)
+        self.exported_dialog = ExportedDialog(plan, Path(path), self)
+        self.exported_dialog.open()
         return True
 
     # --- hardware ---------------------------------------------------------------------------
