@@ -217,6 +217,9 @@ class RunPanel(QWidget):
         self._rows: dict[int, int] = {}  # job id -> table row
         self._logs: dict[int, list[str]] = {}
         self._titles: dict[int, str] = {}
+        #: the steps of the run now shown in the status line: reset when a start finds the
+        #: queue idle, so counts never include earlier runs' steps
+        self._batch: list[int] = []
         self._tray: QSystemTrayIcon | None = None
         self.last_notification = ""
 
@@ -331,6 +334,14 @@ class RunPanel(QWidget):
         self.status_label = QLabel("Nothing queued.")
         self.status_label.setObjectName("runStatus")
         self.status_label.setWordWrap(True)
+        # The last failure's reason, in full and selectable: the Message column is narrow.
+        self.failure_label = QLabel("")
+        self.failure_label.setObjectName("runFailure")
+        self.failure_label.setWordWrap(True)
+        self.failure_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.failure_label.setStyleSheet("color: palette(highlighted-text); background: #b3261e; "
+                                         "padding: 4px; border-radius: 3px;")
+        self.failure_label.hide()
         queue_buttons = QHBoxLayout()
         queue_buttons.addWidget(self.status_label, 1)
         queue_buttons.addWidget(self.cancel_button)
@@ -354,6 +365,7 @@ class RunPanel(QWidget):
         watch_layout = QVBoxLayout(watch_page)
         watch_layout.setContentsMargins(0, 0, 0, 0)
         watch_layout.addWidget(watch, 1)
+        watch_layout.addWidget(self.failure_label)
         watch_layout.addLayout(queue_buttons)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(choices)
@@ -490,12 +502,35 @@ class RunPanel(QWidget):
             self.status_label.setText(f"Not started: {names} already exist(s); choose another "
                                       "output folder, or start again and replace them")
             return None
+        if not self.queue.is_busy():
+            self._batch = []
         ids = self.queue.add_pipeline(pipeline)
         for key, job_id in ids.items():
             self._add_row(job_id, key, pipeline.step(key).job.title())
-        self.status_label.setText(f"{len(ids)} step(s) queued.")
+        self._batch.extend(ids.values())
+        first = self._rows.get(next(iter(ids.values()))) if ids else None
+        if first is not None:
+            # New steps land at the bottom: bring them into view, not the earlier run's rows.
+            self.table.scrollToItem(self.table.item(first, 0))
+        self._update_status()
         self._update_buttons()
         return ids
+
+    def _update_status(self) -> None:
+        """"Step 2 of 6 running: quantize ... (1 done)": counts this run's steps only."""
+        batch = self._batch
+        if not batch:
+            return
+        outcomes = [self.queue.outcome(j) for j in batch]
+        done = sum(1 for o in outcomes if o is not None)
+        failed = [o for o in outcomes if o is not None and not o.succeeded]
+        running = self.queue.running_job_id()
+        text = f"{len(batch)} step(s) in this run: {done} finished"
+        if failed:
+            text += f", {len(failed)} did not succeed"
+        if running is not None and running in batch:
+            text += f"; running step {batch.index(running) + 1}: {self._titles.get(running, '')}"
+        self.status_label.setText(text + ".")
 
     def _confirm_replace(self, existing: list[Path]) -> bool:
         """Ask before a run replaces quants already on disk (the CLI wants --force)."""
@@ -554,8 +589,13 @@ class RunPanel(QWidget):
         bar = self._bar(job_id)
         if bar is not None:
             bar.setRange(0, 0)  # busy until the tool says how much there is
-        if not self.table.selectionModel().hasSelection() or self._selected_job() is None:
+        selected = self._selected_job()
+        # Follow the work: a selection on a finished step (say an earlier run's failure)
+        # moves to the step that now runs, so its log shows and "Cancel step" applies.
+        if selected is None or self.queue.outcome(selected) is not None:
             self.table.selectRow(self._rows[job_id])
+            self.table.scrollToItem(self.table.item(self._rows[job_id], 0))
+        self._update_status()
         self._update_buttons()
 
     def _job_progress(self, job_id: int, progress: Any, eta: float | None) -> None:
@@ -587,6 +627,16 @@ class RunPanel(QWidget):
         self._set(job_id, 1, STATUS_TEXT.get(outcome.status, outcome.status.value))
         self._set(job_id, 3, "")
         self._set(job_id, 4, outcome.message)
+        if not outcome.succeeded and outcome.message:
+            # The reason belongs in the log pane, under the tool's last lines, not only in
+            # the tooltip of a narrow column.
+            self._job_output(job_id, f"\n=== {self._titles.get(job_id, outcome.job.title())}: "
+                                     f"{STATUS_TEXT.get(outcome.status, outcome.status.value)} ===\n"
+                                     f"{outcome.message}\n")
+            if outcome.status is JobStatus.FAILED:
+                self.failure_label.setText(f"{self._titles.get(job_id, '')} failed: {outcome.message}")
+                self.failure_label.show()
+                self.table.selectRow(self._rows[job_id])
         bar = self._bar(job_id)
         if bar is not None:
             bar.setRange(0, 1000)
@@ -595,11 +645,17 @@ class RunPanel(QWidget):
                 bar.setFormat("100%")
             else:
                 bar.setFormat(STATUS_TEXT.get(outcome.status, ""))
+        self._update_status()
         self._update_buttons()
         self.jobFinished.emit(outcome)
 
     def _all_finished(self, failures: int) -> None:
-        total = sum(1 for j in self._rows if self.queue.outcome(j) is not None)
+        total = len(self._batch) or sum(1 for j in self._rows if self.queue.outcome(j) is not None)
+        first_failed = next((j for j in self._batch if (o := self.queue.outcome(j)) is not None
+                             and o.status is JobStatus.FAILED), None)
+        if first_failed is not None:
+            # The run is over: show why it failed (its log ends with the reason).
+            self.table.selectRow(self._rows[first_failed])
         if failures:
             message = f"APEX Studio: the run finished, {failures} of {total} step(s) did not succeed"
         else:
