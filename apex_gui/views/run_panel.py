@@ -48,6 +48,8 @@ FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
 KEY_ROLE = Qt.ItemDataRole.UserRole + 1
 #: Lines of log kept per job: a 700-tensor quantize prints ~1,500; a runaway tool more.
 LOG_BLOCKS = 20_000
+#: llama-imatrix chunks read by default: ~50k tokens, the APEX calibration size
+DEFAULT_IMATRIX_CHUNKS = 100
 STATUS_TEXT = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed",
                JobStatus.CANCELLED: "cancelled", JobStatus.SKIPPED: "skipped"}
 
@@ -220,6 +222,7 @@ class RunPanel(QWidget):
         #: the steps of the run now shown in the status line: reset when a start finds the
         #: queue idle, so counts never include earlier runs' steps
         self._batch: list[int] = []
+        self.imatrix_note = ""
         self._tray: QSystemTrayIcon | None = None
         self.last_notification = ""
 
@@ -230,8 +233,10 @@ class RunPanel(QWidget):
         self._fill_profiles()
 
         # Importance matrix.
+        # Its token count depends on the model's tokenizer (about 50k with a real one, five
+        # times more with the demo's byte-level one): say what is fixed, the size of the text.
         self.calibration_bundled = QRadioButton("Bundled calibration set (chat, code, "
-                                                "reasoning, tool calls; ~50k tokens)")
+                                                "reasoning, tool calls; 200 kB of text)")
         self.calibration_bundled.setChecked(True)
         self.calibration_custom = QRadioButton("My files:")
         self.calibration_files = QLineEdit()
@@ -240,6 +245,10 @@ class RunPanel(QWidget):
         calibration_browse.setText("…")
         calibration_browse.setToolTip("Choose calibration text files")
         calibration_browse.clicked.connect(self._choose_calibration)
+        # Typing a file name means "use my files": it used to be ignored until the radio
+        # button was also clicked, and the run silently used the bundled set.
+        self.calibration_files.textEdited.connect(
+            lambda text: self.calibration_custom.setChecked(True) if text.strip() else None)
         self.calibration_bundled.setToolTip("The bundled, diverse calibration text (no "
                                             "Wikipedia): what the APEX I-variants use")
         self.calibration_custom.setToolTip("Your own text files, joined in order")
@@ -251,6 +260,20 @@ class RunPanel(QWidget):
         custom_row.addWidget(self.calibration_files, 1)
         custom_row.addWidget(calibration_browse)
         imatrix_layout.addLayout(custom_row)
+        self.imatrix_chunks = QSpinBox()
+        self.imatrix_chunks.setObjectName("imatrixChunks")
+        self.imatrix_chunks.setRange(0, 100_000)
+        self.imatrix_chunks.setValue(DEFAULT_IMATRIX_CHUNKS)
+        self.imatrix_chunks.setSpecialValueText("all of the text")
+        self.imatrix_chunks.setSuffix(" chunks of 512 tokens")
+        self.imatrix_chunks.setToolTip("llama-imatrix --chunks: how much of the text to read. "
+                                       "100 chunks is about the APEX calibration size; 0 reads "
+                                       "it all (the demo model's tokenizer makes 541 chunks of "
+                                       "the bundled set: about 10 minutes on 2 cores)")
+        chunks_row = QHBoxLayout()
+        chunks_row.addWidget(QLabel("Read at most"))
+        chunks_row.addWidget(self.imatrix_chunks, 1)
+        imatrix_layout.addLayout(chunks_row)
 
         # Evaluation.
         self.eval_file = _FileField("bundled quick text (a sanity check, not wikitext-2)",
@@ -480,6 +503,7 @@ class RunPanel(QWidget):
         return RunRequest(
             model=model, plans=tuple(plans), labels=tuple(labels), output_dir=output,
             calibration_files=calibration, eval_text=self.eval_file.path(),
+            imatrix_chunks=self.imatrix_chunks.value() or None,
             kl_divergence=self.kl_box.isChecked(), perplexity=self.ppl_box.isChecked(),
             eval_context=self.eval_context.value(), hellaswag=self.hellaswag_file.path(),
             winogrande=self.winogrande_file.path(), multiple_choice=(mc,) if mc else (),
@@ -490,7 +514,8 @@ class RunPanel(QWidget):
     def start(self) -> dict[str, int] | None:
         """Queue the pipeline for the current choices; returns step key -> job id."""
         try:
-            pipeline = pipeline_for(self.request())
+            request = self.request()
+            pipeline = pipeline_for(request)
         except (ValueError, OSError) as error:
             self.status_label.setText(f"Not started: {error}")
             self.startRefused.emit(str(error))
@@ -513,8 +538,20 @@ class RunPanel(QWidget):
             # New steps land at the bottom: bring them into view, not the earlier run's rows.
             self.table.scrollToItem(self.table.item(first, 0))
         self._update_status()
+        self.imatrix_note = self._imatrix_note(request, pipeline)
+        if self.imatrix_note:
+            self.status_label.setText(f"{self.status_label.text()} {self.imatrix_note}")
         self._update_buttons()
         return ids
+
+    @staticmethod
+    def _imatrix_note(request: RunRequest, pipeline: Pipeline) -> str:
+        """Say which importance matrix a run uses when it reuses a cached one."""
+        if not request.needs_imatrix() or any(isinstance(step.job, ImatrixJob) for step in pipeline.steps):
+            return ""
+        source = (", ".join(p.name for p in request.calibration_files) if request.calibration_files
+                  else "the bundled calibration set")
+        return f"Reusing the importance matrix made earlier from {source} (same text and context)."
 
     def _update_status(self) -> None:
         """"Step 2 of 6 running: quantize ... (1 done)": counts this run's steps only."""
