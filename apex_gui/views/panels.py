@@ -156,6 +156,9 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         return True
 
     window.add_close_guard(close_guard)
+    from .quality_wiring import install_quality
+
+    install_quality(window, hardware)
     if window.current_model is not None:
         size_baselines(window.current_model)
     return InstalledPanels(hardware, run, results, queue, store)
