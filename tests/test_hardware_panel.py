@@ -65,7 +65,7 @@ def test_tier_table_lists_every_profile_with_the_recommended_one_highlighted(
         qtbot, twin_model) -> None:
     panel = make_panel(qtbot, twin_model, fake_snapshot())
     rec = panel.recommendation
-    assert rec is not None and panel.table.rowCount() == len(rec.results) >= 12
+    assert rec is not None and panel.table.rowCount() == len(rec.results) >= 10
     labels = [panel.table.item(r, 0).text().removeprefix("★ ") for r in range(panel.table.rowCount())]
     assert labels[:4] == ["Quality", "I-Quality", "Balanced", "I-Balanced"]
     best = panel.recommended_row()
@@ -204,3 +204,14 @@ def test_context_is_capped_at_the_models_training_context(qtbot, tmp_path) -> No
     panel.set_model(open_model(write_shape_twin(tmp_path / "q.gguf", "qwen3-30b-a3b")[0]))
     assert panel.context_spin.value() == 8192
     panel.shutdown()
+
+
+def test_a_16_gb_card_stars_a_tier_that_builds_as_shown(qtbot, twin_model) -> None:
+    """Mini and I-Mini are the same bytes and both need an imatrix: one row, I-Mini."""
+    panel = make_panel(qtbot, twin_model, fake_snapshot(free_gib=15, total_gib=16))
+    labels = [panel.table.item(r, 0).text().removeprefix("★ ") for r in range(panel.table.rowCount())]
+    assert "I-Mini" in labels and "Mini" not in labels and "Nano" not in labels
+    assert "Micro" not in labels
+    rec = panel.recommendation
+    assert rec is not None and rec.recommended is not None
+    assert rec.recommended.candidate.key == "i-mini"  # it starred the plain Mini before

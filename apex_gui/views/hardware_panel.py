@@ -38,6 +38,8 @@ from apex_gui.core.hardware import COMMON_CARDS, GpuDevice, HardwareSnapshot, pa
 from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
 from apex_gui.core.fit.cluster import machine_with_workers
 from apex_gui.core.fit.rpc_workers import WorkerProbe
+from apex_gui.core.fit.buildable import buildable_profiles
+from apex_gui.core.profiles import builtin_profiles
 from apex_gui.core.recommend import (Candidate, FitResult, Headroom, MachineMemory,
                                      Recommendation, Verdict, file_candidate,
                                      profile_candidates, recommend)
@@ -542,7 +544,9 @@ class HardwarePanel(QWidget):
 
             candidates = cached
             if candidates is None:
-                candidates = profile_candidates(model)
+                # Only tiers buildable as shown: Mini = I-Mini (both need an imatrix) is one row.
+                candidates = profile_candidates(
+                    model, buildable_profiles(model, builtin_profiles().values()))
                 if str(getattr(model, "file_type", "unknown")) not in FULL_PRECISION:
                     # An already quantized file: first, does *this file* fit as it is?
                     candidates.insert(0, file_candidate(model))
