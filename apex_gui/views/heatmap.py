@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from PySide6.QtCore import QEvent, QPoint, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (QBrush, QColor, QContextMenuEvent, QFont, QFontMetrics, QKeyEvent,
@@ -32,7 +33,8 @@ BASE_CELL_WIDTH = 58
 BASE_CELL_HEIGHT = 18
 GROUP_GAP = 6  # between role groups, so the groups read as blocks
 STRIP_GAP = 16  # between the last layer and the non-layer strip
-MIN_ZOOM, MAX_ZOOM = 0.5, 3.0
+#: 0.2 gives 4 px rows: a 60-layer model fits a 700 px window ("Fit all layers" means all)
+MIN_ZOOM, MAX_ZOOM = 0.2, 3.0
 
 GROUP_TITLES: dict[TensorRole, str] = {
     TensorRole.ROUTED_EXPERT: "Routed experts",
@@ -50,7 +52,7 @@ MIXER_TAGS: dict[MixerKind, tuple[str, str]] = {
     MixerKind.FULL_ATTENTION: ("attn", "#4c78a8"),
     MixerKind.SLIDING_WINDOW: ("SWA", "#54a24b"),
     MixerKind.MLA: ("MLA", "#b279a2"),
-    MixerKind.LINEAR_ATTENTION: ("linear", "#e45756"),
+    MixerKind.LINEAR_ATTENTION: ("linear", "#72b7b2"),  # not red: nothing is wrong with it
     MixerKind.SHORT_CONV: ("conv", "#f58518"),
     MixerKind.NONE: ("", "#888888"),
 }
@@ -100,7 +102,7 @@ class HeatmapGeometry:
         self.zoom = zoom
         # Narrower than ~50 px a type name no longer fits: zooming out shrinks rows faster.
         self.cell_width = max(50, round(BASE_CELL_WIDTH * min(zoom, 1.0) + BASE_CELL_WIDTH * max(zoom - 1.0, 0) * 0.6))
-        self.cell_height = max(9, round(BASE_CELL_HEIGHT * zoom))
+        self.cell_height = max(4, round(BASE_CELL_HEIGHT * zoom))
         self.column_x: list[int] = []
         self.groups: list[tuple[TensorRole, int, int]] = []  # role, first column, last column
         x = 0
@@ -199,8 +201,16 @@ class PrecisionHeatmap(QAbstractScrollArea):
         self.brush_type = "Q4_K"
         self.tool = "paint"  # "paint": click/drag sets types; "select": click/drag selects
         self._geometry = HeatmapGeometry([], [], [], self._zoom)
+        # Sensitivity overlay (apex_gui.views.sensitivity_overlay): colours cells by measured
+        # damage instead of bits per weight while set.
+        self.overlay: Any = None
 
     # --- model and plan ---------------------------------------------------------------
+    def set_overlay(self, overlay: Any) -> None:
+        """Colour cells by measured damage (a SensitivityOverlay), or by type (None)."""
+        self.overlay = overlay
+        self.viewport().update()
+
     @property
     def plan(self) -> PrecisionPlan | None:
         return self._plan
@@ -302,13 +312,19 @@ class PrecisionHeatmap(QAbstractScrollArea):
         self.set_zoom(self._zoom / 1.25)
 
     def zoom_to_fit(self) -> None:
-        """Fit every layer in the visible height where that keeps cells readable."""
+        """Fit every layer (and the non-layer strip) in the visible height; cells too low
+        for their type name show colour only, the tooltip and status bar still name it."""
         rows = max(len(self._geometry.rows), 1)
-        available = self.viewport().height() - COLUMN_HEADER_HEIGHT - STRIP_GAP - 28
-        zoom = available / (rows * BASE_CELL_HEIGHT)
+        strip = max(self._geometry.strip_height, 20) if self._geometry.strip else 0
+        available = self.viewport().height() - COLUMN_HEADER_HEIGHT - 4
+        if available - STRIP_GAP - strip >= rows * 6:
+            available -= STRIP_GAP + strip  # room for the non-layer strip too (else it scrolls)
+        # Rows are whole pixels (rounded): aim a little low so the last row is not cut.
+        zoom = (available / rows - 0.5) / BASE_CELL_HEIGHT
         width_zoom = (self.viewport().width() - ROW_HEADER_WIDTH - 8) / max(
             len(self._geometry.kinds) * BASE_CELL_WIDTH + GROUP_GAP * len(self._geometry.groups), 1)
-        self.set_zoom(min(max(zoom, 0.8), width_zoom if width_zoom > 0.8 else 0.8, 2.0))
+        # Narrow windows do not shrink rows below what the height allows (columns scroll).
+        self.set_zoom(max(min(zoom, max(width_zoom, 0.8), 2.0), MIN_ZOOM))
 
     def _update_scrollbars(self) -> None:
         geometry = self._geometry
@@ -651,6 +667,8 @@ class PrecisionHeatmap(QAbstractScrollArea):
         if state.reference is not None:
             verdict = "differs" if state.differs else "same"
             lines.append(f"{self.reference_label or 'reference'}: <b>{state.reference}</b> ({verdict})")
+        if self.overlay is not None and self.overlay.plan is plan and state.editable:
+            lines.extend(self.overlay.tooltip_lines(cell))
         return "<br>".join(line for line in lines if line)
 
     def _header_tooltip(self, pos: QPoint) -> str:
@@ -754,6 +772,8 @@ class PrecisionHeatmap(QAbstractScrollArea):
         else:
             bpw = ggml_type(shown_type).bits_per_weight if shown_type in TYPES else 16.0
             fill = style.bpw_colour(bpw)
+            if self.overlay is not None and self.overlay.plan is self._plan:
+                fill = self.overlay.colour(cell, shown_type if pending else None)
             painter.fillRect(inner, fill)
         if self._reference is not None and not state.differs:
             # Diff mode: cells that match the reference step back so the differences pop.
@@ -911,7 +931,10 @@ class PrecisionHeatmap(QAbstractScrollArea):
             tag, colour = MIXER_TAGS[layer.mixer]
             if not layer.has_routed_experts and layer.has_dense_ffn and not layer.is_mtp:
                 tag = f"{tag} dense" if tag else "dense"
-            if tag and geometry.cell_height >= 10:
+            if tag and geometry.cell_height < 10:
+                # Too low for the word: a colour mark keeps the mixer column at every zoom.
+                painter.fillRect(QRect(52, top + 1, 10, max(geometry.cell_height - 2, 2)), QColor(colour))
+            elif tag:
                 painter.setFont(tag_font)
                 tag_rect = QRect(52, top + 2, ROW_HEADER_WIDTH - 58, geometry.cell_height - 4)
                 tag_colour = QColor(colour)

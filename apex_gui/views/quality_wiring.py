@@ -1,5 +1,7 @@
 """Wire the quality features into the window: the "Fit to budget..." action (Tools menu and
-toolbar) and the Hardware & tiers "Best plan for this set-up" row applying its plan.
+toolbar), the Hardware & tiers "Best plan for this set-up" row applying its plan, and the
+sensitivity overlay (View menu and toolbar toggle, legend under the heatmap, predicted KLD
+beside the exact size in the plan panel, live on every edit).
 
 Kept out of main_window.py: the window only offers ``menuBar()``, its toolbar, ``workers``,
 ``current_plan`` and ``statusBar()``.
@@ -9,12 +11,129 @@ from __future__ import annotations
 
 from typing import Any
 
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QToolBar
+from PySide6.QtWidgets import QFormLayout, QLabel, QToolBar
 
 from .fit_dialog import FitToBudgetDialog, apply_optimized_plan
+from .sensitivity_overlay import DamageLegend, SensitivityOverlay
 
-__all__ = ["install_quality"]
+__all__ = ["QualityState", "install_quality"]
+
+NO_TABLE_TIP = ("No sensitivity measured for this model: run \"Sensitivity\" in the Run tab "
+                "(or apex-studio sensitivity MODEL -o MODEL.sensitivity.json beside it)")
+
+
+class QualityState(QObject):
+    """The open model's measured sensitivity and everything shown from it."""
+
+    tableChanged = Signal(object)  # SensitivityTable | None
+
+    def __init__(self, window: Any, hardware: Any) -> None:
+        super().__init__(window)
+        self.window = window
+        self.hardware = hardware
+        self.table: Any = None
+        self._model: Any = None
+        self.legend = DamageLegend()
+        self.legend.hide()
+        legend = getattr(window, "legend", None)
+        if legend is not None and legend.parentWidget() is not None:
+            legend.parentWidget().layout().addWidget(self.legend)
+        self.kld_label = QLabel("-")
+        self.kld_label.setObjectName("planKldLabel")
+        self.kld_label.setToolTip(NO_TABLE_TIP)
+        panel = getattr(window, "plan_panel", None)
+        if panel is not None:
+            for form in panel.findChildren(QFormLayout):
+                row, _role = form.getWidgetPosition(panel.size_label)
+                if row >= 0:
+                    form.insertRow(row + 1, "Predicted KLD", self.kld_label)
+                    break
+        self.overlay_action = QAction("Sensitivity &overlay", window)
+        self.overlay_action.setObjectName("sensitivityOverlayAction")
+        self.overlay_action.setCheckable(True)
+        self.overlay_action.setShortcut(QKeySequence("Ctrl+K"))
+        self.overlay_action.setToolTip("Colour cells by measured damage (predicted KL "
+                                       "divergence) at their type (Ctrl+K)")
+        self.overlay_action.setEnabled(False)
+        self.per_byte_action = QAction("Overlay: damage &per byte", window)
+        self.per_byte_action.setCheckable(True)
+        self.per_byte_action.setToolTip("Colour by predicted KL divergence per byte the cell "
+                                        "occupies: where bytes buy the most quality")
+        self.overlay_action.toggled.connect(lambda _on: self.refresh_overlay())
+        self.per_byte_action.toggled.connect(lambda _on: self.refresh_overlay())
+        window.modelChanged.connect(self._model_changed)
+        window.planChanged.connect(self._plan_changed)
+
+    def _model_changed(self, model: Any) -> None:
+        self._model = model
+        self.set_table(None)
+        if model is None:
+            return
+        from apex_gui.core.quality.known import known_sensitivity
+
+        task = self.window.workers.submit("look up sensitivity",
+                                          lambda _token: known_sensitivity(model))
+        task.finished.connect(lambda table, m=model: self.set_table(table)
+                              if m is self._model else None)
+
+    def set_table(self, table: Any) -> None:
+        """The open model's table (None: none measured); refreshes every view of it."""
+        model = self._model
+        if table is not None and (model is None or not set(table.errors) <= {
+                t.name for t in model.tensors}):
+            table = None  # measured on another model
+        self.table = table
+        self.overlay_action.setEnabled(table is not None)
+        self.overlay_action.setToolTip(self.overlay_action.toolTip() if table is not None
+                                       else NO_TABLE_TIP)
+        if table is None and self.overlay_action.isChecked():
+            self.overlay_action.setChecked(False)
+        if table is not None and self.hardware.sensitivity is not table:
+            self.hardware.set_sensitivity(table)
+        self.refresh_overlay()
+        self._plan_changed(getattr(self.window, "current_plan", None))
+        self.tableChanged.emit(table)
+
+    def refresh_overlay(self) -> None:
+        heatmap = self.window.heatmap
+        plan = self.window.current_plan
+        if self.table is None or plan is None or not self.overlay_action.isChecked():
+            heatmap.set_overlay(None)
+            self.legend.set_scale(None)
+            self.legend.hide()
+            return
+        mode = "damage per byte" if self.per_byte_action.isChecked() else "damage"
+        overlay = SensitivityOverlay(self.table, plan, mode)
+        heatmap.set_overlay(overlay)
+        self.legend.set_scale(overlay.scale)
+        self.legend.show()
+
+    def predicted_kld(self, plan: Any) -> float | None:
+        if self.table is None or plan is None:
+            return None
+        try:
+            return float(self.table.predict_kld(plan))
+        except KeyError:
+            return None
+
+    def _plan_changed(self, plan: Any) -> None:
+        value = self.predicted_kld(plan)
+        if self.table is None:
+            self.kld_label.setText("-")
+            self.kld_label.setToolTip(NO_TABLE_TIP)
+        elif value is None:
+            self.kld_label.setText("types not measured")
+            self.kld_label.setToolTip("The plan uses a type the sensitivity table did not "
+                                      "measure; measure it among the candidate types")
+        else:
+            self.kld_label.setText(f"{value:.4g}")
+            self.kld_label.setToolTip("Predicted mean KL divergence against the source "
+                                      "model (measured sensitivity, per-tensor damages added)")
+        overlay = self.window.heatmap.overlay
+        if overlay is not None and overlay.plan is not plan:
+            self.refresh_overlay()  # a new plan: the overlay follows it
 
 
 def _tools_menu(window: Any) -> Any:
@@ -62,4 +181,17 @@ def install_quality(window: Any, hardware: Any) -> QAction:
                 tabs.setCurrentIndex(0)
 
     hardware.bestPlanRequested.connect(best_plan)
+
+    state = QualityState(window, hardware)
+    window.quality_state = state
+    view_menu = next((a.menu() for a in window.menuBar().actions()
+                      if a.menu() is not None and a.text().replace("&", "") == "View"), None)
+    for extra in (state.overlay_action, state.per_byte_action):
+        window.addAction(extra)
+        if view_menu is not None:
+            view_menu.addAction(extra)
+    if toolbar is not None:
+        toolbar.addAction(state.overlay_action)
+    if window.current_model is not None:
+        state._model_changed(window.current_model)
     return action

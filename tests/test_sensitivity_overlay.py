@@ -1,0 +1,111 @@
+"""The sensitivity overlay through the real window: toggle, colours, legend, hover, and the
+predicted KLD beside the exact size following every edit."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apex_gui.core.model import open_model
+from apex_gui.core.quality.known import beside_model
+from apex_gui.core.quality.overlay import cell_damage, cell_options, steps
+from apex_gui.core.run_store import RunStore
+from apex_gui.jobs import JobQueue
+from quality_tables import synthetic_table
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def window(qtbot, tmp_path: Path, tiny_qwen2moe: Path, llama_tools):
+    from apex_gui.views.main_window import MainWindow
+    from apex_gui.views.panels import install_panels
+
+    model_path = tmp_path / "tiny.gguf"
+    shutil.copyfile(tiny_qwen2moe, model_path)
+    synthetic_table(open_model(model_path)).save(beside_model(model_path))
+    store = RunStore(tmp_path / "store" / "runs.sqlite")
+    window = MainWindow(probe_hardware=False)
+    qtbot.addWidget(window)
+    install_panels(window, store=store, queue=JobQueue(llama_tools, store),
+                   probe_hardware=False)
+    window.resize(1400, 900)
+    window.show()
+    with qtbot.waitSignal(window.quality_state.tableChanged, timeout=20_000,
+                          check_params_cb=lambda table: table is not None):
+        window.open_model_file(model_path)
+    yield window
+    while window.current_plan is not None and window.current_plan.can_undo():
+        window.current_plan.undo()
+    window.close()
+    store.close()
+
+
+def test_core_steps_cost_bytes_up_and_save_them_down(tmp_path: Path, tiny_qwen2moe: Path) -> None:
+    from apex_gui.core.plan import plan_from_profile
+    from apex_gui.core.profiles import get_profile
+
+    model = open_model(tiny_qwen2moe)
+    table = synthetic_table(model)
+    plan = plan_from_profile(model, get_profile("compact"))
+    cell = next(c for c in plan.cells() if c[1] == "ffn_down_exps")
+    options = cell_options(table, plan, cell)
+    assert [o.nbytes for o in options] == sorted(o.nbytes for o in options)
+    up, down = steps(table, plan, cell)
+    assert up is not None and up.bytes_delta > 0 and up.damage_delta < 0
+    assert down is not None and down.bytes_delta < 0 and down.damage_delta > 0
+    now = cell_damage(table, plan, cell)
+    assert now == pytest.approx(sum(table.damage(n, plan.effective_type(n))
+                                    for n in plan.cell_tensors(*cell)))
+
+
+def test_overlay_colours_cells_by_damage_and_follows_painting(qtbot, window) -> None:
+    from apex_gui.views.sensitivity_overlay import damage_colour
+
+    state = window.quality_state
+    heatmap = window.heatmap
+    plan = window.current_plan
+    table = state.table
+    assert state.overlay_action.isEnabled()
+    assert state.kld_label.text() == f"{table.predict_kld(plan):.4g}"
+
+    state.overlay_action.trigger()
+    overlay = heatmap.overlay
+    assert overlay is not None and overlay.plan is plan
+    assert state.legend.isVisible() and "predicted KLD" in state.legend.caption()
+
+    cell = (0, "ffn_down_exps")
+    before = overlay.colour(cell)
+    # What the viewport shows is the overlay's colour (a corner, away from the label).
+    rect = heatmap.cell_rect(cell)
+    heatmap.ensure_visible(cell)
+    rect = heatmap.cell_rect(cell)
+    image = heatmap.viewport().grab().toImage()
+    pixel = image.pixelColor(rect.left() + 2, rect.top() + 2)
+    assert pixel.name() == before.name()
+
+    tip = heatmap.tooltip_text(cell)
+    assert "predicted KLD of this cell" in tip and "by type: " in tip
+    assert "one step up" in tip and "one step down" in tip
+
+    # Painting the cell lower: more damage (a darker colour), the KLD label follows.
+    value_before = overlay.value(cell)
+    plan.set_cells([cell], "Q2_K", "paint")
+    assert overlay.value(cell) > value_before
+    after = overlay.colour(cell)
+    assert after.lightnessF() < before.lightnessF()
+    assert after.name() == damage_colour(overlay.scale.position(overlay.value(cell))).name()
+    assert state.kld_label.text() == f"{table.predict_kld(plan):.4g}"
+    qtbot.waitUntil(window.undo_action.isEnabled, timeout=5000)
+    window.undo_action.trigger()
+    assert state.kld_label.text() == f"{table.predict_kld(plan):.4g}"
+
+    # Damage per byte, then off again: back to bits per weight.
+    state.per_byte_action.trigger()
+    assert heatmap.overlay.mode == "damage per byte"
+    assert "per byte" in state.legend.caption()
+    state.overlay_action.trigger()
+    assert heatmap.overlay is None and not state.legend.isVisible()
+    assert "predicted KLD of this cell" not in heatmap.tooltip_text(cell)
