@@ -75,6 +75,8 @@ def predicted_figures(plans: Mapping[str, Any], table: Any) -> dict[str, Quality
     are left out)."""
     out: dict[str, QualityFigure] = {}
     for key, plan in plans.items():
+        if key.startswith("i-") and not getattr(table, "imatrix", None):
+            continue  # measured without an imatrix: it cannot tell an I-variant apart
         try:
             value = float(table.predict_kld(plan))
         except KeyError:

@@ -1,0 +1,86 @@
+"""Screenshots of the quality features on a model with measured sensitivity: the overlay,
+the fit dialog and its plan, and the Hardware & tiers best-plan row.
+
+``python -m apex_gui.views.quality_shots MODEL SENSITIVITY.json OUT_DIR`` (offscreen works);
+``apex-studio --screenshot`` calls :func:`take_quality_screenshots` when a trained demo
+with its table is at hand.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+QUALITY_VIEWS = ("sensitivity-overlay", "fit-dialog", "fit-result", "hardware-best-plan")
+
+
+def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
+                             budget_share: float = 0.45) -> list[Path]:
+    """Render the quality views to ``out_dir`` (a scratch data folder keeps history apart)."""
+    from PySide6.QtWidgets import QApplication
+
+    from apex_gui.app import _settle, _wait
+    from apex_gui.core.quality.sensitivity import SensitivityTable
+    from apex_gui.views.main_window import MainWindow
+    from apex_gui.views.panels import install_panels
+
+    scratch = Path(tempfile.mkdtemp(prefix="apex-quality-shots-"))
+    os.environ.setdefault("APEX_STUDIO_DATA_DIR", str(scratch / "data"))
+    os.environ.setdefault("APEX_STUDIO_CONFIG_DIR", str(scratch / "config"))
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def shoot(name: str, widget) -> None:  # type: ignore[no-untyped-def]
+        _settle(300)
+        path = out_dir / f"{name}.png"
+        widget.grab().save(str(path))
+        written.append(path)
+
+    table = SensitivityTable.load(table_path)
+    window = MainWindow(probe_hardware=False)
+    panels = install_panels(window, probe_hardware=False)
+    window.resize(1500, 940)
+    window.show()
+    window.open_model_file(model_path)
+    _wait(window.modelLoadFinished)
+    _settle(300)
+    panels.hardware.manual_edit.setText("8 GB")
+    _wait(panels.hardware.recommendationChanged, 30_000)
+    state = window.quality_state
+    state.set_table(table)
+    state.overlay_action.setChecked(True)
+    window.heatmap.zoom_to_fit()
+    shoot("sensitivity-overlay", window)
+
+    plan = window.current_plan
+    assert plan is not None
+    dialog = window.open_fit_dialog()
+    dialog.size_edit.setText(f"{plan.total_bytes() * budget_share / 1e6:.1f}MB")
+    shoot("fit-dialog", dialog)
+    dialog.run_fit()
+    _wait(dialog.fitted, 60_000)
+    shoot("fit-result", window)
+
+    window.center_tabs.setCurrentWidget(panels.hardware)
+    _settle(1500)
+    row = panels.hardware.best_plan_row()
+    if row is not None:
+        panels.hardware.table.selectRow(row)
+        panels.hardware.table.scrollToBottom()
+    shoot("hardware-best-plan", window)
+    window.allow_dropping_edits() if hasattr(window, "allow_dropping_edits") else None
+    while plan.can_undo():
+        plan.undo()
+    window.close()
+    _settle(50)
+    del app
+    return written
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    for shot in take_quality_screenshots(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])):
+        print(shot)
