@@ -935,6 +935,20 @@ class MainWindow(QMainWindow):
             self.resize(1440, 900)
         if isinstance(state, QByteArray) and not state.isEmpty():
             self.restoreState(state)
+        self._fit_to_screen()
+
+    def _fit_to_screen(self) -> None:
+        """Never larger than the screen: geometry saved at 1x and restored at 2x scaling (or on
+        a smaller monitor) came back bigger than the screen, title bar and edges unreachable."""
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is None:
+            return
+        available = screen.availableGeometry()
+        width, height = min(self.width(), available.width()), min(self.height(), available.height())
+        if (width, height) != (self.width(), self.height()):
+            self.resize(width, height)
+        # The side panel takes at most a third of a narrow window, so the map keeps its columns.
+        self.resizeDocks([self.right_dock], [min(400, max(width // 3, 260))], Qt.Orientation.Horizontal)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self.keep_edits_prompt("Quitting") or not all(guard() for guard in self._close_guards):

@@ -74,12 +74,15 @@ def render_summary_html(model: ModelInfo, matches: list[ProfileMatch] | None = N
             ("Types", types),
         ]
         if matches:
+            # First thing under the file name: the panel is short and this is what a user
+            # opening a quant wants to know (it was the last row, below the fold).
             best = matches[0]
-            rows.append(("Detected profile", escape(best.describe())))
+            detected = [("Detected profile", f"<b>{escape(best.describe())}</b>")]
             runner_up = ", ".join(f"{escape(m.profile.label)} {m.differing_share:.1%}"
                                   for m in matches[1:4])
             if runner_up:
-                rows.append(("Next closest", f"{runner_up} of bytes differ"))
+                detected.append(("Next closest", f"{runner_up} of bytes differ"))
+            rows[1:1] = detected
     elif model.imatrix is not None:
         rows += [("Datasets", escape(", ".join(model.imatrix.datasets) or "-")),
                  ("Chunks", f"{model.imatrix.chunk_count} x {model.imatrix.chunk_size} tokens"),

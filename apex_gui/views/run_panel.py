@@ -23,7 +23,8 @@ from typing import Any
 
 from PySide6.QtCore import QElapsedTimer, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QTextCursor
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QFileDialog,
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QFileDialog, QFrame,
+                               QScrollArea,
                                QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QMessageBox,
                                QPlainTextEdit, QProgressBar, QPushButton, QRadioButton,
@@ -337,12 +338,16 @@ class RunPanel(QWidget):
         self.table.setWordWrap(False)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        # Step names can be long (file names): a fixed, resizable width keeps Progress and
+        # ETA on screen in a narrow window; the full title is the Step cell's tooltip.
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
-        self.table.setColumnWidth(2, 150)
+        header.setMinimumSectionSize(40)
+        self.table.setColumnWidth(0, 120)
+        self.table.setColumnWidth(2, 90)
         self.log_view = QPlainTextEdit()
         self.log_view.setObjectName("runLog")
         self.log_view.setReadOnly(True)
@@ -390,11 +395,20 @@ class RunPanel(QWidget):
         watch_layout.addWidget(watch, 1)
         watch_layout.addWidget(self.failure_label)
         watch_layout.addLayout(queue_buttons)
+        # The choices scroll instead of setting the window's minimum size: with them inline
+        # the whole window could not be narrower than ~1170 px, nor a 1024x700 screen's.
+        choices_scroll = QScrollArea()
+        choices_scroll.setWidgetResizable(True)
+        choices_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        choices_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        choices_scroll.setWidget(choices)
+        choices_scroll.setMinimumWidth(280)
         splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(choices)
+        splitter.addWidget(choices_scroll)
         splitter.addWidget(watch_page)
-        splitter.setStretchFactor(0, 2)
-        splitter.setStretchFactor(1, 3)
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 2)
+        splitter.setSizes([300, 600])  # the queue gets the room: its columns must show
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(splitter)
