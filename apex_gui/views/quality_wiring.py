@@ -9,6 +9,9 @@ Kept out of main_window.py: the window only offers ``menuBar()``, its toolbar, `
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
@@ -143,7 +146,51 @@ def _tools_menu(window: Any) -> Any:
     return window.menuBar().addMenu("&Tools")
 
 
-def install_quality(window: Any, hardware: Any) -> QAction:
+def sensitivity_output(model_path: Path) -> Path:
+    """Where a measured table goes: beside the model (found there again on the next start),
+    else in the data folder when the model's folder is read-only."""
+    from apex_gui.core.quality.known import beside_model
+    from apex_gui.core.settings import data_dir
+
+    target = beside_model(model_path)
+    if os.access(target.parent, os.W_OK):
+        return target
+    return data_dir() / "sensitivity" / target.name
+
+
+def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: int = 512,
+                      chunks: int | None = None) -> int | None:
+    """Queue the open model's sensitivity measurement; its table is used when it is done."""
+    from apex_gui.core.quality.job import SensitivityJob
+
+    model = window.current_model
+    if model is None:
+        window.statusBar().showMessage("Open a model first", 4000)
+        return None
+    plan = window.current_plan
+    imatrix = Path(plan.imatrix) if plan is not None and plan.imatrix else None
+    output = sensitivity_output(model.path)
+    if output.exists():
+        output = output.with_name(f"{output.stem}.{int(time.time())}.json")
+    job = SensitivityJob(model=Path(model.path), output_path=output, imatrix=imatrix,
+                         context=context, chunks=chunks)
+    job_id = queue.add(job)
+
+    def finished(done_id: int, outcome: Any) -> None:
+        if done_id != job_id:
+            return
+        queue.jobFinished.disconnect(finished)
+        if outcome.succeeded and window.current_model is model:
+            from apex_gui.core.quality.sensitivity import SensitivityTable
+
+            state.set_table(SensitivityTable.load(output))
+            window.statusBar().showMessage(f"Sensitivity measured: {output}", 8000)
+
+    queue.jobFinished.connect(finished)
+    return job_id
+
+
+def install_quality(window: Any, hardware: Any, queue: Any = None) -> QAction:
     """Add "Fit to budget..." and connect the best-plan row; returns the action."""
     action = QAction("&Fit to budget...", window)
     action.setObjectName("fitToBudgetAction")
@@ -183,6 +230,15 @@ def install_quality(window: Any, hardware: Any) -> QAction:
     hardware.bestPlanRequested.connect(best_plan)
 
     state = QualityState(window, hardware)
+    if queue is not None:
+        measure = QAction("&Measure sensitivity", window)
+        measure.setObjectName("measureSensitivityAction")
+        measure.setToolTip("Measure each tensor's damage at each candidate type with the "
+                           "llama.cpp tools (a Run queue job: progress, ETA, cancel)")
+        measure.triggered.connect(lambda _c=False: queue_sensitivity(window, queue, state))
+        window.addAction(measure)
+        _tools_menu(window).addAction(measure)
+        window.measure_sensitivity_action = measure
     window.quality_state = state
     view_menu = next((a.menu() for a in window.menuBar().actions()
                       if a.menu() is not None and a.text().replace("&", "") == "View"), None)
