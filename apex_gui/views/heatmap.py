@@ -57,6 +57,10 @@ MIXER_TAGS: dict[MixerKind, tuple[str, str]] = {
     MixerKind.NONE: ("", "#888888"),
 }
 
+_KEPT_LIGHT = style.KEPT_GREY.lighter(135)  # kept-as-is cells, computed once, not per cell
+_KEPT_DARK = style.KEPT_GREY.darker(160)
+_KEPT_HATCH = style.KEPT_GREY.darker(130)
+
 GROUP_SHORT_TITLES: dict[TensorRole, str] = {
     TensorRole.ROUTED_EXPERT: "Routed", TensorRole.SHARED_EXPERT: "Shared",
     TensorRole.ATTENTION: "Attn", TensorRole.LINEAR_ATTENTION: "SSM",
@@ -194,6 +198,7 @@ class PrecisionHeatmap(QAbstractScrollArea):
         self._states: dict[Cell, CellState] = {}
         self._selection: set[Cell] = set()
         self._cursor: Cell | None = None
+        self._advances: dict[tuple[int, str], int] = {}
         self._stroke: list[Cell] = []
         self._rect_anchor: Cell | None = None
         self._hovered: Cell | None = None
@@ -754,6 +759,14 @@ class PrecisionHeatmap(QAbstractScrollArea):
         painter.setPen(pen)
         painter.drawLine(0, top - 1, geometry.grid_width, top - 1)
 
+    def _advance(self, metrics: QFontMetrics, text: str) -> int:
+        # Type names repeat thousands of times per repaint: measure each once per font size.
+        key = (metrics.height(), text)
+        width = self._advances.get(key)
+        if width is None:
+            width = self._advances[key] = metrics.horizontalAdvance(text)
+        return width
+
     def _paint_cell(self, painter: QPainter, cell: Cell, rect: QRect, font: QFont,
                     metrics: QFontMetrics, palette: QPalette) -> None:
         state = self._states.get(cell)
@@ -764,10 +777,11 @@ class PrecisionHeatmap(QAbstractScrollArea):
         pending = cell in self._stroke
         shown_type = self.brush_type if pending else state.effective
         if not state.editable:
-            base = style.KEPT_GREY.lighter(135) if not style.is_dark(palette) else style.KEPT_GREY.darker(160)
+            dark = style.is_dark(palette)
+            base = _KEPT_DARK if dark else _KEPT_LIGHT
             painter.fillRect(inner, base)
-            painter.fillRect(inner, QBrush(style.KEPT_GREY.darker(130) if not style.is_dark(palette)
-                                           else style.KEPT_GREY, Qt.BrushStyle.BDiagPattern))
+            painter.fillRect(inner, QBrush(style.KEPT_GREY if dark else _KEPT_HATCH,
+                                           Qt.BrushStyle.BDiagPattern))
             fill = base
         else:
             bpw = ggml_type(shown_type).bits_per_weight if shown_type in TYPES else 16.0
@@ -783,9 +797,9 @@ class PrecisionHeatmap(QAbstractScrollArea):
             fill = veil
         label = shown_type if (pending or not state.falls_back) else f"{state.planned}>{state.effective}"
         if metrics.height() <= rect.height() + 2:
-            if metrics.horizontalAdvance(label) > rect.width() - 4:
+            if self._advance(metrics, label) > rect.width() - 4:
                 label = shown_type
-            if metrics.horizontalAdvance(label) <= rect.width() - 4:
+            if self._advance(metrics, label) <= rect.width() - 4:
                 painter.setFont(font)
                 text_colour = style.text_colour_on(fill) if state.editable else QColor("#202020")
                 if not state.editable and style.is_dark(palette):
@@ -909,9 +923,10 @@ class PrecisionHeatmap(QAbstractScrollArea):
         tag_font.setPixelSize(max(8, min(10, geometry.cell_height - 6)))
         tag_metrics = QFontMetrics(tag_font)
         text = palette.color(QPalette.ColorRole.WindowText)
-        selected_rows = {layer.index for layer in geometry.rows
-                         if self._plan is not None and self._selection.issuperset(self._plan.row_cells(layer.index))
-                         and any(c[0] == layer.index for c in self._selection)}
+        # Only layers with a selected cell can be wholly selected (cheap with 60+ rows).
+        touched = {c[0] for c in self._selection if c[0] is not None}
+        selected_rows = {layer for layer in touched
+                         if self._plan is not None and self._selection.issuperset(self._plan.row_cells(layer))}
         for row in range(first_row, last_row):
             layer = geometry.rows[row]
             top = origin.y() + row * geometry.cell_height

@@ -56,7 +56,13 @@ def bpw_position(bits_per_weight: float) -> float:
 
 def bpw_colour(bits_per_weight: float) -> QColor:
     """The heatmap colour of a tensor stored at ``bits_per_weight``."""
-    return QColor(_scale_colour(round(bpw_position(bits_per_weight) * 1000)))
+    return QColor(_bpw_colour(bits_per_weight))  # a copy: callers may change it
+
+
+@lru_cache(maxsize=128)
+def _bpw_colour(bits_per_weight: float) -> QColor:
+    # A few dozen distinct values per model, asked for thousands of times per repaint.
+    return _scale_colour(round(bpw_position(bits_per_weight) * 1000))
 
 
 def text_colour_on(background: QColor) -> QColor:
