@@ -96,3 +96,13 @@ def test_bounded_reads_stop_at_the_cap(tmp_path: Path) -> None:
         read_bounded_text(text, "--x", 100)
     with pytest.raises(InputFileError, match="is a folder"):
         read_bounded_bytes(tmp_path, "--x", 100)
+
+
+def test_the_windows_calibration_path_is_bounded_too(pipe: Path) -> None:
+    """The Run panel combines calibration files in core: a FIFO is refused, not read."""
+    from apex_gui.core.calibration import CalibrationError, combine_calibration
+
+    with pytest.raises(CalibrationError, match=r"calibration file .*pipe\.txt is a pipe \(FIFO\)"):
+        combine_calibration([pipe])
+    with pytest.raises(CalibrationError, match=r"/dev/zero is a device"):
+        combine_calibration(["/dev/zero"])

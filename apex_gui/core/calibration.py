@@ -84,7 +84,20 @@ def combine_calibration(files: Sequence[str | os.PathLike[str] | Traversable] | 
     for item in items:
         path = item if isinstance(item, Traversable) else Path(item)
         try:
-            text = path.read_bytes().decode("utf-8")
+            if isinstance(path, Path):
+                # Bounded: a FIFO or /dev/zero chosen as calibration must not hang or fill
+                # memory (regular files only, under a size cap).
+                from .files.inputs import TEXT_CAP_BYTES, InputFileError, read_bounded_bytes
+
+                try:
+                    data = read_bounded_bytes(path, "calibration file", TEXT_CAP_BYTES)
+                except InputFileError as error:
+                    raise CalibrationError(str(error)) from None
+            else:
+                data = path.read_bytes()
+            text = data.decode("utf-8")
+        except CalibrationError:
+            raise  # a FileNotFoundError too: keep its own message
         except FileNotFoundError:
             raise CalibrationError(f"calibration file {path} does not exist; check the path") from None
         except UnicodeDecodeError as error:
