@@ -369,12 +369,17 @@ def test_cli_without_a_terminal_prints_plain_lines(tiny_qwen2moe, tmp_path, capf
 
 
 def test_cli_names_a_step_refused_before_it_started(tiny_qwen2moe, tmp_path, capfd):
-    code = command("quantize", str(tiny_qwen2moe), "--tensor-type-file",
-                   str(_types_file(tmp_path)), "--type", "Q4_K_M", "-o", str(tiny_qwen2moe))
+    # Writing over the source is refused before anything runs: one line, exit 2 (bad input),
+    # through the real entry point.
+    from apex_gui.cli import main
+
+    before = tiny_qwen2moe.read_bytes()
+    code = main(["quantize", str(tiny_qwen2moe), "--tensor-type-file",
+                 str(_types_file(tmp_path)), "--type", "Q4_K_M", "-o", str(tiny_qwen2moe)])
     err = capfd.readouterr().err
-    assert code == 1
-    assert re.search(r"^> quantize: .*\n  FAILED \(0\.0 s\): the output .* is also an input",
-                     err, re.M)
+    assert code == 2
+    assert re.search(r"-o .* is the source model .*never written", err)
+    assert tiny_qwen2moe.read_bytes() == before
 
 
 def test_cli_imatrix_json_with_the_bundled_calibration_set(tiny_qwen2moe, tmp_path, capsys):
