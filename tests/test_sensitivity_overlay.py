@@ -109,3 +109,25 @@ def test_overlay_colours_cells_by_damage_and_follows_painting(qtbot, window) -> 
     state.overlay_action.trigger()
     assert heatmap.overlay is None and not state.legend.isVisible()
     assert "predicted KLD of this cell" not in heatmap.tooltip_text(cell)
+
+
+def test_results_plot_the_optimizer_curve_beside_the_tiers(qtbot, window) -> None:
+    """KL vs size in the Results view: the optimizer's plans (predicted) beside the fixed
+    tiers predicted from the same table; at a tier's size the optimizer is never worse."""
+    from apex_gui.views.results_panel import ResultsPanel
+
+    results = window.findChild(ResultsPanel)
+    plot = results.kld_plot
+    qtbot.waitUntil(lambda: bool(getattr(plot, "curve_points", [])), timeout=30_000)
+    curve, tiers = plot.curve_points, plot.tier_points
+    assert len(curve) >= 5 and tiers
+    sizes = [p.nbytes for p in curve]
+    assert sizes == sorted(sizes)
+    klds = [p.predicted_kld for p in curve]
+    assert all(a >= b - 1e-15 for a, b in zip(klds, klds[1:]))  # more bytes, less damage
+    table = window.quality_state.table
+    from apex_gui.core.quality.optimizer import optimize
+
+    for tier in tiers:
+        best = optimize(window.current_model, table, tier.nbytes)
+        assert best.predicted_kld <= tier.predicted_kld + 1e-15, tier.label

@@ -158,7 +158,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     window.add_close_guard(close_guard)
     from .quality_wiring import install_quality
 
-    install_quality(window, hardware, queue)
+    install_quality(window, hardware, queue, results)
     if window.current_model is not None:
         size_baselines(window.current_model)
     return InstalledPanels(hardware, run, results, queue, store)

@@ -190,7 +190,22 @@ def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: 
     return job_id
 
 
-def install_quality(window: Any, hardware: Any, queue: Any = None) -> QAction:
+def _update_curve(window: Any, results: Any, state: QualityState, table: Any) -> None:
+    """Results view: the optimizer's plans and the tiers' predicted KL for this table."""
+    model = window.current_model
+    if table is None or model is None:
+        results.set_quality_curve([], [])
+        return
+    from apex_gui.core.quality.curve import optimizer_curve, tier_points
+
+    task = window.workers.submit("optimizer curve", lambda _token: (
+        optimizer_curve(model, table), tier_points(model, table)))
+    task.finished.connect(lambda found: results.set_quality_curve(*found)
+                          if state.table is table else None)
+
+
+def install_quality(window: Any, hardware: Any, queue: Any = None,
+                    results: Any = None) -> QAction:
     """Add "Fit to budget..." and connect the best-plan row; returns the action."""
     action = QAction("&Fit to budget...", window)
     action.setObjectName("fitToBudgetAction")
@@ -230,6 +245,8 @@ def install_quality(window: Any, hardware: Any, queue: Any = None) -> QAction:
     hardware.bestPlanRequested.connect(best_plan)
 
     state = QualityState(window, hardware)
+    if results is not None:
+        state.tableChanged.connect(lambda table: _update_curve(window, results, state, table))
     if queue is not None:
         measure = QAction("&Measure sensitivity", window)
         measure.setObjectName("measureSensitivityAction")

@@ -332,6 +332,18 @@ class ResultsPanel(QWidget):
         self._hardware_label = hardware_label
 
     # --- content ------------------------------------------------------------------------
+    def set_quality_curve(self, curve: Sequence[Any], tiers: Sequence[Any]) -> None:
+        """The optimizer's plans and the tiers' predicted KL (apex_gui.core.quality.curve),
+        drawn on the KL plot beside the measured points."""
+        self._quality_curve = (list(curve), list(tiers))
+        self.refresh()
+
+    def _draw_quality_curve(self) -> None:
+        from .quality_curve import draw_quality_curve
+
+        curve, tiers = getattr(self, "_quality_curve", ([], []))
+        draw_quality_curve(self.kld_plot, curve, tiers)
+
     def refresh(self) -> None:
         """Re-read the run history (one short SQLite query)."""
         if self._store is None:
@@ -344,6 +356,7 @@ class ResultsPanel(QWidget):
         self.table_model.set_rows(self.rows)
         self.ppl_plot.show_rows(self.rows, _ppl)
         self.kld_plot.show_rows([r for r in self.rows if r.kind != "reference"], _kld)
+        self._draw_quality_curve()
         self.speed_plot.show_rows(self.rows, _tg)
         quants = [r for r in self.rows if r.kind in ("apex", "other")]
         measured = sum(1 for r in quants if r.measured and r.has_measurements)

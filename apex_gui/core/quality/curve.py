@@ -1,0 +1,57 @@
+"""The optimizer's quality-per-byte curve beside the fixed tiers: predicted KL divergence
+against exact file size, for the Results view's "KL vs size" plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import ModelInfo
+from ..plan import plan_from_profile
+from .optimizer import BudgetTooSmall, optimize, smallest_plan_bytes
+from .sensitivity import SensitivityTable
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    label: str
+    nbytes: int
+    predicted_kld: float
+
+
+def tier_points(model: ModelInfo, table: SensitivityTable,
+                keys: tuple[str, ...] = ("quality", "balanced", "compact", "mini",
+                                         "nano", "micro")) -> list[CurvePoint]:
+    """Each fixed tier's exact size and its KL divergence predicted from the same table."""
+    from ..profiles import all_profiles
+
+    profiles = all_profiles()
+    points = []
+    for key in keys:
+        if key not in profiles:
+            continue
+        plan = plan_from_profile(model, profiles[key])
+        try:
+            points.append(CurvePoint(profiles[key].label, plan.total_bytes(),
+                                     table.predict_kld(plan)))
+        except KeyError:
+            continue  # the tier uses a type the table did not measure
+    return points
+
+
+def optimizer_curve(model: ModelInfo, table: SensitivityTable, *, steps: int = 10,
+                    high: int | None = None) -> list[CurvePoint]:
+    """The optimizer's plans at ``steps`` budgets from its smallest plan up to ``high``
+    (default: the largest tier), spaced evenly in size."""
+    low = smallest_plan_bytes(model, table)
+    if high is None:
+        tiers = tier_points(model, table)
+        high = max((p.nbytes for p in tiers), default=low * 2)
+    points = []
+    for index in range(steps):
+        budget = low + (high - low) * index // max(steps - 1, 1)
+        try:
+            result = optimize(model, table, budget)
+        except BudgetTooSmall:
+            continue
+        points.append(CurvePoint("optimizer", result.plan.total_bytes(), result.predicted_kld))
+    return points
