@@ -11,6 +11,8 @@ every core, and two at once would only split them.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,19 @@ class _Entry:
     attempts: int = 0
     produced: list = field(default_factory=list)
     retry_note: str | None = None  # why this run repeats one that crashed
+
+
+def dies_with_this_process(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """Program and arguments that start ``argv`` so the tool dies when this process does.
+
+    QProcess cannot set PR_SET_PDEATHSIG in the child from Python; util-linux's ``setpriv``
+    (on every Debian/Ubuntu system) sets it and then executes the tool in the same process,
+    so a window that is killed leaves no llama.cpp tool running on. Elsewhere: as given.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        return argv[0], list(argv[1:])
+    return setpriv, ["--pdeathsig", "KILL", "--", *argv]
 
 
 class JobQueue(QObject):
@@ -198,8 +213,9 @@ class JobQueue(QObject):
         for key, value in prepared.env.items():
             environment.insert(key, value)
         process.setProcessEnvironment(environment)
-        process.setProgram(prepared.argv[0])
-        process.setArguments(prepared.argv[1:])
+        program, arguments = dies_with_this_process(prepared.argv)
+        process.setProgram(program)
+        process.setArguments(arguments)
         process.readyReadStandardOutput.connect(lambda p=process: self._read_output(p))
         # One done-handler for both: a crash emits errorOccurred then finished, a failed
         # start only errorOccurred; the handler acts once, when the process is not running.
