@@ -37,6 +37,7 @@ from apex_gui.workers import CancelToken, Task, WorkerPool
 from . import style
 from .export_dialog import ExportedDialog
 from .heatmap import BitsLegend, PrecisionHeatmap
+from .tensor_browser import MetadataBrowser, TensorTable
 from .hf_download import HubDownloadDialog
 from .model_info import ModelInfoView, render_summary_html
 from .plan_panel import PlanPanel, readable_size
@@ -178,6 +179,15 @@ class MainWindow(QMainWindow):
         self.center_tabs.setObjectName("centerTabs")
         self.center_tabs.setDocumentMode(True)
         self.center_tabs.addTab(map_page, "Precision map")
+        self.tensor_table = TensorTable()
+        self.metadata_browser = MetadataBrowser()
+        self.center_tabs.addTab(self.tensor_table, "Tensors")
+        self.center_tabs.addTab(self.metadata_browser, "Metadata")
+        # The Plan column follows edits, batched: a drag stroke is one refresh, not dozens.
+        self._tensor_refresh = QTimer(self)
+        self._tensor_refresh.setSingleShot(True)
+        self._tensor_refresh.setInterval(150)
+        self._tensor_refresh.timeout.connect(self._refresh_tensor_table)
         central = QWidget()
         self._central_layout = QVBoxLayout(central)  # banners above the tabs (add_banner)
         self._central_layout.setContentsMargins(0, 0, 0, 0)
@@ -495,6 +505,8 @@ class MainWindow(QMainWindow):
         self.plan_panel.set_profiles(loaded.profiles, loaded.profile_key, stored_label)
         self.plan_panel.set_detected(f"Detected: {loaded.matches[0].describe()}" if loaded.matches else "")
         self.model_info.setHtml(loaded.summary_html)
+        self.tensor_table.set_model(model, self._planned_types(loaded.plan))
+        self.metadata_browser.set_model(model)
         self._set_reference(None, "", "")
         self._set_plan(loaded.plan, band_profile=detected, baseline=loaded.baseline)
         self.modelChanged.emit(model)
@@ -517,13 +529,23 @@ class MainWindow(QMainWindow):
             self._baseline = baseline or plan_from_gguf(plan.model)
             baseline_label = "the file as stored"
         self.heatmap.set_plan(plan, band_profile)
+        self._tensor_refresh.start()
         self.plan_panel.set_plan(plan, self._baseline.total_bytes(), baseline_label)
         self._update_title()
         self._update_actions()
         self.planChanged.emit(plan)
 
+    @staticmethod
+    def _planned_types(plan: PrecisionPlan) -> dict[str, str]:
+        return {name: plan.effective_type(name) for name in plan.types}
+
+    def _refresh_tensor_table(self) -> None:
+        if self.current_plan is not None:
+            self.tensor_table.set_planned(self.current_model, self._planned_types(self.current_plan))
+
     def _plan_edited(self, _change: object) -> None:
         self._edits_kept = False
+        self._tensor_refresh.start()
         # Title and actions are refreshed from the event loop (a 0 ms single-shot timer), so
         # a burst of edits updates them once.
         self._state_timer.start()

@@ -1,0 +1,1 @@
+"""GGUF reading and browsing (the reader itself moves here in the architecture step)."""
