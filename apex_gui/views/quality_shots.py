@@ -13,7 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-QUALITY_VIEWS = ("sensitivity-overlay", "fit-dialog", "fit-result", "hardware-best-plan")
+QUALITY_VIEWS = ("sensitivity-overlay", "results-curve", "fit-dialog", "fit-result",
+                 "hardware-best-plan")
 
 
 def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
@@ -54,6 +55,15 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     state.overlay_action.setChecked(True)
     window.heatmap.zoom_to_fit()
     shoot("sensitivity-overlay", window)
+
+    window.center_tabs.setCurrentWidget(panels.results)
+    panels.results.plots.setCurrentWidget(panels.results.kld_plot)
+    for _ in range(100):  # the curve is computed in the worker pool
+        if getattr(panels.results.kld_plot, "curve_points", None):
+            break
+        _settle(100)
+    shoot("results-curve", window)
+    window.center_tabs.setCurrentIndex(0)
 
     plan = window.current_plan
     assert plan is not None

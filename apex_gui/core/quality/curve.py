@@ -40,11 +40,14 @@ def tier_points(model: ModelInfo, table: SensitivityTable,
 
 def optimizer_curve(model: ModelInfo, table: SensitivityTable, *, steps: int = 10,
                     high: int | None = None) -> list[CurvePoint]:
-    """The optimizer's plans at ``steps`` budgets from its smallest plan up to ``high``
-    (default: the largest tier), spaced evenly in size."""
+    """The optimizer's plans at ``steps`` budgets spaced evenly in size, from a little
+    below the smallest tier (not below the optimizer's smallest plan, whose damage would
+    dwarf the rest of the plot) up to ``high`` (default: the largest tier)."""
     low = smallest_plan_bytes(model, table)
+    tiers = tier_points(model, table)
+    if tiers:
+        low = max(low, int(min(p.nbytes for p in tiers) * 0.75))
     if high is None:
-        tiers = tier_points(model, table)
         high = max((p.nbytes for p in tiers), default=low * 2)
     points = []
     for index in range(steps):
