@@ -107,10 +107,13 @@ def gguf_output_problem(written: Path) -> str | None:
 
 
 def check_readable_file(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise JobError(f"{what} {path} does not exist; check the path")
-    if not os.access(path, os.R_OK):
-        raise JobError(f"{what} {path} is not readable; fix its permissions (chmod +r)")
+    """A regular, readable file (a folder, FIFO or device is named as such), else JobError."""
+    from .files.inputs import InputFileError, check_input_file
+
+    try:
+        check_input_file(path, what)
+    except InputFileError as error:
+        raise JobError(str(error)) from None
 
 
 def _check_output(output: Path, inputs: Iterable[Path]) -> None:
@@ -516,7 +519,7 @@ class ImatrixJob(ToolJob):
         _exists_or_produced(self.model, produced, "model", model=True)
         check_readable_file(self.calibration, "calibration text")
         _check_output(self.output_path, self.inputs())
-        text = self.calibration.read_text(encoding="utf-8", errors="replace")
+        text = _text_head(self.calibration, "calibration text", self.context)
         needed = 2 * self.context
         if estimate_tokens(text) < needed:
             raise JobError(
@@ -733,10 +736,24 @@ def _perplexity_verdict(exit_code: int, log: str, text: Path, context: int,
     return Verdict(False, _generic_failure("llama-perplexity", exit_code, log))
 
 
+def _text_head(path: Path, what: str, context: int) -> str:
+    """As much of a text as the length check needs (never the whole of a huge file, a FIFO
+    or a device): at most 4 bytes a character for 2 * context tokens."""
+    from .files.inputs import TEXT_CAP_BYTES, InputFileError, check_input_file
+
+    try:
+        check_input_file(path, what, TEXT_CAP_BYTES)
+    except InputFileError as error:
+        raise JobError(str(error)) from None
+    with open(path, "rb") as handle:
+        head = handle.read(4 * 2 * context * CHARS_PER_TOKEN_UPPER_BOUND)
+    return head.decode("utf-8", errors="replace")
+
+
 def _check_text_length(text: Path, context: int) -> None:
     """Refuse an evaluation text that certainly has fewer than 2 * context tokens: the tool
     would exit 0 having computed nothing."""
-    content = text.read_text(encoding="utf-8", errors="replace")
+    content = _text_head(text, "evaluation text", context)
     if estimate_tokens(content) < 2 * context:
         raise JobError(
             f"the evaluation text {text} is too short: about {estimate_tokens(content)} tokens "
