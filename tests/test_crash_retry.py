@@ -157,3 +157,31 @@ def test_the_variant_ggml_loads_is_predicted_from_the_cpu_flags(flags, available
     from apex_gui.core.tools import expected_cpu_variant
 
     assert expected_cpu_variant(available, flags) == expected
+
+
+@pytest.mark.gui
+def test_the_qt_queue_retries_a_crash_without_repacking_and_says_so(qtbot, tmp_path,
+                                                                     tiny_qwen2moe, text):
+    from apex_gui.jobs import JobQueue
+
+    folder = tmp_path / "bin"
+    crashing_perplexity(folder)
+    store = RunStore(tmp_path / "runs.db")
+    queue = JobQueue(LlamaTools(folder), store)
+    started: list[int] = []
+    output: list[str] = []
+    queue.jobStarted.connect(started.append)
+    queue.jobOutput.connect(lambda _job_id, chunk: output.append(chunk))
+    with qtbot.waitSignal(queue.allFinished, timeout=60_000) as done:
+        job_id = queue.add(_job(tiny_qwen2moe, text))
+    assert done.args == [0]
+    outcome = queue.outcome(job_id)
+    assert outcome is not None and outcome.succeeded, outcome
+    assert outcome.results["ppl"] == pytest.approx(279.2694)
+    assert "SIGSEGV" in outcome.results["crash_retry"]
+    assert started == [job_id]  # one job for the user, however many runs it took
+    assert "[APEX Studio] llama-perplexity crashed (SIGSEGV" in "".join(output)
+    assert [("--no-repack" in line) for line in calls(folder)] == [False, True]
+    assert sorted(r.status for r in store.runs()) == ["failed", "succeeded"]
+    queue.shutdown()
+    store.close()
