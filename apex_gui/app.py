@@ -159,7 +159,17 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
     try:
         if {"results", "run"} & set(only or SCREENSHOT_VIEWS):
             record_demo_runs(scratch)
-        return _take_screenshots(out_dir, only)
+        written = _take_screenshots(out_dir, only)
+        # The quality views need a trained model and its measured sensitivity (not bundled:
+        # see training/); name one to render them too.
+        quality_model = os.environ.get("APEX_SCREENSHOT_QUALITY_MODEL")
+        if quality_model and not only:
+            from apex_gui.core.quality.known import beside_model
+            from apex_gui.views.quality_shots import take_quality_screenshots
+
+            written += take_quality_screenshots(Path(quality_model), beside_model(quality_model),
+                                                out_dir)
+        return written
     finally:
         for key, value in previous.items():
             if value is None:

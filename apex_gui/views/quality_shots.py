@@ -1,9 +1,9 @@
 """Screenshots of the quality features on a model with measured sensitivity: the overlay,
-the fit dialog and its plan, and the Hardware & tiers best-plan row.
+the Results curve, and the fit dialog with its plan.
 
 ``python -m apex_gui.views.quality_shots MODEL SENSITIVITY.json OUT_DIR`` (offscreen works);
-``apex-studio --screenshot`` calls :func:`take_quality_screenshots` when a trained demo
-with its table is at hand.
+``apex-studio --screenshot DIR`` adds them when ``APEX_SCREENSHOT_QUALITY_MODEL`` names a
+model with its table beside it (``MODEL.sensitivity.json``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-QUALITY_VIEWS = ("sensitivity-overlay", "results-curve", "fit-dialog", "fit-result",
-                 "hardware-best-plan")
+QUALITY_VIEWS = ("sensitivity-overlay", "results-curve", "fit-dialog", "fit-result")
 
 
 def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
@@ -74,13 +73,6 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     _wait(dialog.fitted, 60_000)
     shoot("fit-result", window)
 
-    window.center_tabs.setCurrentWidget(panels.hardware)
-    _settle(1500)
-    row = panels.hardware.best_plan_row()
-    if row is not None:
-        panels.hardware.table.selectRow(row)
-        panels.hardware.table.scrollToBottom()
-    shoot("hardware-best-plan", window)
     window.allow_dropping_edits() if hasattr(window, "allow_dropping_edits") else None
     while plan.can_undo():
         plan.undo()
