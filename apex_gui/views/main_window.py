@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QInputDia
 
 from apex_gui import __version__
 from apex_gui.core import hardware
+from apex_gui.core.gguf.browse import MetadataRow, TensorRow, metadata_rows, tensor_rows
 from apex_gui.core.gguf_reader import GGUFError
 from apex_gui.core.model import FileKind, ModelInfo, open_model
 from apex_gui.core.plan import (PrecisionPlan, ProfileMatch, detect_profile, plan_from_gguf,
@@ -61,6 +62,8 @@ class LoadedModel:
     profiles: dict[str, Profile]
     summary_html: str
     seconds: float
+    tensor_rows: list[TensorRow] = field(default_factory=list)  # the Tensors tab, made off-thread
+    metadata_rows: list[MetadataRow] = field(default_factory=list)
 
 
 def is_quantized(model: ModelInfo) -> bool:
@@ -95,8 +98,9 @@ def load_model(path: Path, profile_key: str, token: CancelToken) -> LoadedModel:
         key = plan.profile.key if plan.profile else profile_key
     token.raise_if_cancelled()
     summary = render_summary_html(model, matches)
+    planned = {name: plan.effective_type(name) for name in plan.types}
     return LoadedModel(model, plan, key, matches, baseline, detected_plan, all_profiles(), summary,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, tensor_rows(model, planned), metadata_rows(model))
 
 
 def open_error_message(path: Path, error: BaseException) -> str:
@@ -505,8 +509,9 @@ class MainWindow(QMainWindow):
         self.plan_panel.set_profiles(loaded.profiles, loaded.profile_key, stored_label)
         self.plan_panel.set_detected(f"Detected: {loaded.matches[0].describe()}" if loaded.matches else "")
         self.model_info.setHtml(loaded.summary_html)
-        self.tensor_table.set_model(model, self._planned_types(loaded.plan))
-        self.metadata_browser.set_model(model)
+        # The tables wait one event-loop turn: the map shows first, the GUI never stalls
+        # for the sum of everything (a 400B model has thousands of rows).
+        QTimer.singleShot(0, lambda: self._fill_browsers(loaded))
         self._set_reference(None, "", "")
         self._set_plan(loaded.plan, band_profile=detected, baseline=loaded.baseline)
         self.modelChanged.emit(model)
@@ -534,6 +539,13 @@ class MainWindow(QMainWindow):
         self._update_title()
         self._update_actions()
         self.planChanged.emit(plan)
+
+    def _fill_browsers(self, loaded: LoadedModel) -> None:
+        if loaded.model is not self.current_model:
+            return  # superseded by a later open
+        self.tensor_table.set_model(loaded.model, rows=loaded.tensor_rows)
+        self.metadata_browser.set_model(loaded.model, rows=loaded.metadata_rows)
+        self._refresh_tensor_table()
 
     @staticmethod
     def _planned_types(plan: PrecisionPlan) -> dict[str, str]:

@@ -139,9 +139,14 @@ class TensorTable(QWidget):
         layout.addWidget(self.summary)
         self.search.textChanged.connect(self._search)
 
-    def set_model(self, model: Any, planned: dict[str, str] | None = None) -> None:
-        self.model.set_rows(tensor_rows(model, planned) if model is not None else [])
-        self.view.resizeColumnToContents(0)
+    def set_model(self, model: Any, planned: dict[str, str] | None = None,
+                  rows: list[TensorRow] | None = None) -> None:
+        """Show ``model``'s tensors; ``rows`` when already made off the GUI thread."""
+        if rows is None:
+            rows = tensor_rows(model, planned) if model is not None else []
+        self.model.set_rows(rows)
+        # A fixed width: measuring every name (thousands for a 400B model) stalls the window.
+        self.view.setColumnWidth(0, 300)
         self._update_summary()
 
     def set_planned(self, model: Any, planned: dict[str, str]) -> None:
@@ -152,7 +157,6 @@ class TensorTable(QWidget):
         column = 4
         self.model.dataChanged.emit(self.model.index(0, column),
                                     self.model.index(len(self.model.rows) - 1, column))
-        self._update_summary()
 
     def shown_rows(self) -> list[TensorRow]:
         return [self.model.rows[self.proxy.mapToSource(self.proxy.index(r, 0)).row()]
@@ -163,7 +167,10 @@ class TensorTable(QWidget):
         self._update_summary()
 
     def _update_summary(self) -> None:
-        rows = self.shown_rows()
+        # The same filter as the proxy, on plain rows: mapping thousands of proxy indexes
+        # back to the source stalled the opening of a 400B model by ~20 ms.
+        query, searchable = self.proxy.query, self.proxy._searchable
+        rows = [r for r in self.model.rows if not query or matches(query, *searchable(r))]
         total = sum(r.nbytes for r in rows)
         self.summary.setText(f"{len(rows):,} of {len(self.model.rows):,} tensors, "
                              f"{format_size(total)} ({total:,} bytes) as stored")
@@ -208,10 +215,12 @@ class MetadataBrowser(QWidget):
         self.search.textChanged.connect(self.proxy.set_query)
         self.view.selectionModel().currentRowChanged.connect(self._show_value)
 
-    def set_model(self, model: Any) -> None:
-        self.model.set_rows(metadata_rows(model) if model is not None else [])
+    def set_model(self, model: Any, rows: list[MetadataRow] | None = None) -> None:
+        if rows is None:
+            rows = metadata_rows(model) if model is not None else []
+        self.model.set_rows(rows)
         self.value_view.clear()
-        self.view.resizeColumnToContents(0)
+        self.view.setColumnWidth(0, 300)
 
     def select_key(self, key: str) -> bool:
         for row in range(self.proxy.rowCount()):
@@ -229,4 +238,4 @@ class MetadataBrowser(QWidget):
             self.value_view.clear()
             return
         row: MetadataRow = self.model.rows[self.proxy.mapToSource(current).row()]
-        self.value_view.setPlainText(row.full)
+        self.value_view.setPlainText(row.full_text())

@@ -37,14 +37,19 @@ class TensorRow:
 
 @dataclass(frozen=True)
 class MetadataRow:
-    """One metadata key: its group, value type and a one-line preview; ``full`` is the
-    whole value as text (a chat template, a long token list)."""
+    """One metadata key: its group, value type and a one-line preview; :meth:`full_text`
+    is the whole value (a chat template, a long token list), made only when asked for."""
 
     key: str
     group: str
     value_type: str
     preview: str
-    full: str
+    value: Any
+
+    def full_text(self) -> str:
+        if isinstance(self.value, list):
+            return "\n".join(map(str, self.value))
+        return str(self.value)
 
 
 def tensor_rows(model: ModelInfo, planned: dict[str, str] | None = None) -> list[TensorRow]:
@@ -89,9 +94,8 @@ def metadata_rows(model: ModelInfo) -> list[MetadataRow]:
     """Every key, in file order, grouped (general, architecture, RoPE, tokenizer...)."""
     rows = []
     for key, value in model.metadata.items():
-        full = "\n".join(map(str, value)) if isinstance(value, list) else str(value)
         rows.append(MetadataRow(key, metadata_group(key, model.architecture), _value_type(value),
-                                _preview(value), full))
+                                _preview(value), value))
     return rows
 
 
