@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                 on_progress=lambda s, f, e: print(
                                     f"  sensitivity {f:5.1%} {s}", file=sys.stderr))
     report["sensitivity_seconds"] = time.perf_counter() - started
+    table.save(work / "sensitivity.json")  # for looking at the plans afterwards
     report["sensitivity_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["tools_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     report["kind_scale"] = table.kind_scale
