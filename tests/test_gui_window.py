@@ -382,7 +382,7 @@ def test_other_panels_can_join_and_follow_the_user(demo: MainWindow, qtbot: QtBo
     demo.add_panel("Hardware & tiers", QLabel("hardware"), "right")
     demo.add_panel("Run", QLabel("run"), "bottom")
     demo.add_panel("Results", QLabel("results"), "center")
-    assert [demo.right_tabs.tabText(i) for i in range(demo.right_tabs.count())] == ["Plan", "Hardware & tiers"]
+    assert [demo.right_tabs.tabText(i) for i in range(demo.right_tabs.count())] == ["Plan", "Memory", "Hardware & tiers"]
     assert demo.bottom_tabs.tabText(1) == "Run" and demo.center_tabs.tabText(demo.center_tabs.count() - 1) == "Results"
     with pytest.raises(ValueError, match="unknown panel area"):
         demo.add_panel("Nowhere", QLabel(), "left-ish")

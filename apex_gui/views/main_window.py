@@ -38,6 +38,7 @@ from apex_gui.workers import CancelToken, Task, WorkerPool
 from . import style
 from .export_dialog import ExportedDialog
 from .heatmap import BitsLegend, PrecisionHeatmap
+from .memory_breakdown import MemoryBreakdownView
 from .tensor_browser import MetadataBrowser, TensorTable
 from .hf_download import HubDownloadDialog
 from .model_info import ModelInfoView, render_summary_html
@@ -203,6 +204,8 @@ class MainWindow(QMainWindow):
         self.right_tabs = QTabWidget()
         self.right_tabs.setObjectName("rightTabs")
         self.right_tabs.addTab(self.plan_panel, "Plan")
+        self.memory_view = MemoryBreakdownView()
+        self.right_tabs.addTab(self.memory_view, "Memory")
         self.right_dock = QDockWidget("Plan and numbers", self)
         self.right_dock.setObjectName("rightDock")
         self.right_dock.setWidget(self.right_tabs)
@@ -538,6 +541,7 @@ class MainWindow(QMainWindow):
         self.plan_panel.set_plan(plan, self._baseline.total_bytes(), baseline_label)
         self._update_title()
         self._update_actions()
+        self.memory_view.set_plan(plan)
         self.planChanged.emit(plan)
 
     def _fill_browsers(self, loaded: LoadedModel) -> None:
@@ -557,6 +561,7 @@ class MainWindow(QMainWindow):
 
     def _plan_edited(self, _change: object) -> None:
         self._edits_kept = False
+        self.memory_view.set_plan(self.current_plan)
         self._tensor_refresh.start()
         # Title and actions are refreshed from the event loop (a 0 ms single-shot timer), so
         # a burst of edits updates them once.
@@ -812,6 +817,7 @@ class MainWindow(QMainWindow):
     def probe_hardware(self) -> None:
         task = self.workers.submit("probe hardware", lambda _token: hardware.snapshot())
         task.finished.connect(lambda snap: self.plan_panel.set_hardware(snap))  # type: ignore[arg-type]
+        task.finished.connect(self.memory_view.set_hardware)
         task.failed.connect(lambda error: self.plan_panel.set_hardware(None, f"hardware probe failed: {error}"))
 
     def _manual_devices_changed(self, text: str) -> None:

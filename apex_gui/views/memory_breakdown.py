@@ -1,0 +1,127 @@
+"""Memory tab: weights, KV cache and compute buffers per device and for RAM, at several
+context sizes side by side (what gguf-parser prints), for the window's current plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QTimer, Qt
+from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QSpinBox,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from apex_gui.core.fit.breakdown import MemoryBreakdown, contexts_for, memory_breakdown
+from apex_gui.core.memory_fit import ContextSettings, ModelGeometry, Placement
+from apex_gui.core.units import format_gb
+
+OVER_COLOUR = QColor("#f4c7c3")
+
+
+def context_label(n_ctx: int) -> str:
+    return f"{n_ctx // 1024}k" if n_ctx % 1024 == 0 else str(n_ctx)
+
+
+class MemoryBreakdownView(QWidget):
+    """Rows: device x component; columns: context sizes. Totals over a device's free memory
+    are tinted and say so in their tooltip."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("memoryBreakdown")
+        self._plan: Any = None
+        self._snapshot: Any = None
+        self.breakdown: MemoryBreakdown | None = None
+        self.cpu_moe = QSpinBox()
+        self.cpu_moe.setObjectName("breakdownCpuMoe")
+        self.cpu_moe.setRange(0, 999)
+        self.cpu_moe.setSpecialValueText("none")
+        self.cpu_moe.setToolTip("--n-cpu-moe: the routed experts of the first N layers stay in RAM")
+        self.table = QTableWidget(0, 2)
+        self.table.setObjectName("breakdownTable")
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.note = QLabel("Open a model to see its memory.")
+        self.note.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Experts in RAM for the first"))
+        row.addWidget(self.cpu_moe)
+        row.addWidget(QLabel("layers"))
+        row.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(row)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.note)
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(200)  # edits come in bursts: one estimate per burst
+        self._debounce.timeout.connect(self.refresh)
+        self.cpu_moe.valueChanged.connect(self._debounce.start)
+
+    def set_plan(self, plan: Any) -> None:
+        self._plan = plan
+        self._debounce.start()
+
+    def set_hardware(self, snapshot: Any) -> None:
+        self._snapshot = snapshot
+        self._debounce.start()
+
+    def refresh(self) -> None:
+        plan = self._plan
+        if plan is None:
+            return
+        model = plan.model
+        snapshot = self._snapshot
+        gpus = [(g.name, g.free_bytes) for g in snapshot.gpus] if snapshot is not None else []
+        ram = snapshot.system.available_bytes if snapshot is not None else 0
+        geometry = ModelGeometry.from_model(model)
+        contexts = contexts_for(model.context_length)
+        self.breakdown = breakdown = memory_breakdown(
+            geometry, plan.tensor_bytes_map(), ContextSettings(), contexts, gpus, ram,
+            Placement(n_cpu_moe=self.cpu_moe.value()))
+        self._show(breakdown)
+        where = (", ".join(f"{name} ({format_gb(free, 1)} free)" for name, free in gpus)
+                 if gpus else "no GPU: everything in RAM")
+        self.note.setText(f"{plan.origin}: f16 KV cache, flash attention, one sequence; {where}"
+                          f"{f', {format_gb(ram, 1)} RAM available' if ram else ''}. "
+                          "The same estimate as the Hardware & tiers fit table.")
+
+    def _show(self, breakdown: MemoryBreakdown) -> None:
+        headers = ["Device", "Part", *(f"{context_label(n)} context" for n in breakdown.contexts)]
+        self.table.clear()
+        self.table.setColumnCount(len(headers))
+        self.table.setHorizontalHeaderLabels(headers)
+        self.table.setRowCount(len(breakdown.rows))
+        bold = QFont(self.font())
+        bold.setBold(True)
+        previous = ""
+        for r, row in enumerate(breakdown.rows):
+            device = QTableWidgetItem(row.device if row.device != previous else "")
+            previous = row.device
+            self.table.setItem(r, 0, device)
+            self.table.setItem(r, 1, QTableWidgetItem(row.component))
+            for c, (n_ctx, value) in enumerate(zip(breakdown.contexts, row.bytes_per_context)):
+                item = QTableWidgetItem(format_gb(value))
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                item.setToolTip(f"{value:,} bytes")
+                if row.component == "total":
+                    item.setFont(bold)
+                    if breakdown.over(row.device, n_ctx):
+                        item.setBackground(QBrush(OVER_COLOUR))
+                        item.setForeground(QBrush(QColor("#000000")))
+                        capacity = breakdown.capacities[row.device]
+                        item.setToolTip(f"{value:,} bytes: more than the {format_gb(capacity)} "
+                                        f"free on {row.device}")
+                self.table.setItem(r, 2 + c, item)
+
+    def cell_text(self, device: str, component: str, n_ctx: int) -> str:
+        """The shown text for one cell (what a user reads)."""
+        assert self.breakdown is not None
+        column = 2 + self.breakdown.contexts.index(n_ctx)
+        current = ""
+        for r in range(self.table.rowCount()):
+            current = self.table.item(r, 0).text() or current
+            if current == device and self.table.item(r, 1).text() == component:
+                return self.table.item(r, column).text()
+        raise KeyError(f"{device} / {component}")
