@@ -6,18 +6,23 @@ at once when there is none, so nobody waits on a spinner that cannot succeed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton,
+                               QHeaderView, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+                               QProgressBar, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from apex_gui.core import hub
+from apex_gui.core import hub, hub_search
 from apex_gui.core.units import format_gb
 from apex_gui.workers import CancelToken, Task, WorkerPool
 
 EXAMPLE_REPO = "mudler/Qwen3.5-35B-A3B-APEX-GGUF"
+BADGE_COLOURS = {"GPU": "#2e7d32", "GPU + RAM": "#b26a00", "RAM": "#1565c0", "too big": "#c62828"}
 
 
 class HubDownloadDialog(QDialog):
@@ -26,8 +31,16 @@ class HubDownloadDialog(QDialog):
     modelDownloaded = Signal(Path)
     statusChanged = Signal(str)
 
-    def __init__(self, workers: WorkerPool, parent: QWidget | None = None) -> None:
+    def __init__(self, workers: WorkerPool, parent: QWidget | None = None, *,
+                 snapshot: Any = None, listing: hub_search.Listing = hub_search.hub_listing,
+                 file_lister: Callable[[str], list[hub.RemoteFile]] = hub.list_gguf_files) -> None:
+        """``snapshot``: the hardware for the fit badges; ``listing`` / ``file_lister``: the
+        Hub's search and file listing (replaceable: tests and offline use)."""
         super().__init__(parent)
+        self._snapshot = snapshot
+        self._listing = listing
+        self._file_lister = file_lister
+        self.hits: list[hub_search.RepoHit] = []
         self.setWindowTitle("Download a GGUF from Hugging Face")
         self.setObjectName("hubDownloadDialog")
         self.resize(640, 420)
@@ -37,6 +50,24 @@ class HubDownloadDialog(QDialog):
         self.network_ok: bool | None = None
 
         layout = QVBoxLayout(self)
+        search_row = QHBoxLayout()
+        self.search_edit = QLineEdit()
+        self.search_edit.setObjectName("hubSearch")
+        self.search_edit.setPlaceholderText("Search GGUF models, e.g. qwen3 30b, APEX")
+        self.search_edit.returnPressed.connect(self.search)
+        self.search_button = QPushButton("Search")
+        self.search_button.clicked.connect(self.search)
+        search_row.addWidget(QLabel("Search"))
+        search_row.addWidget(self.search_edit, 1)
+        search_row.addWidget(self.search_button)
+        layout.addLayout(search_row)
+        self.results = QListWidget()
+        self.results.setObjectName("hubResults")
+        self.results.setMaximumHeight(120)
+        self.results.hide()
+        self.results.itemActivated.connect(self._hit_chosen)
+        self.results.itemClicked.connect(self._hit_chosen)
+        layout.addWidget(self.results)
         row = QHBoxLayout()
         self.repo_edit = QLineEdit()
         self.repo_edit.setPlaceholderText(EXAMPLE_REPO)
@@ -56,14 +87,15 @@ class HubDownloadDialog(QDialog):
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.status_label)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["File", "Size"])
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["File", "Size", "Fit here"])
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         self.table.doubleClicked.connect(lambda _index: self.download_selected())
         layout.addWidget(self.table, 1)
@@ -91,6 +123,7 @@ class HubDownloadDialog(QDialog):
     def _update_buttons(self) -> None:
         busy = self._busy()
         self.list_button.setEnabled(not busy and self.network_ok is not False)
+        self.search_button.setEnabled(not busy)
         self.download_button.setEnabled(not busy and bool(self.table.selectedItems())
                                         and self.network_ok is not False)
         self.cancel_button.setText("Stop" if busy else "Close")
@@ -136,7 +169,8 @@ class HubDownloadDialog(QDialog):
         repo = self.repo_edit.text().strip() or EXAMPLE_REPO
         self.repo_edit.setText(repo)
         self._set_status(f"Listing {repo}...")
-        self._start(f"list {repo}", lambda _token: hub.list_gguf_files(repo), self._listed)
+        lister = self._file_lister
+        self._start(f"list {repo}", lambda _token: lister(repo), self._listed)
 
     def _listed(self, files: object) -> None:
         assert isinstance(files, list)
@@ -148,8 +182,49 @@ class HubDownloadDialog(QDialog):
             size = QTableWidgetItem(format_gb(remote.size) if remote.size is not None else "?")
             size.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(row, 1, size)
+            badge, why = hub_search.fit_badge(remote.size, self._gpu_free(), self._ram())
+            fit = QTableWidgetItem(badge if self._snapshot is not None else "?")
+            fit.setToolTip(why if self._snapshot is not None else "hardware not probed yet")
+            fit.setForeground(QBrush(QColor(BADGE_COLOURS.get(badge, "#808080"))))
+            self.table.setItem(row, 2, fit)
         self._set_status(f"{len(files)} GGUF file(s)." if files else
                          "No GGUF files in this repository.")
+
+    def _gpu_free(self) -> list[int]:
+        return [g.free_bytes for g in self._snapshot.gpus] if self._snapshot is not None else []
+
+    def _ram(self) -> int:
+        return self._snapshot.system.available_bytes if self._snapshot is not None else 0
+
+    def fit_badges(self) -> list[str]:
+        return [self.table.item(r, 2).text() for r in range(self.table.rowCount())]
+
+    # --- search -----------------------------------------------------------------------------
+    def search(self) -> None:
+        """Search the Hub (in the background); offline, say so at once and how to go on."""
+        if self._busy():
+            return
+        query = self.search_edit.text().strip()
+        listing = self._listing
+        self._set_status(f"Searching for {query!r}...")
+        self._start(f"search {query}", lambda _token: hub_search.search_repos(query, listing),
+                    self._searched)
+
+    def _searched(self, hits: object) -> None:
+        assert isinstance(hits, list)
+        self.hits = hits
+        self.results.clear()
+        for hit in hits:
+            item = QListWidgetItem(f"{hit.repo_id}   ({hit.downloads:,} downloads)")
+            item.setData(Qt.ItemDataRole.UserRole, hit.repo_id)
+            self.results.addItem(item)
+        self.results.setVisible(bool(hits))
+        self._set_status(f"{len(hits)} repositories: pick one to list its GGUF files."
+                         if hits else "No GGUF repositories match.")
+
+    def _hit_chosen(self, item: QListWidgetItem) -> None:
+        self.repo_edit.setText(str(item.data(Qt.ItemDataRole.UserRole)))
+        self.list_files()
 
     # --- download ---------------------------------------------------------------------------
     def download_selected(self) -> None:

@@ -155,6 +155,7 @@ class MainWindow(QMainWindow):
         self._diff_choice = ""
         self._detected_plan: PrecisionPlan | None = None
         self.exported_dialog: ExportedDialog | None = None
+        self.hardware_snapshot: object | None = None  # the last probe: fit badges in the Hub search
         self._edits_kept = False  # the edits were exported or saved as a profile since the last change
         self._state_timer = QTimer(self)
         self._state_timer.setSingleShot(True)
@@ -818,6 +819,7 @@ class MainWindow(QMainWindow):
         task = self.workers.submit("probe hardware", lambda _token: hardware.snapshot())
         task.finished.connect(lambda snap: self.plan_panel.set_hardware(snap))  # type: ignore[arg-type]
         task.finished.connect(self.memory_view.set_hardware)
+        task.finished.connect(lambda snap: setattr(self, "hardware_snapshot", snap))
         task.failed.connect(lambda error: self.plan_panel.set_hardware(None, f"hardware probe failed: {error}"))
 
     def _manual_devices_changed(self, text: str) -> None:
@@ -862,7 +864,7 @@ class MainWindow(QMainWindow):
             action.setIcon(style.icon(name))
 
     def show_download_dialog(self) -> HubDownloadDialog:
-        dialog = HubDownloadDialog(self.workers, self)
+        dialog = HubDownloadDialog(self.workers, self, snapshot=self.hardware_snapshot)
         dialog.modelDownloaded.connect(self.open_model_file)
         dialog.open()
         return dialog
