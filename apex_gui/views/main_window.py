@@ -40,6 +40,7 @@ from .export_dialog import ExportedDialog
 from .heatmap import BitsLegend, PrecisionHeatmap
 from .memory_breakdown import MemoryBreakdownView
 from .tensor_browser import MetadataBrowser, TensorTable
+from .try_quant import TryQuantDialog
 from .hf_download import HubDownloadDialog
 from .model_info import ModelInfoView, render_summary_html
 from .plan_panel import PlanPanel, readable_size
@@ -309,6 +310,9 @@ class MainWindow(QMainWindow):
                                             QKeySequence.StandardKey.ZoomOut, "zoom-out")
         self.zoom_fit_action = self._action("&Fit all layers", self.heatmap.zoom_to_fit, "Ctrl+0",
                                             "zoom-fit")
+        self.try_action = self._action("&Try this model with a prompt...", self.show_try_dialog,
+                                       "Ctrl+T", tip="A short prompt through llama-completion: "
+                                       "what this quant writes, and how fast")
         self.settings_action = self._action("&Settings...", self.show_settings,
                                             QKeySequence.StandardKey.Preferences, "settings")
         if self.settings_action.shortcut().isEmpty():
@@ -373,6 +377,7 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _c=False, t=theme: self.set_theme(t))
             self.theme_group.addAction(action)
         tools_menu = menu.addMenu("&Tools")
+        tools_menu.addAction(self.try_action)
         tools_menu.addAction(self.settings_action)
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self.about_action)
@@ -869,6 +874,17 @@ class MainWindow(QMainWindow):
         dialog.open()
         return dialog
 
+    def show_try_dialog(self) -> TryQuantDialog | None:
+        """Try the open model (typically the quant just made) with a short prompt."""
+        if self.current_model is None:
+            return None
+        dialog = TryQuantDialog(self.current_model.path, threads=self.settings.effective_threads(),
+                                parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        self.try_dialog = dialog
+        return dialog
+
     def show_about(self) -> None:
         QMessageBox.about(self, "About APEX Studio",
                           f"<b>APEX Studio {__version__}</b><p>Plan, quantize and evaluate APEX "
@@ -954,7 +970,7 @@ class MainWindow(QMainWindow):
         self.undo_action.setEnabled(has_plan and plan.can_undo())  # type: ignore[union-attr]
         self.redo_action.setEnabled(has_plan and plan.can_redo())  # type: ignore[union-attr]
         for action in (self.reset_action, self.export_action, self.compare_action, self.diff_action,
-                       self.apply_action, self.select_all_action):
+                       self.apply_action, self.select_all_action, self.try_action):
             action.setEnabled(has_plan)
 
     def _save_settings(self) -> None:

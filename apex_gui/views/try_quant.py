@@ -1,0 +1,148 @@
+"""Try this quant: a short prompt through llama-completion, its answer and speed shown.
+
+One short interactive process owned by the dialog (not a queued pipeline step): it ends
+when the answer is complete, on Stop, or when the dialog closes (terminate, then kill).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QElapsedTimer, QProcess, Signal
+from PySide6.QtGui import QFontDatabase, QTextCursor
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QLineEdit,
+                               QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from apex_gui.core.tools import LlamaTools, ToolNotFoundError
+from apex_gui.core.try_quant import DEFAULT_PROMPT, CompletionJob, parse_completion_speed
+
+KILL_AFTER_MS = 3000
+
+
+class TryQuantDialog(QDialog):
+    """Prompt -> llama-completion -> the text it writes, with tokens per second."""
+
+    finishedRun = Signal(int)  # exit code
+
+    def __init__(self, model: Path, tools: LlamaTools | None = None, threads: int = 0,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("tryQuantDialog")
+        self.setWindowTitle(f"Try {model.name}")
+        self.resize(640, 420)
+        self.model = model
+        self.tools = tools or LlamaTools()
+        self.threads = threads
+        self.process: QProcess | None = None
+        self._log: list[str] = []
+        self._clock = QElapsedTimer()
+        self.prompt_edit = QLineEdit(DEFAULT_PROMPT)
+        self.prompt_edit.setObjectName("tryPrompt")
+        self.tokens = QSpinBox()
+        self.tokens.setRange(1, 2048)
+        self.tokens.setValue(48)
+        self.tokens.setSuffix(" tokens")
+        self.run_button = QPushButton("Generate")
+        self.run_button.setDefault(True)
+        row = QHBoxLayout()
+        row.addWidget(self.prompt_edit, 1)
+        row.addWidget(self.tokens)
+        row.addWidget(self.run_button)
+        self.output = QPlainTextEdit()
+        self.output.setObjectName("tryOutput")
+        self.output.setReadOnly(True)
+        self.output.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.status = QLabel(f"{model}: press Generate to run llama-completion on it.")
+        self.status.setObjectName("tryStatus")
+        self.status.setWordWrap(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addWidget(self.output, 1)
+        layout.addWidget(self.status)
+        layout.addWidget(buttons)
+        self.run_button.clicked.connect(self.toggle)
+        self.prompt_edit.returnPressed.connect(self.toggle)
+
+    def toggle(self) -> None:
+        if self.process is not None:
+            self.stop()
+        else:
+            self.generate()
+
+    def generate(self) -> None:
+        job = CompletionJob(self.model, self.prompt_edit.text().strip() or DEFAULT_PROMPT,
+                            self.tokens.value(), threads=self.threads)
+        try:
+            argv = job.argv(self.tools)
+        except ToolNotFoundError as error:
+            self.status.setText(str(error))
+            return
+        self.output.setPlainText(job.prompt)
+        self._log = []
+        process = QProcess(self)
+        process.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+        process.readyReadStandardOutput.connect(self._stdout)
+        process.readyReadStandardError.connect(self._stderr)
+        process.finished.connect(self._finished)
+        process.errorOccurred.connect(self._error)
+        self.process = process
+        self.run_button.setText("Stop")
+        self.status.setText(f"Running llama-completion on {self.model.name}...")
+        self._clock.start()
+        process.start(argv[0], argv[1:])
+
+    def _stdout(self) -> None:
+        if self.process is not None:
+            text = bytes(self.process.readAllStandardOutput().data()).decode("utf-8", "replace")
+            cursor = self.output.textCursor()
+            cursor.movePosition(QTextCursor.MoveOperation.End)
+            cursor.insertText(text)
+
+    def _stderr(self) -> None:
+        if self.process is not None:
+            text = bytes(self.process.readAllStandardError().data()).decode("utf-8", "replace")
+            self._log.extend(text.splitlines())
+
+    def _error(self, error: QProcess.ProcessError) -> None:
+        if error == QProcess.ProcessError.FailedToStart:
+            self.status.setText(f"llama-completion did not start: {self.process.errorString() if self.process else error}")
+            self._done(-1)
+
+    def _finished(self, code: int, _status: QProcess.ExitStatus) -> None:
+        self._stdout()
+        self._stderr()
+        speed = parse_completion_speed(self._log)
+        if code == 0 and speed.tokens_per_s is not None:
+            self.status.setText(f"{speed.generated_tokens} tokens at {speed.tokens_per_s:.1f} tokens/s "
+                                f"(prompt {speed.prompt_tokens_per_s or 0:.1f} tokens/s) on this machine.")
+        elif code == 0:
+            # llama.cpp's asynchronous logger can drop its last lines at exit (issue 22142).
+            seconds = self._clock.elapsed() / 1000
+            self.status.setText(f"Done in {seconds:.1f} s (llama-completion's timing lines were "
+                                "lost at exit, a known llama.cpp logger issue: run again for tokens/s).")
+        else:
+            tail = next((line for line in reversed(self._log) if line.strip()), "")
+            self.status.setText(f"llama-completion ended with exit code {code}: {tail}")
+        self._done(code)
+
+    def _done(self, code: int) -> None:
+        if self.process is not None:
+            self.process.deleteLater()
+        self.process = None
+        self.run_button.setText("Generate")
+        self.finishedRun.emit(code)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        process.terminate()
+        if not process.waitForFinished(KILL_AFTER_MS):
+            process.kill()
+            process.waitForFinished(KILL_AFTER_MS)
+
+    def done(self, result: int) -> None:  # close, Esc: never leave the tool running
+        self.stop()
+        super().done(result)

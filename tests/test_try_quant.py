@@ -1,0 +1,54 @@
+"""Try a quant: llama-completion's answer and speed in a dialog (real tool, tiny model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from gui_prompts import close_window
+
+from apex_gui.core.settings import load_settings
+from apex_gui.core.try_quant import CompletionJob, parse_completion_speed
+from apex_gui.views.main_window import MainWindow
+
+LOG = Path(__file__).parent / "logs" / "llama-completion-demo.stderr.txt"
+
+
+def test_speed_parsed_from_a_recorded_llama_completion_log() -> None:
+    speed = parse_completion_speed(LOG.read_text(errors="replace").splitlines())
+    assert speed.prompt_tokens_per_s == pytest.approx(44.13)
+    assert speed.generated_tokens == 15 and speed.tokens_per_s == pytest.approx(2.19)
+    assert parse_completion_speed(["nothing here"]).tokens_per_s is None
+
+
+def test_argv_is_plain_completion(llama_tools) -> None:  # type: ignore[no-untyped-def]
+    argv = CompletionJob(Path("m.gguf"), "Hi", 5, threads=2).argv(llama_tools)
+    assert Path(argv[0]).name == "llama-completion"
+    assert argv[argv.index("-p") + 1] == "Hi" and argv[argv.index("-n") + 1] == "5"
+    assert "-no-cnv" in argv and "--no-display-prompt" in argv and argv[-2:] == ["-t", "2"]
+
+
+@pytest.mark.gui
+def test_try_dialog_runs_llama_completion_on_the_open_model(qtbot: QtBot, tiny_qwen2moe: Path,
+                                                           llama_tools) -> None:  # type: ignore[no-untyped-def]
+    main = MainWindow(load_settings(), probe_hardware=False)
+    main.show()
+    try:
+        with qtbot.waitSignal(main.modelLoadFinished, timeout=10_000):
+            main.open_model_file(tiny_qwen2moe)
+        main.try_action.trigger()
+        dialog = main.try_dialog
+        dialog.tools = llama_tools
+        dialog.tokens.setValue(4)
+        with qtbot.waitSignal(dialog.finishedRun, timeout=120_000) as finished:
+            dialog.run_button.click()
+        assert finished.args == [0], dialog.status.text()
+        # The speed, or (when llama.cpp's async logger dropped its last lines) the wall time.
+        assert "tokens/s" in dialog.status.text() or "Done in" in dialog.status.text()
+        assert dialog.output.toPlainText().startswith(dialog.prompt_edit.text())
+        assert len(dialog.output.toPlainText()) > len(dialog.prompt_edit.text())
+        dialog.close()
+    finally:
+        close_window(main)
