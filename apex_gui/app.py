@@ -20,7 +20,8 @@ from apex_gui import __version__
 
 SCREENSHOT_VIEWS = ("main-demo", "main-twin", "inspect-quantized", "diff", "hardware", "run",
                     "results", "settings",
-                    "hf-download", "main-dark", "scale200")
+                    "hf-download", "main-dark", "scale200", "tensors", "metadata", "memory",
+                    "hub-search", "try-quant", "main-1024")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +259,31 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
             shoot("hardware", window)
             panels.hardware.manual_edit.setText("")
             window.center_tabs.setCurrentIndex(0)
+            # Memory per device at 4k..128k context, for the same model on the same card.
+            if "memory" in wanted:
+                window.switch_profile("compact")
+                from apex_gui.core.hardware import parse_device_spec
+                from apex_gui.core.hardware import snapshot as probe
+                machine = probe()
+                card = parse_device_spec("RTX 4090 24GB")
+                from dataclasses import replace as dc_replace
+                window.memory_view.set_hardware(dc_replace(machine, gpus=tuple(card)))
+                window.right_tabs.setCurrentWidget(window.memory_view)
+                _settle(500)
+                shoot("memory", window)
+                window.right_tabs.setCurrentIndex(0)
+            if "tensors" in wanted or "metadata" in wanted:
+                window.center_tabs.setCurrentWidget(window.tensor_table)
+                window.tensor_table.search.setText("blk.10. exps")
+                shoot("tensors", window)
+                window.tensor_table.search.setText("")
+                window.center_tabs.setCurrentWidget(window.metadata_browser)
+                window.metadata_browser.select_key(f"{window.current_model.architecture}.rope.freq_base"
+                                                   if window.current_model else "")
+                window.metadata_browser.search.setText("rope")
+                shoot("metadata", window)
+                window.metadata_browser.search.setText("")
+                window.center_tabs.setCurrentIndex(0)
         window.open_demo()
         _wait(window.modelLoadFinished)
 
@@ -280,6 +306,53 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
         shoot("hf-download", hub_dialog)
         hub_dialog.reject()
         hub_dialog.reject()
+    if "hub-search" in wanted:
+        from apex_gui.core.hardware import parse_device_spec
+        from apex_gui.core.hardware import snapshot as probe
+        from apex_gui.core.hub import RemoteFile
+        from apex_gui.core.hub_search import RepoHit
+        from dataclasses import replace as dc_replace
+
+        # No network in a screenshot run: an example listing shows what a search looks like.
+        hits = [RepoHit("mudler/Qwen3.5-35B-A3B-APEX-GGUF", 48210, 212),
+                RepoHit("mudler/Qwen3-30B-A3B-APEX-GGUF", 20877, 95)]
+        files = [RemoteFile("Qwen3.5-35B-A3B-APEX-I-Mini.gguf", 13_836_526_176),
+                 RemoteFile("Qwen3.5-35B-A3B-APEX-I-Compact.gguf", 17_015_539_296),
+                 RemoteFile("Qwen3.5-35B-A3B-APEX-I-Quality.gguf", 23_513_661_024),
+                 RemoteFile("Qwen3.5-35B-A3B-BF16-00001-of-00002.gguf", 69_400_000_000, ("a", "b"))]
+        machine = dc_replace(probe(), gpus=tuple(parse_device_spec("RTX 4090 24GB")))
+        from apex_gui.views.hf_download import HubDownloadDialog
+
+        search_dialog = HubDownloadDialog(window.workers, window, snapshot=machine,
+                                          listing=lambda _q, _n: hits,
+                                          file_lister=lambda _repo: files)
+        search_dialog.resize(760, 520)
+        search_dialog.open()
+        _wait(search_dialog.statusChanged, 8_000)
+        _settle(300)
+        search_dialog.search_edit.setText("qwen3 apex")
+        search_dialog.search()
+        _wait(search_dialog.statusChanged, 8_000)
+        search_dialog.results.setCurrentRow(0)
+        search_dialog.repo_edit.setText(hits[0].repo_id)
+        search_dialog.list_files()
+        _wait(search_dialog.statusChanged, 8_000)
+        shoot("hub-search", search_dialog)
+        search_dialog.reject()
+    if "try-quant" in wanted:
+        try_dialog = window.show_try_dialog()
+        if try_dialog is not None:
+            try_dialog.tokens.setValue(24)
+            try_dialog.generate()
+            _wait(try_dialog.finishedRun, 120_000)
+            shoot("try-quant", try_dialog)
+            try_dialog.close()
+    if "main-1024" in wanted:
+        size = window.size()
+        window.resize(1024, 700)
+        window.heatmap.zoom_to_fit()
+        shoot("main-1024", window)
+        window.resize(size)
     if "main-dark" in wanted:
         original = app.property("apexTheme") or "system"
         style.apply_theme(app, "dark")

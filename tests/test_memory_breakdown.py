@@ -20,7 +20,6 @@ from apex_gui.core.plan import plan_from_profile
 from apex_gui.core.profiles import get_profile
 from apex_gui.core.settings import load_settings
 from apex_gui.core.shape_twins import write_shape_twin
-from apex_gui.core.units import format_gb
 from apex_gui.views.main_window import MainWindow
 from test_hardware import FakeGpu, FakeNvml
 
@@ -71,9 +70,9 @@ def test_memory_tab_shows_devices_side_by_side_and_flags_overflow(qtbot: QtBot, 
         breakdown = view.breakdown
         assert breakdown is not None
         headers = [view.table.horizontalHeaderItem(c).text() for c in range(view.table.columnCount())]
-        assert headers == ["Device", "Part", "4k context", "16k context", "32k context", "128k context"]
+        assert headers == ["GB", "4k", "16k", "32k", "128k"]
         total = breakdown.value(gpu.name, "total", 4096)
-        assert view.cell_text(gpu.name, "total", 4096) == format_gb(total)
+        assert view.cell_text(gpu.name, "total", 4096) == f"{total / 1e9:.2f}"
         assert breakdown.over(gpu.name, 4096)
         # Experts of 20 layers in RAM: the card's share shrinks, RAM's grows.
         view.cpu_moe.setValue(20)

@@ -88,40 +88,48 @@ class MemoryBreakdownView(QWidget):
                           "The same estimate as the Hardware & tiers fit table.")
 
     def _show(self, breakdown: MemoryBreakdown) -> None:
-        headers = ["Device", "Part", *(f"{context_label(n)} context" for n in breakdown.contexts)]
+        # Narrow enough for the side panel: a device is a spanning title row, the context
+        # columns hold decimal GB (the unit is in the header).
+        headers = ["GB", *(context_label(n) for n in breakdown.contexts)]
         self.table.clear()
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
-        self.table.setRowCount(len(breakdown.rows))
+        for column, n_ctx in enumerate(breakdown.contexts, start=1):
+            self.table.horizontalHeaderItem(column).setToolTip(f"context {n_ctx:,} tokens")
+        devices = list(dict.fromkeys(row.device for row in breakdown.rows))
+        self.table.setRowCount(len(breakdown.rows) + len(devices))
         bold = QFont(self.font())
         bold.setBold(True)
-        previous = ""
-        for r, row in enumerate(breakdown.rows):
-            device = QTableWidgetItem(row.device if row.device != previous else "")
-            previous = row.device
-            self.table.setItem(r, 0, device)
-            self.table.setItem(r, 1, QTableWidgetItem(row.component))
-            for c, (n_ctx, value) in enumerate(zip(breakdown.contexts, row.bytes_per_context)):
-                item = QTableWidgetItem(format_gb(value))
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                item.setToolTip(f"{value:,} bytes")
-                if row.component == "total":
-                    item.setFont(bold)
-                    if breakdown.over(row.device, n_ctx):
-                        item.setBackground(QBrush(OVER_COLOUR))
-                        item.setForeground(QBrush(QColor("#000000")))
-                        capacity = breakdown.capacities[row.device]
-                        item.setToolTip(f"{value:,} bytes: more than the {format_gb(capacity)} "
-                                        f"free on {row.device}")
-                self.table.setItem(r, 2 + c, item)
+        self._positions: dict[tuple[str, str], int] = {}
+        r = 0
+        for device in devices:
+            title = QTableWidgetItem(device)
+            title.setFont(bold)
+            self.table.setItem(r, 0, title)
+            self.table.setSpan(r, 0, 1, len(headers))
+            r += 1
+            for row in (x for x in breakdown.rows if x.device == device):
+                self._positions[(device, row.component)] = r
+                part = QTableWidgetItem(f"  {row.component}")
+                self.table.setItem(r, 0, part)
+                for c, (n_ctx, value) in enumerate(zip(breakdown.contexts, row.bytes_per_context)):
+                    item = QTableWidgetItem(f"{value / 1e9:.2f}")
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    item.setToolTip(f"{format_gb(value)} ({value:,} bytes) at {n_ctx:,} tokens")
+                    if row.component == "total":
+                        item.setFont(bold)
+                        part.setFont(bold)
+                        if breakdown.over(device, n_ctx):
+                            item.setBackground(QBrush(OVER_COLOUR))
+                            item.setForeground(QBrush(QColor("#000000")))
+                            capacity = breakdown.capacities[device]
+                            item.setToolTip(f"{format_gb(value)}: more than the {format_gb(capacity)} "
+                                            f"free on {device}")
+                    self.table.setItem(r, 1 + c, item)
+                r += 1
 
     def cell_text(self, device: str, component: str, n_ctx: int) -> str:
         """The shown text for one cell (what a user reads)."""
         assert self.breakdown is not None
-        column = 2 + self.breakdown.contexts.index(n_ctx)
-        current = ""
-        for r in range(self.table.rowCount()):
-            current = self.table.item(r, 0).text() or current
-            if current == device and self.table.item(r, 1).text() == component:
-                return self.table.item(r, column).text()
-        raise KeyError(f"{device} / {component}")
+        column = 1 + self.breakdown.contexts.index(n_ctx)
+        return self.table.item(self._positions[(device, component)], column).text()
