@@ -19,7 +19,7 @@ from apex_gui.core.quality import optimizer
 from apex_gui.core.quality.optimizer import BudgetTooSmall, Option, optimize, solve
 from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, SensitivityTable,
                                                read_imatrix, tensor_kind, weighted_errors)
-from apex_gui.core.quant_types import IMATRIX_REQUIRED, TYPES, effective_type
+from apex_gui.core.quant_types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, TYPES, effective_type
 
 
 def brute_force(items: list[list[Option]], capacity: int) -> float:
@@ -110,6 +110,8 @@ def test_budget_is_never_exceeded_and_bytes_are_exact(tiny_qwen2moe: Path) -> No
         # The plan's size model is exact; what the optimizer summed must agree with it.
         assert result.predicted_kld == pytest.approx(table.predict_kld(plan))
         assert result.predicted_kld <= previous + 1e-15  # more bytes never hurt
+        # An F16 file type would make llama-quantize copy every tensor, pins ignored.
+        assert TYPES[FTYPE_DEFAULT_TYPE[plan.base_type]].quantized
         previous = result.predicted_kld
         assert set(result.reasons) == set(plan.pinned_types()) | {"token_embd.weight", "output.weight"}
     with pytest.raises(BudgetTooSmall, match="too small"):

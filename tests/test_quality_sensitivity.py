@@ -96,3 +96,31 @@ def test_cancelled_sensitivity_leaves_no_partial_cache(llama_tools, tiny_qwen2mo
     folder = cache_dir() / "sensitivity"
     assert not folder.exists() or not list(folder.iterdir())
     assert list(work.iterdir()) == []  # the quantized scratch files are gone too
+
+
+def test_imatrix_types_measured_where_llama_quantize_can_write_them(
+        llama_tools, tiny_qwen2moe: Path, probe_text: Path, tmp_path: Path) -> None:
+    """IQ2_XXS needs imatrix data for each tensor it quantizes (token_embd never has any):
+    those stay out, the rest are measured, and the optimizer's plan quantizes to its size."""
+    from apex_gui.core.jobs import ImatrixJob, QuantizeJob
+    from apex_gui.core.model import open_model
+    from apex_gui.core.quality.optimizer import optimize
+    from apex_gui.core.runner import run_job
+
+    imatrix = tmp_path / "tiny.imatrix.gguf"
+    made = run_job(ImatrixJob(model=tiny_qwen2moe, calibration=probe_text, context=128,
+                              chunks=4, output_path=imatrix), llama_tools)
+    assert made.succeeded, made.message
+    table = measure_sensitivity(tiny_qwen2moe, imatrix, text=probe_text, context=128,
+                                chunks=12, candidates=("Q4_K", "IQ2_XXS"), tools=llama_tools)
+    assert "IQ2_XXS" not in table.errors["token_embd.weight"]
+    assert table.errors["blk.0.ffn_up_exps.weight"]["IQ2_XXS"] > table.errors[
+        "blk.0.ffn_up_exps.weight"]["Q4_K"] > 0
+    model = open_model(tiny_qwen2moe)
+    result = optimize(model, table, int(model.file_size * 0.25), imatrix=str(imatrix))
+    assert any(result.plan.effective_type(n) == "IQ2_XXS" for n in result.reasons)
+    job = QuantizeJob.from_plan(result.plan, tmp_path / "opt.gguf", tmp_path / "opt.txt",
+                                imatrix=imatrix)
+    done = run_job(job, llama_tools)
+    assert done.succeeded, done.message
+    assert (tmp_path / "opt.gguf").stat().st_size == result.plan.total_bytes()

@@ -297,7 +297,10 @@ def optimize(model: ModelInfo, table: SensitivityTable, budget: int,
     by_type: dict[str, int] = {}
     for k, opts in enumerate(items):
         by_type[opts[picks[k]].type_name] = by_type.get(opts[picks[k]].type_name, 0) + opts[picks[k]].nbytes
-    main = max(sorted(by_type), key=lambda t: by_type[t])
+    # llama-quantize with an F16/BF16 file type copies every tensor and ignores the pinned
+    # types: the file type must name a quantized type.
+    quantized = sorted(t for t in by_type if TYPES[t].quantized)
+    main = max(quantized, key=lambda t: by_type[t]) if quantized else "Q8_0"
     plan = PrecisionPlan(model, types, _FTYPE_FOR.get(main, "Q8_0"),
                          origin=f"optimized for {budget} bytes")
     plan.imatrix = imatrix

@@ -414,13 +414,19 @@ def measure_sensitivity(
         started = time.monotonic()
         for type_name in chosen:
             clock.advance(f"quantizing every tensor to {type_name}")
-            plan = _uniform_plan(model, type_name)
+            # llama-quantize aborts on an imatrix-only type for a tensor the imatrix has no
+            # data for (token_embd always, output often): those stay as stored in this run
+            # and the type is not offered for them.
+            unmeasured = ([n for n in names if weights is None or n not in weights]
+                          if type_name.upper() in IMATRIX_REQUIRED else [])
+            plan = _uniform_plan(model, type_name, keep=unmeasured)
             quant = scratch / f"all-{type_name}.gguf"
             job = QuantizeJob.from_plan(plan, quant, scratch / f"all-{type_name}.txt",
                                         imatrix=imatrix_path, threads=threads)
             _run(job, tools, cancel, f"llama-quantize to {type_name}")
             clock.advance(f"reading back {type_name}", 1)
-            measured = weighted_errors(Path(model.path), quant, names, weights, cancel)
+            measured = weighted_errors(Path(model.path), quant,
+                                       [n for n in names if n not in unmeasured], weights, cancel)
             for name, value in measured.items():
                 errors[name][plan.effective_type(name)] = value
             quant.unlink(missing_ok=True)
