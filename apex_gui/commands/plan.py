@@ -242,9 +242,16 @@ def run_detect(args: argparse.Namespace) -> int:
                           "differences": {n: {"file": a, "profile": b}
                                           for n, (a, b) in best.differences.items()}}, indent=2))
         return 0
+    if model.file_type in ("F32", "F16", "BF16"):
+        # Every tensor "differs" from every profile: a list of 40 says nothing.
+        print(f"{model.path.name}: not quantized ({model.file_type}); there is no profile to "
+              "detect. Plan one with `apex-studio plan MODEL --profile KEY`.")
+        return 0
     print(f"{model.path.name}: {best.describe()}")
     if not best.exact:
-        for name, (actual, expected) in list(best.differences.items())[:40]:
+        order = {t.name: i for i, t in enumerate(model.tensors)}  # file order, not hash order
+        differences = sorted(best.differences.items(), key=lambda item: order.get(item[0], 0))
+        for name, (actual, expected) in differences[:40]:
             print(f"  {name:<40} file {actual:<8} {best.profile.label} {expected}")
         if len(best.differences) > 40:
             print(f"  ... and {len(best.differences) - 40} more")

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth = sub.add_parser("synth", help="write a small runnable synthetic MoE GGUF")
     synth.add_argument("preset", choices=sorted(PRESETS), help="which synthetic model")
     synth.add_argument("-o", "--output", required=True, help="output .gguf path")
+    synth.add_argument("--json", action="store_true", help="print {\"files\": [...]} as JSON")
     add_force(synth)
     synth.set_defaults(func=run_synth)
 
@@ -21,8 +22,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     twin.add_argument("layout", help="layout name; `apex-studio twin list` lists them")
     twin.add_argument("-o", "--output", help="output .gguf path")
     twin.add_argument("--splits", type=int, default=1, help="write N split shards")
+    twin.add_argument("--json", action="store_true", help="print {\"files\": [...]} as JSON")
     add_force(twin)
     twin.set_defaults(func=run_twin)
+
+
+def _print_files(args: argparse.Namespace, files: list[str], key: str = "files") -> None:
+    """One path a line, or (--json, as every command takes) one JSON object."""
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps({key: files}, indent=2))
+    else:
+        for name in files:
+            print(name)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -33,7 +46,7 @@ def run_synth(args: argparse.Namespace) -> int:
     spec = preset(args.preset)
     with writing(args.output, force=args.force) as temporary:
         write_synthetic_model(temporary, spec)
-    print(args.output)
+    _print_files(args, [str(args.output)])
     return 0
 
 
@@ -42,8 +55,7 @@ def run_twin(args: argparse.Namespace) -> int:
     from apex_gui.core.shape_twins import TWIN_LAYOUTS, write_shape_twin
 
     if args.layout == "list":
-        for name in TWIN_LAYOUTS:
-            print(name)
+        _print_files(args, list(TWIN_LAYOUTS), "layouts")
         return 0
     if args.layout not in TWIN_LAYOUTS:
         raise ValueError(f"unknown twin layout {args.layout!r}; known: {', '.join(TWIN_LAYOUTS)}")
@@ -53,7 +65,7 @@ def run_twin(args: argparse.Namespace) -> int:
     if args.splits == 1:
         with writing(args.output, force=args.force) as temporary:
             write_shape_twin(temporary, args.layout)
-        print(args.output)
+        _print_files(args, [str(args.output)])
         return 0
     from apex_gui.core.shape_twins import _split_path
 
@@ -61,8 +73,8 @@ def run_twin(args: argparse.Namespace) -> int:
     for shard in shards:  # a twin is a sparse file of hundreds of GB: never over a model
         check_output(shard, force=args.force)
     try:
-        for path in write_shape_twin(args.output, args.layout, n_splits=args.splits):
-            print(path)
+        _print_files(args, [str(p) for p in write_shape_twin(args.output, args.layout,
+                                                              n_splits=args.splits)])
     except BaseException:
         for shard in shards:
             shard.unlink(missing_ok=True)

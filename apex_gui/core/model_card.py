@@ -56,7 +56,8 @@ BEST_FOR: dict[str, str] = {
     "quality": "Highest quality without an imatrix, lowest perplexity",
     "i-quality": "Highest quality, best accuracy across benchmarks",
     "balanced": "Interactive use, serving, general purpose",
-    "i-balanced": "Best overall quality/size ratio, lower KL divergence",
+    # Not "best quality/size ratio": no measurement here backs a ratio claim (issue 15).
+    "i-balanced": "Balanced with an importance matrix: lower KL divergence on the published cards",
     "compact": "Consumer GPUs, constrained VRAM",
     "i-compact": "Consumer GPUs, best quality at this size",
     "mini": "Smallest viable",

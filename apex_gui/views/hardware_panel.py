@@ -113,7 +113,8 @@ class MemoryBar(QWidget):
 
     def text(self) -> str:
         free = self.total - self.used
-        text = f"{self.name}: {_gb(free)} free of {_gb(self.total)}"
+        # A card sold as "24GB" has 24 GiB = 25.8 GB: say both, so the name and the number agree.
+        text = f"{self.name}: {_gb(free)} free of {_gb(self.total)} ({self.total / 2**30:.0f} GiB)"
         if self.need is not None:
             text += f" · tier needs {_gb(self.need)}"
         return text
