@@ -123,3 +123,22 @@ def test_publish_dialog_offline_card_and_upload_list(qtbot, panel: ResultsPanel,
     dialog.resize(1100, 720)
     dialog.grab().save(str(SCREENSHOTS / "publish_dialog.png"))
     dialog.reject()
+
+
+def test_a_quant_whose_evaluation_failed_says_so(qtbot) -> None:
+    from PySide6.QtWidgets import QTableView
+
+    from apex_gui.core.results import QuantResult
+    from apex_gui.views.results_panel import NO_RESULT, ResultsTableModel
+
+    made = QuantResult("APEX Mini", "apex", path="/models/x-APEX-Mini.gguf", profile="mini",
+                       size_bytes=1000)
+    model = ResultsTableModel()
+    model.set_rows([made])
+    view = QTableView()
+    qtbot.addWidget(view)
+    view.setModel(model)
+    ppl = model.index(0, 2)
+    assert view.model().data(ppl) == NO_RESULT  # blank cells before: read as "not yet"
+    assert "failed or was not run" in view.model().data(ppl, 3)  # ToolTipRole
+    assert model.cell_text(made, 3) == NO_RESULT

@@ -217,9 +217,11 @@ def _killed_message(tool: str, signal_number: int | None) -> str:
     name = f"{_signal_name(signal_number)} ({signal_number})" if signal_number else "a signal"
     if signal_number in (getattr(signal, "SIGSEGV", None), getattr(signal, "SIGABRT", None),
                          getattr(signal, "SIGBUS", None), getattr(signal, "SIGILL", None)):
-        return (f"{tool} crashed ({name}); the log above shows how far it got. Check that the "
-                "model is complete (re-download it) and that this llama.cpp build supports its "
-                "architecture (`apex-studio tools`); no output was kept")
+        # Not "re-download it": the model is often a quant this app just made.
+        return (f"{tool} crashed ({name}); the log above shows how far it got. Check that its "
+                "input model is complete (a download may be cut short; a quant made here can "
+                "be made again) and that this llama.cpp build supports its architecture "
+                "(`apex-studio tools`); no output was kept")
     return (f"{tool} was stopped from outside by {name} before it finished. If you did not "
             "stop it, the system probably ran out of memory (the out-of-memory killer sends "
             "SIGKILL): close other programs, use fewer threads, or run on a machine with more "

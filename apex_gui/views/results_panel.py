@@ -43,6 +43,9 @@ def _measure_text(value: Any, digits: int) -> str:
     return "" if value is None else value.format(digits)
 
 
+NO_RESULT = "no result"
+
+
 class ResultsTableModel(QAbstractTableModel):
     """The comparison table: fixed columns, then one per accuracy benchmark and speed test."""
 
@@ -83,6 +86,8 @@ class ResultsTableModel(QAbstractTableModel):
             return row.label if row.measured else f"{row.label} (size only)"
         if column == 1:
             return format_gb(row.size_bytes)
+        if column in (2, 3) and self.evaluation_missing(row):
+            return NO_RESULT  # a blank cell read as "not shown yet"; this says what happened
         if column == 2:
             return _measure_text(row.ppl, 4)
         if column == 3:
@@ -99,10 +104,20 @@ class ResultsTableModel(QAbstractTableModel):
         m = row.speed.get(self._speed[column - n_fixed - n_acc])
         return _measure_text(m, 1)
 
+    @staticmethod
+    def evaluation_missing(row: QuantResult) -> bool:
+        """A quant that was made (a file) but has neither perplexity nor KL divergence."""
+        return (row.measured and row.kind != "reference" and bool(row.path)
+                and row.ppl is None and row.kld_mean is None)
+
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
         row = self.rows[index.row()]
+        if (role == Qt.ItemDataRole.ToolTipRole and index.column() in (2, 3)
+                and self.evaluation_missing(row)):
+            return ("No perplexity or KL divergence is recorded for this file: its evaluation "
+                    "failed or was not run. The Run tab's log of the step says why.")
         if role == Qt.ItemDataRole.DisplayRole:
             return self.cell_text(row, index.column())
         if role == Qt.ItemDataRole.ToolTipRole:
