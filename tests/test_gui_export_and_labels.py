@@ -73,3 +73,11 @@ def test_no_literal_ampersands_in_tips(demo: MainWindow) -> None:
     bad = [t for t in shown if "&" in t[1] or "&" in t[2]]
     assert not bad, f"tips with a literal '&': {bad}"
     assert demo.zoom_fit_action.toolTip().startswith("Fit all layers")
+
+
+def test_the_plan_panel_says_why_balanced_is_larger_than_quality(demo: MainWindow) -> None:
+    demo.switch_profile("balanced")
+    note = demo.plan_panel.profile_note
+    assert note.isVisible() and "Larger than Quality" in note.text() and "IQ4_XS" in note.text()
+    demo.switch_profile("quality")
+    assert "Smaller than Balanced" in demo.plan_panel.profile_note.text()

@@ -219,6 +219,13 @@ class PlanPanel(QWidget):
         self.detected_label.setWordWrap(True)
         self.detected_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         plan_form.addRow(self.detected_label)
+        # The chosen profile's description in view, not only in a tooltip: it says, e.g.,
+        # why Balanced is larger than Quality.
+        self.profile_note = QLabel("")
+        self.profile_note.setObjectName("profileNote")
+        self.profile_note.setWordWrap(True)
+        self.profile_note.setStyleSheet("color: palette(placeholder-text)")
+        plan_form.addRow(self.profile_note)
         layout.addWidget(plan_box)
 
         # --- palette -----------------------------------------------------------------------
@@ -379,6 +386,9 @@ class PlanPanel(QWidget):
         self._baseline_label = baseline_label
         if plan is not None:
             self._unsubscribe = plan.subscribe(lambda _change: self.refresh())
+        profile = plan.profile if plan is not None else None
+        self.profile_note.setText(profile.description if profile is not None else "")
+        self.profile_note.setVisible(bool(self.profile_note.text()))
         self.refresh()
 
     def detach(self) -> None:
