@@ -93,6 +93,7 @@ class JobMonitor:
         self._splitter = LineSplitter()
         self._chunks: list[str] = []
         self.reader = job.new_progress()
+        self._first_progress: tuple[float, float] | None = None  # (time, fraction): ETA base
 
     @property
     def progress(self) -> Progress:
@@ -134,12 +135,25 @@ class JobMonitor:
         return self._clock() - self.started
 
     def eta_seconds(self) -> float | None:
-        """Remaining seconds at the rate so far; None until there is a rate to go by."""
+        """Remaining seconds at the rate since the first progress report; None until there
+        are two reports to go by.
+
+        Measured from the first report, not from the start: loading the model (a minute
+        for a big one) is not part of the per-chunk rate, and counting it made the first
+        ETA of an imatrix run three times the tool's own estimate (19m55s against 6.4 min).
+        """
         fraction = self.progress.fraction
-        elapsed = self.elapsed()
-        if not fraction or fraction <= 0.0 or elapsed <= 0.0:
+        now = self._clock()
+        if not fraction or fraction <= 0.0:
             return None
-        return elapsed * (1.0 - fraction) / fraction
+        first = self._first_progress
+        if first is None:
+            self._first_progress = (now, fraction)
+            return None
+        first_time, first_fraction = first
+        if fraction <= first_fraction or now <= first_time:
+            return None
+        return (now - first_time) * (1.0 - fraction) / (fraction - first_fraction)
 
 
 @dataclass(frozen=True)
