@@ -48,10 +48,21 @@ def _scale_colour(position_milli: int) -> QColor:
     return _lerp(stops[index], stops[index + 1], scaled - index)
 
 
+#: (bits per weight, position on the colour scale): the 4-7 bpw range, where most choices
+#: are made, gets more of the scale. On a plain log scale Q4_K, Q5_K and Q6_K were three
+#: near-identical teals; now they are blue, teal and green.
+_BPW_STOPS = ((BPW_MIN, 0.0), (2.5, 0.12), (3.5, 0.25), (4.5, 0.39), (5.5, 0.57), (6.5625, 0.72),
+              (8.5, 0.85), (BPW_MAX, 1.0))
+
+
 def bpw_position(bits_per_weight: float) -> float:
     """Where a bits-per-weight value sits on the colour scale (0 = lowest, 1 = highest)."""
     clamped = min(max(bits_per_weight, BPW_MIN), BPW_MAX)
-    return math.log2(clamped / BPW_MIN) / math.log2(BPW_MAX / BPW_MIN)
+    for (b0, p0), (b1, p1) in zip(_BPW_STOPS, _BPW_STOPS[1:]):
+        if clamped <= b1:
+            t = math.log2(clamped / b0) / math.log2(b1 / b0)
+            return p0 + (p1 - p0) * t
+    return 1.0
 
 
 def bpw_colour(bits_per_weight: float) -> QColor:
