@@ -23,3 +23,23 @@ def test_the_scale_is_monotonic_and_spans_the_palette() -> None:
     positions = [style.bpw_position(v) for v in values]
     assert positions == sorted(positions)
     assert positions[0] == 0.0 and positions[-1] == 1.0
+
+
+def test_the_legend_bar_shows_each_marked_type_in_its_cell_colour(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtGui import QColor
+
+    from apex_gui.views.heatmap import BitsLegend
+
+    legend = BitsLegend()
+    qtbot.addWidget(legend)
+    legend.resize(1200, 60)
+    legend.show()
+    image = legend.grab().toImage()
+    ratio = image.devicePixelRatio()
+    width = 1200 - 470 - 20 - 10  # the bar, as BitsLegend lays it out beside its keys
+    for type_name in ("Q4_K", "Q6_K"):
+        bpw = ggml_type(type_name).bits_per_weight
+        x = 10 + round(style.bpw_position(bpw) * (width - 1))
+        shown = QColor(image.pixel(int(x * ratio), int(12 * ratio)))
+        expected = style.bpw_colour(bpw)
+        assert sum(abs(a - b) for a, b in zip(shown.getRgb()[:3], expected.getRgb()[:3])) < 20, type_name

@@ -1075,8 +1075,7 @@ class BitsLegend(QWidget):
         bar = QRect(bar_left, 6, bar_right - bar_left, 14)
         for x in range(bar.left(), bar.right() + 1):
             position = (x - bar.left()) / max(bar.width() - 1, 1)
-            bpw = style.BPW_MIN * (style.BPW_MAX / style.BPW_MIN) ** position
-            painter.setPen(style.bpw_colour(bpw))
+            painter.setPen(style.position_colour(position))  # ticks use bpw_position: same scale
             painter.drawLine(x, bar.top(), x, bar.bottom())
         painter.setPen(text)
         last_right = -100

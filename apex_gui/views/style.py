@@ -65,6 +65,11 @@ def bpw_position(bits_per_weight: float) -> float:
     return 1.0
 
 
+def position_colour(position: float) -> QColor:
+    """The colour at ``position`` (0..1) of the scale (the legend bar)."""
+    return QColor(_scale_colour(round(min(max(position, 0.0), 1.0) * 1000)))
+
+
 def bpw_colour(bits_per_weight: float) -> QColor:
     """The heatmap colour of a tensor stored at ``bits_per_weight``."""
     return QColor(_bpw_colour(bits_per_weight))  # a copy: callers may change it
