@@ -117,6 +117,9 @@ def test_a_1024x700_window_keeps_map_columns_and_the_run_tables_progress_and_eta
             main.open_demo()
         QTest.qWait(20)
         assert main.width() == 1024, f"the window cannot be 1024 wide: minimum {main.minimumSizeHint()}"
+        # 2x scaling on a 1080p screen leaves 960x540 logical pixels: the window must fit.
+        assert main.minimumSizeHint().width() <= 960 and main.minimumSizeHint().height() <= 540, (
+            f"minimum {main.minimumSizeHint()} does not fit 960x540")
         heatmap = main.heatmap
         kinds = heatmap._geometry.kinds
         shown = [k for k in kinds if (r := heatmap.cell_rect((0, k))) is not None

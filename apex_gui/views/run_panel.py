@@ -400,7 +400,7 @@ class RunPanel(QWidget):
         choices_scroll = QScrollArea()
         choices_scroll.setWidgetResizable(True)
         choices_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        choices_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        choices_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         choices_scroll.setWidget(choices)
         choices_scroll.setMinimumWidth(280)
         splitter = QSplitter(Qt.Orientation.Horizontal)
