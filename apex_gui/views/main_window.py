@@ -228,7 +228,7 @@ class MainWindow(QMainWindow):
         # window's minimum, 942x635, and at 2x scaling on a 1080p screen (960x540 logical)
         # the window could not fit. A page smaller than its own wish scrolls or clips instead.
         self.center_tabs.setMinimumSize(320, 200)
-        self.right_tabs.setMinimumSize(240, 150)
+        self.right_tabs.setMinimumHeight(150)  # its width stays the Plan panel's own minimum
         self.bottom_tabs.setMinimumSize(200, 60)
         self.resizeDocks([self.right_dock], [400], Qt.Orientation.Horizontal)
         self.resizeDocks([self.bottom_dock], [170], Qt.Orientation.Vertical)
