@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help='fit target instead of --budget: GPUs by name, e.g. "RTX 4090"')
     opt.add_argument("--add-detected", action="store_true", help=argparse.SUPPRESS)
     opt.add_argument("--ram", metavar="SIZE", help="available system RAM (default: detected)")
+    opt.add_argument("--experts-in-ram", action="store_true",
+                     help="with --gpu/--vram: routed experts stay in system RAM (--cpu-moe), "
+                          "their own budget being the available RAM; the rest must fit the GPUs")
     opt.add_argument("--ctx", type=int, default=None, help="context for the fit (default 8192)")
     opt.add_argument("--kv-type", default="f16", help="KV cache type for the fit (default f16)")
     opt.add_argument("--margin", type=float, default=1024.0, help="MiB kept free per GPU")
@@ -133,6 +136,8 @@ def run_optimize(args: argparse.Namespace) -> int:
     from apex_gui.core.quality.sensitivity import SensitivityTable
 
     fit_target = bool(args.vram or args.gpu)
+    if args.experts_in_ram and not fit_target:
+        raise ValueError("--experts-in-ram goes with a fit target (--gpu / --vram)")
     if bool(args.budget) == fit_target:
         raise ValueError("give either --budget SIZE or a fit target (--gpu / --vram), not "
                          "both and not neither")
@@ -153,7 +158,8 @@ def run_optimize(args: argparse.Namespace) -> int:
         n_ctx = args.ctx or min(DEFAULT_CTX, model.context_length or DEFAULT_CTX)
         ctx = ContextSettings(n_ctx=n_ctx, type_k=args.kv_type, type_v=args.kv_type)
         result, fit = optimize_for_fit(model, table, machine, ctx,
-                                       margin=int(args.margin * MiB), imatrix=args.imatrix)
+                                       margin=int(args.margin * MiB), imatrix=args.imatrix,
+                                       experts_in_ram=args.experts_in_ram)
     else:
         result = optimize(model, table, parse_budget(args.budget), args.imatrix)
     plan = result.plan

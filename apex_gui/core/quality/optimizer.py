@@ -361,28 +361,44 @@ def smallest_plan_bytes(model: ModelInfo, table: SensitivityTable,
 
 
 def optimize_for_fit(model: ModelInfo, table: SensitivityTable, machine: Any, ctx: Any, *,
-                     margin: int, imatrix: str | None = None) -> tuple[OptimizedPlan, Any]:
+                     margin: int, imatrix: str | None = None,
+                     experts_in_ram: bool = False) -> tuple[OptimizedPlan, Any]:
     """The best plan that loads fully on the GPUs (or in RAM without GPUs) at this context.
 
     The memory model (KV cache, compute buffers, placement) decides; the byte budget is
-    bisected to the largest whose optimized plan still gets that verdict.
+    bisected to the largest whose optimized plan still gets that verdict. With
+    ``experts_in_ram`` the routed experts get the machine's available RAM (less ``margin``)
+    as their own budget and the bisection is over what stays on the GPUs (``--cpu-moe``).
     """
     from ..memory_fit import ModelGeometry
     from ..recommend import Candidate, Verdict, evaluate
 
     geom = ModelGeometry.from_model(model)
-    target = Verdict.FULL_GPU if machine.gpus else Verdict.CPU_ONLY
+    if experts_in_ram and not machine.gpus:
+        raise ValueError("routed experts in RAM needs GPUs for the rest: give --gpu or --vram")
+    target = (Verdict.EXPERTS_IN_RAM if experts_in_ram else
+              Verdict.FULL_GPU if machine.gpus else Verdict.CPU_ONLY)
+    ram_budget = max(0, int(machine.ram_available) - margin)
 
     def attempt(budget: int) -> tuple[OptimizedPlan, Any]:
-        result = optimize(model, table, budget, imatrix)
+        result = (optimize_experts_in_ram(model, table, budget, ram_budget, imatrix)
+                  if experts_in_ram else optimize(model, table, budget, imatrix))
         candidate = Candidate(key="optimized", label="optimized",
                               tensor_bytes=result.plan.tensor_bytes_map(),
                               file_bytes=result.plan.total_bytes(), path=str(model.path))
         return result, evaluate(geom, candidate, machine, ctx, margin=margin)
 
-    low = smallest_plan_bytes(model, table, imatrix)
+    def reached(fit: Any) -> bool:
+        return fit.verdict.rank <= target.rank if experts_in_ram else fit.verdict is target
+
+    smallest = smallest_plan_bytes(model, table, imatrix)
+    if experts_in_ram:
+        experts = routed_expert_names(model)
+        smallest -= sum(min(tensor_bytes(k, model.tensor(n).shape) for k in allowed_types(
+            table, n, model.tensor(n).row_length, bool(imatrix))) for n in experts)
+    low = smallest
     best = attempt(low)
-    if best[1].verdict is not target:
+    if not reached(best[1]):
         raise BudgetTooSmall(f"even the smallest plan ({low} bytes) does not load with "
                              f"{target.value} here ({best[1].verdict.value}); choose a shorter "
                              "context (--ctx), more memory, or a byte budget (--budget)")
@@ -393,8 +409,86 @@ def optimize_for_fit(model: ModelInfo, table: SensitivityTable, machine: Any, ct
             break
         middle = (low + high) // 2
         found = attempt(middle)
-        if found[1].verdict is target:
+        if reached(found[1]):
             best, low = found, middle
         else:
             high = middle
     return best
+
+
+# --- routed experts in system RAM: two budgets ------------------------------------------------
+
+
+def routed_expert_names(model: ModelInfo) -> set[str]:
+    """Quantizable tensors that ``--cpu-moe`` keeps in system RAM (the routed experts)."""
+    from ..roles import TensorRole, classify
+
+    return {t.name for t in model.tensors
+            if is_quantizable(t.name, t.shape) and classify(t.name) is TensorRole.ROUTED_EXPERT}
+
+
+def optimize_experts_in_ram(model: ModelInfo, table: SensitivityTable, vram_budget: int,
+                            ram_budget: int, imatrix: str | None = None) -> OptimizedPlan:
+    """The plan of least predicted KLD when routed experts live in RAM and the rest on GPUs.
+
+    The file's bytes outside the routed experts (header, attention, shared experts, norms,
+    embeddings) must fit ``vram_budget``; the routed experts ``ram_budget``. No tensor draws
+    on both budgets, so the two knapsacks are independent and solving each alone gives the
+    joint optimum. Each part is solved by :func:`optimize` with the other part held as stored,
+    its stored bytes added to that call's budget.
+    """
+    import time
+
+    started = time.perf_counter()
+    experts = routed_expert_names(model)
+    if not experts:
+        raise ValueError(f"{model.path.name} has no routed experts to keep in RAM; give one "
+                         "budget (--budget) or a full-GPU fit target")
+    stored = {t.name: t for t in model.tensors}
+    alignment = int(model.metadata.get("general.alignment", 32) or 32)
+
+    def stored_bytes(names: set[str]) -> int:
+        return sum(-(-stored[n].nbytes // alignment) * alignment for n in names)
+
+    others = {t.name for t in model.tensors if is_quantizable(t.name, t.shape)} - experts
+    probe = PrecisionPlan(model, {}, "Q8_0")
+    probe.imatrix = imatrix  # the quant's header carries the imatrix keys
+    header_and_fixed = (probe.header_bytes()
+                        + stored_bytes({t.name for t in model.tensors} - experts - others))
+    gpu_part = optimize(model, table, vram_budget + stored_bytes(experts), imatrix,
+                        keep=lambda name: name in experts)
+    try:
+        ram_part = optimize(model, table, ram_budget + header_and_fixed + stored_bytes(others),
+                            imatrix, keep=lambda name: name not in experts)
+    except BudgetTooSmall:
+        least = sum(min(tensor_bytes(k, stored[n].shape) for k in allowed_types(
+            table, n, stored[n].row_length, bool(imatrix))) for n in experts)
+        raise BudgetTooSmall(f"the routed experts of {model.path.name} need at least {least} "
+                             f"bytes of RAM at the smallest types allowed, but {ram_budget} "
+                             "are given for them: more RAM (--ram), a smaller margin, or GPUs "
+                             "for everything") from None
+    types = {name: (ram_part if name in experts else gpu_part).plan.types[name]
+             for name in experts | others}
+    by_type: dict[str, int] = {}
+    for name, kind in types.items():
+        by_type[kind] = by_type.get(kind, 0) + tensor_bytes(kind, stored[name].shape)
+    quantized = sorted(t for t in by_type if TYPES[t].quantized)
+    main = max(quantized, key=lambda t: by_type[t]) if quantized else "Q8_0"
+    plan = PrecisionPlan(model, types, _FTYPE_FOR.get(main, "Q8_0"),
+                         origin=f"optimized for {vram_budget} bytes on GPUs + {ram_budget} "
+                                "bytes of routed experts in RAM")
+    plan.imatrix = imatrix
+    damage = sum(table.damage(name, kind) for name, kind in types.items())
+    result = OptimizedPlan(plan, vram_budget + ram_budget, damage)
+    result.reasons = {name: (ram_part if name in experts else gpu_part).reasons[name]
+                      for name in types}
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def split_bytes(plan: PrecisionPlan) -> tuple[int, int]:
+    """(bytes outside the routed experts, bytes of the routed experts) of a plan's file."""
+    experts = routed_expert_names(plan.model)
+    sizes = plan.tensor_bytes_map()
+    expert_bytes = sum(size for name, size in sizes.items() if name in experts)
+    return plan.total_bytes() - expert_bytes, expert_bytes
