@@ -412,12 +412,12 @@ def test_window_geometry_is_remembered(qtbot: QtBot) -> None:
     first = MainWindow(load_settings(), probe_hardware=False)
     qtbot.addWidget(first)
     first.show()
-    first.resize(701, 523)  # inside the offscreen screen (800x800): restore clamps to it
+    first.resize(761, 523)  # above the minimum width, inside the 800x800 offscreen screen
     qtbot.wait(10)
     first.close()
     second = MainWindow(load_settings(), probe_hardware=False)
     qtbot.addWidget(second)
-    assert (second.width(), second.height()) == (701, 523)
+    assert (second.width(), second.height()) == (761, 523)
     second.close()
 
 
