@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = len(list((root / builds.build_key(
             builds.CMAKE_OPTIONS if name == "portable" else builds.NATIVE_OPTIONS) / "bin")
             .glob("libggml-cpu-*.so")))
+        backends = variants or 1  # a native build has one CPU backend inside libggml
         print(f"  {name:<9} {info[name]['build_seconds'] / 60:6.1f} min"
-              f"  ({variants or 1} CPU backend{'s' if variants != 1 else ''})")
+              f"  ({backends} CPU backend{'s' if backends != 1 else ''})")
     ratio = info["portable"]["build_seconds"] / max(1.0, info["native"]["build_seconds"])
     print(f"  portable / native: {ratio:.2f}x")
 
