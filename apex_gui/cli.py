@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from apex_gui import __version__
 from apex_gui.commands import COMMAND_MODULES
-from apex_gui.core.gguf_reader import GGUFError
-from apex_gui.core.run_store import RunStoreError
+from apex_gui.core.gguf.reader import GGUFError
+from apex_gui.core.jobs.run_store import RunStoreError
 
 EXIT_USAGE = 2
 #: Sub-commands that read profiles: a user profile that cannot be read is named once there.
@@ -42,7 +42,7 @@ def _gui_args(argv: Sequence[str]) -> bool:
 
 def _warn_about_skipped_profiles(command: str) -> None:
     """One line per user profile that cannot be used (it is skipped, not fatal)."""
-    from apex_gui.core.profiles import user_profiles
+    from apex_gui.core.plan.profiles import user_profiles
 
     for problem in user_profiles()[1]:
         print(f"apex-studio {command}: warning: skipped profile {problem}", file=sys.stderr)

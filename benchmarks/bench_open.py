@@ -35,7 +35,7 @@ _CHILD = r"""
 import json, re, resource, sys, time
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "apex":
-    from apex_gui.core.model import open_model as load
+    from apex_gui.core.gguf.model import open_model as load
 else:
     from gguf import GGUFReader as load
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="where to write the twins (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    from apex_gui.core.shape_twins import write_shape_twin
+    from apex_gui.core.fixtures.twins import write_shape_twin
 
     with tempfile.TemporaryDirectory(prefix="apex-bench-") as scratch:
         folder = args.dir or Path(scratch)

@@ -29,16 +29,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from apex_gui.core import parsers  # noqa: E402
-from apex_gui.core.jobs import KLDivergenceJob, QuantizeJob, ReferenceLogitsJob  # noqa: E402
-from apex_gui.core.model import open_model  # noqa: E402
-from apex_gui.core.plan import plan_from_profile  # noqa: E402
-from apex_gui.core.profiles import builtin_profiles  # noqa: E402
+from apex_gui.core.jobs import parsers  # noqa: E402
+from apex_gui.core.jobs.evaluations import KLDivergenceJob, ReferenceLogitsJob  # noqa: E402
+from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.gguf.model import open_model  # noqa: E402
+from apex_gui.core.plan.precision import plan_from_profile  # noqa: E402
+from apex_gui.core.plan.profiles import builtin_profiles  # noqa: E402
 from apex_gui.core.quality.optimizer import optimize  # noqa: E402
 from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, measure_sensitivity,  # noqa: E402
                                                weighted_errors)
-from apex_gui.core.runner import run_job  # noqa: E402
-from apex_gui.core.tools import LlamaTools  # noqa: E402
+from apex_gui.core.jobs.runner import run_job  # noqa: E402
+from apex_gui.core.jobs.tools import LlamaTools  # noqa: E402
 
 UNIFORM = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M",
            "Q6_K", "Q8_0")
@@ -99,7 +100,7 @@ def predicted_from_file(table: Any, quant: Path) -> float:
 def readback_speed(work: Path, tools: LlamaTools) -> dict[str, float]:
     """MB/s of quantize + read-back on a larger synthetic model (the per-type cost)."""
     from apex_gui.core.quality.sensitivity import _uniform_plan
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
 
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=8, n_embd=512, n_head=8, n_head_kv=2,
                               n_expert=16, n_ff_exp=512, n_ff_shexp=1024, seed=5,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apex_gui.core.model import open_model  # noqa: E402
-from apex_gui.core.plan import plan_from_profile  # noqa: E402
-from apex_gui.core.profiles import get_profile  # noqa: E402
-from apex_gui.core.shape_twins import write_shape_twin  # noqa: E402
+from apex_gui.core.gguf.model import open_model  # noqa: E402
+from apex_gui.core.plan.precision import plan_from_profile  # noqa: E402
+from apex_gui.core.plan.profiles import get_profile  # noqa: E402
+from apex_gui.core.fixtures.twins import write_shape_twin  # noqa: E402
 
 
 def median_ms(samples: list[float]) -> float:

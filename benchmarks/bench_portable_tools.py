@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "packaging"))
 
 import build_llama_tools as builds  # noqa: E402
 
-from apex_gui.core.calibration import quick_eval_text  # noqa: E402
-from apex_gui.core.synthetic import DEMO_SPEC, write_synthetic_model  # noqa: E402
-from apex_gui.core.tools import child_environment  # noqa: E402
+from apex_gui.core.jobs.calibration import quick_eval_text  # noqa: E402
+from apex_gui.core.fixtures.synthetic import DEMO_SPEC, write_synthetic_model  # noqa: E402
+from apex_gui.core.jobs.tools import child_environment  # noqa: E402
 
 CONTEXT = 256
 CHUNKS = 8

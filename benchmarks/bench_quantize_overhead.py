@@ -5,7 +5,7 @@ for it (``compact`` profile), and times, alternating so that machine load hits b
 
 * bare: ``llama-quantize`` started with ``subprocess.run`` on the job's own argument list
   (output to a plain name), output discarded;
-* job: :func:`apex_gui.core.runner.run_job` on the :class:`QuantizeJob` - checks, temporary
+* job: :func:`apex_gui.core.jobs.runner.run_job` on the :class:`QuantizeJob` - checks, temporary
   name and rename, merged output read and parsed line by line, progress callbacks, the run
   recorded in SQLite.
 
@@ -31,14 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apex_gui.core.jobs import QuantizeJob  # noqa: E402
-from apex_gui.core.model import open_model  # noqa: E402
-from apex_gui.core.plan import plan_from_profile  # noqa: E402
-from apex_gui.core.profiles import get_profile  # noqa: E402
-from apex_gui.core.run_store import RunStore  # noqa: E402
-from apex_gui.core.runner import run_job  # noqa: E402
-from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model  # noqa: E402
-from apex_gui.core.tools import LlamaTools  # noqa: E402
+from apex_gui.core.jobs.quantize import QuantizeJob  # noqa: E402
+from apex_gui.core.gguf.model import open_model  # noqa: E402
+from apex_gui.core.plan.precision import plan_from_profile  # noqa: E402
+from apex_gui.core.plan.profiles import get_profile  # noqa: E402
+from apex_gui.core.jobs.run_store import RunStore  # noqa: E402
+from apex_gui.core.jobs.runner import run_job  # noqa: E402
+from apex_gui.core.fixtures.synthetic import ( # noqa: E402
+    SyntheticModelSpec, write_synthetic_model,
+)
+from apex_gui.core.jobs.tools import LlamaTools  # noqa: E402
 
 #: 16 layers x 8 experts: about 60 MiB of F16, 1-2 s to quantize with 2 threads.
 BENCH_SPEC = SyntheticModelSpec(arch="qwen2moe", n_layer=16, n_embd=256, n_expert=8,

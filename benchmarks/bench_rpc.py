@@ -2,7 +2,7 @@
 
 Builds a synthetic MoE (16 layers, about 60 MiB of F16), starts two ``rpc-server``
 processes on free loopback ports, and times through the job engine
-(:func:`apex_gui.core.runner.run_job`), alternating so machine load hits both alike:
+(:func:`apex_gui.core.jobs.runner.run_job`), alternating so machine load hits both alike:
 
 * one process: ``llama-perplexity`` / ``llama-imatrix`` with every layer on this process's CPU;
 * two workers: the same job with ``--rpc A,B``: the layers split across the workers, every
@@ -29,10 +29,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apex_gui.core.fit.rpc_local import LocalRpcWorker  # noqa: E402
-from apex_gui.core.jobs import ImatrixJob, PerplexityJob, ToolJob  # noqa: E402
-from apex_gui.core.runner import run_job  # noqa: E402
-from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model  # noqa: E402
-from apex_gui.core.tools import LlamaTools  # noqa: E402
+from apex_gui.core.jobs.quantize import ImatrixJob  # noqa: E402
+from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.specs import ToolJob
+from apex_gui.core.jobs.runner import run_job  # noqa: E402
+from apex_gui.core.fixtures.synthetic import ( # noqa: E402
+    SyntheticModelSpec, write_synthetic_model,
+)
+from apex_gui.core.jobs.tools import LlamaTools  # noqa: E402
 
 BENCH_SPEC = SyntheticModelSpec(arch="qwen2moe", n_layer=16, n_embd=256, n_expert=8,
                                 n_expert_used=2, n_ff_exp=256, n_ff_shexp=256, seed=42,

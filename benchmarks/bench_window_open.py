@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from apex_gui.core.settings import Settings
-    from apex_gui.core.shape_twins import write_shape_twin
+    from apex_gui.core.fixtures.twins import write_shape_twin
     from apex_gui.views.main_window import MainWindow
 
     app = QApplication.instance() or QApplication([])

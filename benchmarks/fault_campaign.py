@@ -95,7 +95,7 @@ class Campaign:
             folder = self.home / name.lower()
             folder.mkdir(parents=True, exist_ok=True)
             self.env[f"APEX_STUDIO_{name}_DIR"] = str(folder)
-        from apex_gui.core.tools import LlamaTools
+        from apex_gui.core.jobs.tools import LlamaTools
 
         self.real_tools = LlamaTools().locate("quantize").found
         # The stand-in's timing can be controlled (kills, two runs at once); it also stands
@@ -104,7 +104,7 @@ class Campaign:
         self.tools = None if self.real_tools else self.stand_in
         models = work / "models"
         models.mkdir()
-        from apex_gui.core.synthetic import TINY_QWEN3MOE, write_synthetic_model
+        from apex_gui.core.fixtures.synthetic import TINY_QWEN3MOE, write_synthetic_model
 
         self.pristine = write_synthetic_model(models / "tiny-f16.gguf", TINY_QWEN3MOE)
         self.case_number = 0
@@ -254,7 +254,7 @@ class Campaign:
         model = self.model_in(folder)
         profiles = self.home / "config" / "profiles"
         profiles.mkdir(parents=True, exist_ok=True)
-        from apex_gui.core.profiles import builtin_profiles, profile_to_toml
+        from apex_gui.core.plan.profiles import builtin_profiles, profile_to_toml
 
         good = profile_to_toml(builtin_profiles()["quality"]).replace('key = "quality"',
                                                                        'key = "mine"')
@@ -414,7 +414,7 @@ class Campaign:
         """SIGKILL of the CLI while the real llama-quantize writes (polled: a script may)."""
         import psutil
 
-        from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+        from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
 
         folder = self.folder()
         spec = SyntheticModelSpec(arch="qwen2moe", n_layer=21, n_expert=2, n_expert_used=1,

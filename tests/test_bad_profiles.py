@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apex_gui.cli import main
-from apex_gui.core.profiles import builtin_profiles, profile_to_toml, user_profiles
+from apex_gui.core.plan.profiles import builtin_profiles, profile_to_toml, user_profiles
 
 BAD_PROFILES = {
     "bands.toml": ("routed_experts.bands", lambda good: good.replace(

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from apex_gui.cli import main
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import get_profile
-from apex_gui.core.shape_twins import write_shape_twin
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import get_profile
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_tools_reports_every_tool_and_missing_ones_with_the_fix(capsys, tmp_path
     assert {"quantize", "imatrix", "perplexity", "bench", "gguf-split"} <= set(report)
     assert all(report[t]["path"] for t in ("quantize", "imatrix", "perplexity", "bench", "gguf-split"))
     # An empty configured folder, no PATH, no portable build, no package: every tool is missing.
-    import apex_gui.core.tools as tools_module
+    import apex_gui.core.jobs.tools as tools_module
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(tools_module, "portable_build_dir", lambda: None)
@@ -104,7 +104,7 @@ def test_types_table_gives_geometry_imatrix_need_and_fallback(capsys):
 
 
 def test_card_lists_only_this_models_quants(capsys, tiny_qwen2moe, tmp_path):
-    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.jobs.run_store import RunStore
 
     store = RunStore()
     quant = tmp_path / "tiny-APEX-Compact.gguf"

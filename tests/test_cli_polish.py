@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from apex_gui.cli import main
-from apex_gui.core.model_card import BEST_FOR
-from apex_gui.core.profiles import builtin_profiles
-from apex_gui.core.shape_twins import TWIN_LAYOUTS
+from apex_gui.core.fixtures.twin_layouts import TWIN_LAYOUTS
+from apex_gui.core.plan.profiles import builtin_profiles
+from apex_gui.core.report.card_facts import BEST_FOR
 
 
 def test_twin_and_synth_take_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_twin_and_synth_take_json(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert main(["twin", "olmoe-1b-7b", "-o", str(target), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"files": [str(target)]}
     synth = tmp_path / "tiny.gguf"
-    preset = sorted(__import__("apex_gui.core.synthetic", fromlist=["PRESETS"]).PRESETS)[0]
+    preset = sorted(__import__("apex_gui.core.fixtures.synthetic", fromlist=["PRESETS"]).PRESETS)[0]
     assert main(["synth", preset, "-o", str(synth), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"files": [str(synth)]}
 

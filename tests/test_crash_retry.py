@@ -9,12 +9,13 @@ from __future__ import annotations
 import signal
 
 import pytest
-from fakes import calls, copying_quantize, crashing_perplexity
 
-from apex_gui.core.jobs import PerplexityJob, QuantizeJob
-from apex_gui.core.run_store import RunStore
-from apex_gui.core.runner import JobStatus, run_job
-from apex_gui.core.tools import LlamaTools
+from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.runner import JobStatus, run_job
+from apex_gui.core.jobs.tools import LlamaTools
+from fakes import calls, copying_quantize, crashing_perplexity
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_quantize_has_no_repack_flag_and_is_not_changed(tmp_path, tiny_qwen2moe)
 
 def test_tools_check_finds_a_crashing_repack_path_and_remembers_it(tmp_path):
     from apex_gui.core.settings import Settings
-    from apex_gui.core.tools_check import known_check, run_tools_check
+    from apex_gui.core.jobs.tools_check import known_check, run_tools_check
 
     folder = tmp_path / "bin"
     copying_quantize(folder)
@@ -154,7 +155,7 @@ ALL_X86_VARIANTS = ("alderlake", "cannonlake", "cascadelake", "cooperlake", "has
     (SAPPHIRE_RAPIDS_FLAGS, (), None),
 ])
 def test_the_variant_ggml_loads_is_predicted_from_the_cpu_flags(flags, available, expected):
-    from apex_gui.core.tools import expected_cpu_variant
+    from apex_gui.core.jobs.tools import expected_cpu_variant
 
     assert expected_cpu_variant(available, flags) == expected
 
@@ -162,7 +163,7 @@ def test_the_variant_ggml_loads_is_predicted_from_the_cpu_flags(flags, available
 @pytest.mark.gui
 def test_the_qt_queue_retries_a_crash_without_repacking_and_says_so(qtbot, tmp_path,
                                                                      tiny_qwen2moe, text):
-    from apex_gui.jobs import JobQueue
+    from apex_gui.qt.job_queue import JobQueue
 
     folder = tmp_path / "bin"
     crashing_perplexity(folder)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from apex_gui.core.fit.buildable import buildable_profiles
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import builtin_profiles
-from apex_gui.core.shape_twins import write_shape_twin
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import builtin_profiles
 
 
 def test_plain_imatrix_tiers_give_way_to_their_i_variants(tmp_path: Path) -> None:

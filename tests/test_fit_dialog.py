@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from apex_gui.core.model import open_model
-from apex_gui.core.run_store import RunStore
-from apex_gui.core.quality.known import beside_model
-from apex_gui.jobs import JobQueue
-from apex_gui.views.fit_dialog import parse_budget_text
 from quality_tables import synthetic_table
+
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.quality.known import beside_model
+from apex_gui.qt.job_queue import JobQueue
+from apex_gui.views.fit_dialog import parse_budget_text
 
 pytestmark = pytest.mark.gui
 
@@ -88,8 +88,8 @@ def test_fit_to_a_size_is_one_undoable_edit(qtbot, window_with_model) -> None:
 
 
 def test_fit_to_the_hardware_set_up(qtbot, window_with_model) -> None:
-    from apex_gui.core.memory_fit import ModelGeometry
-    from apex_gui.core.recommend import Candidate, Verdict, evaluate
+    from apex_gui.core.fit.context_memory import ModelGeometry
+    from apex_gui.core.fit.recommend import Candidate, Verdict, evaluate
 
     window, panels, model_path = window_with_model
     synthetic_table(open_model(model_path)).save(beside_model(model_path))

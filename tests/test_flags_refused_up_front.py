@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apex_gui.cli import main
-from apex_gui.core.run_store import RunStore
+from apex_gui.core.jobs.run_store import RunStore
 
 
 def refused(capsys: pytest.CaptureFixture[str], args: list[str], *words: str) -> str:

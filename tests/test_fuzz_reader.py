@@ -2,7 +2,7 @@
 
 Bases are real headers: a tiny synthetic model written by the ``gguf`` package and small
 shape twins (qwen35moe with linear attention and an MTP block, lfm2moe with a per-layer
-KV-head array, mistral4 with MLA) written by :mod:`apex_gui.core.shape_twins`. Every case
+KV-head array, mistral4 with MLA) written by :mod:`apex_gui.core.fixtures.twins`. Every case
 mutates one header (byte and bit flips, truncation at field boundaries and in the data
 region, counts and lengths set to huge values, dimension counts 0/5, unknown type ids,
 inserted and deleted bytes) and then runs everything ``apex-studio inspect`` runs on it.
@@ -31,12 +31,14 @@ if __name__ == "__main__":  # script mode: make the package importable from a ch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apex_gui.cli import main as cli_main
-from apex_gui.commands.inspect import layer_rows, render_text, summary_dict
-from apex_gui.core.gguf_reader import GGUFError, LazyArray, read_header
-from apex_gui.core.model import open_model
-from apex_gui.core.quant_types import TYPES_BY_ID
-from apex_gui.core.shape_twins import TWIN_LAYOUTS, write_shape_twin
-from apex_gui.core.synthetic import TINY_QWEN2MOE, write_synthetic_model
+from apex_gui.commands.inspect import layer_rows, render_text
+from apex_gui.core.gguf.summary import summary_dict
+from apex_gui.core.gguf.reader import GGUFError, LazyArray, read_header
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.gguf.types import TYPES_BY_ID
+from apex_gui.core.fixtures.twin_layouts import TWIN_LAYOUTS
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.fixtures.synthetic import TINY_QWEN2MOE, write_synthetic_model
 
 TEST_CASES = 3000
 TEST_SEED = 20240611

@@ -20,15 +20,11 @@ import pytest
 from gguf import GGUFReader
 
 from apex_gui.cli import main as cli_main
-from apex_gui.core.gguf_reader import (
-    MAX_ARRAY_DEPTH,
-    GGUFError,
-    LazyArray,
-    read_header,
-    read_lazy_array,
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.gguf.reader import (
+    MAX_ARRAY_DEPTH, GGUFError, LazyArray, read_header, read_lazy_array,
 )
-from apex_gui.core.model import open_model
-from apex_gui.core.quant_types import tensor_bytes
+from apex_gui.core.gguf.types import tensor_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 

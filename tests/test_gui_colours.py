@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apex_gui.core.quant_types import ggml_type
+from apex_gui.core.gguf.types import ggml_type
 from apex_gui.views import style
 
 
@@ -28,7 +28,7 @@ def test_the_scale_is_monotonic_and_spans_the_palette() -> None:
 def test_the_legend_bar_shows_each_marked_type_in_its_cell_colour(qtbot) -> None:  # type: ignore[no-untyped-def]
     from PySide6.QtGui import QColor
 
-    from apex_gui.views.heatmap import BitsLegend
+    from apex_gui.views.bits_legend import BitsLegend
 
     legend = BitsLegend()
     qtbot.addWidget(legend)

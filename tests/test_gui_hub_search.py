@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 from pytestqt.qtbot import QtBot
 
-from apex_gui.core import hardware
-from apex_gui.core.hardware import GiB, NvmlMemory
-from apex_gui.core.hub import HubError, RemoteFile
-from apex_gui.core.hub_search import RepoHit, fit_badge, search_repos
+from apex_gui.core.fit import hardware
+from apex_gui.core.fit.hardware import NvmlMemory
+from apex_gui.core.hub.download import HubError, RemoteFile
+from apex_gui.core.hub.search import RepoHit, fit_badge, search_repos
+from apex_gui.core.units import GiB
+from apex_gui.qt.workers import WorkerPool
 from apex_gui.views.hf_download import HubDownloadDialog
-from apex_gui.workers import WorkerPool
-from test_hardware import FakeGpu, FakeNvml
+from fakes import FakeGpu, FakeNvml
 
 LISTING = [RepoHit("mudler/Qwen3.5-35B-A3B-APEX-GGUF", 5000, 40),
            RepoHit("someone/Qwen3.5-35B-A3B-GGUF", 90000, 300),

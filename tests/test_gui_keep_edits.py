@@ -11,8 +11,8 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
+from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.settings import load_settings
-from apex_gui.core.shape_twins import write_shape_twin
 from apex_gui.views.main_window import MainWindow
 
 pytestmark = pytest.mark.gui

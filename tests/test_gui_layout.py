@@ -8,15 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gui_prompts import close_window
 from PySide6.QtGui import QColor
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from gui_prompts import close_window
-
+from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.settings import load_settings
-from apex_gui.core.shape_twins import write_shape_twin
-from apex_gui.views.heatmap import MIXER_TAGS, ROW_HEADER_WIDTH
+from apex_gui.views.heatmap_geometry import MIXER_TAGS, ROW_HEADER_WIDTH
 from apex_gui.views.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
@@ -86,9 +85,9 @@ def test_the_mixer_column_survives_zooming_out(window: MainWindow, qtbot: QtBot,
 
 def test_detected_profile_comes_first_in_the_model_panel(window: MainWindow, qtbot: QtBot,
                                                         tmp_path: Path) -> None:
-    from apex_gui.core.model import open_model
-    from apex_gui.core.plan import plan_from_profile
-    from apex_gui.core.profiles import get_profile
+    from apex_gui.core.gguf.model import open_model
+    from apex_gui.core.plan.precision import plan_from_profile
+    from apex_gui.core.plan.profiles import get_profile
 
     source = write_shape_twin(tmp_path / "olmoe-bf16.gguf", "olmoe-1b-7b")[0]
     plan = plan_from_profile(open_model(source), get_profile("compact"))
@@ -102,8 +101,8 @@ def test_detected_profile_comes_first_in_the_model_panel(window: MainWindow, qtb
 
 def test_a_1024x700_window_keeps_map_columns_and_the_run_tables_progress_and_eta(
         qtbot: QtBot, tmp_path: Path) -> None:
-    from apex_gui.core.run_store import RunStore
-    from apex_gui.jobs import JobQueue
+    from apex_gui.core.jobs.run_store import RunStore
+    from apex_gui.qt.job_queue import JobQueue
     from apex_gui.views.panels import install_panels
 
     store = RunStore(tmp_path / "runs.sqlite")

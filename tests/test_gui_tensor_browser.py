@@ -6,16 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gui_prompts import close_window
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from gui_prompts import close_window
-
+from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.gguf.browse import matches, metadata_group, metadata_rows
-from apex_gui.core.model import open_model
+from apex_gui.core.gguf.model import open_model
 from apex_gui.core.settings import load_settings
-from apex_gui.core.shape_twins import write_shape_twin
 from apex_gui.views.main_window import MainWindow
 
 pytestmark = pytest.mark.gui

@@ -7,7 +7,7 @@ import threading
 import pytest
 from pytestqt.qtbot import QtBot
 
-from apex_gui.workers import CancelToken, WorkerPool
+from apex_gui.qt.workers import CancelToken, WorkerPool
 
 pytestmark = pytest.mark.gui
 

@@ -6,141 +6,20 @@ import ctypes
 import re
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pynvml
 import pytest
 
-from apex_gui.core import hardware
-from apex_gui.core.hardware import (
-    COMMON_CARDS,
-    GB,
-    GiB,
-    GpuDevice,
-    NvmlMemory,
-    PynvmlBackend,
-    disk_free_bytes,
-    find_common_card,
-    parse_device_spec,
-    probe_gpus,
-    probe_system,
-    snapshot,
+from apex_gui.core.fit import hardware
+from apex_gui.core.fit.device_spec import COMMON_CARDS, find_common_card, parse_device_spec
+from apex_gui.core.fit.hardware import (
+    GpuDevice, NvmlMemory, PynvmlBackend, disk_free_bytes, probe_gpus, probe_system, snapshot,
 )
+from apex_gui.core.units import GB, GiB
+from fakes import FakeGpu, FakeNvml, nvml_error
 
 MiB = 2**20
-
-
-def nvml_error(code: int) -> pynvml.NVMLError:
-    """The exception pynvml itself raises for ``code`` (a code-specific subclass)."""
-    return pynvml.NVMLError(code)
-
-
-@dataclass
-class FakeGpu:
-    """One device as the fake NVML sees it; ``memory`` may be an error to raise."""
-
-    name: str
-    uuid: str
-    pci_bus_id: str = "00000000:01:00.0"
-    memory: NvmlMemory | Exception = NvmlMemory(24 * GiB, 20 * GiB, 4 * GiB)
-    # Consumer cards answer NOT_SUPPORTED for MIG mode.
-    mig_mode: tuple[int, int] | Exception = field(
-        default_factory=lambda: nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-    )
-    # MIG slots; None is an empty slot (NVML answers NOT_FOUND).
-    mig_slots: list[FakeGpu | None] = field(default_factory=list)
-    name_error: Exception | None = None
-
-
-class FakeNvml:
-    """An in-memory NvmlBackend: handles are the FakeGpu objects themselves."""
-
-    def __init__(
-        self,
-        gpus: list[FakeGpu] | None = None,
-        init_error: BaseException | None = None,
-        driver: str = "550.54.15",
-        cuda: int = 12040,
-    ) -> None:
-        self.gpus = gpus or []
-        self.init_error = init_error
-        self.driver = driver
-        self.cuda = cuda
-        self.initialized = False
-        self.shutdown_calls = 0
-
-    def _check(self) -> None:
-        if not self.initialized:
-            raise nvml_error(pynvml.NVML_ERROR_UNINITIALIZED)
-
-    def init(self) -> None:
-        if self.init_error is not None:
-            raise self.init_error
-        self.initialized = True
-
-    def shutdown(self) -> None:
-        self._check()
-        self.initialized = False
-        self.shutdown_calls += 1
-
-    def device_count(self) -> int:
-        self._check()
-        return len(self.gpus)
-
-    def handle_by_index(self, index: int) -> object:
-        self._check()
-        if not 0 <= index < len(self.gpus):
-            raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return self.gpus[index]
-
-    def name(self, handle: object) -> str:
-        assert isinstance(handle, FakeGpu)
-        if handle.name_error is not None:
-            raise handle.name_error
-        return handle.name
-
-    def uuid(self, handle: object) -> str:
-        assert isinstance(handle, FakeGpu)
-        return handle.uuid
-
-    def pci_bus_id(self, handle: object) -> str:
-        assert isinstance(handle, FakeGpu)
-        if handle.uuid.startswith("MIG-"):
-            raise nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return handle.pci_bus_id
-
-    def memory_info(self, handle: object) -> NvmlMemory:
-        assert isinstance(handle, FakeGpu)
-        if isinstance(handle.memory, Exception):
-            raise handle.memory
-        return handle.memory
-
-    def driver_version(self) -> str:
-        self._check()
-        return self.driver
-
-    def cuda_driver_version(self) -> int:
-        self._check()
-        return self.cuda
-
-    def mig_mode(self, handle: object) -> tuple[int, int]:
-        assert isinstance(handle, FakeGpu)
-        if isinstance(handle.mig_mode, Exception):
-            raise handle.mig_mode
-        return handle.mig_mode
-
-    def max_mig_device_count(self, handle: object) -> int:
-        assert isinstance(handle, FakeGpu)
-        return len(handle.mig_slots)
-
-    def mig_device_handle_by_index(self, handle: object, index: int) -> object:
-        assert isinstance(handle, FakeGpu)
-        slot = handle.mig_slots[index]
-        if slot is None:
-            raise nvml_error(pynvml.NVML_ERROR_NOT_FOUND)
-        return slot
 
 
 def _nvidia_library_present() -> bool:
@@ -512,20 +391,6 @@ def test_find_common_card_unknown_is_none() -> None:
 
 
 # --------------------------------------------------------------------------- boundaries
-
-
-def test_core_module_imports_without_qt() -> None:
-    code = (
-        "import sys, apex_gui.core.hardware; "
-        "bad = [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'pynvml'))]; "
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False,
-    )
-
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.gpu

@@ -8,34 +8,16 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QApplication
 
-from apex_gui.core import hardware
-from apex_gui.core.hardware import GiB, NvmlMemory
-from apex_gui.core.model import open_model
-from apex_gui.core.recommend import Verdict
+from apex_gui.core.fit import hardware
+from apex_gui.core.fit.recommend import Verdict
+from apex_gui.core.gguf.model import open_model
 from apex_gui.views.hardware_panel import HardwarePanel
-from test_hardware import FakeGpu, FakeNvml
+from fakes import FakeNvml
+from fakes import fake_snapshot
 
 pytestmark = pytest.mark.gui
 
 SCREENSHOTS = Path(os.environ.get("APEX_SCREENSHOT_DIR", "/tmp/apex-screenshots"))
-
-
-@pytest.fixture(scope="module")
-def twin_model(tmp_path_factory: pytest.TempPathFactory):
-    """The Qwen3.5-35B-A3B shape twin: real tier sizes (11-27 GB) from a sparse header."""
-    from apex_gui.core.shape_twins import write_shape_twin
-
-    folder = tmp_path_factory.mktemp("twin")
-    return open_model(write_shape_twin(folder / "Qwen3.5-35B-A3B-BF16.gguf",
-                                       "qwen3.5-35b-a3b")[0])
-
-
-def fake_snapshot(free_gib: float = 22, total_gib: float = 24) -> hardware.HardwareSnapshot:
-    """A snapshot through the fake NVML backend of tests/test_hardware.py."""
-    gpu = FakeGpu("NVIDIA GeForce RTX 4090", "GPU-aaaa",
-                  memory=NvmlMemory(int(total_gib * GiB), int(free_gib * GiB),
-                                    int((total_gib - free_gib) * GiB)))
-    return hardware.snapshot(backend=FakeNvml([gpu]))
 
 
 def make_panel(qtbot, model, snapshot) -> HardwarePanel:
@@ -193,8 +175,8 @@ def test_typed_devices_can_be_added_to_the_detected_ones(qtbot, twin_model) -> N
 
 
 def test_context_is_capped_at_the_models_training_context(qtbot, tmp_path) -> None:
-    from apex_gui.core.model import open_model
-    from apex_gui.core.shape_twins import write_shape_twin
+    from apex_gui.core.gguf.model import open_model
+    from apex_gui.core.fixtures.twins import write_shape_twin
 
     olmoe = open_model(write_shape_twin(tmp_path / "olmoe.gguf", "olmoe-1b-7b")[0])
     panel = make_panel(qtbot, olmoe, fake_snapshot())

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, QuantizeJob,
-                                build_pipeline)
-from apex_gui.core.run_store import RunStore
-from apex_gui.core.runner import JobStatus
-from apex_gui.core.tools import LlamaTools
-from apex_gui.jobs import JobQueue
+from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline
+from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.runner import JobStatus
+from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.qt.job_queue import JobQueue
 
 pytestmark = pytest.mark.gui
 

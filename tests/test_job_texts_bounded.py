@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.jobs import ImatrixJob, JobError, PerplexityJob
+from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.quantize import ImatrixJob
+from apex_gui.core.jobs.specs import JobError
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")

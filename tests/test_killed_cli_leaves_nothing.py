@@ -10,9 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from apex_gui.core.run_store import RunStore
 from stand_in_tools import cli, fifo, make_stand_in_tools, types_file
+
+from apex_gui.core.jobs.run_store import RunStore
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 

@@ -20,9 +20,9 @@ QUEUE_PROCESS = textwrap.dedent('''
     import sys
     from pathlib import Path
     from PySide6.QtCore import QCoreApplication
-    from apex_gui.core.jobs import QuantizeJob
-    from apex_gui.core.tools import LlamaTools
-    from apex_gui.jobs import JobQueue
+    from apex_gui.core.jobs.quantize import QuantizeJob
+    from apex_gui.core.jobs.tools import LlamaTools
+    from apex_gui.qt.job_queue import JobQueue
 
     app = QCoreApplication([])
     tools, model, output = (Path(a) for a in sys.argv[1:4])

@@ -6,22 +6,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gui_prompts import close_window
 from pytestqt.qtbot import QtBot
 
-from gui_prompts import close_window
-
-from apex_gui.core import hardware
+from apex_gui.core.fit import hardware
 from apex_gui.core.fit.breakdown import contexts_for, memory_breakdown
-from apex_gui.core.hardware import GiB, NvmlMemory
-from apex_gui.core.memory_fit import (ContextSettings, ModelGeometry, Placement, estimate_memory,
-                                      weight_table)
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import get_profile
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Placement
+from apex_gui.core.fit.hardware import NvmlMemory
+from apex_gui.core.fit.memory import estimate_memory, weight_table
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import get_profile
 from apex_gui.core.settings import load_settings
-from apex_gui.core.shape_twins import write_shape_twin
+from apex_gui.core.units import GiB
 from apex_gui.views.main_window import MainWindow
-from test_hardware import FakeGpu, FakeNvml
+from fakes import FakeGpu, FakeNvml
 
 
 @pytest.fixture(scope="module")

@@ -19,26 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.memory_fit import (
-    DEFAULT_MARGIN,
-    ContextSettings,
-    ModelGeometry,
-    Placement,
-    compute_buffer_bytes,
-    estimate_memory,
-    kv_cache_estimate,
-    kv_row_bytes,
-    layer_devices,
-    pad256,
-    parse_fit_print,
-    parse_load_log,
-    recurrent_state_bytes,
-    swa_cells,
-    weight_table,
+from apex_gui.core.fit.context_memory import (
+    DEFAULT_MARGIN, ContextSettings, ModelGeometry, Placement, compute_buffer_bytes,
+    kv_cache_estimate, kv_row_bytes, pad256, recurrent_state_bytes, swa_cells,
 )
-from apex_gui.core.model import ModelInfo, open_model
-from apex_gui.core.shape_twins import write_shape_twin
-from apex_gui.core.tools import child_environment
+from apex_gui.core.fit.memory import estimate_memory, layer_devices, weight_table
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import ModelInfo, open_model
+from apex_gui.core.jobs.parsers import parse_fit_print, parse_load_log
+from apex_gui.core.jobs.tools import child_environment
 
 LOGS = Path(__file__).parent / "logs"
 MiB = 2**20

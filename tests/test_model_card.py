@@ -8,94 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.model_card import (
-    CardFile,
-    CardInputs,
-    ModelFacts,
-    card_file_name,
-    card_files,
-    describe_profile,
-    quant_recipes,
-    render_model_card,
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.plan.profiles import builtin_profiles
+from apex_gui.core.report.card_facts import (
+    CardFile, CardInputs, ModelFacts, card_file_name, describe_profile,
 )
-from apex_gui.core.profiles import builtin_profiles
-from apex_gui.core.results import Measure, QuantResult, collect_results, compare_ppl
-from apex_gui.core.run_store import RunStore
-
-FACTS = ModelFacts(name="Qwen3.5-35B-A3B", architecture="qwen35moe", n_layer=40,
-                   n_leading_dense=0, n_expert=256, n_expert_used=8, n_expert_shared=1,
-                   total_params=35_000_000_000, active_params=3_000_000_000,
-                   context_length=262_144, mixers=(("linear attention / SSM", 30),
-                                                   ("full attention", 10)), license="apache-2.0")
-
-
-def record(store: RunStore, kind: str, spec: dict, results: dict, output: str | None = None) -> int:
-    run_id = store.start(kind, f"{kind} run", {"kind": kind, **spec}, ["tool"], output)
-    store.finish(run_id, "succeeded", 0, "ok", "log", results)
-    return run_id
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    """A run history like one APEX Studio writes for F16 + Quality + I-Quality + Compact."""
-    store = RunStore(tmp_path / "runs.sqlite")
-    folder = tmp_path / "out"
-    folder.mkdir()
-    f16 = tmp_path / "qwen-f16.gguf"
-    f16.write_bytes(b"x" * 6000)
-    text = tmp_path / "quick_eval-abc.txt"
-    record(store, "reference-logits", {"model": str(f16), "text": str(text), "context": 512,
-                                       "output_path": str(tmp_path / "ref.kld")},
-           {"ppl": 6.5370, "ppl_error": 0.0410})
-    sizes = {"quality": 2130, "i-quality": 2130, "compact": 1610}
-    numbers = {
-        "quality": dict(ppl=6.5270, ppl_error=0.0410, kld_mean=0.0114, kld_mean_error=0.0002,
-                        kld_max=5.85, kld_p999=0.412),
-        "i-quality": dict(ppl=6.5520, ppl_error=0.0412, kld_mean=0.0102, kld_mean_error=0.0002,
-                          kld_max=5.59, kld_p999=0.377),
-        "compact": dict(ppl=6.7830, ppl_error=0.0430, kld_mean=0.0469, kld_mean_error=0.0005,
-                        kld_max=7.56, kld_p999=1.21),
-    }
-    for key, size in sizes.items():
-        out = folder / f"qwen-APEX-{key}.gguf"
-        out.write_bytes(b"q" * size)
-        record(store, "quantize", {"source": str(f16), "output_path": str(out),
-                                   "base_type": "Q6_K" if key != "compact" else "Q4_K_M",
-                                   "tensor_type_file": str(tmp_path / f"{key}.txt"),
-                                   "imatrix": str(tmp_path / "imatrix.gguf")
-                                   if key.startswith("i-") else None,
-                                   "token_embedding_type": "q6_k", "profile": key},
-               {"output_bytes": size, "quant_mib": 0.002}, output=str(out))
-        record(store, "kl-divergence", {"model": str(out), "text": str(text), "context": 512},
-               numbers[key])
-        record(store, "bench", {"model": str(out)},
-               {"pp512": 900.0 + size / 10, "pp512_stddev": 3.0, "tg128": 60.0 + size / 100,
-                "tg128_stddev": 0.5, "backends": "CPU"})
-    record(store, "hellaswag", {"model": str(folder / "qwen-APEX-quality.gguf"),
-                                "data": str(tmp_path / "hs.txt")},
-           {"hellaswag": 83.0, "hellaswag_error": 1.9, "hellaswag_tasks": 400})
-    # A failed run must not leak into the table.
-    bad = store.start("kl-divergence", "bad", {"kind": "kl-divergence",
-                                               "model": str(folder / "qwen-APEX-quality.gguf")},
-                      [], None)
-    store.finish(bad, "failed", 1, "boom", "", {"kld_mean": 99.0})
-    return store
-
-
-def inputs_from(store: RunStore, tmp_path: Path) -> CardInputs:
-    profiles = builtin_profiles()
-    rows = collect_results(store, reference=tmp_path / "qwen-f16.gguf")
-    files = card_files(rows, quant_recipes(store), "Qwen3.5-35B-A3B", profiles,
-                       mmproj=("mmproj-F16.gguf", 899_000_000))
-    names = {r.path: card_file_name("Qwen3.5-35B-A3B", profiles[r.profile].label)
-             for r in rows if r.kind == "apex"}
-    from apex_gui.core.model_card import renamed_results
-
-    return CardInputs(repo_id="alice/Qwen3.5-35B-A3B-APEX-GGUF", model_name="Qwen3.5-35B-A3B",
-                      files=tuple(files), facts=FACTS, base_model="Qwen/Qwen3.5-35B-A3B",
-                      profiles={k: profiles[k] for k in ("quality", "i-quality", "compact")},
-                      results=renamed_results(rows, names), context=8192,
-                      measured_on="CPU (2 threads)")
+from apex_gui.core.report.model_card import render_model_card
+from apex_gui.core.report.results import Measure, QuantResult, collect_results, compare_ppl
+from fakes import inputs_from, record
 
 
 def table_rows(card: str, heading: str) -> list[list[str]]:
@@ -235,10 +155,10 @@ def test_card_reproduction_uses_stock_llama_quantize_with_repo_recipes(store: Ru
 def test_card_uses_the_memory_checks_flags(store: RunStore, tmp_path: Path, tiny_qwen2moe) -> None:
     from dataclasses import replace
 
-    from apex_gui.core.hardware import parse_device_spec
-    from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
-    from apex_gui.core.model import open_model
-    from apex_gui.core.recommend import MachineMemory, evaluate, profile_candidates
+    from apex_gui.core.fit.device_spec import parse_device_spec
+    from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
+    from apex_gui.core.gguf.model import open_model
+    from apex_gui.core.fit.recommend import MachineMemory, evaluate, profile_candidates
 
     model = open_model(tiny_qwen2moe)
     geom = ModelGeometry.from_model(model)
@@ -282,8 +202,8 @@ def test_card_file_names_are_safe_for_shells_and_the_hub() -> None:
 
 
 def test_results_of_one_model_family_leave_other_models_out(tmp_path):
-    from apex_gui.core.results import collect_results
-    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.report.results import collect_results
+    from apex_gui.core.jobs.run_store import RunStore
 
     store = RunStore(tmp_path / "runs.sqlite")
 
@@ -312,9 +232,9 @@ def test_results_of_one_model_family_leave_other_models_out(tmp_path):
 
 
 def test_relative_and_absolute_paths_of_one_file_are_one_row(tmp_path, monkeypatch):
-    from apex_gui.core.jobs import PerplexityJob
-    from apex_gui.core.results import collect_results
-    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.jobs.evaluations import PerplexityJob
+    from apex_gui.core.report.results import collect_results
+    from apex_gui.core.jobs.run_store import RunStore
 
     monkeypatch.chdir(tmp_path)
     store = RunStore(tmp_path / "runs.sqlite")

@@ -22,18 +22,15 @@ import numpy as np
 import pytest
 
 from apex_gui.cli import main as cli_main
-from apex_gui.commands.inspect import render_text, summary_dict
-from apex_gui.core.gguf_reader import GGUFError, read_header
-from apex_gui.core.model import FileKind, MixerKind, ModelInfo, open_model
-from apex_gui.core.roles import TensorRole
-from apex_gui.core.shape_twins import (
-    TWIN_LAYOUTS,
-    TwinLayout,
-    twin_tensors,
-    write_mmproj_twin,
-    write_shape_twin,
-)
-from apex_gui.core.tools import child_environment
+from apex_gui.commands.inspect import render_text
+from apex_gui.core.fixtures.twin_layouts import TWIN_LAYOUTS, TwinLayout
+from apex_gui.core.fixtures.twin_tensors import twin_tensors
+from apex_gui.core.fixtures.twins import write_mmproj_twin, write_shape_twin
+from apex_gui.core.gguf.model import FileKind, MixerKind, ModelInfo, open_model
+from apex_gui.core.gguf.reader import GGUFError, read_header
+from apex_gui.core.gguf.roles import TensorRole
+from apex_gui.core.gguf.summary import summary_dict
+from apex_gui.core.jobs.tools import child_environment
 from apex_gui.core.units import format_size
 
 # Not a published model: the deepseek2 loader (MLA without q_lora, a leading dense block,
@@ -275,7 +272,9 @@ def test_cli_json_on_twins(twin_dir: Path, name: str) -> None:
 
 @pytest.mark.parametrize("fixture", ["tiny_qwen2moe", "tiny_qwen3moe", "fallback_model"])
 def test_synthetic_models(fixture: str, request: pytest.FixtureRequest) -> None:
-    from apex_gui.core.synthetic import FALLBACK_SPEC, TINY_QWEN2MOE, TINY_QWEN3MOE, VOCAB_SIZE
+    from apex_gui.core.fixtures.synthetic import (
+        FALLBACK_SPEC, TINY_QWEN2MOE, TINY_QWEN3MOE, VOCAB_SIZE,
+    )
 
     spec = {"tiny_qwen2moe": TINY_QWEN2MOE, "tiny_qwen3moe": TINY_QWEN3MOE,
             "fallback_model": FALLBACK_SPEC}[fixture]

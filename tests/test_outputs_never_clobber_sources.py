@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from stand_in_tools import cli, make_stand_in_tools, types_file
 
 from apex_gui.cli import main
-from stand_in_tools import cli, make_stand_in_tools, types_file
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -103,7 +103,7 @@ def test_an_output_that_is_a_folder_is_refused_in_one_line(
     one_line_refusal(code, err, str(folder), "is a folder")
     assert list(folder.iterdir()) == []
     assert not [p for p in tmp_path.iterdir() if p.suffix in (".partial", ".tmp", ".lock")]
-    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.jobs.run_store import RunStore
 
     assert RunStore().runs(status="running") == []
 

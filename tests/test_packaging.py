@@ -154,7 +154,7 @@ def test_wheel_carries_resources_and_entry_points(built_wheel: Path) -> None:
     assert not missing, f"resources missing from the wheel: {missing}"
     for kind in ("profiles/quality.toml", "calibration/", "eval/", "icons/apex-studio.svg"):
         assert any(n.startswith(f"apex_gui/resources/{kind}") for n in names), kind
-    assert "apex_gui/cli.py" in names and "apex_gui/core/tools.py" in names
+    assert "apex_gui/cli.py" in names and "apex_gui/core/jobs/tools.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert "apex-studio = apex_gui.cli:main" in entry_points
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core import parsers
+from apex_gui.core.jobs import parsers
 
 LOGS = Path(__file__).parent / "logs"
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.jobs import EvaluationOptions, ImatrixJob, QuantizeJob, build_pipeline
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import Band, BandedType, get_profile
-from apex_gui.core.run_store import RunStore
-from apex_gui.core.runner import run_pipeline
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.pipeline import EvaluationOptions, build_pipeline
+from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.runner import run_pipeline
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import Band, BandedType, get_profile
 
 
 def words(n: int, seed: int = 0) -> str:
@@ -30,7 +31,7 @@ def words(n: int, seed: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def three_layer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
 
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=3, n_expert=4, seed=11,
                               name="APEX 3-layer test model")
@@ -102,7 +103,7 @@ def test_imatrix_i_quant_perplexity_and_kld_stored(three_layer_model, text, tmp_
 
 
 def command(*argv: str) -> int:
-    from apex_gui.commands import jobs
+    from apex_gui.commands import pipeline as jobs
 
     parser = argparse.ArgumentParser(prog="apex-studio")
     jobs.register(parser.add_subparsers(dest="command"))
@@ -156,7 +157,7 @@ def test_cli_eval_table(tiny_qwen2moe, text, tmp_path, capsys):
 def test_cli_pipeline_with_the_stock_i_mini_profile(tmp_path, capsys):
     """The real I-Mini on a 21-layer model (layer 10 is the middle band: IQ2_S experts),
     with the importance matrix computed automatically from a user calibration file."""
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
 
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=21, n_expert=2, n_expert_used=1, seed=7,
                               name="APEX 21-layer test model")

@@ -8,16 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.baselines import baseline_plan, parse_dry_run
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import (PrecisionPlan, detect_profile, is_quantizable, plan_from_gguf,
-                                plan_from_profile, plan_from_tensor_type_file)
-from apex_gui.core.profiles import (ProfileError, builtin_profiles, get_profile, load_profile_file,
-                                    save_user_profile, user_profiles)
-from apex_gui.core.quant_types import UnknownTypeError
-from apex_gui.core.roles import TensorRole
-from apex_gui.core.shape_twins import write_shape_twin
-from apex_gui.core.tools import child_environment
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.gguf.roles import TensorRole
+from apex_gui.core.gguf.types import UnknownTypeError
+from apex_gui.core.jobs.baselines import baseline_plan, parse_dry_run
+from apex_gui.core.jobs.quantize import quantize_argv
+from apex_gui.core.jobs.tools import child_environment
+from apex_gui.core.plan.detect import detect_profile
+from apex_gui.core.plan.precision import (
+    PrecisionPlan, is_quantizable, plan_from_gguf, plan_from_profile,
+)
+from apex_gui.core.plan.profiles import (
+    ProfileError, builtin_profiles, get_profile, load_profile_file, save_user_profile,
+    user_profiles,
+)
+from apex_gui.core.plan.tensor_type_file import plan_from_tensor_type_file
 
 # The method's table (apex-method.md): experts edge/near/middle, shared edge/middle,
 # attention edge/middle, token_embd, output.
@@ -179,7 +185,7 @@ def test_problems_flag_fallback_and_missing_imatrix(fallback_model):
 
 def _quantize(llama_tools, plan: PrecisionPlan, source: Path, output: Path) -> subprocess.CompletedProcess:
     tensor_types = plan.write_tensor_type_file(output.with_suffix(".types.txt"))
-    argv = plan.quantize_argv(llama_tools.path("quantize"), source, output, tensor_types, threads=2)
+    argv = quantize_argv(plan, llama_tools.path("quantize"), source, output, tensor_types, threads=2)
     return subprocess.run(argv, capture_output=True, text=True, env=child_environment())
 
 
@@ -209,7 +215,7 @@ def test_dry_run_agrees_with_the_plan_on_a_twin(qwen35_twin, llama_tools, tmp_pa
     plan = plan_from_profile(model, get_profile("compact"))
     plan.set_cells([(7, "ffn_gate_exps")], "IQ4_XS")
     tensor_types = plan.write_tensor_type_file(tmp_path / "plan.txt")
-    argv = plan.quantize_argv(llama_tools.path("quantize"), qwen35_twin, tmp_path / "x.gguf",
+    argv = quantize_argv(plan, llama_tools.path("quantize"), qwen35_twin, tmp_path / "x.gguf",
                               tensor_types, threads=1)
     argv.insert(1, "--dry-run")
     result = subprocess.run(argv, capture_output=True, text=True, env=child_environment())
@@ -358,7 +364,7 @@ def test_incremental_size_after_edits_equals_a_full_recount(trinity_twin):
 
 
 def test_quant_file_names_follow_the_published_naming():
-    from apex_gui.core.profiles import quant_file_name
+    from apex_gui.core.plan.profiles import quant_file_name
 
     assert quant_file_name("/m/Qwen3.5-35B-A3B-BF16.gguf", "I-Quality") == \
         "Qwen3.5-35B-A3B-APEX-I-Quality.gguf"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from apex_gui.cli import main
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import get_profile
-from apex_gui.core.shape_twins import write_shape_twin
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import get_profile
 
 
 def test_plan_without_output_prints_size_and_command_after_the_patterns(

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core import publish
-from apex_gui.core.publish import (
-    HF_MAX_FILE_BYTES,
-    check_online,
-    repo_name_for,
-    upload,
-    upload_plan,
-    validate_repo_id,
+from apex_gui.core.hub import publish
+from apex_gui.core.hub.publish import (
+    HF_MAX_FILE_BYTES, check_online, repo_name_for, upload, upload_plan, validate_repo_id,
 )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from quality_tables import synthetic_table
 
-from apex_gui.core.model import open_model
+from apex_gui.core.gguf.model import open_model
 from apex_gui.core.quality.optimizer import (BudgetTooSmall, optimize, optimize_experts_in_ram,
                                              routed_expert_names, split_bytes)
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import is_quantizable, plan_from_tensor_type_file
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, TYPES, effective_type
+from apex_gui.core.plan.precision import is_quantizable
+from apex_gui.core.plan.tensor_type_file import plan_from_tensor_type_file
 from apex_gui.core.quality import optimizer
 from apex_gui.core.quality.optimizer import BudgetTooSmall, Option, optimize, solve
 from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, SensitivityTable,
                                                read_imatrix, tensor_kind, weighted_errors)
-from apex_gui.core.quant_types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, TYPES, effective_type
 
 
 def brute_force(items: list[list[Option]], capacity: int) -> float:
@@ -158,7 +159,7 @@ def test_optimizer_shifts_bytes_to_the_sensitive_role(tiny_qwen2moe: Path) -> No
 
 
 def test_deterministic_on_the_400b_twin(tmp_path: Path) -> None:
-    from apex_gui.core.shape_twins import write_shape_twin
+    from apex_gui.core.fixtures.twins import write_shape_twin
 
     path = write_shape_twin(tmp_path / "trinity.gguf", "trinity-large-399b")[0]
     model = open_model(path)

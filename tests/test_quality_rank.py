@@ -6,21 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.fit.quality_rank import (
-    PUBLISHED_KLD,
-    measured_figures,
-    published_figures,
-    quality_figures,
-)
-from apex_gui.core.hardware import parse_device_spec
-from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
-from apex_gui.core.model import ModelInfo, open_model
-from apex_gui.core.plan import is_quantizable
-from apex_gui.core.profiles import builtin_profiles
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
+from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.quality_rank import PUBLISHED_KLD, measured_figures, published_figures
+from apex_gui.core.fit.recommend import MachineMemory, profile_candidates, recommend
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import ModelInfo, open_model
+from apex_gui.core.plan.precision import is_quantizable
+from apex_gui.core.plan.profiles import builtin_profiles
+from apex_gui.core.quality.figures import quality_figures
 from apex_gui.core.quality.sensitivity import SensitivityTable, tensor_kind
-from apex_gui.core.recommend import MachineMemory, profile_candidates, recommend
-from apex_gui.core.results import Measure, QuantResult
-from apex_gui.core.shape_twins import write_shape_twin
+from apex_gui.core.report.results import Measure, QuantResult
 
 CTX = ContextSettings(n_ctx=8192)
 RAM = 4 * 10**12
@@ -112,7 +108,7 @@ def test_hardware_panel_ranks_and_offers_the_best_plan(qtbot, tmp_path: Path) ->
     """The tier table shows each tier's KL figure, the recommendation says which figure it
     used, and with sensitivities known a "Best plan for this set-up" row applies the
     optimizer's plan."""
-    from apex_gui.core.synthetic import DEMO_SPEC, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import DEMO_SPEC, write_synthetic_model
     from apex_gui.views.hardware_panel import BEST_PLAN_LABEL, COLUMNS, HardwarePanel
     from quality_tables import synthetic_table
 

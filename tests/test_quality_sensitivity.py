@@ -102,10 +102,10 @@ def test_imatrix_types_measured_where_llama_quantize_can_write_them(
         llama_tools, tiny_qwen2moe: Path, probe_text: Path, tmp_path: Path) -> None:
     """IQ2_XXS needs imatrix data for each tensor it quantizes (token_embd never has any):
     those stay out, the rest are measured, and the optimizer's plan quantizes to its size."""
-    from apex_gui.core.jobs import ImatrixJob, QuantizeJob
-    from apex_gui.core.model import open_model
+    from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+    from apex_gui.core.gguf.model import open_model
     from apex_gui.core.quality.optimizer import optimize
-    from apex_gui.core.runner import run_job
+    from apex_gui.core.jobs.runner import run_job
 
     imatrix = tmp_path / "tiny.imatrix.gguf"
     made = run_job(ImatrixJob(model=tiny_qwen2moe, calibration=probe_text, context=128,

@@ -13,26 +13,21 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-from test_hardware import FakeGpu, FakeNvml, nvml_error  # the injected-NVML pattern
-
 import pynvml
+import pytest
 
 from apex_gui.commands import recommend as recommend_command
-from apex_gui.core.hardware import GiB, NvmlMemory, parse_device_spec, snapshot
-from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
-from apex_gui.core.model import ModelInfo, open_model
-from apex_gui.core.recommend import (
-    Candidate,
-    Headroom,
-    MachineMemory,
-    Verdict,
-    evaluate,
-    file_candidate,
-    profile_candidates,
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
+from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.hardware import NvmlMemory, snapshot
+from apex_gui.core.fit.recommend import (
+    Candidate, Headroom, MachineMemory, Verdict, evaluate, file_candidate, profile_candidates,
     recommend,
 )
-from apex_gui.core.shape_twins import write_mmproj_twin, write_shape_twin
+from apex_gui.core.fixtures.twins import write_mmproj_twin, write_shape_twin
+from apex_gui.core.gguf.model import ModelInfo, open_model
+from apex_gui.core.units import GiB
+from fakes import FakeGpu, FakeNvml, nvml_error  # the injected-NVML pattern
 
 GB = 10**9
 CTX = ContextSettings(n_ctx=8192)
@@ -328,7 +323,7 @@ def test_cli_several_vram_values_and_cpu_only(tiny_qwen3moe: Path,
 
 
 def test_cli_hardware(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    from apex_gui.core import hardware
+    from apex_gui.core.fit import hardware
 
     fake = FakeNvml(gpus=[FakeGpu("NVIDIA GeForce RTX 4090", "GPU-x")])
     real_snapshot = hardware.snapshot

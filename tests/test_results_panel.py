@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.baselines import Baseline
-from apex_gui.core.results import collect_results, results_from_csv, results_to_csv
-from apex_gui.core.run_store import RunStore
+from apex_gui.core.jobs.baselines import Baseline
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.report.results import collect_results, results_from_csv, results_to_csv
 from apex_gui.views.publish_dialog import PublishDialog
 from apex_gui.views.results_panel import ResultsPanel
-from test_model_card import store  # noqa: F401 - the recorded run history fixture
 
 pytestmark = pytest.mark.gui
 
@@ -23,7 +22,7 @@ BASELINES = [Baseline("Q8_0", 3400, 8.5, {}), Baseline("Q4_K_M", 1900, 4.9, {})]
 
 
 @pytest.fixture
-def panel(qtbot, store: RunStore, tmp_path: Path) -> ResultsPanel:  # noqa: F811
+def panel(qtbot, store: RunStore, tmp_path: Path) -> ResultsPanel:
     panel = ResultsPanel(store)
     qtbot.addWidget(panel)
     with qtbot.waitSignal(panel.rowsChanged, timeout=2000):
@@ -94,7 +93,7 @@ def test_empty_store_says_what_to_do(qtbot, tmp_path: Path) -> None:
 
 
 def test_publish_dialog_offline_card_and_upload_list(qtbot, panel: ResultsPanel,
-                                                     store: RunStore, tmp_path: Path,  # noqa: F811
+                                                     store: RunStore, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise socket.gaierror(-3, "Temporary failure in name resolution")
@@ -128,7 +127,7 @@ def test_publish_dialog_offline_card_and_upload_list(qtbot, panel: ResultsPanel,
 def test_a_quant_whose_evaluation_failed_says_so(qtbot) -> None:
     from PySide6.QtWidgets import QTableView
 
-    from apex_gui.core.results import QuantResult
+    from apex_gui.core.report.results import QuantResult
     from apex_gui.views.results_panel import NO_RESULT, ResultsTableModel
 
     made = QuantResult("APEX Mini", "apex", path="/models/x-APEX-Mini.gguf", profile="mini",

@@ -7,20 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_hardware_panel import fake_snapshot, twin_model  # noqa: F401  (fixture)
 
 from apex_gui.core.fit.rpc_local import LocalRpcWorker
-from apex_gui.core.model import open_model
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.assembly import pipeline_for
 from apex_gui.core.settings import Settings
-from apex_gui.jobs import JobQueue
+from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views.hardware_panel import HardwarePanel
-from apex_gui.views.run_panel import RunPanel, pipeline_for
+from apex_gui.views.run_panel import RunPanel
+from fakes import fake_snapshot
 
 pytestmark = pytest.mark.gui
 
 
 def test_the_panel_fits_across_a_probed_worker_and_shows_the_rpc_command(
-        qtbot, twin_model, llama_tools):  # noqa: F811
+        qtbot, twin_model, llama_tools):
     with LocalRpcWorker(llama_tools, threads=1) as worker:
         endpoint = worker.worker.endpoint
         panel = HardwarePanel(twin_model, snapshot=fake_snapshot(), auto_probe=False)
@@ -51,7 +52,7 @@ def test_the_panel_fits_across_a_probed_worker_and_shows_the_rpc_command(
         panel.shutdown()
 
 
-def test_a_public_worker_is_warned_about_and_a_dead_one_named(qtbot, twin_model):  # noqa: F811
+def test_a_public_worker_is_warned_about_and_a_dead_one_named(qtbot, twin_model):
     panel = HardwarePanel(twin_model, snapshot=fake_snapshot(), auto_probe=False)
     qtbot.addWidget(panel)
     panel.show()
@@ -89,7 +90,7 @@ def test_the_run_panel_runs_imatrix_and_evaluations_across_the_settings_workers(
 
 def test_the_window_keeps_the_worker_list_and_hands_it_to_the_run_panel(qtbot, tmp_path: Path,
                                                                        llama_tools):
-    from apex_gui.core.run_store import RunStore
+    from apex_gui.core.jobs.run_store import RunStore
     from apex_gui.core.settings import load_settings
     from apex_gui.views.main_window import MainWindow
     from apex_gui.views.panels import install_panels

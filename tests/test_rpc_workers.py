@@ -9,17 +9,24 @@ from pathlib import Path
 import pytest
 
 from apex_gui.core.fit.cluster import explicit_split, machine_with_workers, machines_needed
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
+from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.memory import estimate_memory, weight_table
+from apex_gui.core.fit.recommend import (
+    MachineMemory, Verdict, evaluate, profile_candidates, recommend,
+)
 from apex_gui.core.fit.rpc_local import bind_warning, parse_server_banner
-from apex_gui.core.fit.rpc_workers import (AddressScope, RemoteDevice, RpcWorker, RpcWorkerError,
-                                           WorkerProbe, classify_host, parse_list_devices,
-                                           parse_probe_output, parse_worker, parse_workers,
-                                           rpc_args, rpc_failure_message, worker_warnings)
-from apex_gui.core.hardware import parse_device_spec
-from apex_gui.core.jobs import (ImatrixJob, JobError, KLDivergenceJob, Pipeline, PerplexityJob,
-                                QuantizeJob, job_from_dict)
-from apex_gui.core.memory_fit import ContextSettings, ModelGeometry, estimate_memory, weight_table
-from apex_gui.core.model import open_model
-from apex_gui.core.recommend import MachineMemory, Verdict, evaluate, profile_candidates, recommend
+from apex_gui.core.fit.rpc_workers import (
+    AddressScope, RemoteDevice, RpcWorker, RpcWorkerError, WorkerProbe, classify_host,
+    parse_list_devices, parse_probe_output, parse_worker, parse_workers, rpc_args,
+    worker_warnings,
+)
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.evaluations import KLDivergenceJob, PerplexityJob
+from apex_gui.core.jobs.parsers import rpc_failure_message
+from apex_gui.core.jobs.pipeline import Pipeline, job_from_dict
+from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.specs import JobError
 
 LOGS = Path(__file__).parent / "logs"
 GB = 10**9
@@ -229,7 +236,7 @@ def test_a_pipeline_runs_its_evaluations_across_workers_and_the_spec_keeps_them(
 
 @pytest.fixture(scope="module")
 def trinity(tmp_path_factory: pytest.TempPathFactory):
-    from apex_gui.core.shape_twins import write_shape_twin
+    from apex_gui.core.fixtures.twins import write_shape_twin
 
     path = write_shape_twin(tmp_path_factory.mktemp("trinity") / "Trinity-Large-BF16.gguf",
                             "trinity-large-399b")[0]
@@ -288,7 +295,7 @@ def test_the_written_out_split_places_every_layer_where_the_default_split_does(t
     ctx = ContextSettings(n_ctx=8192)
     weights = weight_table(mini.tensor_bytes, geom)
     free = [g.free_bytes for g in machine.gpus]
-    from apex_gui.core.memory_fit import Placement
+    from apex_gui.core.fit.context_memory import Placement
 
     default = estimate_memory(geom, weights, ctx, free, Placement())
     pinned_placement = explicit_split(geom, machine, Placement())

@@ -13,16 +13,19 @@ import pytest
 
 from apex_gui.core.fit.rpc_local import LocalRpcWorker, free_port
 from apex_gui.core.fit.rpc_workers import RpcWorker, probe_workers
-from apex_gui.core.jobs import ImatrixJob, PerplexityJob, Progress, partial_path
-from apex_gui.core.run_store import RunStore
-from apex_gui.core.runner import JobStatus, run_job
+from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.progress import Progress
+from apex_gui.core.jobs.quantize import ImatrixJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.runner import JobStatus, run_job
+from apex_gui.core.jobs.specs import partial_path
 
 CONTEXT = 128
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
 
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=4, n_expert=4, seed=21,
                               name="APEX RPC test model")
@@ -158,7 +161,7 @@ def test_a_worker_that_never_answers_is_reported_within_the_deadline(llama_tools
 def test_hardware_and_recommend_commands_plan_across_a_live_worker(workers, llama_tools,
                                                                    tmp_path, capsys):
     from apex_gui.cli import main
-    from apex_gui.core.shape_twins import write_shape_twin
+    from apex_gui.core.fixtures.twins import write_shape_twin
 
     endpoint = workers[0].worker.endpoint
     assert main(["hardware", "--rpc", endpoint]) == 0

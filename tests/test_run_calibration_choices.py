@@ -9,11 +9,12 @@ import pytest
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from apex_gui.core.jobs import ImatrixJob
-from apex_gui.core.model import open_model
-from apex_gui.core.run_store import RunStore
-from apex_gui.jobs import JobQueue
-from apex_gui.views.run_panel import DEFAULT_IMATRIX_CHUNKS, RunPanel, pipeline_for
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.assembly import pipeline_for
+from apex_gui.core.jobs.quantize import ImatrixJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.qt.job_queue import JobQueue
+from apex_gui.views.run_panel import DEFAULT_IMATRIX_CHUNKS, RunPanel
 
 pytestmark = pytest.mark.gui
 

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QElapsedTimer, QTimer
 
-from apex_gui.core.model import open_model
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import get_profile
-from apex_gui.core.run_store import RunStore
-from apex_gui.core.runner import JobStatus
-from apex_gui.jobs import JobQueue
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.assembly import RunRequest, pipeline_for
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.runner import JobStatus
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import get_profile
+from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views.results_panel import ResultsPanel
-from apex_gui.views.run_panel import RunPanel, RunRequest, pipeline_for
+from apex_gui.views.run_panel import RunPanel
 
 pytestmark = pytest.mark.gui
 
@@ -167,7 +168,7 @@ def test_start_is_refused_with_a_reason(qtbot) -> None:
 
 
 def test_pipeline_for_reuses_a_cached_imatrix(tmp_path: Path, tiny_qwen2moe: Path) -> None:
-    from apex_gui.core.calibration import combine_calibration, imatrix_cache_path
+    from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_path
 
     model = open_model(tiny_qwen2moe)
     plans = (plan_from_profile(model, get_profile("i-mini")),
@@ -191,7 +192,7 @@ def test_pipeline_for_reuses_a_cached_imatrix(tmp_path: Path, tiny_qwen2moe: Pat
 def test_install_panels_wires_the_main_window(qtbot, tiny_qwen2moe: Path, run_store,
                                               llama_tools, monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
-    from apex_gui.core.hardware import parse_device_spec
+    from apex_gui.core.fit.device_spec import parse_device_spec
     from apex_gui.views.main_window import MainWindow
     from apex_gui.views.panels import install_panels
 

@@ -8,10 +8,11 @@ import pytest
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QMessageBox
 
-from apex_gui.core.model import open_model
-from apex_gui.core.run_store import RunStore
-from apex_gui.jobs import JobQueue
-from apex_gui.views.run_panel import RunPanel, output_name
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.assembly import output_name
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.qt.job_queue import JobQueue
+from apex_gui.views.run_panel import RunPanel
 
 pytestmark = pytest.mark.gui
 

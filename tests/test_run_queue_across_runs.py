@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from apex_gui.core.model import open_model
-from apex_gui.core.run_store import RunStore
-from apex_gui.jobs import JobQueue
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views.run_panel import RunPanel
 
 pytestmark = pytest.mark.gui

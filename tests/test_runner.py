@@ -9,10 +9,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from apex_gui.core.jobs import ImatrixJob, PerplexityJob, Progress, QuantizeJob
-from apex_gui.core.run_store import RunStore
-from apex_gui.core.runner import JobStatus, run_job
-from apex_gui.core.tools import LlamaTools
+from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.progress import Progress
+from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.runner import JobStatus, run_job
+from apex_gui.core.jobs.tools import LlamaTools
 
 
 def quantize_job(source: Path, output: Path, **kw) -> QuantizeJob:
@@ -115,7 +117,7 @@ def test_imatrix_then_perplexity_real_runs(tiny_qwen2moe, tmp_path, llama_tools,
     imatrix = run_job(ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=output,
                                  context=128, chunks=2, threads=2), llama_tools)
     assert imatrix.succeeded, imatrix.message
-    from apex_gui.core.model import FileKind, open_model
+    from apex_gui.core.gguf.model import FileKind, open_model
     written = open_model(output)
     assert written.file_kind is FileKind.IMATRIX
     # The file, not the log, is the authority: llama.cpp's logger may drop the last lines.

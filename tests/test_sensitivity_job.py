@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.quality.job import (SensitivityJob, SensitivityProgressReader,
                                        parse_sensitivity_progress)
-from apex_gui.core.run_store import RunStore
-from apex_gui.jobs import JobQueue
+from apex_gui.qt.job_queue import JobQueue
 
 LOG = Path(__file__).parent / "logs" / "sensitivity_progress.log"
 

@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from quality_tables import synthetic_table
 
-from apex_gui.core.model import open_model
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.quality.known import beside_model
 from apex_gui.core.quality.overlay import cell_damage, cell_options, steps
-from apex_gui.core.run_store import RunStore
-from apex_gui.jobs import JobQueue
-from quality_tables import synthetic_table
+from apex_gui.qt.job_queue import JobQueue
 
 pytestmark = pytest.mark.gui
 
@@ -44,8 +44,8 @@ def window(qtbot, tmp_path: Path, tiny_qwen2moe: Path, llama_tools):
 
 
 def test_core_steps_cost_bytes_up_and_save_them_down(tmp_path: Path, tiny_qwen2moe: Path) -> None:
-    from apex_gui.core.plan import plan_from_profile
-    from apex_gui.core.profiles import get_profile
+    from apex_gui.core.plan.precision import plan_from_profile
+    from apex_gui.core.plan.profiles import get_profile
 
     model = open_model(tiny_qwen2moe)
     table = synthetic_table(model)

@@ -12,14 +12,9 @@ from pathlib import Path
 import gguf
 import pytest
 
-from apex_gui.core.shape_twins import (
-    TWIN_LAYOUTS,
-    TwinLayout,
-    twin_parameter_count,
-    twin_tensors,
-    write_mmproj_twin,
-    write_shape_twin,
-)
+from apex_gui.core.fixtures.twin_layouts import TWIN_LAYOUTS, TwinLayout
+from apex_gui.core.fixtures.twin_tensors import twin_parameter_count, twin_tensors
+from apex_gui.core.fixtures.twins import write_mmproj_twin, write_shape_twin
 
 ALL_LAYOUTS = sorted(TWIN_LAYOUTS)
 
@@ -338,7 +333,7 @@ def test_mmproj_twin(tmp_path):
 
 def _quantize_tool() -> Path | None:
     try:
-        from apex_gui.core.tools import LlamaTools
+        from apex_gui.core.jobs.tools import LlamaTools
 
         return LlamaTools().path("quantize")
     except Exception:

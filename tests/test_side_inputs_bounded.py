@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from stand_in_tools import cli
 
 from apex_gui.core.files.inputs import InputFileError, read_bounded_bytes, read_bounded_text
-from stand_in_tools import cli
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 
@@ -100,7 +100,7 @@ def test_bounded_reads_stop_at_the_cap(tmp_path: Path) -> None:
 
 def test_the_windows_calibration_path_is_bounded_too(pipe: Path) -> None:
     """The Run panel combines calibration files in core: a FIFO is refused, not read."""
-    from apex_gui.core.calibration import CalibrationError, combine_calibration
+    from apex_gui.core.jobs.calibration import CalibrationError, combine_calibration
 
     with pytest.raises(CalibrationError, match=r"calibration file .*pipe\.txt is a pipe \(FIFO\)"):
         combine_calibration([pipe])

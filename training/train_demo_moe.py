@@ -3,7 +3,7 @@
 Random weights have no real quantization sensitivity, so the optimizer and its benchmark need a
 model that has learned something. This trains one on the CPU in a fixed wall-clock budget:
 24 layers (so every APEX band applies), routed experts with top-2 routing plus a gated shared
-expert, and the 259-token byte-level SPM vocabulary of ``apex_gui.core.synthetic``. The GGUF is
+expert, and the 259-token byte-level SPM vocabulary of ``apex_gui.core.fixtures.synthetic``. The GGUF is
 written with that module's writer, so it loads in llama.cpp exactly like the synthetic models.
 
 The forward pass mirrors llama.cpp's ``qwen2moe`` graph: RMS norms, biased Q/K/V, NEOX RoPE,
@@ -36,8 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from apex_gui.core import synthetic  # noqa: E402
-from apex_gui.core.synthetic import BOS_ID, N_SPECIAL_TOKENS, VOCAB_SIZE, SyntheticModelSpec  # noqa: E402
+from apex_gui.core.fixtures import synthetic  # noqa: E402
+from apex_gui.core.fixtures.synthetic import ( # noqa: E402
+    BOS_ID, N_SPECIAL_TOKENS, VOCAB_SIZE, SyntheticModelSpec,
+)
 
 #: Widths that are multiples of 256 keep every K-quant and IQ type usable (llama-quantize falls
 #: back to legacy types on shorter rows); only ``ffn_down_exps`` (rows of n_ff_exp) falls back,

@@ -12,7 +12,7 @@ COMMAND_MODULES = (
     "apex_gui.commands.synth",
     "apex_gui.commands.plan",
     "apex_gui.commands.recommend",
-    "apex_gui.commands.jobs",
+    "apex_gui.commands.pipeline",
     "apex_gui.commands.types",
     "apex_gui.commands.card",
     "apex_gui.commands.rpc",

@@ -19,7 +19,7 @@ from apex_gui.core.files.inputs import check_input_file
 from apex_gui.core.files.outputs import check_output
 
 if TYPE_CHECKING:
-    from apex_gui.core.model import ModelInfo
+    from apex_gui.core.gguf.model import ModelInfo
 
 #: More threads than this is a typo (llama-quantize aborts after seconds with 100000).
 MAX_THREADS = 4096
@@ -87,7 +87,7 @@ def check_inputs(files: Iterable[tuple[Path | str | None, str, int | None]]) -> 
 def check_model_header(model: ModelInfo) -> None:
     """Refuse a header llama.cpp would abort on: an expert count that does not match the
     expert tensors (``expert_count = 0`` made llama-quantize abort after loading)."""
-    from apex_gui.core.roles import TensorRole
+    from apex_gui.core.gguf.roles import TensorRole
 
     experts = {t.shape[2] for t in model.tensors
                if t.role is TensorRole.ROUTED_EXPERT and len(t.shape) == 3}
@@ -115,7 +115,7 @@ def check_writable_output(output: str | os.PathLike[str], force: bool,
 
 
 def check_base_type(base_type: str, flag: str = "--type") -> str:
-    from apex_gui.core.quant_types import FTYPE_DEFAULT_TYPE
+    from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE
 
     if base_type.upper() not in FTYPE_DEFAULT_TYPE:
         raise ValueError(f"{flag} {base_type!r} is not a llama-quantize type; use one of "
@@ -129,7 +129,7 @@ def check_tensor_type_file(path: str | os.PathLike[str], flag: str) -> Path:
     import re
 
     from apex_gui.core.files.inputs import PLAN_CAP_BYTES, read_bounded_text
-    from apex_gui.core.plan import parse_tensor_type_file
+    from apex_gui.core.plan.tensor_type_file import parse_tensor_type_file
 
     text = read_bounded_text(path, flag, PLAN_CAP_BYTES)
     entries = parse_tensor_type_file(text, f"{flag} {path}")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from apex_gui.core.model import open_model
-from apex_gui.core.model_card import build_card_inputs, model_facts, quant_recipes, render_model_card
-from apex_gui.core.profiles import all_profiles
-from apex_gui.core.publish import repo_name_for, upload_plan
-from apex_gui.core.results import collect_results
-from apex_gui.core.run_store import RunStore
+from apex_gui.commands.arguments import add_force, check_inputs, check_model_file
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.hub.publish import repo_name_for, upload_plan
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.plan.profiles import all_profiles
+from apex_gui.core.report.card_facts import model_facts, quant_recipes
+from apex_gui.core.report.model_card import build_card_inputs, render_model_card
+from apex_gui.core.report.results import collect_results
 from apex_gui.core.units import format_size
-
-from .arguments import add_force, check_inputs, check_model_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,16 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from apex_gui.core.baselines import BASELINE_TYPES, baselines
-from apex_gui.core.model import ModelInfo, open_model
-from apex_gui.core.plan import PrecisionPlan, detect_profile, plan_from_profile, plan_from_tensor_type_file
-from apex_gui.core.profiles import builtin_profiles, get_profile, quant_file_name
-from apex_gui.core.quant_types import IMATRIX_REQUIRED, tensor_bytes
-from apex_gui.core.roles import TensorRole
-from apex_gui.core.units import GB, GiB, MiB, format_gb, format_gib
-
-from .arguments import (add_force, check_base_type, check_inputs, check_model_file,
+from apex_gui.commands.arguments import (add_force, check_base_type, check_inputs, check_model_file,
                         check_model_header, check_tensor_type_file)
+from apex_gui.core.gguf.model import ModelInfo, open_model
+from apex_gui.core.gguf.roles import TensorRole
+from apex_gui.core.gguf.types import IMATRIX_REQUIRED, tensor_bytes
+from apex_gui.core.jobs.baselines import BASELINE_TYPES, baselines
+from apex_gui.core.jobs.quantize import command_line
+from apex_gui.core.plan.detect import detect_profile
+from apex_gui.core.plan.precision import PrecisionPlan, plan_from_profile
+from apex_gui.core.plan.profiles import builtin_profiles, get_profile, quant_file_name
+from apex_gui.core.plan.tensor_type_file import plan_from_tensor_type_file
+from apex_gui.core.units import GB, GiB, MiB, format_gb, format_gib, readable_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,11 +67,6 @@ def plan_summary(plan: PrecisionPlan) -> dict:
     }
 
 
-def _readable_size(nbytes: int) -> str:
-    """GB as the model cards quote sizes; MB for the small demo and test models."""
-    return format_gb(nbytes) if nbytes >= GB else f"{nbytes / 1e6:.2f} MB"
-
-
 def _open_checked(path: str) -> ModelInfo:
     model = open_model(check_model_file(path))
     check_model_header(model)
@@ -92,7 +89,7 @@ def run_plan(args: argparse.Namespace) -> int:
                           + [(args.imatrix, "importance matrix")])
     if args.json:
         data = plan_summary(plan)
-        data["command"] = plan.command_line(output, quant_file_name(model.path, profile.label))
+        data["command"] = command_line(plan, output, quant_file_name(model.path, profile.label))
         data["tensor_types"] = {n: plan.effective_type(n) for n in plan.types}
         data["mtp_rule"] = profile.mtp if model.n_mtp_layers else None
         print(json.dumps(data, indent=2))
@@ -102,16 +99,16 @@ def run_plan(args: argparse.Namespace) -> int:
         # The file goes to stdout (redirectable); what to do with it goes to stderr, so a
         # terminal shows the size and the command after the patterns and `> plan.txt` stays clean.
         import sys
-        print(f"predicted size {_readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
+        print(f"predicted size {readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
               f"{plan.bits_per_weight():.2f} bits per weight; save this output as {output} "
               f"(or use -o) and quantize with:\n"
-              f"{plan.command_line(output, quant_file_name(model.path, profile.label))}",
+              f"{command_line(plan, output, quant_file_name(model.path, profile.label))}",
               file=sys.stderr)
         return 0
     print(f"wrote {args.output}: {len(plan.pinned_types())} tensors pinned for APEX {profile.label}")
-    print(f"predicted size {_readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
+    print(f"predicted size {readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
           f"{plan.bits_per_weight():.2f} bits per weight")
-    print(plan.command_line(output, quant_file_name(model.path, profile.label)))
+    print(command_line(plan, output, quant_file_name(model.path, profile.label)))
     if model.n_mtp_layers:
         rule = ("treated as one more edge layer" if profile.mtp == "edge"
                 else f"every tensor at {profile.mtp}")

@@ -10,9 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from apex_gui.commands.arguments import add_force, check_inputs, check_model_file, check_model_header
+from apex_gui.core.jobs.quantize import command_line
 from apex_gui.core.units import format_size, parse_size
-
-from .arguments import add_force, check_inputs, check_model_file, check_model_header
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -131,7 +131,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
 def run_optimize(args: argparse.Namespace) -> int:
     from apex_gui.core.files.outputs import write_text_output
-    from apex_gui.core.model import open_model
+    from apex_gui.core.gguf.model import open_model
     from apex_gui.core.quality.optimizer import optimize, optimize_for_fit
     from apex_gui.core.quality.sensitivity import SensitivityTable
 
@@ -149,10 +149,10 @@ def run_optimize(args: argparse.Namespace) -> int:
              else _measure(args, model_path))
     fit = None
     if fit_target:
-        from apex_gui.core.memory_fit import ContextSettings
+        from apex_gui.core.fit.context_memory import ContextSettings
         from apex_gui.core.units import MiB
 
-        from .recommend import DEFAULT_CTX, machine_from_args
+        from apex_gui.commands.recommend import DEFAULT_CTX, machine_from_args
 
         machine = machine_from_args(args)
         n_ctx = args.ctx or min(DEFAULT_CTX, model.context_length or DEFAULT_CTX)
@@ -169,7 +169,7 @@ def run_optimize(args: argparse.Namespace) -> int:
                           + [(args.imatrix, "importance matrix")])
     if args.json:
         data = result.to_json()
-        data["command"] = plan.command_line(args.output or "plan.txt")
+        data["command"] = command_line(plan, args.output or "plan.txt")
         if fit is not None:
             data["fit"] = {"verdict": fit.verdict.value, "flags": fit.flags}
         print(json.dumps(data, indent=2))
@@ -183,5 +183,5 @@ def run_optimize(args: argparse.Namespace) -> int:
     print(f"predicted mean KLD {result.predicted_kld:.3g} (optimized in {result.seconds:.2f} s)")
     if fit is not None:
         print(f"fits: {fit.verdict.value} ({fit.flags})")
-    print(plan.command_line(args.output))
+    print(command_line(plan, args.output))
     return 0

@@ -7,25 +7,16 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from apex_gui.core.hardware import GpuDevice, HardwareSnapshot, parse_device_spec
-from apex_gui.core.memory_fit import (
-    DEFAULT_MARGIN,
-    DEFAULT_UBATCH,
-    KV_CACHE_TYPES,
-    ContextSettings,
-    ModelGeometry,
+from apex_gui.commands.rpc import add_rpc_option, checked_workers, probe_dict
+from apex_gui.core.fit.context_memory import (
+    DEFAULT_MARGIN, DEFAULT_UBATCH, KV_CACHE_TYPES, ContextSettings, ModelGeometry,
 )
-from apex_gui.core.recommend import (
-    FitResult,
-    MachineMemory,
-    Recommendation,
-    file_candidate,
-    profile_candidates,
-    recommend,
+from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
+from apex_gui.core.fit.recommend import (
+    FitResult, MachineMemory, Recommendation, file_candidate, profile_candidates, recommend,
 )
 from apex_gui.core.units import GB, MiB, format_gb, parse_size
-
-from .rpc import add_rpc_option, checked_workers, probe_dict
 
 #: The context planned for when --ctx is not given (shortened to a model's training context).
 DEFAULT_CTX = 8192
@@ -104,7 +95,7 @@ def machine_from_args(args: argparse.Namespace) -> MachineMemory:
     if args.add_detected and not manual:
         raise ValueError("--add-detected adds the devices of --gpu or --vram; give one of them")
     if manual and not args.add_detected:
-        from apex_gui.core.hardware import probe_system
+        from apex_gui.core.fit.hardware import probe_system
 
         devices = [replace(d, index=i) for i, d in enumerate(manual)]
         notes: tuple[str, ...] = ()
@@ -115,7 +106,7 @@ def machine_from_args(args: argparse.Namespace) -> MachineMemory:
             notes = (f"System RAM is this machine's ({format_gb(ram, 1)} available); pass "
                      "--ram SIZE to plan for another machine.",)
     else:
-        from apex_gui.core.hardware import snapshot
+        from apex_gui.core.fit.hardware import snapshot
 
         detected = MachineMemory.from_snapshot(snapshot())
         devices = [replace(d, index=i) for i, d in enumerate([*detected.gpus, *manual])]
@@ -147,8 +138,8 @@ def run_hardware(args: argparse.Namespace) -> int:
     import sys
 
     from apex_gui.core.fit.rpc_workers import parse_workers, probe_workers, worker_warnings
-    from apex_gui.core.hardware import snapshot
-    from apex_gui.core.tools import LlamaTools, ToolNotFoundError
+    from apex_gui.core.fit.hardware import snapshot
+    from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
     snap = snapshot()
     # Unreachable workers are listed, not refused: this command is how one finds them.
@@ -274,12 +265,12 @@ def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
 
 def _quality_figures(args: argparse.Namespace, model: Any, candidates: list[Any]) -> Any:
     """KL figures to rank the tiers by: measured runs, a sensitivity table, the cards."""
-    from apex_gui.core.fit.quality_rank import quality_figures
+    from apex_gui.core.quality.figures import quality_figures
     from apex_gui.core.quality.known import known_sensitivity
     from apex_gui.core.quality.sensitivity import SensitivityTable
-    from apex_gui.core.run_store import RunStore, RunStoreError
+    from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 
-    from .arguments import check_inputs
+    from apex_gui.commands.arguments import check_inputs
 
     check_inputs([(args.sensitivity, "--sensitivity", None)])
     table = (SensitivityTable.load(args.sensitivity) if args.sensitivity
@@ -296,9 +287,9 @@ def _quality_figures(args: argparse.Namespace, model: Any, candidates: list[Any]
 
 
 def run_recommend(args: argparse.Namespace) -> int:
-    from apex_gui.core.model import FileKind, open_model
+    from apex_gui.core.gguf.model import FileKind, open_model
 
-    from .arguments import (MAX_CONTEXT, check_model_file, check_model_header,
+    from apex_gui.commands.arguments import (MAX_CONTEXT, check_model_file, check_model_header,
                             float_in_range, int_in_range)
 
     int_in_range(args.ctx, "--ctx", 1, MAX_CONTEXT, "a context in tokens")

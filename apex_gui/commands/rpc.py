@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
 from apex_gui.core.fit.rpc_workers import (DEFAULT_RPC_PORT, PROBE_TIMEOUT_S, WorkerProbe,
                                            parse_workers, probe_workers, worker_warnings)
 
@@ -54,7 +55,7 @@ def checked_workers(text: str | None, tools: object | None = None,
     """
     if not text:
         return [], ()
-    from apex_gui.core.tools import LlamaTools, ToolNotFoundError
+    from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
     out = stream if stream is not None else sys.stderr
     workers = parse_workers(text)
@@ -83,7 +84,7 @@ def run_rpc_worker(args: argparse.Namespace) -> int:
     from apex_gui.core.fit.rpc_local import bind_warning, rpc_server_argv
     from apex_gui.core.fit.rpc_workers import parse_worker, probe_environment
     from apex_gui.core.settings import load_settings
-    from apex_gui.core.tools import LlamaTools, ToolNotFoundError
+    from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
     parse_worker(f"{args.host}:{args.port}")  # the same checks a client applies
     try:

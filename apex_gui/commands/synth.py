@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_force, int_in_range
+from apex_gui.commands.arguments import add_force, int_in_range
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from apex_gui.core.synthetic import PRESETS
+    from apex_gui.core.fixtures.synthetic import PRESETS
 
     synth = sub.add_parser("synth", help="write a small runnable synthetic MoE GGUF")
     synth.add_argument("preset", choices=sorted(PRESETS), help="which synthetic model")
@@ -39,7 +39,7 @@ def _print_files(args: argparse.Namespace, files: list[str], key: str = "files")
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from apex_gui.core.synthetic import preset, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import preset, write_synthetic_model
 
     from apex_gui.core.files.outputs import writing
 
@@ -52,7 +52,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_twin(args: argparse.Namespace) -> int:
     from apex_gui.core.files.outputs import check_output, writing
-    from apex_gui.core.shape_twins import TWIN_LAYOUTS, write_shape_twin
+    from apex_gui.core.fixtures.twin_layouts import TWIN_LAYOUTS
+    from apex_gui.core.fixtures.twins import write_shape_twin
 
     if args.layout == "list":
         _print_files(args, list(TWIN_LAYOUTS), "layouts")
@@ -67,9 +68,9 @@ def run_twin(args: argparse.Namespace) -> int:
             write_shape_twin(temporary, args.layout)
         _print_files(args, [str(args.output)])
         return 0
-    from apex_gui.core.shape_twins import _split_path
+    from apex_gui.core.fixtures.twins import split_path
 
-    shards = [_split_path(Path(args.output), i, args.splits) for i in range(args.splits)]
+    shards = [split_path(Path(args.output), i, args.splits) for i in range(args.splits)]
     for shard in shards:  # a twin is a sparse file of hundreds of GB: never over a model
         check_output(shard, force=args.force)
     try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from apex_gui.core.tools import GPU_BUILD_HINT, REQUIRED_TOOLS, LlamaTools, missing_tool_message
+from apex_gui.core.jobs.tools import (
+    GPU_BUILD_HINT, REQUIRED_TOOLS, LlamaTools, missing_tool_message,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(tools: LlamaTools, as_json: bool) -> int:
-    from apex_gui.core.tools_check import run_tools_check
+    from apex_gui.core.jobs.tools_check import run_tools_check
 
     report = run_tools_check(tools)
     if as_json:

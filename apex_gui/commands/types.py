@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from apex_gui.core.quant_types import PLAN_TYPES, TYPES, GGMLType
+from apex_gui.core.gguf.types import PLAN_TYPES, TYPES, GGMLType
 
 
 def register(sub: argparse._SubParsersAction) -> None:

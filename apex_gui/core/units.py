@@ -49,3 +49,31 @@ def parse_size(text: str) -> int:
         raise ValueError(f"cannot read {text!r} as a size; write e.g. 24GB, 80GiB or 16")
     unit = (match.group(2) or "gb").lower()
     return int(float(match.group(1)) * _FACTORS[unit])
+
+
+def format_gb_figure(size_bytes: int | None) -> str:
+    """Decimal GB as the model cards quote sizes; small test files get more digits."""
+    if size_bytes is None:
+        return "--"
+    gb = size_bytes / 1e9
+    if gb >= 10:
+        return f"{gb:.1f}"
+    if gb >= 0.1:
+        return f"{gb:.2f}"
+    return f"{gb:.4f}"
+
+
+def format_gb_or_mb(nbytes: float) -> str:
+    """Decimal GB as the cards quote sizes; MB below 1 GB (small and synthetic models)."""
+    if abs(nbytes) < 1e9:
+        return f"{nbytes / 1e6:.0f} MB"
+    return f"{nbytes / 1e9:.1f} GB"
+
+
+def readable_size(nbytes: int, digits: int = 2, like: int | None = None) -> str:
+    """Decimal GB (``digits`` decimals), or MB below 1 GB: on a small (demo) model
+    "0.02 GB" would hide every edit's effect. ``like``: pick the unit by this size instead
+    (a change is shown in the unit of the file it changes)."""
+    if abs(nbytes if like is None else like) >= GB:
+        return format_gb(nbytes, digits)
+    return f"{nbytes / 1e6:.2f} MB"

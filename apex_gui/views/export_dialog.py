@@ -11,8 +11,9 @@ from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QPushButton,
                                QVBoxLayout, QWidget)
 
-from apex_gui.core.plan import PrecisionPlan
-from apex_gui.core.profiles import quant_file_name
+from apex_gui.core.jobs.quantize import quantize_argv
+from apex_gui.core.plan.precision import PrecisionPlan
+from apex_gui.core.plan.profiles import quant_file_name
 
 
 def export_commands(plan: PrecisionPlan, tensor_type_file: Path) -> tuple[str, str | None]:
@@ -30,7 +31,7 @@ def export_commands(plan: PrecisionPlan, tensor_type_file: Path) -> tuple[str, s
         imatrix = model_path.with_name(f"{model_path.name.removesuffix('.gguf')}.imatrix.gguf")
         imatrix_command = shlex.join(["llama-imatrix", "-m", str(model_path), "-f", "CALIBRATION.txt",
                                       "-o", str(imatrix)])
-    quantize = shlex.join(plan.quantize_argv("llama-quantize", model_path, output, tensor_type_file,
+    quantize = shlex.join(quantize_argv(plan, "llama-quantize", model_path, output, tensor_type_file,
                                              imatrix=imatrix))
     return quantize, imatrix_command
 

@@ -15,19 +15,14 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFormLayout, QLabel,
                                QLineEdit, QRadioButton, QVBoxLayout, QWidget)
 
-from apex_gui.core.units import format_gb, parse_size
-from apex_gui.workers import CancelToken, Task
+from apex_gui.core.units import parse_size, readable_size
+from apex_gui.qt.workers import CancelToken, Task
 
 __all__ = ["FitToBudgetDialog", "apply_optimized_plan", "parse_budget_text"]
 
 NO_SENSITIVITY = ("No sensitivity measured for {name}: run \"Sensitivity\" in the Run tab "
                   "(or apex-studio sensitivity MODEL -o {stem}.sensitivity.json beside it), "
                   "then fit again.")
-
-
-def size_text(nbytes: int) -> str:
-    """Decimal MB below a gigabyte (the demo is tens of MB), GB above."""
-    return f"{nbytes / 1e6:.2f} MB" if nbytes < 1e9 else format_gb(nbytes, 2)
 
 
 def parse_budget_text(text: str) -> int:
@@ -54,7 +49,7 @@ def apply_optimized_plan(window: Any, result: Any, what: str) -> bool:
     change = plan.set_tensor_types(
         types, f"{what}: predicted KLD {result.predicted_kld:.4g}")
     window.statusBar().showMessage(
-        f"{what}: {size_text(plan.total_bytes())}, predicted KLD "
+        f"{what}: {readable_size(plan.total_bytes())}, predicted KLD "
         f"{result.predicted_kld:.4g} (Ctrl+Z returns to the plan before)"
         if change is not None else f"{what}: the plan already is the optimizer's", 10000)
     return True
@@ -76,7 +71,7 @@ class FitToBudgetDialog(QDialog):
         self.result: Any = None
         plan = window.current_plan
         self.size_radio = QRadioButton("File size")
-        self.size_edit = QLineEdit(size_text(plan.total_bytes()).replace(" ", "")
+        self.size_edit = QLineEdit(readable_size(plan.total_bytes()).replace(" ", "")
                                    if plan is not None else "")
         self.size_edit.setPlaceholderText("15.5MB, 21GiB")
         self.size_edit.setToolTip("The largest file the plan may make (exact, as written by "
@@ -123,7 +118,7 @@ class FitToBudgetDialog(QDialog):
             except ValueError as error:
                 self._fail(str(error))
                 return None
-            what = f"Fit to {size_text(budget)}"
+            what = f"Fit to {readable_size(budget)}"
         else:
             hardware = self._hardware
             machine = hardware.machine()

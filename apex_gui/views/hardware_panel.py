@@ -3,7 +3,7 @@
 The panel shows each GPU's memory as a bar, lets the user plan for other devices (typed, or
 picked from the common cards), sets the context length and KV cache type, and lists every
 profile with its exact size and the memory check's verdict from
-:mod:`apex_gui.core.recommend`: full GPU, experts on CPU (``--n-cpu-moe N``), partial
+:mod:`apex_gui.core.fit.recommend`: full GPU, experts on CPU (``--n-cpu-moe N``), partial
 (``-ngl N``), CPU only or no fit, with headroom and the largest context that still fits.
 The recommended tier is highlighted; one click applies it to the heatmap.
 
@@ -26,25 +26,31 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QFontDatabase, QPainter, QPaintEvent, QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox,
-                               QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-                               QMenu, QPushButton, QSizePolicy, QSpinBox, QTableWidget,
-                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QFontDatabase, QPalette
+from PySide6.QtWidgets import (
+    QAbstractItemView, QApplication, QCheckBox, QComboBox, QGroupBox, QHBoxLayout, QHeaderView,
+    QLabel, QLineEdit, QMenu, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QToolButton,
+    QVBoxLayout, QWidget,
+)
 
-from apex_gui.core import hardware
-from apex_gui.core.hardware import COMMON_CARDS, GpuDevice, HardwareSnapshot, parse_device_spec
-from apex_gui.core.memory_fit import ContextSettings, ModelGeometry
-from apex_gui.core.fit.cluster import machine_with_workers
-from apex_gui.core.fit.rpc_workers import WorkerProbe
+from apex_gui.core.fit import hardware
 from apex_gui.core.fit.buildable import buildable_profiles
-from apex_gui.core.profiles import builtin_profiles
-from apex_gui.core.recommend import (Candidate, FitResult, Headroom, MachineMemory,
-                                     Recommendation, Verdict, file_candidate,
-                                     profile_candidates, recommend)
+from apex_gui.core.fit.cluster import machine_with_workers
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
+from apex_gui.core.fit.device_spec import COMMON_CARDS, parse_device_spec
+from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
+from apex_gui.core.fit.recommend import (
+    Candidate, FitResult, Headroom, MachineMemory, Recommendation, Verdict, file_candidate,
+    profile_candidates, recommend,
+)
+from apex_gui.core.fit.rpc_workers import WorkerProbe
+from apex_gui.core.plan.profiles import builtin_profiles
+from apex_gui.core.units import format_gb_or_mb
+from apex_gui.qt.workers import CancelToken, Task, WorkerPool
+from apex_gui.views.hardware_probing import HardwareProbing
+from apex_gui.views.memory_bar import MemoryBar, VERDICT_COLOURS
 from apex_gui.views.rpc_workers_box import RpcWorkersBox
-from apex_gui.workers import CancelToken, Task, WorkerPool
 
 __all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
 
@@ -54,14 +60,6 @@ CONTEXT_STEP = 1024
 COLUMNS = ("Tier", "Size", "Verdict", "Headroom", "Max context", "Flags", "KL mean")
 #: The extra row with the optimizer's plan for the set-up (when sensitivities are known).
 BEST_PLAN_LABEL = "Best plan for this set-up"
-
-VERDICT_COLOURS = {
-    Verdict.FULL_GPU: QColor("#2f9e44"),
-    Verdict.EXPERTS_IN_RAM: QColor("#1c7ed6"),
-    Verdict.PARTIAL: QColor("#e8590c"),
-    Verdict.CPU_ONLY: QColor("#868e96"),
-    Verdict.DOES_NOT_FIT: QColor("#e03131"),
-}
 
 
 def _profile_key(fit: FitResult) -> str:
@@ -83,76 +81,7 @@ def verdict_text(fit: FitResult) -> str:
     return "No fit"
 
 
-def _gb(nbytes: float) -> str:
-    """Decimal GB as the cards quote sizes; MB below 1 GB (small and synthetic models)."""
-    if abs(nbytes) < 1e9:
-        return f"{nbytes / 1e6:.0f} MB"
-    return f"{nbytes / 1e9:.1f} GB"
-
-
-class MemoryBar(QWidget):
-    """One device's memory: used by others (grey), what the selected tier needs, free."""
-
-    def __init__(self, name: str, total: int, used: int, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.name = name
-        self.total = max(total, 1)
-        self.used = max(used, 0)
-        self.need: int | None = None
-        self.setMinimumHeight(38)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self._update_tooltip()
-
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
-        return QSize(260, 38)
-
-    def set_need(self, need: int | None) -> None:
-        self.need = need
-        self._update_tooltip()
-        self.update()
-
-    def text(self) -> str:
-        free = self.total - self.used
-        # A card sold as "24GB" has 24 GiB = 25.8 GB: say both, so the name and the number agree.
-        text = f"{self.name}: {_gb(free)} free of {_gb(self.total)} ({self.total / 2**30:.0f} GiB)"
-        if self.need is not None:
-            text += f" · tier needs {_gb(self.need)}"
-        return text
-
-    def _update_tooltip(self) -> None:
-        self.setToolTip(self.text())
-
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt naming
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        palette = self.palette()
-        metrics = painter.fontMetrics()
-        label_height = metrics.height()
-        painter.setPen(palette.color(QPalette.ColorRole.WindowText))
-        painter.drawText(QRectF(0, 0, self.width(), label_height),
-                         Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
-                         metrics.elidedText(self.text(), Qt.TextElideMode.ElideRight,
-                                            self.width()))
-        bar = QRectF(0.5, label_height + 3, self.width() - 1, self.height() - label_height - 4)
-        painter.setPen(palette.color(QPalette.ColorRole.Mid))
-        painter.setBrush(palette.color(QPalette.ColorRole.Base))
-        painter.drawRoundedRect(bar, 3, 3)
-        scale = bar.width() / self.total
-        used = QRectF(bar.left(), bar.top(), min(self.used * scale, bar.width()), bar.height())
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor("#9aa0a6"))
-        painter.drawRoundedRect(used, 3, 3)
-        if self.need:
-            room = self.total - self.used
-            colour = VERDICT_COLOURS[Verdict.FULL_GPU] if self.need <= room \
-                else VERDICT_COLOURS[Verdict.DOES_NOT_FIT]
-            width = min(self.need * scale, bar.width() - used.width())
-            painter.setBrush(colour)
-            painter.drawRect(QRectF(used.right(), bar.top(), max(width, 1.0), bar.height()))
-        painter.end()
-
-
-class HardwarePanel(QWidget):
+class HardwarePanel(HardwareProbing, QWidget):
     """The "Hardware & tiers" tab."""
 
     applyProfileRequested = Signal(str)
@@ -435,88 +364,6 @@ class HardwarePanel(QWidget):
             names[gpu.name] = names.get(gpu.name, 0) + 1
         return " + ".join(name if n == 1 else f"{n} x {name}" for name, n in names.items())
 
-    # --- probing ------------------------------------------------------------------------
-    def probe_hardware(self) -> Task:
-        """Probe GPUs and RAM off the GUI thread."""
-        probe = self._probe
-        self.refresh_button.setEnabled(False)
-        self.notes_label.setText("Detecting GPUs…")
-        task = self._workers.submit("probe hardware", lambda _token: probe())
-        self._probe_task = task
-        task.finished.connect(self.set_snapshot)
-        task.failed.connect(lambda error: self.notes_label.setText(f"Hardware probe failed: {error}"))
-        task.done.connect(lambda: self.refresh_button.setEnabled(True))
-        return task
-
-    def _manual_changed(self, text: str) -> None:
-        self._update_manual_status()
-        self._show_devices()
-        self.manualDevicesChanged.emit(text)
-        self._debounce.start()
-
-    def _update_manual_status(self) -> None:
-        text = self.manual_edit.text().strip()
-        self.manual_error = ""
-        self.manual_status.setToolTip("")
-        if not text:
-            self.manual_status.setText("Fitting to this machine. Type devices (or pick a "
-                                       "common card) to plan for another one.")
-            self.manual_status.setStyleSheet("")
-            return
-        try:
-            devices = parse_device_spec(text)
-        except ValueError as error:
-            self.manual_error = str(error)
-            # The parser's message lists every known card and form (a paragraph): the label
-            # keeps its first clause so typing does not make the panel jump; the rest is
-            # in the tooltip and the "Common cards" menu.
-            short = self.manual_error.split(" (", 1)[0].split("; ", 1)[0]
-            if short != self.manual_error:
-                short += " (hover for the accepted forms, or pick from Common cards)"
-            self.manual_status.setText(short)
-            self.manual_status.setToolTip(self.manual_error)
-            self.manual_status.setStyleSheet("color: #e03131;")
-            return
-        total = sum(d.total_bytes for d in devices)
-        if self.add_detected_check.isChecked():
-            self.manual_status.setText(f"Planning for the detected GPUs plus {len(devices)} "
-                                       f"device(s) of {total / 2**30:.0f} GiB in all.")
-        else:
-            self.manual_status.setText(f"Planning for {len(devices)} device(s), "
-                                       f"{total / 2**30:.0f} GiB in all (not this machine).")
-        self.manual_status.setStyleSheet("")
-
-    def _show_devices(self) -> None:
-        while self.bars_container.count():
-            item = self.bars_container.takeAt(0)
-            widget = item.widget()
-            if widget is not None:
-                widget.deleteLater()
-        self.bars = []
-        snapshot = self._snapshot
-        manual = self.manual_devices()
-        devices = manual if manual is not None else (list(snapshot.gpus) if snapshot else [])
-        # Workers first, in the order llama.cpp lists devices (the fit's devices line up).
-        for probe in self.rpc_probes:
-            for remote in probe.devices:
-                bar = MemoryBar(f"{remote.name} {remote.endpoint} (RPC worker)",
-                                remote.total_bytes, remote.total_bytes - remote.free_bytes)
-                self.bars_container.addWidget(bar)
-                self.bars.append(bar)
-        for device in devices:
-            suffix = " (manual)" if device.source == "manual" else ""
-            bar = MemoryBar(device.name + suffix, device.total_bytes,
-                            device.total_bytes - device.free_bytes)
-            self.bars_container.addWidget(bar)
-            self.bars.append(bar)
-        if snapshot is not None:
-            system = snapshot.system
-            ram = MemoryBar("System RAM", system.total_bytes,
-                            system.total_bytes - system.available_bytes)
-            self.bars_container.addWidget(ram)
-            self.bars.append(ram)
-            self.notes_label.setText("\n".join(snapshot.notes))
-            self.notes_label.setVisible(bool(snapshot.notes))
 
     # --- fitting ------------------------------------------------------------------------
     def recompute(self) -> Task | None:
@@ -610,7 +457,7 @@ class HardwarePanel(QWidget):
             kl_text, kl_tip = kl_cell(recommendation, fit, self.best_plan if is_plan else None)
             cells = [("★ " if is_best else "") + (BEST_PLAN_LABEL if is_plan else
                                                   fit.candidate.label),
-                     _gb(fit.candidate.file_bytes), verdict_text(fit),
+                     format_gb_or_mb(fit.candidate.file_bytes), verdict_text(fit),
                      self._headroom_text(fit),
                      f"{fit.max_context:,}" if fit.max_context else "--", fit.flags, kl_text]
             for column, text in enumerate(cells):
@@ -646,7 +493,7 @@ class HardwarePanel(QWidget):
     def _headroom_text(fit: FitResult) -> str:
         if fit.verdict is Verdict.DOES_NOT_FIT or fit.headroom is Headroom.NONE:
             return "none"
-        return f"{_gb(fit.headroom_bytes)} ({fit.headroom.value})"
+        return f"{format_gb_or_mb(fit.headroom_bytes)} ({fit.headroom.value})"
 
     def selected_fit(self) -> FitResult | None:
         if self.recommendation is None:

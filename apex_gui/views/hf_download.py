@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHB
                                QProgressBar, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from apex_gui.core import hub, hub_search
+from apex_gui.core.hub import download as hub, search as hub_search
 from apex_gui.core.units import format_gb
-from apex_gui.workers import CancelToken, Task, WorkerPool
+from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 
 EXAMPLE_REPO = "mudler/Qwen3.5-35B-A3B-APEX-GGUF"
 BADGE_COLOURS = {"GPU": "#2e7d32", "GPU + RAM": "#b26a00", "RAM": "#1565c0", "too big": "#c62828"}

@@ -10,120 +10,43 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import (QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent,
-                           QKeySequence)
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QInputDialog, QLabel,
-                               QMainWindow, QMessageBox, QProgressBar, QTabWidget, QVBoxLayout,
-                               QWidget)
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import (
+    QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
+    QTabWidget, QVBoxLayout, QWidget,
+)
 
-from apex_gui import __version__
-from apex_gui.core import hardware
-from apex_gui.core.gguf.browse import MetadataRow, TensorRow, metadata_rows, tensor_rows
-from apex_gui.core.gguf_reader import GGUFError
-from apex_gui.core.model import FileKind, ModelInfo, open_model
-from apex_gui.core.plan import (PrecisionPlan, ProfileMatch, detect_profile, plan_from_gguf,
-                                plan_from_profile)
-from apex_gui.core.plan_profile import profile_from_plan
-from apex_gui.core.profiles import (Profile, ProfileError, all_profiles, get_profile,
-                                    save_user_profile, user_profiles)
+from apex_gui.core.fit import hardware
+from apex_gui.core.fixtures.synthetic import demo_model_path
+from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.plan.detect import ProfileMatch
+from apex_gui.core.plan.precision import PrecisionPlan, plan_from_gguf, plan_from_profile
+from apex_gui.core.plan.profiles import Profile
 from apex_gui.core.settings import (Settings, add_recent_file, cache_dir, config_dir,
                                     load_settings, save_settings)
-from apex_gui.core.synthetic import demo_model_path
-from apex_gui.workers import CancelToken, Task, WorkerPool
-
-from . import style
-from .export_dialog import ExportedDialog
-from .heatmap import BitsLegend, PrecisionHeatmap
-from .memory_breakdown import MemoryBreakdownView
-from .tensor_browser import MetadataBrowser, TensorTable
-from .try_quant import TryQuantDialog
-from .hf_download import HubDownloadDialog
-from .model_info import ModelInfoView, render_summary_html
-from .plan_panel import PlanPanel, readable_size
-from .settings_dialog import SettingsDialog
-
-DEFAULT_PROFILE = "quality"
-UNQUANTIZED_FILE_TYPES = {"F32", "F16", "BF16", "unknown"}
-PANEL_AREAS = ("right", "bottom", "center")
-
-
-@dataclass
-class LoadedModel:
-    """What the open worker hands to the GUI thread: everything computed, nothing to wait on."""
-
-    model: ModelInfo
-    plan: PrecisionPlan
-    profile_key: str | None  # None: the plan is the file's own types
-    matches: list[ProfileMatch]
-    baseline: PrecisionPlan  # what "reset" returns to and "change" is measured against
-    detected_plan: PrecisionPlan | None  # the closest profile's plan, for diff mode
-    profiles: dict[str, Profile]
-    summary_html: str
-    seconds: float
-    tensor_rows: list[TensorRow] = field(default_factory=list)  # the Tensors tab, made off-thread
-    metadata_rows: list[MetadataRow] = field(default_factory=list)
+from apex_gui.core.units import readable_size
+from apex_gui.qt.workers import CancelToken, Task, WorkerPool
+from apex_gui.views import style
+from apex_gui.views.bits_legend import BitsLegend
+from apex_gui.views.export_dialog import ExportedDialog
+from apex_gui.views.heatmap import PrecisionHeatmap
+from apex_gui.views.main_window_compare import PlanComparison
+from apex_gui.views.main_window_dialogs import WindowDialogs
+from apex_gui.views.main_window_menus import MainWindowMenus
+from apex_gui.views.main_window_profiles import ProfileActions
+from apex_gui.views.memory_breakdown import MemoryBreakdownView
+from apex_gui.views.model_info import ModelInfoView
+from apex_gui.views.model_loading import (
+    DEFAULT_PROFILE, LoadedModel, PANEL_AREAS, is_quantized, load_model, open_error_message,
+)
+from apex_gui.views.plan_panel import PlanPanel
+from apex_gui.views.tensor_browser import MetadataBrowser, TensorTable
 
 
-def is_quantized(model: ModelInfo) -> bool:
-    return model.file_type not in UNQUANTIZED_FILE_TYPES
-
-
-def load_model(path: Path, profile_key: str, token: CancelToken) -> LoadedModel:
-    """Open a GGUF and build its first plan (runs on a worker thread; Qt-free)."""
-    started = time.perf_counter()
-    token.progress(0.1, f"reading {path.name}")
-    model = open_model(path)
-    if model.file_kind is not FileKind.MODEL:
-        raise GGUFError(path, f"is a {model.file_kind.value}, not a model: open the model "
-                              "GGUF it belongs to")
-    token.raise_if_cancelled()
-    # Everything that costs more than a few milliseconds is computed here, so the GUI
-    # thread only hands finished objects to the widgets (a 400B model stays smooth).
-    matches: list[ProfileMatch] = []
-    detected_plan: PrecisionPlan | None = None
-    if is_quantized(model):
-        token.progress(0.5, "detecting the profile")
-        plan = plan_from_gguf(model)
-        baseline = plan_from_gguf(model)
-        matches = detect_profile(model)
-        detected_plan = plan_from_profile(model, matches[0].profile) if matches else None
-        key: str | None = None
-    else:
-        token.progress(0.5, "planning")
-        profile = get_profile(profile_key)
-        plan = plan_from_profile(model, profile)
-        baseline = plan_from_profile(model, profile)
-        key = plan.profile.key if plan.profile else profile_key
-    token.raise_if_cancelled()
-    summary = render_summary_html(model, matches)
-    planned = {name: plan.effective_type(name) for name in plan.types}
-    return LoadedModel(model, plan, key, matches, baseline, detected_plan, all_profiles(), summary,
-                       time.perf_counter() - started, tensor_rows(model, planned), metadata_rows(model))
-
-
-def open_error_message(path: Path, error: BaseException) -> str:
-    """A message that names the file and what to do; never a traceback."""
-    if isinstance(error, GGUFError):
-        return str(error)
-    if isinstance(error, FileNotFoundError):
-        return f"{path}: the file does not exist (moved or deleted?). Choose it again with File > Open."
-    if isinstance(error, PermissionError):
-        return f"{path}: permission denied. Check the file's permissions."
-    if isinstance(error, IsADirectoryError):
-        return f"{path} is a folder: choose a .gguf file inside it."
-    if isinstance(error, OSError):
-        return f"{path}: cannot be read ({error.strerror or error}). Check the disk and the path."
-    if isinstance(error, (ValueError, ProfileError)):
-        return f"{path}: {error}"
-    return (f"{path}: unexpected error ({type(error).__name__}: {error}). Please report it with "
-            "the file's `apex-studio inspect` output.")
-
-
-class MainWindow(QMainWindow):
+class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus, QMainWindow):
     """APEX Studio's window."""
 
     modelChanged = Signal(object)  # ModelInfo | None
@@ -269,140 +192,6 @@ class MainWindow(QMainWindow):
         self.busy_label.setVisible(bool(descriptions))
         self.busy_bar.setToolTip("Working: " + ", ".join(descriptions) if descriptions else "")
 
-    def _action(self, text: str, slot: Callable[[], object], shortcut: QKeySequence | str | None = None,
-                icon: str | None = None, tip: str = "") -> QAction:
-        action = QAction(text, self)
-        if icon:
-            action.setIcon(style.icon(icon))
-        if shortcut is not None:
-            action.setShortcut(QKeySequence(shortcut))
-        # Tooltips and status tips show text as is: the menu's "&" mnemonic marker must go.
-        plain = text.replace("&", "").replace("...", "")
-        action.setStatusTip(tip or plain)
-        action.setToolTip(f"{plain} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
-                          if shortcut is not None else plain)
-        action.triggered.connect(lambda _checked=False: slot())
-        self.addAction(action)
-        return action
-
-    def _build_actions(self) -> None:
-        self.open_action = self._action("&Open...", self.choose_file, QKeySequence.StandardKey.Open,
-                                        "open", "Open a GGUF model (any shard of a split model)")
-        self.demo_action = self._action("Open the &demo model", self.open_demo,
-                                        tip="A small synthetic MoE model, made on first use")
-        self.download_action = self._action("&Download from Hugging Face...", self.show_download_dialog,
-                                            "Ctrl+Shift+D", "download")
-        self.compare_action = self._action("Compare with &another GGUF...", self.choose_compare_file,
-                                           "Ctrl+Shift+O", "diff",
-                                           "Outline the cells whose type differs from another file")
-        self.export_action = self._action("&Export tensor-type file...", self.export_tensor_type_file,
-                                          QKeySequence.StandardKey.Save, "save",
-                                          "Write the plan as a llama-quantize --tensor-type-file")
-        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
-        self.undo_action = self._action("&Undo", self.undo, QKeySequence.StandardKey.Undo, "undo")
-        self.redo_action = self._action("&Redo", self.redo, None, "redo")
-        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
-        self.redo_action.setToolTip("Redo (Ctrl+Shift+Z, Ctrl+Y)")
-        self.reset_action = self._action("Reset to &profile", self.reset_to_profile, "Ctrl+R", "reset")
-        self.apply_action = self._action("Set &selection to palette type",
-                                         lambda: self.heatmap.apply_to_selection(), "Ctrl+Return")
-        self.select_all_action = self._action("Select &all cells", self._select_all,
-                                              QKeySequence.StandardKey.SelectAll)
-        self.clear_selection_action = self._action("&Clear selection", self.heatmap.clear_selection,
-                                                   "Ctrl+Shift+A")
-        self.zoom_in_action = self._action("Zoom &in", self.heatmap.zoom_in,
-                                           QKeySequence.StandardKey.ZoomIn, "zoom-in")
-        self.zoom_out_action = self._action("Zoom &out", self.heatmap.zoom_out,
-                                            QKeySequence.StandardKey.ZoomOut, "zoom-out")
-        self.zoom_fit_action = self._action("&Fit all layers", self.heatmap.zoom_to_fit, "Ctrl+0",
-                                            "zoom-fit")
-        self.try_action = self._action("&Try this model with a prompt...", self.show_try_dialog,
-                                       "Ctrl+T", tip="A short prompt through llama-completion: "
-                                       "what this quant writes, and how fast")
-        self.settings_action = self._action("&Settings...", self.show_settings,
-                                            QKeySequence.StandardKey.Preferences, "settings")
-        if self.settings_action.shortcut().isEmpty():
-            self.settings_action.setShortcut(QKeySequence("Ctrl+,"))
-        self.about_action = self._action("&About APEX Studio", self.show_about)
-
-        self.tool_group = QActionGroup(self)
-        self.paint_tool_action = QAction(style.icon("paint"), "&Paint", self)
-        self.paint_tool_action.setCheckable(True)
-        self.paint_tool_action.setChecked(True)
-        self.paint_tool_action.setShortcut(QKeySequence("P"))
-        self.paint_tool_action.setToolTip("Paint: click or drag over cells to give them the palette type (P)")
-        self.select_tool_action = QAction(style.icon("select"), "&Select", self)
-        self.select_tool_action.setCheckable(True)
-        self.select_tool_action.setShortcut(QKeySequence("S"))
-        self.select_tool_action.setToolTip("Select: drag a rectangle of cells, then press Enter (S)")
-        for action, tool in ((self.paint_tool_action, "paint"), (self.select_tool_action, "select")):
-            self.tool_group.addAction(action)
-            action.triggered.connect(lambda _c=False, t=tool: setattr(self.heatmap, "tool", t))
-            self.addAction(action)
-
-        self.diff_action = QAction(style.icon("diff"), "&Diff mode", self)
-        self.diff_action.setCheckable(True)
-        self.diff_action.setShortcut(QKeySequence("Ctrl+D"))
-        self.diff_action.setToolTip("Diff mode: outline cells that differ from the detected "
-                                    "or chosen profile (Ctrl+D)")
-        self.diff_action.toggled.connect(self._diff_toggled)
-        self.addAction(self.diff_action)
-
-        menu = self.menuBar()
-        file_menu = menu.addMenu("&File")
-        file_menu.addAction(self.open_action)
-        self.recent_menu = file_menu.addMenu("Open &recent")
-        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
-        file_menu.addAction(self.demo_action)
-        file_menu.addAction(self.download_action)
-        file_menu.addSeparator()
-        file_menu.addAction(self.compare_action)
-        file_menu.addAction(self.export_action)
-        file_menu.addSeparator()
-        file_menu.addAction(self.quit_action)
-        edit_menu = menu.addMenu("&Edit")
-        for action in (self.undo_action, self.redo_action, self.reset_action):
-            edit_menu.addAction(action)
-        edit_menu.addSeparator()
-        for action in (self.paint_tool_action, self.select_tool_action, self.apply_action,
-                       self.select_all_action, self.clear_selection_action):
-            edit_menu.addAction(action)
-        view_menu = menu.addMenu("&View")
-        for action in (self.zoom_in_action, self.zoom_out_action, self.zoom_fit_action,
-                       self.diff_action):
-            view_menu.addAction(action)
-        view_menu.addSeparator()
-        view_menu.addAction(self.right_dock.toggleViewAction())
-        view_menu.addAction(self.bottom_dock.toggleViewAction())
-        theme_menu = view_menu.addMenu("&Theme")
-        self.theme_group = QActionGroup(self)
-        for theme in style.THEMES:
-            action = theme_menu.addAction(theme.capitalize())
-            action.setCheckable(True)
-            action.setChecked(theme == self.settings.theme)
-            action.triggered.connect(lambda _c=False, t=theme: self.set_theme(t))
-            self.theme_group.addAction(action)
-        tools_menu = menu.addMenu("&Tools")
-        tools_menu.addAction(self.try_action)
-        tools_menu.addAction(self.settings_action)
-        help_menu = menu.addMenu("&Help")
-        help_menu.addAction(self.about_action)
-
-        toolbar = self.addToolBar("Main")
-        toolbar.setObjectName("mainToolbar")
-        toolbar.setMovable(False)
-        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        for action in (self.open_action, self.download_action, None, self.undo_action,
-                       self.redo_action, self.reset_action, None, self.paint_tool_action,
-                       self.select_tool_action, self.diff_action, None, self.zoom_in_action,
-                       self.zoom_out_action, self.zoom_fit_action, None, self.export_action,
-                       self.settings_action):
-            toolbar.addSeparator() if action is None else toolbar.addAction(action)
-        for action in (self.zoom_in_action, self.zoom_out_action, self.zoom_fit_action,
-                       self.undo_action, self.redo_action):
-            button = toolbar.widgetForAction(action)
-            if button is not None:
-                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)  # type: ignore[attr-defined]
 
     # --- panels for other views -------------------------------------------------------------
     def add_panel(self, title: str, widget: QWidget, area: str = "right") -> None:
@@ -583,172 +372,6 @@ class MainWindow(QMainWindow):
         assert self.current_plan is not None
         self.planChanged.emit(self.current_plan)
 
-    # --- profiles ---------------------------------------------------------------------------
-    def switch_profile(self, key: str) -> None:
-        """Replace the plan with a profile's (or, for "stored", the file's own types)."""
-        model, plan = self.current_model, self.current_plan
-        if model is None or plan is None:
-            return
-        if plan.can_undo() and not self.confirm(
-                "Switch profile?", "Switching the profile starts a new plan: your edits to the "
-                "current one are dropped. Export it first (Ctrl+S) to keep them."):
-            self.plan_panel.set_profiles(all_profiles(), plan.profile.key if plan.profile else None,
-                                         f"As stored in {model.path.name}" if is_quantized(model) else None)
-            return
-        try:
-            if key == "stored":
-                new_plan = plan_from_gguf(model)
-            else:
-                new_plan = plan_from_profile(model, get_profile(key))
-                self._profile_key = new_plan.profile.key if new_plan.profile else key
-        except (ValueError, ProfileError) as error:
-            self.show_error("Cannot use this profile", str(error))
-            return
-        detected = self.profile_matches[0].profile if self.profile_matches else None
-        self._set_plan(new_plan, band_profile=detected)
-        # The request may come from elsewhere (Hardware & tiers): the picker shows the result.
-        self.plan_panel.select_profile(key if key == "stored" or new_plan.profile is None
-                                       else new_plan.profile.key)
-        if self.reference_plan is not None:
-            self._update_diff_summary()
-            self.heatmap.set_reference(self.reference_plan, self.heatmap.reference_label)
-        self.statusBar().showMessage(f"Plan: {new_plan.origin}, {readable_size(new_plan.total_bytes())}", 6000)
-
-    def reset_to_profile(self) -> None:
-        """Every cell back to the profile's (or the file's) type, as one undoable step."""
-        plan, baseline = self.current_plan, self._baseline
-        if plan is None or baseline is None:
-            return
-        change = plan.set_tensor_types(baseline.types, f"reset to {baseline.origin}")
-        self.statusBar().showMessage("Already matches the profile" if change is None else
-                                     f"Reset to {baseline.origin} (Ctrl+Z undoes it)", 5000)
-
-    def save_as_profile(self) -> None:
-        plan = self.current_plan
-        if plan is None:
-            return
-        label, ok = QInputDialog.getText(self, "Save as my profile", "Profile name:",
-                                         text=f"My {plan.profile.label if plan.profile else 'plan'}")
-        if ok and label.strip():
-            self.save_profile_named(label.strip())
-
-    def save_profile_named(self, label: str) -> Path | None:
-        """Save the plan as a user profile (config folder) and offer it in the picker."""
-        plan = self.current_plan
-        if plan is None:
-            return None
-        key = "".join(c if c.isalnum() or c in "-_." else "-" for c in label.lower()).strip("-") or "my-profile"
-        try:
-            profile, notes = profile_from_plan(plan, key, label)
-            path = save_user_profile(profile)
-        except (ProfileError, ValueError, OSError) as error:
-            self.show_error("Cannot save the profile", f"{label}: {error}")
-            return None
-        current = plan.profile.key if plan.profile else None
-        model = plan.model
-        self.plan_panel.set_profiles(all_profiles(), current,
-                                     f"As stored in {model.path.name}" if is_quantized(model) else None)
-        self._edits_kept = True
-        problems = user_profiles()[1]
-        message = f"Saved profile {label} to {path}"
-        if notes:
-            message += " (" + "; ".join(notes) + ")"
-        if problems:
-            message += f"; unreadable user profiles: {'; '.join(problems)}"
-        self.statusBar().showMessage(message, 10000)
-        return path
-
-    # --- diff -------------------------------------------------------------------------------
-    def set_diff(self, choice: str) -> None:
-        """"" (off), "detected", "profile:<key>", or "file" (asks for a GGUF)."""
-        model = self.current_model
-        if model is None:
-            return
-        if choice == "file":
-            self.choose_compare_file()
-            return
-        reference: PrecisionPlan | None = None
-        label = ""
-        try:
-            if choice == "detected" and self.profile_matches:
-                profile = self.profile_matches[0].profile
-                reference = self._detected_plan or plan_from_profile(model, profile)
-                label = f"profile {profile.label}"
-            elif choice.startswith("profile:"):
-                profile = get_profile(choice.split(":", 1)[1])
-                reference, label = plan_from_profile(model, profile), f"profile {profile.label}"
-        except (ValueError, ProfileError) as error:
-            self.show_error("Cannot compare", str(error))
-            return
-        self._set_reference(reference, label, choice if reference is not None else "")
-
-    def _set_reference(self, reference: PrecisionPlan | None, label: str, choice: str) -> None:
-        self.reference_plan = reference
-        self._diff_choice = choice
-        self.heatmap.set_reference(reference, label)
-        self.diff_action.blockSignals(True)
-        self.diff_action.setChecked(reference is not None)
-        self.diff_action.blockSignals(False)
-        self._update_diff_summary()
-
-    def _update_diff_summary(self) -> None:
-        plan, reference = self.current_plan, self.reference_plan
-        if plan is None or reference is None:
-            self.plan_panel.set_diff_choice("", "")
-            return
-        differing = plan.diff(reference)
-        share = plan.differing_bytes_share(reference)
-        label = self.heatmap.reference_label
-        summary = (f"{len(differing)} tensors ({share:.1%} of bytes) differ from {label}"
-                   if differing else f"identical to {label}")
-        self.plan_panel.set_diff_choice(self._diff_choice, summary)
-
-    def _diff_toggled(self, on: bool) -> None:
-        if not on:
-            self.set_diff("")
-        elif self.profile_matches:
-            self.set_diff("detected")
-        elif self.current_plan is not None and self.current_plan.profile is not None:
-            # The plan's own profile: diff mode then shows exactly the hand edits.
-            self.set_diff(f"profile:{self.current_plan.profile.key}")
-        elif self.current_plan is not None:
-            self.set_diff(f"profile:{DEFAULT_PROFILE}")
-
-    def choose_compare_file(self) -> None:
-        if self.current_model is None:
-            return
-        path, _ = QFileDialog.getOpenFileName(self, "Compare with another GGUF",
-                                              str(self.current_model.path.parent),
-                                              "GGUF models (*.gguf);;All files (*)")
-        if path:
-            self.compare_with_file(Path(path))
-        else:
-            self.plan_panel.set_diff_choice(self._diff_choice, self.plan_panel.diff_label.text())
-
-    def compare_with_file(self, path: str | Path) -> None:
-        """Diff against the real types of another GGUF of the same model (read off-thread)."""
-        file_path = Path(path)
-        model = self.current_model
-        if model is None:
-            return
-
-        def read(_token: CancelToken) -> PrecisionPlan:
-            other = open_model(file_path)
-            ours = {t.name: t.shape for t in model.tensors}
-            theirs = {t.name: t.shape for t in other.tensors}
-            if ours != theirs:
-                missing = len(set(ours) ^ set(theirs))
-                raise GGUFError(file_path, f"is not the same model as {model.path.name} "
-                                f"({missing} tensor names or shapes differ): compare quants of one model")
-            return plan_from_gguf(other)
-
-        self.statusBar().showMessage(f"Reading {file_path.name}...")
-        task = self.workers.submit(f"compare with {file_path.name}", read)
-        self._compare_task = task
-        task.finished.connect(lambda plan: self._set_reference(plan, file_path.name, f"gguf:{file_path}")
-                              if task is self._compare_task else None)
-        task.failed.connect(lambda error: self.show_error(
-            f"Cannot compare with {file_path.name}", open_error_message(file_path, error)))
 
     # --- edits ------------------------------------------------------------------------------
     def undo(self) -> None:
@@ -837,110 +460,6 @@ class MainWindow(QMainWindow):
         self.settings.manual_devices = text
         self._save_settings()
 
-    # --- settings, theme, dialogs -----------------------------------------------------------
-    def show_settings(self) -> SettingsDialog:
-        dialog = SettingsDialog(self.settings, self.workers, self)
-        dialog.accepted.connect(lambda: self.apply_settings(dialog.result_settings()))
-        dialog.open()
-        return dialog
-
-    def apply_settings(self, settings: Settings) -> None:
-        theme_changed = settings.theme != self.settings.theme
-        self.settings = settings
-        self._save_settings()
-        if theme_changed:
-            self.set_theme(settings.theme)
-        self.settingsChanged.emit(settings)
-        self.statusBar().showMessage("Settings saved", 4000)
-
-    def set_theme(self, theme: str) -> None:
-        app = QApplication.instance()
-        assert isinstance(app, QApplication)
-        style.apply_theme(app, theme)
-        self.settings.theme = theme
-        self._save_settings()
-        for action in self.theme_group.actions():
-            action.setChecked(action.text().lower() == theme)
-        self._refresh_icons()
-
-    def _refresh_icons(self) -> None:
-        """Icons are tinted with the palette's text colour: redo them after a theme switch."""
-        names = {self.open_action: "open", self.download_action: "download", self.undo_action: "undo",
-                 self.redo_action: "redo", self.reset_action: "reset", self.paint_tool_action: "paint",
-                 self.select_tool_action: "select", self.diff_action: "diff",
-                 self.zoom_in_action: "zoom-in", self.zoom_out_action: "zoom-out",
-                 self.zoom_fit_action: "zoom-fit", self.export_action: "save",
-                 self.settings_action: "settings", self.compare_action: "diff"}
-        for action, name in names.items():
-            action.setIcon(style.icon(name))
-
-    def show_download_dialog(self) -> HubDownloadDialog:
-        dialog = HubDownloadDialog(self.workers, self, snapshot=self.hardware_snapshot)
-        dialog.modelDownloaded.connect(self.open_model_file)
-        dialog.open()
-        return dialog
-
-    def show_try_dialog(self) -> TryQuantDialog | None:
-        """Try the open model (typically the quant just made) with a short prompt."""
-        if self.current_model is None:
-            return None
-        dialog = TryQuantDialog(self.current_model.path, threads=self.settings.effective_threads(),
-                                parent=self)
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.open()
-        self.try_dialog = dialog
-        return dialog
-
-    def show_about(self) -> None:
-        QMessageBox.about(self, "About APEX Studio",
-                          f"<b>APEX Studio {__version__}</b><p>Plan, quantize and evaluate APEX "
-                          "mixed-precision GGUF quants of Mixture-of-Experts models with "
-                          "llama.cpp.</p>")
-
-    def show_error(self, title: str, message: str) -> QMessageBox:
-        """Every user-facing error: a window-modal box that does not block the event loop."""
-        self.errorShown.emit(title, message)
-        if self._error_box is not None:
-            self._error_box.close()
-        box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self)
-        box.setObjectName("errorBox")
-        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        # Deleted when closed, so old boxes do not pile up as hidden children of the window.
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.finished.connect(lambda _result, b=box: self._error_closed(b))
-        box.open()
-        self._error_box = box
-        return box
-
-    def _error_closed(self, box: QMessageBox) -> None:
-        if self._error_box is box:
-            self._error_box = None
-
-    def confirm(self, title: str, question: str) -> bool:
-        answer = QMessageBox.question(self, title, question,
-                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                      QMessageBox.StandardButton.No)
-        return answer == QMessageBox.StandardButton.Yes
-
-    # --- recent files, drag and drop --------------------------------------------------------
-    def _fill_recent_menu(self) -> None:
-        self.recent_menu.clear()
-        recent = self.settings.recent_files or []
-        if not recent:
-            action = self.recent_menu.addAction("(none yet)")
-            action.setEnabled(False)
-            return
-        for index, path in enumerate(recent):
-            action = self.recent_menu.addAction(f"&{index + 1} {Path(path).name}")
-            action.setToolTip(path)
-            action.setStatusTip(path)
-            action.triggered.connect(lambda _c=False, p=path: self.open_model_file(p))
-        self.recent_menu.addSeparator()
-        self.recent_menu.addAction("Clear the list", self._clear_recent)
-
-    def _clear_recent(self) -> None:
-        self.settings.recent_files = []
-        self._save_settings()
 
     @staticmethod
     def _dropped_gguf(event: QDragEnterEvent | QDropEvent) -> Path | None:

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from apex_gui.core.fit.breakdown import MemoryBreakdown, contexts_for, memory_breakdown
-from apex_gui.core.memory_fit import ContextSettings, ModelGeometry, Placement
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Placement
 from apex_gui.core.units import format_gb
 
 OVER_COLOUR = QColor("#f4c7c3")

@@ -6,9 +6,9 @@ from html import escape
 
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
-from apex_gui.commands.inspect import summary_dict
-from apex_gui.core.model import FileKind, ModelInfo
-from apex_gui.core.plan import ProfileMatch
+from apex_gui.core.gguf.model import FileKind, ModelInfo
+from apex_gui.core.gguf.summary import summary_dict
+from apex_gui.core.plan.detect import ProfileMatch
 from apex_gui.core.units import format_gb, format_params, format_size
 
 

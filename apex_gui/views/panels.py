@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from apex_gui.core.run_store import RunStore
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import save_settings
-from apex_gui.core.tools import LlamaTools
-from apex_gui.jobs import JobQueue
-
-from .hardware_panel import HardwarePanel
-from .results_panel import ResultsPanel
-from .run_panel import RunPanel
+from apex_gui.qt.job_queue import JobQueue
+from apex_gui.views.hardware_panel import HardwarePanel
+from apex_gui.views.results_panel import ResultsPanel
+from apex_gui.views.run_panel import RunPanel
 
 __all__ = ["InstalledPanels", "install_panels"]
 
@@ -71,7 +70,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         results.set_baselines([])
         if model is None or not _is_full_precision(model):
             return
-        from apex_gui.core.baselines import baselines
+        from apex_gui.core.jobs.baselines import baselines
 
         task = window.workers.submit("size baselines", lambda _token: baselines(model, tools=tools))
         task.finished.connect(lambda found, m=model: results.set_baselines(found[0])
@@ -156,7 +155,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         return True
 
     window.add_close_guard(close_guard)
-    from .quality_wiring import install_quality
+    from apex_gui.views.quality_wiring import install_quality
 
     install_quality(window, hardware, queue, results)
     if window.current_model is not None:

@@ -19,24 +19,15 @@ from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QForm
                                QScrollArea, QSizePolicy, QTableWidget, QTableWidgetItem,
                                QToolButton, QVBoxLayout, QWidget)
 
-from apex_gui.core.hardware import GpuDevice, HardwareSnapshot, parse_device_spec
-from apex_gui.core.plan import PlanProblem, PrecisionPlan
-from apex_gui.core.profiles import Profile
-from apex_gui.core.quant_types import PLAN_TYPES, ggml_type
-from apex_gui.core.units import GB, GiB, format_gb
-
-from . import style
+from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
+from apex_gui.core.gguf.types import PLAN_TYPES, ggml_type
+from apex_gui.core.plan.precision import PlanProblem, PrecisionPlan
+from apex_gui.core.plan.profiles import Profile
+from apex_gui.core.units import GB, GiB, format_gb, readable_size
+from apex_gui.views import style
 
 PROBLEMS_SHOWN = 300  # a 400B plan can list thousands; the count says how many are hidden
-
-
-def readable_size(nbytes: int, digits: int = 2, like: int | None = None) -> str:
-    """Decimal GB (``digits`` decimals), or MB below 1 GB: on a small (demo) model
-    "0.02 GB" would hide every edit's effect. ``like``: pick the unit by this size instead
-    (a change is shown in the unit of the file it changes)."""
-    if abs(nbytes if like is None else like) >= GB:
-        return format_gb(nbytes, digits)
-    return f"{nbytes / 1e6:.2f} MB"
 
 
 def type_swatch(type_name: str, size: int = 14) -> QIcon:

@@ -1,7 +1,7 @@
 """Model card and upload: choose the quants, read the card, save it or send it to the Hub.
 
-The card is rendered by :mod:`apex_gui.core.model_card` from the measured results; the list
-of files an upload sends comes from :func:`apex_gui.core.publish.upload_plan`, shown before
+The card is rendered by :mod:`apex_gui.core.report.model_card` from the measured results; the list
+of files an upload sends comes from :func:`apex_gui.core.hub.publish.upload_plan`, shown before
 anything is sent. On opening, a worker checks whether huggingface.co can be reached (a few
 seconds at most) and who is logged in, so an offline machine is told at once and can still
 save the card and recipes to a folder.
@@ -20,15 +20,16 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QFileDialog, QFormLayout, QHB
                                QProgressBar, QPushButton, QSplitter, QTabWidget, QTextBrowser,
                                QVBoxLayout, QWidget)
 
-from apex_gui.core.model_card import (build_card_inputs, model_facts, quant_recipes,
-                                      recipe_files, render_model_card, safe_name)
-from apex_gui.core.profiles import all_profiles
-from apex_gui.core.publish import (Account, Connectivity, UploadCancelled, UploadPlan,
-                                   check_online, hub_account, repo_name_for, upload,
-                                   upload_plan)
-from apex_gui.core.results import QuantResult
+from apex_gui.core.hub.publish import (
+    Account, Connectivity, UploadCancelled, UploadPlan, check_online, hub_account, repo_name_for,
+    upload, upload_plan,
+)
+from apex_gui.core.plan.profiles import all_profiles
+from apex_gui.core.report.card_facts import model_facts, quant_recipes, safe_name
+from apex_gui.core.report.model_card import build_card_inputs, recipe_files, render_model_card
+from apex_gui.core.report.results import QuantResult
 from apex_gui.core.units import format_size
-from apex_gui.workers import CancelToken, Task, WorkerPool
+from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 
 __all__ = ["PublishDialog"]
 

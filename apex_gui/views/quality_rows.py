@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from apex_gui.core.fit.quality_rank import QualityFigure, quality_figures
-from apex_gui.core.recommend import Candidate, FitResult, Recommendation
+from apex_gui.core.fit.quality_rank import QualityFigure
+from apex_gui.core.fit.recommend import Candidate, FitResult, Recommendation
+from apex_gui.core.quality.figures import quality_figures
 
 
 def figures_for(model: Any, candidates: Sequence[Candidate],
@@ -15,7 +16,7 @@ def figures_for(model: Any, candidates: Sequence[Candidate],
     """The sensitivity table to use (the one given, else one measured earlier) and every KL
     figure known for the candidates (measured runs, predicted, published)."""
     from apex_gui.core.quality.known import known_sensitivity
-    from apex_gui.core.run_store import RunStore, RunStoreError
+    from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 
     if table is None:
         try:

@@ -21,7 +21,7 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     """Render the quality views to ``out_dir`` (a scratch data folder keeps history apart)."""
     from PySide6.QtWidgets import QApplication
 
-    from apex_gui.app import _settle, _wait
+    from apex_gui.qt.screenshots import settle, wait
     from apex_gui.core.quality.sensitivity import SensitivityTable
     from apex_gui.views.main_window import MainWindow
     from apex_gui.views.panels import install_panels
@@ -34,7 +34,7 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     written: list[Path] = []
 
     def shoot(name: str, widget) -> None:  # type: ignore[no-untyped-def]
-        _settle(300)
+        settle(300)
         path = out_dir / f"{name}.png"
         widget.grab().save(str(path))
         written.append(path)
@@ -45,10 +45,10 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     window.resize(1500, 940)
     window.show()
     window.open_model_file(model_path)
-    _wait(window.modelLoadFinished)
-    _settle(300)
+    wait(window.modelLoadFinished)
+    settle(300)
     panels.hardware.manual_edit.setText("8 GB")
-    _wait(panels.hardware.recommendationChanged, 30_000)
+    wait(panels.hardware.recommendationChanged, 30_000)
     state = window.quality_state
     state.set_table(table)
     state.overlay_action.setChecked(True)
@@ -60,7 +60,7 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     for _ in range(100):  # the curve is computed in the worker pool
         if getattr(panels.results.kld_plot, "curve_points", None):
             break
-        _settle(100)
+        settle(100)
     shoot("results-curve", window)
     window.center_tabs.setCurrentIndex(0)
 
@@ -70,14 +70,14 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     dialog.size_edit.setText(f"{plan.total_bytes() * budget_share / 1e6:.1f}MB")
     shoot("fit-dialog", dialog)
     dialog.run_fit()
-    _wait(dialog.fitted, 60_000)
+    wait(dialog.fitted, 60_000)
     shoot("fit-result", window)
 
     window.allow_dropping_edits() if hasattr(window, "allow_dropping_edits") else None
     while plan.can_undo():
         plan.undo()
     window.close()
-    _settle(50)
+    settle(50)
     del app
     return written
 

@@ -6,7 +6,7 @@ full-precision reference and the uniform baselines for scale. Baselines that wer
 (``llama-quantize --dry-run``) have no measured value: they appear as dashed vertical lines
 labelled "size only", never as invented points.
 
-The rows come from :func:`apex_gui.core.results.collect_results`; the panel adds nothing to
+The rows come from :func:`apex_gui.core.report.results.collect_results`; the panel adds nothing to
 them. Export: CSV, Markdown and the model card (through :class:`PublishDialog`).
 """
 
@@ -25,9 +25,11 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHea
                                QLabel, QPushButton, QSplitter, QTableView, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from apex_gui.core.results import (QuantResult, collect_results, format_gb, results_to_csv,
-                                   results_to_markdown)
-from apex_gui.core.run_store import RunStore
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.report.results import (
+    QuantResult, collect_results, results_to_csv, results_to_markdown,
+)
+from apex_gui.core.units import format_gb_figure
 
 __all__ = ["ResultsPanel", "ResultsTableModel", "ResultsPlot"]
 
@@ -85,7 +87,7 @@ class ResultsTableModel(QAbstractTableModel):
         if column == 0:
             return row.label if row.measured else f"{row.label} (size only)"
         if column == 1:
-            return format_gb(row.size_bytes)
+            return format_gb_figure(row.size_bytes)
         if column in (2, 3) and self.evaluation_missing(row):
             return NO_RESULT  # a blank cell read as "not shown yet"; this says what happened
         if column == 2:
@@ -337,7 +339,7 @@ class ResultsPanel(QWidget):
         self.refresh()
 
     def set_baselines(self, baselines: Sequence[Any]) -> None:
-        """Uniform quants sized by :func:`apex_gui.core.baselines.baselines` (size-only rows)."""
+        """Uniform quants sized by :func:`apex_gui.core.jobs.baselines.baselines` (size-only rows)."""
         self._baselines = list(baselines)
         self.refresh()
 
@@ -354,7 +356,7 @@ class ResultsPanel(QWidget):
         self.refresh()
 
     def _draw_quality_curve(self) -> None:
-        from .quality_curve import draw_quality_curve
+        from apex_gui.views.quality_curve import draw_quality_curve
 
         curve, tiers = getattr(self, "_quality_curve", ([], []))
         draw_quality_curve(self.kld_plot, curve, tiers)
@@ -427,7 +429,7 @@ class ResultsPanel(QWidget):
 
     def open_publish_dialog(self) -> Any:
         """The model card and upload dialog for the APEX quants in the table."""
-        from .publish_dialog import PublishDialog
+        from apex_gui.views.publish_dialog import PublishDialog
 
         fits = {}
         if self._recommendation is not None:

@@ -6,7 +6,7 @@ quant is evaluated (KL divergence against the source on the bundled quick text o
 file, perplexity, HellaSwag / Winogrande / multiple-choice files, a speed bench) and the
 output folder. :func:`pipeline_for` turns that into one :class:`Pipeline` (imatrix ->
 quantize -> evaluate, each quant evaluated right after it is written) and the
-:class:`apex_gui.jobs.JobQueue` runs it: one row per step with a progress bar and ETA, the
+:class:`apex_gui.qt.job_queue.JobQueue` runs it: one row per step with a progress bar and ETA, the
 live log of the selected step, cancel, and a notification when everything is done.
 
 For the main window's ``closeEvent``: :meth:`RunPanel.has_running_jobs` and
@@ -15,190 +15,44 @@ For the main window's ``closeEvent``: :meth:`RunPanel.has_running_jobs` and
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QElapsedTimer, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QTextCursor
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QFileDialog, QFrame,
-                               QScrollArea,
-                               QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QMessageBox,
-                               QPlainTextEdit, QProgressBar, QPushButton, QRadioButton,
-                               QSpinBox, QSplitter, QSystemTrayIcon, QTableWidget,
-                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView, QApplication, QCheckBox, QFileDialog, QFrame, QScrollArea, QFormLayout,
+    QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+    QMainWindow, QMessageBox, QPlainTextEdit, QPushButton, QRadioButton, QSpinBox, QSplitter,
+    QSystemTrayIcon, QTableWidget, QToolButton, QVBoxLayout, QWidget,
+)
 
-from apex_gui.core.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
 from apex_gui.core.fit.rpc_workers import parse_workers
-from apex_gui.core.jobs import (EvaluationOptions, ImatrixJob, Pipeline, QuantizeJob,
-                                build_pipeline)
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import Profile, all_profiles
-from apex_gui.core.runner import JobOutcome, JobStatus
-from apex_gui.jobs import JobQueue
+from apex_gui.core.jobs.assembly import RunRequest, check_free_space, pipeline_for
+from apex_gui.core.jobs.pipeline import Pipeline
+from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import Profile, all_profiles
+from apex_gui.qt.job_queue import JobQueue
+from apex_gui.views.file_field import FileField
+from apex_gui.views.run_queue_rows import KEY_ROLE, LOG_BLOCKS, RunQueueRows
 
-__all__ = ["RunPanel", "RunRequest", "output_name", "pipeline_for"]
+__all__ = [
+    "RunPanel",
+    "RunRequest",
+    "pipeline_for",
+]
 
 CURRENT_PLAN_KEY = "__current_plan__"
 #: source file types llama-quantize takes without --allow-requantize ("unknown": no
 #: general.file_type key, as in many converted files)
 FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
-KEY_ROLE = Qt.ItemDataRole.UserRole + 1
-#: Lines of log kept per job: a 700-tensor quantize prints ~1,500; a runaway tool more.
-LOG_BLOCKS = 20_000
 #: llama-imatrix chunks read by default: ~50k tokens, the APEX calibration size
 DEFAULT_IMATRIX_CHUNKS = 100
-STATUS_TEXT = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed",
-               JobStatus.CANCELLED: "cancelled", JobStatus.SKIPPED: "skipped"}
 
 
-# --- what to run (Qt-free) ------------------------------------------------------------------
-
-
-def output_name(model: Any, label: str) -> str:
-    """``<source stem>-APEX-<Label>.gguf``, the name the memory check also uses."""
-    from apex_gui.core.profiles import quant_file_name
-
-    return quant_file_name(Path(model.path), label)
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """Everything the Run tab asks for, as plain data."""
-
-    model: Any  # ModelInfo of the full-precision source
-    plans: tuple[Any, ...]  # PrecisionPlan per quant to make
-    output_dir: Path
-    calibration_files: tuple[Path, ...] = ()  # empty: the bundled calibration set
-    imatrix_context: int = 512
-    imatrix_chunks: int | None = None
-    eval_text: Path | None = None  # None: the bundled quick evaluation text
-    kl_divergence: bool = True
-    perplexity: bool = False
-    eval_context: int = 512
-    eval_chunks: int | None = None
-    hellaswag: Path | None = None
-    winogrande: Path | None = None
-    multiple_choice: tuple[Path, ...] = ()
-    tasks: int | None = None
-    bench: bool = False
-    threads: int = 0
-    labels: tuple[str, ...] = field(default=())  # file label per plan ("Quality", "custom")
-    rpc_workers: tuple[str, ...] = ()  # llama.cpp RPC workers for imatrix and evaluations
-
-    def needs_imatrix(self) -> bool:
-        return any(_uses_imatrix(plan) for plan in self.plans)
-
-
-def _uses_imatrix(plan: Any) -> bool:
-    """Its types need an importance matrix, or its profile asks for one (the I- variants)."""
-    return plan.needs_imatrix() or (plan.profile is not None and plan.profile.uses_imatrix)
-
-
-def pipeline_for(request: RunRequest) -> Pipeline:
-    """imatrix (when a plan needs one and none is cached) -> quantize -> evaluate."""
-    model = request.model
-    imatrix_job: ImatrixJob | None = None
-    imatrix_path: Path | None = None
-    if request.needs_imatrix():
-        calibration = combine_calibration(list(request.calibration_files) or None)
-        imatrix_path = imatrix_cache_path(model.path, calibration, request.imatrix_context,
-                                          request.imatrix_chunks)
-        if not imatrix_path.is_file():
-            imatrix_path.parent.mkdir(parents=True, exist_ok=True)
-            imatrix_job = ImatrixJob(model=Path(model.path), calibration=calibration,
-                                     output_path=imatrix_path, context=request.imatrix_context,
-                                     chunks=request.imatrix_chunks, threads=request.threads)
-    request.output_dir.mkdir(parents=True, exist_ok=True)
-    quantize_jobs = []
-    labels = request.labels or tuple(
-        plan.profile.label if plan.profile else "custom" for plan in request.plans)
-    for plan, label in zip(request.plans, labels):
-        quantize_jobs.append(QuantizeJob.from_plan(
-            plan, request.output_dir / output_name(model, label),
-            imatrix=imatrix_path if _uses_imatrix(plan) else None, threads=request.threads))
-    text = None
-    if request.kl_divergence or request.perplexity:
-        text = request.eval_text or quick_eval_text()
-    evaluation = EvaluationOptions(
-        reference=Path(model.path), text=text, context=request.eval_context,
-        chunks=request.eval_chunks, kl_divergence=request.kl_divergence,
-        perplexity=request.perplexity, hellaswag=request.hellaswag,
-        winogrande=request.winogrande, multiple_choice=request.multiple_choice,
-        tasks=request.tasks, bench=request.bench, bench_repetitions=2)
-    pipeline = build_pipeline(quantize_jobs, imatrix_job, evaluation, request.threads)
-    return pipeline.with_rpc_workers(request.rpc_workers) if request.rpc_workers else pipeline
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    """Refuse a run whose quants cannot fit on the output disk (ValueError naming the folder).
-
-    Checked before anything starts: a 400B model's quants fill a disk in the middle of
-    the night otherwise (and a sparse shape twin would try to write hundreds of GB).
-    """
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        free = shutil.disk_usage(existing).free
-    except OSError:
-        return  # an unreadable folder is reported by the job that writes into it
-    if needed > free:
-        raise ValueError(f"the quants need {needed / 1e9:.1f} GB but {folder} has only "
-                         f"{free / 1e9:.1f} GB free: choose another output folder or fewer "
-                         "profiles")
-
-
-# --- widgets --------------------------------------------------------------------------------
-
-
-def _format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds + 0.5)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
-
-
-class _FileField(QWidget):
-    """A path line edit with a browse button; empty means "not used"."""
-
-    def __init__(self, placeholder: str, caption: str, folder: bool = False,
-                 parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.edit = QLineEdit()
-        self.edit.setPlaceholderText(placeholder)
-        self.edit.setClearButtonEnabled(True)
-        button = QToolButton()
-        button.setText("…")
-        button.setToolTip(caption)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.edit, 1)
-        layout.addWidget(button)
-        self._caption, self._folder = caption, folder
-        button.clicked.connect(self._browse)
-
-    def _browse(self) -> None:
-        if self._folder:
-            path = QFileDialog.getExistingDirectory(self, self._caption, self.edit.text())
-        else:
-            path, _ = QFileDialog.getOpenFileName(self, self._caption, self.edit.text())
-        if path:
-            self.edit.setText(path)
-
-    def path(self) -> Path | None:
-        text = self.edit.text().strip()
-        return Path(text).expanduser() if text else None
-
-
-class RunPanel(QWidget):
+class RunPanel(RunQueueRows, QWidget):
     """The Run tab: choose, start, watch, cancel."""
 
     #: a job ended (its :class:`JobOutcome`): the results panel refreshes on it
@@ -277,7 +131,7 @@ class RunPanel(QWidget):
         imatrix_layout.addLayout(chunks_row)
 
         # Evaluation.
-        self.eval_file = _FileField("bundled quick text (a sanity check, not wikitext-2)",
+        self.eval_file = FileField("bundled quick text (a sanity check, not wikitext-2)",
                                     "Evaluation text (e.g. wiki.test.raw)")
         self.kl_box = QCheckBox("KL divergence against the source (also gives PPL)")
         self.kl_box.setChecked(True)
@@ -290,10 +144,10 @@ class RunPanel(QWidget):
         self.eval_context.setValue(512)
         self.eval_context.setToolTip("-c for perplexity / KL divergence; the text needs at "
                                      "least twice as many tokens (use 2048 with wiki.test.raw)")
-        self.hellaswag_file = _FileField("optional: hellaswag_val_full.txt", "HellaSwag data")
-        self.winogrande_file = _FileField("optional: winogrande-debiased-eval.csv",
+        self.hellaswag_file = FileField("optional: hellaswag_val_full.txt", "HellaSwag data")
+        self.winogrande_file = FileField("optional: winogrande-debiased-eval.csv",
                                           "Winogrande data")
-        self.mc_file = _FileField("optional: mmlu / arc / truthfulqa .bin", "Multiple-choice data")
+        self.mc_file = FileField("optional: mmlu / arc / truthfulqa .bin", "Multiple-choice data")
         self.bench_box = QCheckBox("Speed (llama-bench pp512 / tg128)")
         self.bench_box.setToolTip("llama-bench prompt processing and generation speed, "
                                   "on this machine's build of llama.cpp")
@@ -313,7 +167,7 @@ class RunPanel(QWidget):
 
         # Output and start.
         default_out = getattr(settings, "output_dir", "") or ""
-        self.output_dir = _FileField("next to the source model", "Output folder", folder=True)
+        self.output_dir = FileField("next to the source model", "Output folder", folder=True)
         self.output_dir.edit.setText(default_out)
         self._default_output = default_out
         self.start_button = QPushButton("Start")
@@ -599,122 +453,6 @@ class RunPanel(QWidget):
             self._replace_box = None
             box.deleteLater()
 
-    def _add_row(self, job_id: int, key: str, title: str) -> None:
-        row = self.table.rowCount()
-        self.table.insertRow(row)
-        self._rows[job_id] = row
-        self._titles[job_id] = title
-        self._logs[job_id] = []
-        step = QTableWidgetItem(key)
-        step.setToolTip(title)
-        step.setData(KEY_ROLE, job_id)
-        self.table.setItem(row, 0, step)
-        self.table.setItem(row, 1, QTableWidgetItem("queued"))
-        bar = QProgressBar()
-        bar.setRange(0, 1000)
-        bar.setValue(0)
-        bar.setTextVisible(True)
-        bar.setFormat("")
-        self.table.setCellWidget(row, 2, bar)
-        self.table.setItem(row, 3, QTableWidgetItem(""))
-        self.table.setItem(row, 4, QTableWidgetItem(""))
-
-    def _bar(self, job_id: int) -> QProgressBar | None:
-        row = self._rows.get(job_id)
-        widget = self.table.cellWidget(row, 2) if row is not None else None
-        return widget if isinstance(widget, QProgressBar) else None
-
-    def _set(self, job_id: int, column: int, text: str) -> None:
-        row = self._rows.get(job_id)
-        if row is not None:
-            item = self.table.item(row, column)
-            if item is not None:
-                item.setText(text)
-                if column == 4:
-                    item.setToolTip(text)
-
-    def _job_started(self, job_id: int) -> None:
-        if job_id not in self._rows:
-            self._add_row(job_id, self.queue.job(job_id).kind, self.queue.job(job_id).title())
-        self._set(job_id, 1, "running")
-        bar = self._bar(job_id)
-        if bar is not None:
-            bar.setRange(0, 0)  # busy until the tool says how much there is
-        selected = self._selected_job()
-        # Follow the work: a selection on a finished step (say an earlier run's failure)
-        # moves to the step that now runs, so its log shows and "Cancel step" applies.
-        if selected is None or self.queue.outcome(selected) is not None:
-            self.table.selectRow(self._rows[job_id])
-            self.table.scrollToItem(self.table.item(self._rows[job_id], 0))
-        self._update_status()
-        self._update_buttons()
-
-    def _job_progress(self, job_id: int, progress: Any, eta: float | None) -> None:
-        bar = self._bar(job_id)
-        fraction = progress.fraction
-        if bar is not None and fraction is not None:
-            if bar.maximum() == 0:
-                bar.setRange(0, 1000)
-            bar.setValue(int(fraction * 1000))
-            bar.setFormat(f"{fraction * 100:.0f}%")
-        self._set(job_id, 3, _format_eta(eta) if eta else "")
-        if progress.detail:
-            self._set(job_id, 4, progress.detail)
-
-    def _job_output(self, job_id: int, text: str) -> None:
-        log = self._logs.setdefault(job_id, [])
-        log.append(text)
-        if len(log) > 4 * LOG_BLOCKS:  # keep memory bounded for runaway output
-            del log[: len(log) - 2 * LOG_BLOCKS]
-        if self._selected_job() == job_id:
-            cursor = self.log_view.textCursor()
-            cursor.movePosition(QTextCursor.MoveOperation.End)
-            cursor.insertText(text)
-            self.log_view.ensureCursorVisible()
-
-    def _job_finished(self, job_id: int, outcome: JobOutcome) -> None:
-        if job_id not in self._rows:
-            self._add_row(job_id, outcome.job.kind, outcome.job.title())
-        self._set(job_id, 1, STATUS_TEXT.get(outcome.status, outcome.status.value))
-        self._set(job_id, 3, "")
-        self._set(job_id, 4, outcome.message)
-        if not outcome.succeeded and outcome.message:
-            # The reason belongs in the log pane, under the tool's last lines, not only in
-            # the tooltip of a narrow column.
-            self._job_output(job_id, f"\n=== {self._titles.get(job_id, outcome.job.title())}: "
-                                     f"{STATUS_TEXT.get(outcome.status, outcome.status.value)} ===\n"
-                                     f"{outcome.message}\n")
-            if outcome.status is JobStatus.FAILED:
-                self.failure_label.setText(f"{self._titles.get(job_id, '')} failed: {outcome.message}")
-                self.failure_label.show()
-                self.table.selectRow(self._rows[job_id])
-        bar = self._bar(job_id)
-        if bar is not None:
-            bar.setRange(0, 1000)
-            if outcome.succeeded:
-                bar.setValue(1000)
-                bar.setFormat("100%")
-            else:
-                bar.setFormat(STATUS_TEXT.get(outcome.status, ""))
-        self._update_status()
-        self._update_buttons()
-        self.jobFinished.emit(outcome)
-
-    def _all_finished(self, failures: int) -> None:
-        total = len(self._batch) or sum(1 for j in self._rows if self.queue.outcome(j) is not None)
-        first_failed = next((j for j in self._batch if (o := self.queue.outcome(j)) is not None
-                             and o.status is JobStatus.FAILED), None)
-        if first_failed is not None:
-            # The run is over: show why it failed (its log ends with the reason).
-            self.table.selectRow(self._rows[first_failed])
-        if failures:
-            message = f"APEX Studio: the run finished, {failures} of {total} step(s) did not succeed"
-        else:
-            message = f"APEX Studio: all {total} step(s) finished"
-        self.status_label.setText(message.removeprefix("APEX Studio: ").capitalize() + ".")
-        self.notify(message)
-        self._update_buttons()
-        self.runFinished.emit(failures)
 
     def notify(self, message: str) -> None:
         """Tell the user the run ended: a tray message where there is a tray, else the

@@ -12,7 +12,7 @@ from PySide6.QtCore import QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette, QPaintEvent
 from PySide6.QtWidgets import QWidget
 
-from apex_gui.core.plan import Cell, PrecisionPlan
+from apex_gui.core.plan.precision import Cell, PrecisionPlan
 from apex_gui.core.quality.overlay import (DamageScale, cell_damage, cell_options, cell_value,
                                            steps)
 from apex_gui.core.quality.sensitivity import SensitivityTable

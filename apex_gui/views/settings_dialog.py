@@ -10,12 +10,11 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from apex_gui.core import hub
+from apex_gui.core.hub import download as hub
+from apex_gui.core.jobs.tools import LlamaTools, ToolLocation
 from apex_gui.core.settings import Settings
-from apex_gui.core.tools import LlamaTools, ToolLocation
-from apex_gui.workers import Task, WorkerPool
-
-from .style import THEMES
+from apex_gui.qt.workers import Task, WorkerPool
+from apex_gui.views.style import THEMES
 
 # llama.cpp's --cache-type-k/-v values.
 KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "iq4_nl", "q4_1", "q4_0")

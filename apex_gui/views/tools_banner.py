@@ -11,8 +11,8 @@ from typing import Any
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from apex_gui.core.tools import LlamaTools
-from apex_gui.core.tools_check import ToolsCheckReport, known_check, run_tools_check
+from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.jobs.tools_check import ToolsCheckReport, known_check, run_tools_check
 
 
 class ToolsCheckBanner(QFrame):

@@ -13,8 +13,8 @@ from PySide6.QtGui import QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from apex_gui.core.tools import LlamaTools, ToolNotFoundError
-from apex_gui.core.try_quant import DEFAULT_PROMPT, CompletionJob, parse_completion_speed
+from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
+from apex_gui.core.jobs.try_quant import DEFAULT_PROMPT, CompletionJob, parse_completion_speed
 
 KILL_AFTER_MS = 3000
 

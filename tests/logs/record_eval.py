@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 LOGS = REPO / "tests" / "logs"
 sys.path.insert(0, str(REPO))
 
-from apex_gui.core.synthetic import TINY_QWEN2MOE, write_synthetic_model  # noqa: E402
-from apex_gui.core.tools import LlamaTools, child_environment  # noqa: E402
+from apex_gui.core.fixtures.synthetic import TINY_QWEN2MOE, write_synthetic_model  # noqa: E402
+from apex_gui.core.jobs.tools import LlamaTools, child_environment  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while experts route tokens "
          "through mixture layers of a small model").split()

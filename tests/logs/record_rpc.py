@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 from apex_gui.core.fit.rpc_local import LocalRpcWorker, free_port  # noqa: E402
 from apex_gui.core.fit.rpc_workers import probe_environment  # noqa: E402
-from apex_gui.core.tools import LlamaTools  # noqa: E402
+from apex_gui.core.jobs.tools import LlamaTools  # noqa: E402
 
 RPC_CMD_HELLO = 14
 CONN_CAPS = 24  # RPC_CONN_CAPS_SIZE
@@ -72,7 +72,7 @@ def main() -> None:
 
 def record_lost_worker(tools: LlamaTools, perplexity: str) -> None:
     """llama-perplexity across a worker that is killed once the first chunk is done."""
-    from apex_gui.core.synthetic import SyntheticModelSpec, write_synthetic_model
+    from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = write_synthetic_model(Path(tmp) / "m.gguf", SyntheticModelSpec(

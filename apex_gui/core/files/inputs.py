@@ -13,9 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-from ..units import format_size
+from apex_gui.core.units import MiB, format_size
 
-MiB = 2**20
 #: Calibration and evaluation texts: the bundled set is ~1 MiB, big real ones ~100 MiB.
 TEXT_CAP_BYTES = 1024 * MiB
 #: Tensor-type files list one pattern per tensor group (a 700-tensor model: ~40 KiB).

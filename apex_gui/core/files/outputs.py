@@ -299,7 +299,7 @@ class FileIdentity:
 def gguf_extent_problem(path: str | os.PathLike[str]) -> str | None:
     """Why a complete-looking GGUF is not what one writer finished: bytes past the end its
     own header describes (another writer appended to it), or an unreadable header."""
-    from ..gguf_reader import GGUFError, read_header
+    from apex_gui.core.gguf.reader import GGUFError, read_header
 
     try:
         header = read_header(path)

@@ -1,7 +1,7 @@
 """Memory breakdown, gguf-parser style: weights, KV cache, recurrent state and compute
 buffers per device and for RAM, at several context sizes side by side.
 
-Pure: the same estimate the fit table uses (:func:`apex_gui.core.memory_fit.estimate_memory`),
+Pure: the same estimate the fit table uses (:func:`apex_gui.core.fit.memory.estimate_memory`),
 laid out as rows (device, component) by columns (context sizes).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from apex_gui.core.memory_fit import (ContextSettings, ModelGeometry, Placement, estimate_memory,
-                                      weight_table, with_context)
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Placement
+from apex_gui.core.fit.memory import estimate_memory, weight_table, with_context
 
 #: the context sizes shown side by side (capped at the model's training context)
 DEFAULT_CONTEXTS = (4096, 16384, 32768, 131072)

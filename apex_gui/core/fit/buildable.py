@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from apex_gui.core.model import ModelInfo
-from apex_gui.core.plan import plan_from_profile
-from apex_gui.core.profiles import Profile
+from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import Profile
 
 
 def buildable_profiles(model: ModelInfo, profiles: Iterable[Profile]) -> list[Profile]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..hardware import GpuDevice
-from ..memory_fit import ContextSettings, ModelGeometry, Placement, layer_devices, weight_table
+from apex_gui.core.fit.hardware import GpuDevice
+from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Placement
+from apex_gui.core.fit.memory import layer_devices, weight_table
 # The placement search itself: a machine with workers is planned exactly like one with GPUs.
-from ..recommend import (DEFAULT_MARGIN, Candidate, MachineMemory, Verdict, _best_outcome,
-                         _Inputs)
-from .rpc_workers import DEFAULT_RPC_PORT, MAX_RPC_SERVERS, RemoteDevice, WorkerProbe
+from apex_gui.core.fit.context_memory import DEFAULT_MARGIN
+from apex_gui.core.fit.recommend import Candidate, MachineMemory, Verdict, best_outcome, FitInputs
+from apex_gui.core.fit.rpc_workers import DEFAULT_RPC_PORT, MAX_RPC_SERVERS, RemoteDevice, WorkerProbe
 
 __all__ = ["explicit_split", "machine_with_workers", "machines_needed", "remote_gpu"]
 
@@ -98,8 +99,8 @@ def machines_needed(geom: ModelGeometry, candidate: Candidate, machine: MachineM
     weights = weight_table(candidate.tensor_bytes, geom)
 
     def fits(n_machines: int) -> bool:
-        inputs = _Inputs(geom, weights, _clone_workers(machine, n_machines - 1), margin, 0)
-        return _best_outcome(inputs, ctx)[0] is not Verdict.DOES_NOT_FIT
+        inputs = FitInputs(geom, weights, _clone_workers(machine, n_machines - 1), margin, 0)
+        return best_outcome(inputs, ctx)[0] is not Verdict.DOES_NOT_FIT
 
     if fits(1):
         return 1

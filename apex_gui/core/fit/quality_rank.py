@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..recommend import FitResult
+    from apex_gui.core.fit.recommend import FitResult
 
 #: Mean KL divergence against F16 published on the Qwen3.5-35B-A3B APEX model card
 #: (/work/shared/reference/apex-method.md, "Published results"). Profiles without a figure
@@ -60,7 +60,7 @@ def published_figures(keys: Iterable[str], *, with_imatrix: bool = False) -> dic
 
 
 def measured_figures(rows: Iterable[Any]) -> dict[str, QualityFigure]:
-    """Measured KL means per profile key from :func:`apex_gui.core.results.collect_results`
+    """Measured KL means per profile key from :func:`apex_gui.core.report.results.collect_results`
     rows (the latest measurement of each profile's quant)."""
     out: dict[str, QualityFigure] = {}
     for row in rows:
@@ -117,7 +117,7 @@ def choose_by_quality(usable: Sequence[FitResult], default: FitResult | None,
                       figures: Mapping[str, QualityFigure]) -> QualityChoice:
     """Among the tiers with the best verdict that fit comfortably (and the default pick,
     whatever its headroom), the one with the lowest KL divergence."""
-    from ..recommend import Headroom
+    from apex_gui.core.fit.recommend import Headroom
 
     if default is None:
         return QualityChoice(None, None, None)
@@ -134,25 +134,3 @@ def choose_by_quality(usable: Sequence[FitResult], default: FitResult | None,
             "the lowest among the tiers that fit comfortably"
             + (f" ({others})" if others else "") + f"; source: {figure.source}.")
     return QualityChoice(best, basis, note)
-
-
-def quality_figures(model: Any, keys: Iterable[str], *, table: Any = None, store: Any = None,
-                    with_imatrix: bool = False) -> dict[str, QualityFigure]:
-    """Every figure known for these profiles of ``model``: measured (run store), predicted
-    (sensitivity ``table``), published; the most trusted per profile."""
-    from ..plan import plan_from_profile
-    from ..profiles import all_profiles
-
-    wanted = list(keys)
-    layers: list[Mapping[str, QualityFigure]] = []
-    if store is not None:
-        from ..results import collect_results
-
-        rows = collect_results(store, reference=model.path, family_only=True)
-        layers.append({k: f for k, f in measured_figures(rows).items() if k in wanted})
-    if table is not None:
-        profiles = all_profiles()
-        plans = {k: plan_from_profile(model, profiles[k]) for k in wanted if k in profiles}
-        layers.append(predicted_figures(plans, table))
-    layers.append(published_figures(wanted, with_imatrix=with_imatrix))
-    return merge_figures(*layers)

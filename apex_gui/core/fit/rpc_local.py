@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .rpc_workers import (DEFAULT_RPC_PORT, SECURITY_NOTE, AddressScope, RpcWorker,
+from apex_gui.core.fit.rpc_workers import (DEFAULT_RPC_PORT, SECURITY_NOTE, AddressScope, RpcWorker,
                           classify_host)
 
 if TYPE_CHECKING:
-    from ..tools import LlamaTools
+    from apex_gui.core.jobs.tools import LlamaTools
 
 __all__ = ["LocalRpcWorker", "ServerDevice", "bind_warning", "free_port", "parse_server_banner",
            "rpc_server_argv", "wait_until_listening"]
@@ -122,7 +122,7 @@ class LocalRpcWorker:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> LocalRpcWorker:
         """Start it and wait until its port accepts connections."""
-        from .rpc_workers import probe_environment
+        from apex_gui.core.fit.rpc_workers import probe_environment
 
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

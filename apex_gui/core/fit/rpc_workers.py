@@ -35,14 +35,17 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from apex_gui.core.jobs.parsers import (
+    RPC_CONNECT_FAILED, RPC_HANDSHAKE_FAILED, RPC_LOST, RPC_RESOLVE_FAILED, RPC_UNSUPPORTED, RPC_VERSION_MISMATCH, rpc_protocol_text,
+)
+
 if TYPE_CHECKING:
-    from ..tools import LlamaTools
+    from apex_gui.core.jobs.tools import LlamaTools
 
 __all__ = [
     "DEFAULT_RPC_PORT",
     "MAX_RPC_SERVERS",
     "PROBE_TIMEOUT_S",
-    "RPC_PROTOCOL",
     "AddressScope",
     "RemoteDevice",
     "RpcWorker",
@@ -58,7 +61,6 @@ __all__ = [
     "probe_workers",
     "resolve_host",
     "rpc_args",
-    "rpc_failure_message",
     "worker_warnings",
     "workers_text",
 ]
@@ -67,9 +69,6 @@ __all__ = [
 DEFAULT_RPC_PORT = 50052
 #: GGML_RPC_MAX_SERVERS in ggml-rpc.h.
 MAX_RPC_SERVERS = 16
-#: RPC protocol of the llama.cpp build the project pins (ggml-rpc.h); a worker must speak
-#: the same major version and no newer minor one.
-RPC_PROTOCOL = (7, 0, 0)
 #: Seconds a probe may take: a reachable worker answers in well under one.
 PROBE_TIMEOUT_S = 8.0
 
@@ -275,19 +274,6 @@ def parse_list_devices(output: str) -> list[RemoteDevice]:
     return devices
 
 
-_CONNECT_FAILED = re.compile(r"Failed to connect to (\S+)")
-_RESOLVE_FAILED = re.compile(r"Cannot resolve host '([^']*)'")
-_VERSION = re.compile(r"RPC server version mismatch: (\d+\.\d+\.\d+)")
-_HANDSHAKE = re.compile(r"RPC handshake failed for (\S+)")
-_LOST = "Remote RPC server crashed or returned malformed response"
-_UNSUPPORTED = "RPC not supported in this build"
-_SIGPIPE = 13  # the POSIX number (signal.SIGPIPE does not exist on Windows)
-
-
-def _protocol_text() -> str:
-    return ".".join(map(str, RPC_PROTOCOL))
-
-
 def parse_probe_output(worker: RpcWorker, output: str, exit_code: int | None,
                        timeout_s: float | None = None, seconds: float = 0.0) -> WorkerProbe:
     """Judge one ``--rpc WORKER --list-devices`` run; ``exit_code`` None means it timed out."""
@@ -298,26 +284,26 @@ def parse_probe_output(worker: RpcWorker, output: str, exit_code: int | None,
             "the packets, a wrong address, or the worker busy with another client (rpc-server "
             "serves one at a time); check that `rpc-server` runs there and the port is open"),
             seconds=seconds)
-    if _UNSUPPORTED in output:
+    if RPC_UNSUPPORTED in output:
         return WorkerProbe(worker, False, error=(
             f"{name}: this llama.cpp build has no RPC support; build it with -DGGML_RPC=ON "
             "(`make` in the APEX Studio folder does)"), seconds=seconds)
-    if match := _VERSION.search(output):
+    if match := RPC_VERSION_MISMATCH.search(output):
         theirs = match.group(1)
         return WorkerProbe(worker, False, version_mismatch=theirs, error=(
-            f"{name} speaks RPC protocol {theirs}, these tools {_protocol_text()}: run the same "
+            f"{name} speaks RPC protocol {theirs}, these tools {rpc_protocol_text()}: run the same "
             "llama.cpp version on the worker as here (rebuild rpc-server there)"),
             seconds=seconds)
-    if _RESOLVE_FAILED.search(output):
+    if RPC_RESOLVE_FAILED.search(output):
         return WorkerProbe(worker, False, error=(
             f"{name}: the host name {worker.host!r} does not resolve; use the worker's IP "
             "address or fix the name"), seconds=seconds)
-    if _CONNECT_FAILED.search(output):
+    if RPC_CONNECT_FAILED.search(output):
         return WorkerProbe(worker, False, error=(
             f"{name}: connection refused (nothing listens on port {worker.port}, or the host is "
             f"down); start it there with `rpc-server -H ADDRESS -p {worker.port}` "
             "or `apex-studio rpc-worker`"), seconds=seconds)
-    if _HANDSHAKE.search(output) or _LOST in output:
+    if RPC_HANDSHAKE_FAILED.search(output) or RPC_LOST in output:
         return WorkerProbe(worker, False, error=(
             f"{name} accepted the connection but did not complete the RPC handshake: is it an "
             "rpc-server of the same llama.cpp version, and not another service on that port?"),
@@ -343,7 +329,7 @@ def probe_argv(tools: LlamaTools, worker: RpcWorker) -> list[str]:
 def probe_environment() -> dict[str, str]:
     """The tools' child environment; a failed connection aborts, and ggml would otherwise
     try to attach a debugger for a backtrace first."""
-    from ..tools import child_environment
+    from apex_gui.core.jobs.tools import child_environment
 
     env = child_environment()
     env["GGML_NO_BACKTRACE"] = "1"
@@ -355,7 +341,7 @@ def probe_workers(workers: Sequence[RpcWorker], tools: LlamaTools,
     """Probe every worker at once, each in its own tool process, within ``timeout_s`` in all.
 
     One process per worker: an unreachable worker aborts its tool, which must not hide what
-    the others offer. :class:`~apex_gui.core.tools.ToolNotFoundError` if the tool is missing.
+    the others offer. :class:`~apex_gui.core.jobs.tools.ToolNotFoundError` if the tool is missing.
     """
     env = probe_environment()
     commands = [probe_argv(tools, w) for w in workers]  # a missing tool fails before any start
@@ -391,34 +377,3 @@ def number_devices(probes: Sequence[WorkerProbe]) -> tuple[WorkerProbe, ...]:
 
 
 # ----------------------------------------------------------------------------- runs
-
-
-def rpc_failure_message(log: str, workers: Sequence[str],
-                        signal_number: int | None = None) -> str | None:
-    """Why a run across ``workers`` failed, when the log or the signal shows a worker was
-    the cause.
-
-    A worker that goes away mid-run usually kills the tool with SIGPIPE (ggml-rpc writes to
-    the closed socket without MSG_NOSIGNAL, so nothing is printed); a failed read aborts
-    with "Remote RPC server crashed or returned malformed response".
-    """
-    if not workers:
-        return None
-    listed = ", ".join(workers)
-    if match := _CONNECT_FAILED.search(log):
-        return (f"RPC worker {match.group(1)} could not be reached (connection refused); "
-                "start rpc-server there (or remove it from the worker list) and run again; "
-                "no output was kept")
-    if match := _VERSION.search(log):
-        return (f"an RPC worker speaks protocol {match.group(1)}, these tools "
-                f"{_protocol_text()}: run the same llama.cpp version on every worker "
-                f"({listed}); no output was kept")
-    if match := _RESOLVE_FAILED.search(log):
-        return (f"RPC worker host {match.group(1)!r} does not resolve; fix the worker list "
-                f"({listed}); no output was kept")
-    if _LOST in log or (signal_number is not None and signal_number == _SIGPIPE):
-        return (f"an RPC worker stopped answering mid-run (one of {listed}): it crashed, was "
-                "stopped or lost the network; check the workers (Hardware & tiers, or "
-                "`apex-studio hardware --rpc ...`), restart the one that is down and run "
-                "again; no output was kept")
-    return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from apex_gui.core.model import ModelInfo
+from apex_gui.core.gguf.model import ModelInfo
 
 #: metadata groups a user looks for, by key prefix (checked in order; first match wins)
 METADATA_GROUPS: tuple[tuple[str, str], ...] = (

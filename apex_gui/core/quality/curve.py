@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import ModelInfo
-from ..plan import plan_from_profile
-from .optimizer import BudgetTooSmall, optimize, smallest_plan_bytes
-from .sensitivity import SensitivityTable
+from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.quality.optimizer import BudgetTooSmall, optimize, smallest_plan_bytes
+from apex_gui.core.quality.sensitivity import SensitivityTable
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ def tier_points(model: ModelInfo, table: SensitivityTable,
                 keys: tuple[str, ...] = ("quality", "balanced", "compact", "mini",
                                          "nano", "micro")) -> list[CurvePoint]:
     """Each fixed tier's exact size and its KL divergence predicted from the same table."""
-    from ..profiles import all_profiles
+    from apex_gui.core.plan.profiles import all_profiles
 
     profiles = all_profiles()
     points = []

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..jobs import Progress, ProgressReader, ToolJob, Verdict
-from ..tools import LlamaTools
+from apex_gui.core.jobs.progress import Progress, ProgressReader
+from apex_gui.core.jobs.specs import ToolJob, JobVerdict
+from apex_gui.core.jobs.tools import LlamaTools
 
 _PROGRESS = re.compile(r"\[\s*([\d.]+)%\]\s*([^\r\n\x1b]*)")
 _WROTE = re.compile(r"wrote (.+): (\d+) tensors x (\d+) types, (\d+) KL probes")
@@ -88,22 +89,22 @@ class SensitivityJob(ToolJob):
     def new_progress(self) -> ProgressReader:
         return SensitivityProgressReader()
 
-    def verdict(self, exit_code: int, log: str) -> Verdict:
+    def verdict(self, exit_code: int, log: str) -> JobVerdict:
         found = None
         for found in _WROTE.finditer(log):
             pass
         if exit_code == 0 and found is not None:
-            return Verdict(True, f"{found.group(2)} tensors x {found.group(3)} types, "
+            return JobVerdict(True, f"{found.group(2)} tensors x {found.group(3)} types, "
                                  f"{found.group(4)} KL probes",
                            {"tensors": int(found.group(2)), "types": int(found.group(3)),
                             "probes": int(found.group(4))})
         lines = [line for line in log.replace("\r", "\n").splitlines()
                  if line.strip() and not line.lstrip().startswith("[")]
         reason = lines[-1].strip() if lines else f"exit code {exit_code}"
-        return Verdict(False, f"sensitivity of {self.model.name} failed: {reason}")
+        return JobVerdict(False, f"sensitivity of {self.model.name} failed: {reason}")
 
     def output_problem(self, written: Path) -> str | None:
-        from .sensitivity import SensitivityTable
+        from apex_gui.core.quality.sensitivity import SensitivityTable
 
         try:
             SensitivityTable.load(written)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..calibration import CalibrationError, quick_eval_text
-from ..model import ModelInfo
-from .sensitivity import (DEFAULT_CANDIDATES, IMATRIX_CANDIDATES, SensitivityTable, cache_path,
+from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.jobs.calibration import CalibrationError, quick_eval_text
+from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, IMATRIX_CANDIDATES, SensitivityTable, cache_path,
                           model_fingerprint)
 
 

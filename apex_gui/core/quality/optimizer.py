@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import ModelInfo
-from ..plan import PrecisionPlan, is_quantizable
-from ..quant_types import IMATRIX_REQUIRED, TYPES, effective_type, tensor_bytes
-from .sensitivity import SensitivityTable
+from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.gguf.types import IMATRIX_REQUIRED, TYPES, effective_type, tensor_bytes
+from apex_gui.core.plan.precision import PrecisionPlan, is_quantizable
+from apex_gui.core.quality.sensitivity import SensitivityTable
 
 #: Frontier states kept by the exact pass before it gives up (the heuristic result stands).
 EXACT_STATE_LIMIT = 20_000
@@ -370,8 +370,8 @@ def optimize_for_fit(model: ModelInfo, table: SensitivityTable, machine: Any, ct
     ``experts_in_ram`` the routed experts get the machine's available RAM (less ``margin``)
     as their own budget and the bisection is over what stays on the GPUs (``--cpu-moe``).
     """
-    from ..memory_fit import ModelGeometry
-    from ..recommend import Candidate, Verdict, evaluate
+    from apex_gui.core.fit.context_memory import ModelGeometry
+    from apex_gui.core.fit.recommend import Candidate, Verdict, evaluate
 
     geom = ModelGeometry.from_model(model)
     if experts_in_ram and not machine.gpus:
@@ -421,7 +421,7 @@ def optimize_for_fit(model: ModelInfo, table: SensitivityTable, machine: Any, ct
 
 def routed_expert_names(model: ModelInfo) -> set[str]:
     """Quantizable tensors that ``--cpu-moe`` keeps in system RAM (the routed experts)."""
-    from ..roles import TensorRole, classify
+    from apex_gui.core.gguf.roles import TensorRole, classify
 
     return {t.name for t in model.tensors
             if is_quantizable(t.name, t.shape) and classify(t.name) is TensorRole.ROUTED_EXPERT}

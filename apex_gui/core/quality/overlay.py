@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..plan import Cell, PrecisionPlan
-from ..quant_types import TYPES, effective_type, tensor_bytes
-from .sensitivity import SensitivityTable
+from apex_gui.core.gguf.types import TYPES, effective_type, tensor_bytes
+from apex_gui.core.plan.precision import Cell, PrecisionPlan
+from apex_gui.core.quality.sensitivity import SensitivityTable
 
 #: What the colour shows: the cell's damage, or its damage per byte it occupies.
 MODES = ("damage", "damage per byte")

@@ -19,9 +19,9 @@ context and candidates); the cache entry is written only when everything is meas
 from __future__ import annotations
 
 import hashlib
-import re
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -34,16 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from .. import parsers
-from ..calibration import file_digest, quick_eval_text
-from ..jobs import KLDivergenceJob, QuantizeJob, ReferenceLogitsJob
-from ..model import ModelInfo, open_model
-from ..plan import PrecisionPlan, is_quantizable
-from ..quant_types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, effective_type
-from ..roles import split_name
-from ..runner import run_job
-from ..settings import cache_dir
-from ..tools import LlamaTools
+from apex_gui.core.gguf.model import ModelInfo, open_model
+from apex_gui.core.gguf.roles import split_name
+from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, effective_type
+from apex_gui.core.jobs import parsers
+from apex_gui.core.jobs.calibration import file_digest, quick_eval_text
+from apex_gui.core.jobs.evaluations import KLDivergenceJob, ReferenceLogitsJob
+from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.runner import run_job
+from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.plan.precision import PrecisionPlan, is_quantizable
+from apex_gui.core.settings import cache_dir
 
 #: Bump when the measurement changes: old cache entries are then ignored.
 SENSITIVITY_VERSION = 1
@@ -460,7 +461,7 @@ def measure_sensitivity(
 def probe_type_for(candidates: Iterable[str]) -> str:
     """PROBE_TYPE when measured, else the measured type with the fewest bits that needs no
     imatrix (the probe's proxy error must come from the same table)."""
-    from ..quant_types import TYPES
+    from apex_gui.core.gguf.types import TYPES
 
     measured = [c for c in candidates if c in TYPES and c not in IMATRIX_REQUIRED]
     if PROBE_TYPE in measured or not measured:

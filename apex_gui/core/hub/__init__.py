@@ -1,0 +1,1 @@
+"""Hugging Face Hub: download and publish."""

@@ -1,0 +1,58 @@
+"""Try a quant: a short prompt through ``llama-completion`` (what the quant writes, and how
+fast), as a frozen job with its argument list and a pure parser of the tool's timing lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from apex_gui.core.jobs.tools import LlamaTools
+
+DEFAULT_PROMPT = "The three most important ideas in computer science are"
+_EVAL = re.compile(r"common_perf_print:\s+(?P<which>prompt eval|eval) time =\s*[\d.]+ ms /\s*(?P<n>\d+) "
+                   r"(?:tokens|runs)\s*\(\s*[\d.]+ ms per token,\s*(?P<speed>[\d.]+) tokens per second\)")
+
+
+@dataclass(frozen=True)
+class CompletionJob:
+    """``llama-completion -m MODEL -p PROMPT -n N``: plain completion, no chat loop."""
+
+    model: Path
+    prompt: str = DEFAULT_PROMPT
+    n_predict: int = 48
+    context: int = 512
+    threads: int = 0
+    seed: int = 1
+
+    def argv(self, tools: LlamaTools) -> list[str]:
+        argv = [str(tools.path("completion")), "-m", str(self.model), "-p", self.prompt,
+                "-n", str(self.n_predict), "-c", str(self.context), "-s", str(self.seed),
+                # No chat loop, no warm-up run, only the new text on stdout: one short answer.
+                "-no-cnv", "--no-warmup", "--simple-io", "--no-display-prompt"]
+        if self.threads:
+            argv += ["-t", str(self.threads)]
+        return argv
+
+
+@dataclass(frozen=True)
+class CompletionSpeed:
+    prompt_tokens_per_s: float | None
+    generated_tokens: int | None
+    tokens_per_s: float | None
+
+
+def parse_completion_speed(lines: Iterable[str]) -> CompletionSpeed:
+    """Prompt and generation speed from llama-completion's ``common_perf_print`` lines."""
+    prompt = generated = speed = None
+    for line in lines:
+        match = _EVAL.search(line)
+        if not match:
+            continue
+        if match.group("which") == "prompt eval":
+            prompt = float(match.group("speed"))
+        else:
+            generated, speed = int(match.group("n")), float(match.group("speed"))
+    return CompletionSpeed(prompt, generated, speed)

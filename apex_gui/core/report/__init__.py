@@ -1,0 +1,1 @@
+"""Reports: collected results and the model card."""

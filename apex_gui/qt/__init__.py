@@ -1,0 +1,1 @@
+"""Qt glue that is not a view: the job queue, workers, screenshots."""

@@ -1,0 +1,94 @@
+"""Probing the machine's GPUs and reading devices typed by hand, for Hardware & tiers."""
+
+from __future__ import annotations
+
+from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.qt.workers import Task
+from apex_gui.views.memory_bar import MemoryBar
+
+
+class HardwareProbing:
+    """Probing the machine's GPUs and reading devices typed by hand, for Hardware & tiers: a part of HardwarePanel, which derives from it."""
+
+    # --- probing ------------------------------------------------------------------------
+    def probe_hardware(self) -> Task:
+        """Probe GPUs and RAM off the GUI thread."""
+        probe = self._probe
+        self.refresh_button.setEnabled(False)
+        self.notes_label.setText("Detecting GPUs…")
+        task = self._workers.submit("probe hardware", lambda _token: probe())
+        self._probe_task = task
+        task.finished.connect(self.set_snapshot)
+        task.failed.connect(lambda error: self.notes_label.setText(f"Hardware probe failed: {error}"))
+        task.done.connect(lambda: self.refresh_button.setEnabled(True))
+        return task
+
+    def _manual_changed(self, text: str) -> None:
+        self._update_manual_status()
+        self._show_devices()
+        self.manualDevicesChanged.emit(text)
+        self._debounce.start()
+
+    def _update_manual_status(self) -> None:
+        text = self.manual_edit.text().strip()
+        self.manual_error = ""
+        self.manual_status.setToolTip("")
+        if not text:
+            self.manual_status.setText("Fitting to this machine. Type devices (or pick a "
+                                       "common card) to plan for another one.")
+            self.manual_status.setStyleSheet("")
+            return
+        try:
+            devices = parse_device_spec(text)
+        except ValueError as error:
+            self.manual_error = str(error)
+            # The parser's message lists every known card and form (a paragraph): the label
+            # keeps its first clause so typing does not make the panel jump; the rest is
+            # in the tooltip and the "Common cards" menu.
+            short = self.manual_error.split(" (", 1)[0].split("; ", 1)[0]
+            if short != self.manual_error:
+                short += " (hover for the accepted forms, or pick from Common cards)"
+            self.manual_status.setText(short)
+            self.manual_status.setToolTip(self.manual_error)
+            self.manual_status.setStyleSheet("color: #e03131;")
+            return
+        total = sum(d.total_bytes for d in devices)
+        if self.add_detected_check.isChecked():
+            self.manual_status.setText(f"Planning for the detected GPUs plus {len(devices)} "
+                                       f"device(s) of {total / 2**30:.0f} GiB in all.")
+        else:
+            self.manual_status.setText(f"Planning for {len(devices)} device(s), "
+                                       f"{total / 2**30:.0f} GiB in all (not this machine).")
+        self.manual_status.setStyleSheet("")
+
+    def _show_devices(self) -> None:
+        while self.bars_container.count():
+            item = self.bars_container.takeAt(0)
+            widget = item.widget()
+            if widget is not None:
+                widget.deleteLater()
+        self.bars = []
+        snapshot = self._snapshot
+        manual = self.manual_devices()
+        devices = manual if manual is not None else (list(snapshot.gpus) if snapshot else [])
+        # Workers first, in the order llama.cpp lists devices (the fit's devices line up).
+        for probe in self.rpc_probes:
+            for remote in probe.devices:
+                bar = MemoryBar(f"{remote.name} {remote.endpoint} (RPC worker)",
+                                remote.total_bytes, remote.total_bytes - remote.free_bytes)
+                self.bars_container.addWidget(bar)
+                self.bars.append(bar)
+        for device in devices:
+            suffix = " (manual)" if device.source == "manual" else ""
+            bar = MemoryBar(device.name + suffix, device.total_bytes,
+                            device.total_bytes - device.free_bytes)
+            self.bars_container.addWidget(bar)
+            self.bars.append(bar)
+        if snapshot is not None:
+            system = snapshot.system
+            ram = MemoryBar("System RAM", system.total_bytes,
+                            system.total_bytes - system.available_bytes)
+            self.bars_container.addWidget(ram)
+            self.bars.append(ram)
+            self.notes_label.setText("\n".join(snapshot.notes))
+            self.notes_label.setVisible(bool(snapshot.notes))
