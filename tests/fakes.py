@@ -238,3 +238,22 @@ def fake_snapshot(free_gib: float = 22, total_gib: float = 24) -> hardware.Hardw
                   memory=NvmlMemory(int(total_gib * GiB), int(free_gib * GiB),
                                     int((total_gib - free_gib) * GiB)))
     return hardware.snapshot(backend=FakeNvml([gpu]))
+
+
+_COMPLETION = '''#!{python}
+import os, signal, sys
+if "--no-repack" not in sys.argv:
+    os.kill(os.getpid(), signal.SIGSEGV)
+sys.stdout.write(" of abstraction, recursion and caching.")
+sys.stdout.flush()
+sys.stderr.write("common_perf_print: prompt eval time =      10.00 ms /    10 tokens (    1.00 ms "
+                 "per token,  1000.00 tokens per second)\\n")
+sys.stderr.write("common_perf_print:        eval time =      40.00 ms /     4 runs   (   10.00 ms "
+                 "per token,   100.00 tokens per second)\\n")
+'''
+
+
+def crashing_completion(folder: Path) -> Path:
+    """A ``llama-completion`` that dies by SIGSEGV unless ``--no-repack`` is given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write_script(folder / "llama-completion", _COMPLETION.format(python=sys.executable))

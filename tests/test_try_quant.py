@@ -51,3 +51,23 @@ def test_try_dialog_runs_llama_completion_on_the_open_model(qtbot: QtBot, tiny_q
         dialog.close()
     finally:
         close_window(main)
+
+
+def test_try_dialog_runs_a_crashed_completion_again_without_repacking(qtbot: QtBot,
+                                                                      tiny_qwen2moe: Path,
+                                                                      tmp_path: Path) -> None:
+    from fakes import crashing_completion
+
+    from apex_gui.core.jobs.tools import LlamaTools
+    from apex_gui.views.try_quant import TryQuantDialog
+
+    folder = tmp_path / "bin"
+    crashing_completion(folder)
+    dialog = TryQuantDialog(tiny_qwen2moe, LlamaTools(folder))
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(dialog.finishedRun, timeout=30_000) as finished:
+        dialog.run_button.click()
+    assert finished.args == [0], dialog.status.text()
+    assert dialog.output.toPlainText().endswith("recursion and caching.")
+    assert "100.0 tokens/s" in dialog.status.text()
+    assert "crashed; ran it again without repacking" in dialog.status.text()

@@ -63,8 +63,12 @@ class WindowDialogs:
         """Try the open model (typically the quant just made) with a short prompt."""
         if self.current_model is None:
             return None
-        dialog = TryQuantDialog(self.current_model.path, threads=self.settings.effective_threads(),
-                                parent=self)
+        from apex_gui.core.jobs.tools import LlamaTools
+
+        # As the Run queue's tools: the configured folder, and --no-repack where the tools
+        # check found the repacked kernels crashing on this CPU.
+        dialog = TryQuantDialog(self.current_model.path, LlamaTools.for_settings(self.settings),
+                                threads=self.settings.effective_threads(), parent=self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         self.try_dialog = dialog

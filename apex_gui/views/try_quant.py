@@ -34,6 +34,8 @@ class TryQuantDialog(QDialog):
         self.tools = tools or LlamaTools()
         self.threads = threads
         self.process: QProcess | None = None
+        self._job: CompletionJob | None = None
+        self._retried = ""  # why the current run repeats the previous one
         self._log: list[str] = []
         self._clock = QElapsedTimer()
         self.prompt_edit = QLineEdit(DEFAULT_PROMPT)
@@ -71,9 +73,10 @@ class TryQuantDialog(QDialog):
         else:
             self.generate()
 
-    def generate(self) -> None:
-        job = CompletionJob(self.model, self.prompt_edit.text().strip() or DEFAULT_PROMPT,
-                            self.tokens.value(), threads=self.threads)
+    def generate(self, job: CompletionJob | None = None, retried: str = "") -> None:
+        job = job or CompletionJob(self.model, self.prompt_edit.text().strip() or DEFAULT_PROMPT,
+                                   self.tokens.value(), threads=self.threads)
+        self._job, self._retried = job, retried
         try:
             argv = job.argv(self.tools)
         except ToolNotFoundError as error:
@@ -110,22 +113,49 @@ class TryQuantDialog(QDialog):
             self.status.setText(f"llama-completion did not start: {self.process.errorString() if self.process else error}")
             self._done(-1)
 
-    def _finished(self, code: int, _status: QProcess.ExitStatus) -> None:
+    def _finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self._stdout()
         self._stderr()
+        retry = self._retry_after(code, status)
+        if retry is not None:
+            job, why = retry
+            if self.process is not None:
+                self.process.deleteLater()
+            self.process = None
+            self.generate(job, why)
+            return
         speed = parse_completion_speed(self._log)
+        note = f" ({self._retried})" if self._retried else ""
         if code == 0 and speed.tokens_per_s is not None:
             self.status.setText(f"{speed.generated_tokens} tokens at {speed.tokens_per_s:.1f} tokens/s "
-                                f"(prompt {speed.prompt_tokens_per_s or 0:.1f} tokens/s) on this machine.")
+                                f"(prompt {speed.prompt_tokens_per_s or 0:.1f} tokens/s) on this "
+                                f"machine.{note}")
         elif code == 0:
             # llama.cpp's asynchronous logger can drop its last lines at exit (issue 22142).
             seconds = self._clock.elapsed() / 1000
             self.status.setText(f"Done in {seconds:.1f} s (llama-completion's timing lines were "
-                                "lost at exit, a known llama.cpp logger issue: run again for tokens/s).")
+                                "lost at exit, a known llama.cpp logger issue: run again for "
+                                f"tokens/s).{note}")
         else:
             tail = next((line for line in reversed(self._log) if line.strip()), "")
             self.status.setText(f"llama-completion ended with exit code {code}: {tail}")
         self._done(code)
+
+    def _retry_after(self, code: int, status: QProcess.ExitStatus
+                     ) -> tuple[CompletionJob, str] | None:
+        """Run once more when the tool crashed (without repacking, as the job engine does) or
+        when its text was lost at exit (llama.cpp's logger, issue 22142)."""
+        from dataclasses import replace
+
+        job = self._job
+        if job is None or self._retried:
+            return None
+        if status == QProcess.ExitStatus.CrashExit and not job.no_repack:
+            return replace(job, no_repack=True), ("llama-completion crashed; ran it again "
+                                                  "without repacking the weights (--no-repack)")
+        if code == 0 and self.output.toPlainText() == job.prompt:
+            return job, "llama-completion's text was lost at exit; ran it again"
+        return None
 
     def _done(self, code: int) -> None:
         if self.process is not None:

@@ -26,6 +26,9 @@ class CompletionJob:
     context: int = 512
     threads: int = 0
     seed: int = 1
+    #: Keep weights as stored: the repacked (AMX) kernels crash on quantized models on some
+    #: Xeons (see NO_REPACK_ARGS in the job specs).
+    no_repack: bool = False
 
     def argv(self, tools: LlamaTools) -> list[str]:
         argv = [str(tools.path("completion")), "-m", str(self.model), "-p", self.prompt,
@@ -34,6 +37,8 @@ class CompletionJob:
                 "-no-cnv", "--no-warmup", "--simple-io", "--no-display-prompt"]
         if self.threads:
             argv += ["-t", str(self.threads)]
+        if self.no_repack or tools.no_repack:
+            argv.append("--no-repack")
         return argv
 
 
