@@ -532,6 +532,10 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
             self.resize(width, height)
         # The side panel takes at most a third of a narrow window, so the map keeps its columns.
         self.resizeDocks([self.right_dock], [min(400, max(width // 3, 260))], Qt.Orientation.Horizontal)
+        # And the model dock at most a fifth of a short window (2x scaling on a 1080p screen
+        # leaves 540 logical pixels): the map keeps its rows readable.
+        self.resizeDocks([self.bottom_dock], [max(100, min(170, height // 5))],
+                         Qt.Orientation.Vertical)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self.keep_edits_prompt("Quitting") or not all(guard() for guard in self._close_guards):
