@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from stand_in_tools import make_stand_in_tools  # noqa: E402
+from fakes import make_stand_in_tools  # noqa: E402
 
 DEADLINE_S = 60.0
 LEFTOVER_SUFFIXES = (".partial", ".tmp", ".lock")

@@ -172,3 +172,21 @@ def twin_model(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("twin")
     return open_model(write_shape_twin(folder / "Qwen3.5-35B-A3B-BF16.gguf",
                                        "qwen3.5-35b-a3b")[0])
+
+
+@pytest.fixture
+def demo_window(qtbot):  # type: ignore[no-untyped-def]
+    """The real window on the demo model, 1200x800, closed without the keep-edits prompt."""
+    from gui_prompts import close_window
+
+    from apex_gui.core.settings import load_settings
+    from apex_gui.views.main_window import MainWindow
+
+    main = MainWindow(load_settings(), probe_hardware=False)
+    main.resize(1200, 800)
+    main.show()
+    qtbot.waitExposed(main)
+    with qtbot.waitSignal(main.modelLoadFinished, timeout=10_000):
+        main.open_demo()
+    yield main
+    close_window(main)

@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from fakes import refused
+
 from apex_gui.cli import main
 from apex_gui.core.jobs.run_store import RunStore
 
-
-def refused(capsys: pytest.CaptureFixture[str], args: list[str], *words: str) -> str:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], err
-    return lines[0]
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gui_prompts import close_window
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
@@ -14,29 +12,16 @@ from pytestqt.qtbot import QtBot
 from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.gguf.browse import matches, metadata_group, metadata_rows
 from apex_gui.core.gguf.model import open_model
-from apex_gui.core.settings import load_settings
 from apex_gui.views.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def demo(qtbot: QtBot) -> Iterator[MainWindow]:
-    main = MainWindow(load_settings(), probe_hardware=False)
-    main.resize(1200, 800)
-    main.show()
-    qtbot.waitExposed(main)
-    with qtbot.waitSignal(main.modelLoadFinished, timeout=10_000):
-        main.open_demo()
-    yield main
-    close_window(main)
-
-
-def test_tensor_table_lists_every_tensor_searches_and_sorts(demo: MainWindow) -> None:
-    model = demo.current_model
+def test_tensor_table_lists_every_tensor_searches_and_sorts(demo_window: MainWindow) -> None:
+    model = demo_window.current_model
     assert model is not None
-    table = demo.tensor_table
-    demo.center_tabs.setCurrentWidget(table)
+    table = demo_window.tensor_table
+    demo_window.center_tabs.setCurrentWidget(table)
     assert len(table.shown_rows()) == len(model.tensors)
     assert f"{len(model.tensors):,} of {len(model.tensors):,} tensors" in table.summary.text()
     QTest.keyClicks(table.search, "blk.3. exps")
@@ -49,11 +34,11 @@ def test_tensor_table_lists_every_tensor_searches_and_sorts(demo: MainWindow) ->
     assert [r.nbytes for r in rows] == sorted((t.nbytes for t in model.tensors), reverse=True)
 
 
-def test_the_plan_column_follows_edits(demo: MainWindow, qtbot: QtBot) -> None:
-    plan = demo.current_plan
+def test_the_plan_column_follows_edits(demo_window: MainWindow, qtbot: QtBot) -> None:
+    plan = demo_window.current_plan
     assert plan is not None
     plan.set_cells([(4, "ffn_down_exps")], "Q2_K", "edit")
-    table = demo.tensor_table
+    table = demo_window.tensor_table
 
     def planned() -> str:
         return next(r.planned for r in table.model.rows if r.name == "blk.4.ffn_down_exps.weight")
@@ -61,11 +46,11 @@ def test_the_plan_column_follows_edits(demo: MainWindow, qtbot: QtBot) -> None:
     qtbot.waitUntil(lambda: planned() == "Q2_K", timeout=2000)
 
 
-def test_metadata_browser_shows_every_key_and_the_whole_value(demo: MainWindow) -> None:
-    model = demo.current_model
+def test_metadata_browser_shows_every_key_and_the_whole_value(demo_window: MainWindow) -> None:
+    model = demo_window.current_model
     assert model is not None
-    browser = demo.metadata_browser
-    demo.center_tabs.setCurrentWidget(browser)
+    browser = demo_window.metadata_browser
+    demo_window.center_tabs.setCurrentWidget(browser)
     assert browser.shown_keys() == list(model.metadata)
     QTest.keyClicks(browser.search, "rope")
     assert browser.shown_keys() and all("rope" in k for k in browser.shown_keys())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from stand_in_tools import cli, fifo, make_stand_in_tools, types_file
+from fakes import cli, fifo, make_stand_in_tools, types_file
 
 from apex_gui.core.jobs.run_store import RunStore
 

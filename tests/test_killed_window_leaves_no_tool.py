@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from stand_in_tools import fifo, make_stand_in_tools
+from fakes import fifo, make_stand_in_tools
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG is Linux's")

@@ -11,18 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.cli import main
+from fakes import refused
 
 
-def refused(capsys: pytest.CaptureFixture[str], args: list[str], *words: str) -> str:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], err
-    return lines[0]
 
 
 def test_a_damaged_run_database_is_named(tiny_qwen2moe: Path, tmp_path: Path,

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from stand_in_tools import cli, make_stand_in_tools, types_file
+from fakes import cli, make_stand_in_tools, types_file
 
 from apex_gui.cli import main
 

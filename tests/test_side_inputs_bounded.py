@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from stand_in_tools import cli
+from fakes import cli
 
 from apex_gui.core.files.inputs import InputFileError, read_bounded_bytes, read_bounded_text
 
