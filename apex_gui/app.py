@@ -1,7 +1,8 @@
 """Application start-up: ``apex-studio [MODEL.gguf] [--screenshot DIR]``.
 
-Without a model the window opens the bundled demo (a small synthetic MoE written to the
-cache on first run) so a newcomer sees a real heatmap at once. ``--screenshot DIR`` renders
+Without a model the window opens the bundled demo (a small trained MoE with its measured
+sensitivity, copied to the cache on first run) so a newcomer sees a real heatmap and real
+quality figures at once. ``--screenshot DIR`` renders
 every main view to PNG files and exits: the documentation images and a visual check.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from apex_gui import __version__
 from apex_gui.qt.screenshots import SCREENSHOT_VIEWS, take_screenshots
+from apex_gui.views.quality_shots import QUALITY_VIEWS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", help="a .gguf file to open (default: the demo model)")
     parser.add_argument("--screenshot", metavar="DIR",
                         help="render each main view to DIR/*.png and exit")
-    parser.add_argument("--only", choices=SCREENSHOT_VIEWS, action="append",
-                        help=argparse.SUPPRESS)  # used for the 200%% scale run in a child process
+    parser.add_argument("--only", choices=SCREENSHOT_VIEWS + QUALITY_VIEWS, action="append",
+                        help=argparse.SUPPRESS)  # the 200%% scale run in a child process; one view
     parser.add_argument("--theme", choices=("system", "light", "dark"),
                         help="override the theme from the settings for this run")
     return parser

@@ -48,8 +48,8 @@ def test_opening_another_model_asks_and_cancel_keeps_the_edits(demo: MainWindow,
                                                              tmp_path: Path) -> None:
     plan = demo.current_plan
     assert plan is not None
-    cells = paint_layers(demo, range(0, 24))
-    assert len(cells) == 48
+    cells = paint_layers(demo, range(0, 12))
+    assert len(cells) == 24
     other = write_shape_twin(tmp_path / "olmoe.gguf", "olmoe-1b-7b")[0]
 
     answer = PromptAnswer(QMessageBox.StandardButton.Cancel)

@@ -37,11 +37,11 @@ def test_tensor_table_lists_every_tensor_searches_and_sorts(demo_window: MainWin
 def test_the_plan_column_follows_edits(demo_window: MainWindow, qtbot: QtBot) -> None:
     plan = demo_window.current_plan
     assert plan is not None
-    plan.set_cells([(4, "ffn_down_exps")], "Q2_K", "edit")
+    plan.set_cells([(4, "ffn_gate_exps")], "Q2_K", "edit")
     table = demo_window.tensor_table
 
     def planned() -> str:
-        return next(r.planned for r in table.model.rows if r.name == "blk.4.ffn_down_exps.weight")
+        return next(r.planned for r in table.model.rows if r.name == "blk.4.ffn_gate_exps.weight")
 
     qtbot.waitUntil(lambda: planned() == "Q2_K", timeout=2000)
 

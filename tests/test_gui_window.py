@@ -81,7 +81,7 @@ def test_demo_opens_with_plan_numbers_from_the_core(demo: MainWindow) -> None:
     assert demo.plan_panel.bpw_label.text() == f"{plan.bits_per_weight():.3f}"
     roles = {demo.plan_panel.role_table.item(r, 0).text() for r in range(demo.plan_panel.role_table.rowCount())}
     assert {"routed expert", "shared expert", "attention"} <= roles
-    assert "APEX demo" in demo.model_info.toPlainText()
+    assert "APEX trained demo" in demo.model_info.toPlainText()
     # Every layer and kind has its cell where the geometry says.
     geometry = demo.heatmap.geometry_model
     assert len(geometry.rows) == plan.model.block_count and geometry.kinds == plan.model.kinds

@@ -13,7 +13,7 @@ import pytest
 from apex_gui.core.fixtures import synthetic
 from apex_gui.core.fixtures.synthetic import (
     DEMO_SPEC, FALLBACK_SPEC, TINY_QWEN2MOE, TINY_QWEN3MOE, VOCAB_SIZE, SyntheticModelSpec,
-    demo_model_path, expected_tensor_shapes, is_valid_synthetic_model, preset,
+    synthetic_model_path, expected_tensor_shapes, is_valid_synthetic_model, preset,
     write_synthetic_model,
 )
 from apex_gui.core.jobs.tools import LlamaTools, child_environment
@@ -279,14 +279,14 @@ def test_validity_check_rejects_other_and_truncated_files(tmp_path: Path, models
 def test_demo_model_is_built_once_and_rebuilt_when_damaged(tmp_path: Path) -> None:
     spec = replace(TINY_QWEN2MOE, name="APEX demo qwen2moe (test)")
     cache = tmp_path / "cache"
-    first = demo_model_path(cache, spec)
+    first = synthetic_model_path(cache, spec)
     stamp = first.stat().st_mtime_ns, first.stat().st_ino
-    again = demo_model_path(cache, spec)
+    again = synthetic_model_path(cache, spec)
     assert again == first
     assert (again.stat().st_mtime_ns, again.stat().st_ino) == stamp
 
     first.write_bytes(first.read_bytes()[:1000])
-    rebuilt = demo_model_path(cache, spec)
+    rebuilt = synthetic_model_path(cache, spec)
     assert rebuilt == first
     assert is_valid_synthetic_model(rebuilt, spec)
 
@@ -301,7 +301,7 @@ def test_demo_spec_is_bigger_than_tiny_but_small() -> None:
 
 
 def test_demo_model_written_under_cache_dir(tmp_path: Path) -> None:
-    path = demo_model_path(tmp_path / "cache")
+    path = synthetic_model_path(tmp_path / "cache")
     assert path.parent == tmp_path / "cache"
     assert 20_000_000 < path.stat().st_size < 60_000_000
     assert is_valid_synthetic_model(path, DEMO_SPEC)

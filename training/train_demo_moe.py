@@ -2,9 +2,13 @@
 
 Random weights have no real quantization sensitivity, so the optimizer and its benchmark need a
 model that has learned something. This trains one on the CPU in a fixed wall-clock budget:
-24 layers (so every APEX band applies), routed experts with top-2 routing plus a gated shared
-expert, and the 259-token byte-level SPM vocabulary of ``apex_gui.core.fixtures.synthetic``. The GGUF is
-written with that module's writer, so it loads in llama.cpp exactly like the synthetic models.
+routed experts with top-2 routing plus a gated shared expert, and the 259-token byte-level SPM
+vocabulary of ``apex_gui.core.fixtures.synthetic``. The GGUF is written with that module's writer,
+so it loads in llama.cpp exactly like the synthetic models.
+
+Two sizes (``--model``): ``demo`` (12 layers, 11.4 MB in F16) is the model bundled in
+``resources/demo/`` that the app opens on first start; ``optimizer`` (24 layers, so every APEX
+band applies; 36.7 MB, too big to bundle) is the one ``benchmarks/bench_optimizer.py`` measured.
 
 The forward pass mirrors llama.cpp's ``qwen2moe`` graph: RMS norms, biased Q/K/V, NEOX RoPE,
 softmax router without renormalising the top-k weights, and a sigmoid-gated shared expert.
@@ -12,7 +16,7 @@ softmax router without renormalising the top-k weights, and a sigmoid-gated shar
 
 Needs the optional extra ``train`` (``pip install -e .[train]``): PyTorch, CPU build.
 
-    nice -n 15 python training/train_demo_moe.py --minutes 25 -o /tmp/apex-train
+    nice -n 15 python training/train_demo_moe.py --model demo --minutes 25 -o /tmp/apex-train
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ TRAINED_SPEC = SyntheticModelSpec(
     n_expert_used=2, n_ff_exp=64, n_ff_shexp=256, context_length=512, seed=0, dtype="f16",
     name="APEX trained demo qwen2moe", rope_freq_base=10_000.0,
 )
+#: The bundled demo: the same widths with half the layers and narrower experts, so that the F16
+#: file stays under the 12 MB a repository should carry (attention alone is 163k parameters a
+#: layer at n_embd 256). Eight experts, top-2, as sparse as the real MoEs.
+DEMO_TRAINED_SPEC = SyntheticModelSpec(
+    arch="qwen2moe", n_layer=12, n_embd=256, n_head=4, n_head_kv=1, n_expert=8,
+    n_expert_used=2, n_ff_exp=32, n_ff_shexp=128, context_length=512, seed=0, dtype="f16",
+    name="APEX trained demo qwen2moe", rope_freq_base=10_000.0,
+)
+SPECS = {"demo": DEMO_TRAINED_SPEC, "optimizer": TRAINED_SPEC}
 
 #: SPM tokenizers write spaces as U+2581; with only byte tokens llama.cpp then feeds its UTF-8 bytes.
 SPM_SPACE = "\u2581"
@@ -201,7 +214,7 @@ class TinyQwen2Moe(nn.Module):
         self.blocks = nn.ModuleList(Block(s) for _ in range(s.n_layer))
         self.norm = RMSNorm(s.n_embd, s.rms_norm_eps)
         self.output = nn.Linear(s.n_embd, VOCAB_SIZE, bias=False)
-        for blk in self.blocks:  # residual writers start small so 24 layers train stably
+        for blk in self.blocks:  # residual writers start small so deep stacks train stably
             nn.init.normal_(blk.o.weight, std=0.02 / math.sqrt(2 * s.n_layer))
             nn.init.normal_(blk.down_shexp.weight, std=0.02 / math.sqrt(2 * s.n_layer))
             with torch.no_grad():
@@ -285,10 +298,17 @@ def load_gguf(path: Path) -> TinyQwen2Moe:
     import gguf
 
     reader = gguf.GGUFReader(path, "r")
-    field = reader.get_field("qwen2moe.block_count")
-    n_layer = int(field.contents()) if field is not None else TRAINED_SPEC.n_layer
-    model = TinyQwen2Moe(TRAINED_SPEC if n_layer == TRAINED_SPEC.n_layer else
-                         SyntheticModelSpec(**{**asdict(TRAINED_SPEC), "n_layer": n_layer}))
+
+    def key(name: str) -> int:
+        return int(reader.get_field(f"qwen2moe.{name}").contents())
+
+    spec = SyntheticModelSpec(**{
+        **asdict(TRAINED_SPEC), "n_layer": key("block_count"), "n_embd": key("embedding_length"),
+        "n_head": key("attention.head_count"), "n_head_kv": key("attention.head_count_kv"),
+        "n_expert": key("expert_count"), "n_expert_used": key("expert_used_count"),
+        "n_ff_exp": key("expert_feed_forward_length"),
+        "n_ff_shexp": key("expert_shared_feed_forward_length")})
+    model = TinyQwen2Moe(spec)
     stored = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
     with torch.no_grad():
         for name, target in gguf_parameters(model).items():
@@ -332,6 +352,8 @@ def build_corpus(seed: int) -> tuple[np.ndarray, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out-dir", type=Path, required=True)
+    ap.add_argument("--model", choices=sorted(SPECS), default="demo",
+                    help="demo: the bundled 12-layer model; optimizer: the 24-layer one")
     ap.add_argument("--minutes", type=float, default=25.0, help="wall-clock training budget")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=128, help="training sequence length")
@@ -339,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--balance-coef", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="model.pt of an earlier run to continue from (same --model); the "
+                         "bundled demo was trained at --ctx 128, then continued at --ctx 512")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -349,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "heldout.txt").write_text(held_out, encoding="utf-8")
     print(f"corpus: {len(data):,} tokens; held-out text {len(held_out):,} chars", flush=True)
 
-    model = TinyQwen2Moe(TRAINED_SPEC)
+    spec = SPECS[args.model]
+    model = TinyQwen2Moe(spec)
+    if args.init_from is not None:
+        model.load_state_dict(torch.load(args.init_from, map_location="cpu"))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -395,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     gguf_path = export_gguf(model, out / "apex-demo-trained-qwen2moe-f16.gguf")
     torch.save(model.state_dict(), out / "model.pt")
     figures = {
-        "spec": asdict(TRAINED_SPEC),
+        "spec": asdict(spec),
         "parameters": n_params,
         "train_tokens": tokens,
         "train_steps": step,
@@ -403,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "batch": args.batch,
         "train_ctx": args.ctx,
+        "init_from": str(args.init_from) if args.init_from else None,
+        "lr": args.lr,
         "final_train_loss_ema": round(ema or float("nan"), 4),
         "heldout_ppl_pytorch_ctx256": round(ppl, 4),
         "heldout_chunks_ctx256": n_chunk,

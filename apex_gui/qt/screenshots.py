@@ -52,13 +52,13 @@ def record_demo_runs(work_dir: Path) -> None:
     from apex_gui.core.jobs.run_store import RunStore
     from apex_gui.core.jobs.runner import run_pipeline
     from apex_gui.core.settings import cache_dir
-    from apex_gui.core.fixtures.synthetic import demo_model_path
+    from apex_gui.core.fixtures.bundled_demo import demo_model
 
-    demo = demo_model_path(cache_dir())
+    demo = demo_model(cache_dir()).path
     model = open_model(demo)
     jobs = [QuantizeJob.from_plan(plan_from_profile(model, get_profile(key)),
                                   work_dir / f"apex-demo-APEX-{get_profile(key).label}.gguf")
-            for key in ("quality", "balanced", "compact")]
+            for key in ("balanced", "compact", "mini")]
     options = EvaluationOptions(reference=demo, text=quick_eval_text(), context=256, chunks=6,
                                 kl_divergence=True)
     store = RunStore()
@@ -84,15 +84,20 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
         if {"results", "run"} & set(only or SCREENSHOT_VIEWS):
             record_demo_runs(scratch)
         written = _take_screenshots(out_dir, only)
-        # The quality views need a trained model and its measured sensitivity (not bundled:
-        # see training/); name one to render them too.
-        quality_model = os.environ.get("APEX_SCREENSHOT_QUALITY_MODEL")
-        if quality_model and not only:
-            from apex_gui.core.quality.known import beside_model
-            from apex_gui.views.quality_shots import take_quality_screenshots
+        # The quality views need a trained model and its measured sensitivity: the bundled
+        # demo has both; APEX_SCREENSHOT_QUALITY_MODEL names another (its table beside it).
+        from apex_gui.views.quality_shots import QUALITY_VIEWS, take_quality_screenshots
 
-            written += take_quality_screenshots(Path(quality_model), beside_model(quality_model),
-                                                out_dir)
+        if not only or set(only) & set(QUALITY_VIEWS):
+            from apex_gui.core.fixtures.bundled_demo import demo_model
+            from apex_gui.core.quality.known import beside_model
+            from apex_gui.core.settings import cache_dir
+
+            chosen = os.environ.get("APEX_SCREENSHOT_QUALITY_MODEL")
+            quality_model = Path(chosen) if chosen else demo_model(cache_dir()).path
+            if beside_model(quality_model).is_file():
+                written += take_quality_screenshots(quality_model, beside_model(quality_model),
+                                                    out_dir)
         return written
     finally:
         for key, value in previous.items():

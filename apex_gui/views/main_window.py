@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from apex_gui.core.fit import hardware
-from apex_gui.core.fixtures.synthetic import demo_model_path
+from apex_gui.core.fixtures.bundled_demo import demo_model
 from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.plan.detect import ProfileMatch
 from apex_gui.core.plan.precision import PrecisionPlan, plan_from_gguf, plan_from_profile
@@ -218,9 +218,18 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
             self.open_model_file(Path(path))
 
     def open_demo(self) -> None:
-        """Open the bundled synthetic MoE (written to the cache on first use)."""
+        """Open the bundled trained MoE (copied to the cache: outputs made from it land there)."""
+        try:
+            demo = demo_model(cache_dir())
+        except OSError as exc:
+            QMessageBox.warning(self, "Demo model", f"Could not prepare the demo model in "
+                                f"{cache_dir()}: {exc}. Free some space or set "
+                                "APEX_STUDIO_CACHE_DIR to a writable folder.")
+            return
+        if demo.note:
+            self.statusBar().showMessage(demo.note, 15000)
         self._start_load("the demo model", lambda token: load_model(
-            demo_model_path(cache_dir()), self._profile_key, token), remember=False)
+            demo.path, self._profile_key, token), remember=False)
 
     def open_model_file(self, path: str | Path) -> None:
         """Open a GGUF off the GUI thread; the heatmap follows when it is read."""

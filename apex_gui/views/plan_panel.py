@@ -23,7 +23,7 @@ from apex_gui.core.fit.device_spec import parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.gguf.types import PLAN_TYPES, ggml_type
 from apex_gui.core.plan.precision import PlanProblem, PrecisionPlan
-from apex_gui.core.plan.profiles import Profile
+from apex_gui.core.plan.profiles import Profile, shallow_model_note
 from apex_gui.core.units import GB, GiB, format_gb, readable_size
 from apex_gui.views import style
 
@@ -378,7 +378,12 @@ class PlanPanel(QWidget):
         if plan is not None:
             self._unsubscribe = plan.subscribe(lambda _change: self.refresh())
         profile = plan.profile if plan is not None else None
-        self.profile_note.setText(profile.description if profile is not None else "")
+        note = profile.description if profile is not None else ""
+        if profile is not None and plan is not None:
+            # Band depths are layer counts: on a shallow model say which types go unused.
+            shallow = shallow_model_note(profile, plan.model.n_layer)
+            note = f"{note} {shallow}".strip()
+        self.profile_note.setText(note)
         self.profile_note.setVisible(bool(self.profile_note.text()))
         self.refresh()
 

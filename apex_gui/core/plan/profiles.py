@@ -139,6 +139,41 @@ def _banded(data: Any, where: str) -> BandedType:
     return BandedType(tuple(bands), _type(data.get("middle"), where + ".middle"))
 
 
+GROUP_LABELS = {"routed_experts": "routed experts", "shared_experts": "shared experts",
+                "attention": "attention", "dense_ffn": "dense FFN"}
+
+
+def unreached_types(profile: Profile, n_layer: int) -> list[tuple[str, str]]:
+    """(group, type) pairs the profile names but no layer of an ``n_layer``-block model gets.
+
+    Band depths count layers from each end, as the published recipes do (5 edge layers on a
+    40-layer model): on a shallow model the bands meet and the middle type, or an inner band,
+    is never used, so two profiles that differ only there give the same plan.
+    """
+    unreached = []
+    for group in ROLE_GROUPS:
+        if group == "dense_ffn" and profile.dense_ffn is None:
+            continue
+        banded = profile.group(group)
+        used = {banded.type_for(layer, n_layer) for layer in range(n_layer)}
+        named = [band.type_name for band in banded.bands] + [banded.middle]
+        for type_name in dict.fromkeys(named):
+            if type_name not in used:
+                unreached.append((group, type_name))
+    return unreached
+
+
+def shallow_model_note(profile: Profile, n_layer: int) -> str:
+    """One sentence for the plan panel when the profile's bands meet on this model, else ''."""
+    unreached = unreached_types(profile, n_layer)
+    if not unreached or n_layer <= 0:
+        return ""
+    listed = "; ".join(f"{GROUP_LABELS[group]} never get {type_name}"
+                       for group, type_name in unreached)
+    return (f"On this {n_layer}-layer model the edge bands meet ({listed}): profiles that "
+            "differ only there give the same plan.")
+
+
 def parse_profile(data: dict[str, Any], source: str, builtin: bool = False) -> Profile:
     """Build a :class:`Profile` from TOML data; errors name ``source`` and the field."""
     def need(key: str) -> Any:
