@@ -37,7 +37,8 @@ def test_table_shows_every_run_and_size_only_baselines(panel: ResultsPanel) -> N
     assert labels == ["F16", "APEX Quality", "APEX I-Quality", "APEX Compact",
                       "Q8_0 (size only)", "Q4_K_M (size only)"]
     columns = model.columns()
-    assert columns[:6] == ["Quantization", "Size (GB)", "PPL", "KL mean", "KL max", "KL 99.9%"]
+    # Every file here is under a gigabyte: sizes in MB, not "0.0021" GB.
+    assert columns[:6] == ["Quantization", "Size (MB)", "PPL", "KL mean", "KL max", "KL 99.9%"]
     assert "HellaSwag" in columns and "pp512 (t/s)" in columns and "tg128 (t/s)" in columns
     quality = model.rows[1]
     assert model.cell_text(quality, 2) == "6.5270 ± 0.0410"
@@ -49,8 +50,9 @@ def test_table_shows_every_run_and_size_only_baselines(panel: ResultsPanel) -> N
 
 def test_plots_place_measured_points_and_baselines_as_size_lines(panel: ResultsPanel) -> None:
     ppl = {label: (x, y) for label, x, y in panel.ppl_plot.points}
-    assert ppl["APEX Quality"] == pytest.approx((2130 / 1e9, 6.527))
-    assert ppl["F16"] == pytest.approx((6000 / 1e9, 6.537))
+    assert ppl["APEX Quality"] == pytest.approx((2130 / 1e6, 6.527))
+    assert ppl["F16"] == pytest.approx((6000 / 1e6, 6.537))
+    assert panel.ppl_plot.getAxis("bottom").labelText == "size (MB)"
     assert [label for label, _ in panel.ppl_plot.size_only] == ["Q8_0", "Q4_K_M"]
     assert "F16" not in {label for label, _, _ in panel.kld_plot.points}  # KL of F16 is 0
     assert {label for label, _, _ in panel.kld_plot.points} == {
@@ -141,3 +143,19 @@ def test_a_quant_whose_evaluation_failed_says_so(qtbot) -> None:
     assert view.model().data(ppl) == NO_RESULT  # blank cells before: read as "not yet"
     assert "failed or was not run" in view.model().data(ppl, 3)  # ToolTipRole
     assert model.cell_text(made, 3) == NO_RESULT
+
+
+def test_sizes_are_in_gb_once_a_file_reaches_a_gigabyte(panel: ResultsPanel) -> None:
+    from dataclasses import replace
+
+    big = [replace(row, size_bytes=row.size_bytes * 10_000_000) for row in panel.rows
+           if row.size_bytes is not None]
+    model = panel.table_model
+    model.set_rows(big)
+    assert model.columns()[1] == "Size (GB)"
+    quality = next(row for row in big if row.label == "APEX Quality")
+    assert model.cell_text(quality, 1) == "21.3"  # 21.3 GB, as the cards quote it
+    panel.ppl_plot.show_rows(big, lambda row: (row.ppl.value, None) if row.ppl else None)
+    assert panel.ppl_plot.getAxis("bottom").labelText == "size (GB)"
+    points = {label: x for label, x, _ in panel.ppl_plot.points}
+    assert points["APEX Quality"] == pytest.approx(21.3)

@@ -71,3 +71,40 @@ def test_try_dialog_runs_a_crashed_completion_again_without_repacking(qtbot: QtB
     assert dialog.output.toPlainText().endswith("recursion and caching.")
     assert "100.0 tokens/s" in dialog.status.text()
     assert "crashed; ran it again without repacking" in dialog.status.text()
+
+
+def test_characters_split_across_writes_are_whole_and_spm_marks_are_spaces() -> None:
+    from apex_gui.core.jobs.try_quant import CompletionText, writes_spaces_as_spm_marks
+
+    # What llama-completion wrote for the bundled demo, one byte-fallback token per write.
+    written = "def\u2581main(args):\n\u2581\u2581\u2581\u2581return\u2581\u00e9t\u00e9".encode()
+    plain = CompletionText()
+    assert "".join(plain.feed(written[i:i + 1]) for i in range(len(written))) + plain.finish() \
+        == written.decode()  # no U+FFFD from a character cut between two reads
+    spm = CompletionText(spm_spaces=True)
+    assert "".join(spm.feed(written[i:i + 1]) for i in range(len(written))) + spm.finish() \
+        == "def main(args):\n    return \u00e9t\u00e9"
+    cut = CompletionText()
+    assert cut.feed(b"ok \xe2\x96") == "ok " and cut.finish() == "\ufffd"
+    assert writes_spaces_as_spm_marks("llama", ["<unk>", "<s>", "</s>", "<0x20>"])
+    assert not writes_spaces_as_spm_marks("llama", ["<unk>", "\u2581the", "\u2581"])
+    assert not writes_spaces_as_spm_marks("gpt2", ["a", "b"])
+
+
+def test_the_trained_demo_writes_readable_text(qtbot: QtBot, llama_tools) -> None:  # type: ignore[no-untyped-def]
+    """The bundled demo's vocabulary is bytes only: its spaces and any accented letter arrive
+    a byte at a time, and the dialog still shows plain text."""
+    from apex_gui.views.try_quant import TryQuantDialog
+
+    demo = Path(__file__).resolve().parents[1] / "resources" / "demo" / \
+        "apex-demo-trained-qwen2moe-f16.gguf"
+    dialog = TryQuantDialog(demo, llama_tools, threads=2)
+    qtbot.addWidget(dialog)
+    dialog.prompt_edit.setText("import os\nimport sys\n\n\ndef main(")
+    dialog.tokens.setValue(40)
+    with qtbot.waitSignal(dialog.finishedRun, timeout=120_000) as finished:
+        dialog.toggle()
+    assert finished.args == [0], dialog.status.text()
+    shown = dialog.output.toPlainText()
+    assert "\ufffd" not in shown and "\u2581" not in shown, shown
+    assert " " in shown.removeprefix(dialog.prompt_edit.text())  # the model writes spaces

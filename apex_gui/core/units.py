@@ -53,14 +53,27 @@ def parse_size(text: str) -> int:
 
 def format_gb_figure(size_bytes: int | None) -> str:
     """Decimal GB as the model cards quote sizes; small test files get more digits."""
+    return format_size_figure(size_bytes, 1e9)
+
+
+def size_unit(largest_bytes: float | None) -> tuple[str, float]:
+    """("GB", 1e9) where the largest file is a gigabyte or more, else ("MB", 1e6): one unit
+    for a whole table or plot, and a 5 MB demo quant reads 5.15 rather than 0.0052."""
+    if largest_bytes is not None and abs(largest_bytes) < GB:
+        return "MB", 1e6
+    return "GB", 1e9
+
+
+def format_size_figure(size_bytes: int | None, unit_bytes: float = 1e9) -> str:
+    """A size in ``unit_bytes`` (see :func:`size_unit`) with the digits it needs."""
     if size_bytes is None:
         return "--"
-    gb = size_bytes / 1e9
-    if gb >= 10:
-        return f"{gb:.1f}"
-    if gb >= 0.1:
-        return f"{gb:.2f}"
-    return f"{gb:.4f}"
+    value = size_bytes / unit_bytes
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 0.1:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
 
 
 def format_gb_or_mb(nbytes: float) -> str:

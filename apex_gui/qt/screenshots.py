@@ -59,7 +59,7 @@ def record_demo_runs(work_dir: Path) -> None:
     jobs = [QuantizeJob.from_plan(plan_from_profile(model, get_profile(key)),
                                   work_dir / f"apex-demo-APEX-{get_profile(key).label}.gguf")
             for key in ("balanced", "compact", "mini")]
-    options = EvaluationOptions(reference=demo, text=quick_eval_text(), context=256, chunks=6,
+    options = EvaluationOptions(reference=demo, text=quick_eval_text(), context=512,
                                 kl_divergence=True)
     store = RunStore()
     try:
@@ -270,7 +270,9 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
     if "try-quant" in wanted:
         try_dialog = window.show_try_dialog()
         if try_dialog is not None:
-            try_dialog.tokens.setValue(24)
+            # The demo learned Python and man pages, not essays: a prompt from its world.
+            try_dialog.prompt_edit.setText("def read_config(path):")
+            try_dialog.tokens.setValue(48)
             try_dialog.generate()
             wait(try_dialog.finishedRun, 120_000)
             shoot("try-quant", try_dialog)

@@ -382,7 +382,8 @@ class PlanPanel(QWidget):
         if profile is not None and plan is not None:
             # Band depths are layer counts: on a shallow model say which types go unused.
             shallow = shallow_model_note(profile, plan.model.n_layer)
-            note = f"{note} {shallow}".strip()
+            if shallow:
+                note = f"{note.rstrip('.')}. {shallow}" if note else shallow
         self.profile_note.setText(note)
         self.profile_note.setVisible(bool(self.profile_note.text()))
         self.refresh()

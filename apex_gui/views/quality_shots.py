@@ -17,8 +17,11 @@ QUALITY_VIEWS = ("sensitivity-overlay", "results-curve", "fit-dialog", "fit-resu
 
 
 def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
-                             budget_share: float = 0.45) -> list[Path]:
-    """Render the quality views to ``out_dir`` (a scratch data folder keeps history apart)."""
+                             budget_profile: str = "compact") -> list[Path]:
+    """Render the quality views to ``out_dir`` (a scratch data folder keeps history apart).
+
+    The fit dialog asks for the size of ``budget_profile``'s plan: the optimizer's plan in
+    the editor is then the same bytes spent another way."""
     from PySide6.QtWidgets import QApplication
 
     from apex_gui.qt.screenshots import settle, wait
@@ -66,8 +69,12 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
 
     plan = window.current_plan
     assert plan is not None
+    from apex_gui.core.plan.precision import plan_from_profile
+    from apex_gui.core.plan.profiles import get_profile
+
+    budget = plan_from_profile(plan.model, get_profile(budget_profile)).total_bytes()
     dialog = window.open_fit_dialog()
-    dialog.size_edit.setText(f"{plan.total_bytes() * budget_share / 1e6:.1f}MB")
+    dialog.size_edit.setText(f"{budget / 1e6:.2f} MB")
     shoot("fit-dialog", dialog)
     dialog.run_fit()
     wait(dialog.fitted, 60_000)

@@ -29,7 +29,7 @@ from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.report.results import (
     QuantResult, collect_results, results_to_csv, results_to_markdown,
 )
-from apex_gui.core.units import format_gb_figure
+from apex_gui.core.units import format_size_figure, size_unit
 
 __all__ = ["ResultsPanel", "ResultsTableModel", "ResultsPlot"]
 
@@ -58,17 +58,22 @@ class ResultsTableModel(QAbstractTableModel):
         self.rows: list[QuantResult] = []
         self._accuracy: list[str] = []
         self._speed: list[str] = []
+        self.size_unit, self.size_scale = "GB", 1e9
 
     def set_rows(self, rows: Sequence[QuantResult]) -> None:
         self.beginResetModel()
         self.rows = list(rows)
+        self.size_unit, self.size_scale = size_unit(
+            max((r.size_bytes for r in self.rows if r.size_bytes is not None), default=None))
         self._accuracy = sorted({n for r in self.rows for n in r.accuracy})
         self._speed = sorted({t for r in self.rows for t in r.speed if "+" not in t},
                              key=lambda t: (not t.startswith("pp"), t))
         self.endResetModel()
 
     def columns(self) -> list[str]:
-        return [*self.FIXED, *self._accuracy, *(f"{t} (t/s)" for t in self._speed)]
+        fixed = list(self.FIXED)
+        fixed[1] = f"Size ({self.size_unit})"
+        return [*fixed, *self._accuracy, *(f"{t} (t/s)" for t in self._speed)]
 
     def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.rows)
@@ -87,7 +92,7 @@ class ResultsTableModel(QAbstractTableModel):
         if column == 0:
             return row.label if row.measured else f"{row.label} (size only)"
         if column == 1:
-            return format_gb_figure(row.size_bytes)
+            return format_size_figure(row.size_bytes, self.size_scale)
         if column in (2, 3) and self.evaluation_missing(row):
             return NO_RESULT  # a blank cell read as "not shown yet"; this says what happened
         if column == 2:
@@ -148,14 +153,15 @@ class ResultsPlot(pg.PlotWidget):
         self.title = title
         self.y_label = y_label
         self.setTitle(title)
-        # Sizes stay in GB: an SI prefix would turn a tiny test model into "mGB".
+        # GB or MB by the largest file (use_size_unit), never an SI prefix ("mGB").
+        self.size_scale = 1e9
         self.setLabel("bottom", "size (GB)")
         for axis in ("bottom", "left"):
             self.getAxis(axis).enableAutoSIPrefix(False)
         self.setLabel("left", y_label)
         self.showGrid(x=True, y=True, alpha=0.25)
         self.setMenuEnabled(False)
-        self.points: list[tuple[str, float, float]] = []  # (label, size GB, value): for tests
+        self.points: list[tuple[str, float, float]] = []  # (label, size in unit, value)
         self.size_only: list[tuple[str, float]] = []
         self.text_colour = self.palette().color(QPalette.ColorRole.Text)
 
@@ -172,17 +178,24 @@ class ResultsPlot(pg.PlotWidget):
             item.setTextPen(pg.mkPen(text))
         self.getPlotItem().titleLabel.setText(self.title, color=text.name())
 
+    def use_size_unit(self, largest_bytes: float | None) -> None:
+        """Sizes in GB, or in MB when every file is under a gigabyte (the demo's quants)."""
+        unit, self.size_scale = size_unit(largest_bytes)
+        self.setLabel("bottom", f"size ({unit})")
+
     def show_rows(self, rows: Sequence[QuantResult], value: Any) -> None:
         """``value(row)`` gives (y, error or None) or None for rows without the metric."""
         self.clear()
         self.points, self.size_only = [], []
+        self.use_size_unit(max((r.size_bytes for r in rows if r.size_bytes is not None),
+                               default=None))
         extents: list[tuple[float, float, float]] = []  # x, lowest y, highest y
         text_colour = self.text_colour
         reference_y = None
         for row in rows:
             if row.size_bytes is None:
                 continue
-            x = row.size_bytes / 1e9
+            x = row.size_bytes / self.size_scale
             if not row.measured:
                 line = pg.InfiniteLine(pos=x, angle=90, pen=pg.mkPen(
                     KIND_COLOURS["baseline"], width=1, style=Qt.PenStyle.DashLine),

@@ -14,7 +14,8 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, Q
                                QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
-from apex_gui.core.jobs.try_quant import DEFAULT_PROMPT, CompletionJob, parse_completion_speed
+from apex_gui.core.jobs.try_quant import (DEFAULT_PROMPT, CompletionJob, CompletionText,
+                                          parse_completion_speed, writes_spaces_as_spm_marks)
 
 KILL_AFTER_MS = 3000
 
@@ -38,6 +39,9 @@ class TryQuantDialog(QDialog):
         self._retried = ""  # why the current run repeats the previous one
         self._log: list[str] = []
         self._clock = QElapsedTimer()
+        self._spm_spaces = _spm_spaces(model)
+        self._text = CompletionText(self._spm_spaces)
+        self._stderr_text = CompletionText()
         self.prompt_edit = QLineEdit(DEFAULT_PROMPT)
         self.prompt_edit.setObjectName("tryPrompt")
         self.tokens = QSpinBox()
@@ -83,6 +87,8 @@ class TryQuantDialog(QDialog):
             self.status.setText(str(error))
             return
         self.output.setPlainText(job.prompt)
+        self._text = CompletionText(self._spm_spaces)
+        self._stderr_text = CompletionText()
         self._log = []
         process = QProcess(self)
         process.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
@@ -98,14 +104,14 @@ class TryQuantDialog(QDialog):
 
     def _stdout(self) -> None:
         if self.process is not None:
-            text = bytes(self.process.readAllStandardOutput().data()).decode("utf-8", "replace")
+            text = self._text.feed(bytes(self.process.readAllStandardOutput().data()))
             cursor = self.output.textCursor()
             cursor.movePosition(QTextCursor.MoveOperation.End)
             cursor.insertText(text)
 
     def _stderr(self) -> None:
         if self.process is not None:
-            text = bytes(self.process.readAllStandardError().data()).decode("utf-8", "replace")
+            text = self._stderr_text.feed(bytes(self.process.readAllStandardError().data()))
             self._log.extend(text.splitlines())
 
     def _error(self, error: QProcess.ProcessError) -> None:
@@ -116,6 +122,11 @@ class TryQuantDialog(QDialog):
     def _finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self._stdout()
         self._stderr()
+        rest = self._text.finish()
+        if rest:
+            cursor = self.output.textCursor()
+            cursor.movePosition(QTextCursor.MoveOperation.End)
+            cursor.insertText(rest)
         retry = self._retry_after(code, status)
         if retry is not None:
             job, why = retry
@@ -176,3 +187,16 @@ class TryQuantDialog(QDialog):
     def done(self, result: int) -> None:  # close, Esc: never leave the tool running
         self.stop()
         super().done(result)
+
+
+def _spm_spaces(model: Path) -> bool:
+    """Whether this model's spaces come out as ``▁`` marks (see writes_spaces_as_spm_marks)."""
+    from apex_gui.core.gguf.model import open_model
+    from apex_gui.core.gguf.reader import GGUFError
+
+    try:
+        metadata = open_model(model).metadata
+    except (GGUFError, OSError):
+        return False  # llama-completion will say what is wrong with the file
+    return writes_spaces_as_spm_marks(metadata.get("tokenizer.ggml.model"),
+                                      metadata.get("tokenizer.ggml.tokens"))

@@ -4,6 +4,7 @@ fast), as a frozen job with its argument list and a pure parser of the tool's ti
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,43 @@ from apex_gui.core.jobs.tools import LlamaTools
 DEFAULT_PROMPT = "The three most important ideas in computer science are"
 _EVAL = re.compile(r"common_perf_print:\s+(?P<which>prompt eval|eval) time =\s*[\d.]+ ms /\s*(?P<n>\d+) "
                    r"(?:tokens|runs)\s*\(\s*[\d.]+ ms per token,\s*(?P<speed>[\d.]+) tokens per second\)")
+
+
+#: SentencePiece's word boundary: it stands for a space.
+SPM_SPACE = "\u2581"
+
+
+def writes_spaces_as_spm_marks(tokenizer_model: str | None, tokens: Iterable[str] | None) -> bool:
+    """True for a SentencePiece ("llama") vocabulary without a ``▁`` token.
+
+    llama.cpp turns ``▁`` back into a space only inside vocabulary pieces; where the vocabulary
+    lacks it (byte-fallback only, like the bundled demo's), each space the model writes comes
+    out as the three raw bytes of ``▁``, which SentencePiece itself would decode as a space."""
+    if tokenizer_model != "llama" or tokens is None:
+        return False
+    return SPM_SPACE not in set(tokens)
+
+
+class CompletionText:
+    """llama-completion's stdout as text, fed in the pieces the process writes.
+
+    The tool writes one token at a time, and a byte-fallback token is one byte of a UTF-8
+    character: decoding each read on its own would turn every such character into U+FFFD."""
+
+    def __init__(self, spm_spaces: bool = False) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._spm_spaces = spm_spaces
+
+    def _shown(self, text: str) -> str:
+        return text.replace(SPM_SPACE, " ") if self._spm_spaces else text
+
+    def feed(self, data: bytes) -> str:
+        """The text completed by ``data`` (an unfinished character waits for the next piece)."""
+        return self._shown(self._decoder.decode(data))
+
+    def finish(self) -> str:
+        """What is left at the end (an incomplete character shows as U+FFFD)."""
+        return self._shown(self._decoder.decode(b"", final=True))
 
 
 @dataclass(frozen=True)
