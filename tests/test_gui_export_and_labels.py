@@ -65,3 +65,23 @@ def test_the_plan_panel_says_why_balanced_is_larger_than_quality(demo_window: Ma
     assert note.isVisible() and "Larger than Quality" in note.text() and "IQ4_XS" in note.text()
     demo_window.switch_profile("quality")
     assert "Smaller than Balanced" in demo_window.plan_panel.profile_note.text()
+
+
+def test_the_profile_note_reads_on_the_dark_theme_after_a_switch(demo_window: MainWindow) -> None:
+    from PySide6.QtGui import QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from apex_gui.views import style
+
+    app = QApplication.instance()
+    original = app.property("apexTheme") or "system"
+    try:
+        style.apply_theme(app, "dark")
+        QApplication.processEvents()  # palette change events reach the widgets
+        note = demo_window.plan_panel.profile_note
+        shown = note.palette().color(QPalette.ColorRole.WindowText)
+        background = note.palette().color(QPalette.ColorRole.Window)
+        assert shown == style.dark_palette().color(QPalette.ColorRole.PlaceholderText)
+        assert shown.lightness() - background.lightness() > 60, (shown.name(), background.name())
+    finally:
+        style.apply_theme(app, str(original))

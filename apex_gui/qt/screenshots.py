@@ -283,6 +283,7 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
         window.heatmap.zoom_to_fit()
         shoot("main-1024", window)
         window.resize(size)
+        window.heatmap.zoom_to_fit()  # back to the map the full-size shots show
     if "main-dark" in wanted:
         original = app.property("apexTheme") or "system"
         style.apply_theme(app, "dark")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPaintEvent, QPalette, QPixmap
+from PySide6.QtCore import QEvent, QRect, QSize, Qt, Signal
+from PySide6.QtGui import (QColor, QFont, QGuiApplication, QIcon, QPainter, QPaintEvent, QPalette,
+                           QPixmap)
 from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QFormLayout,
                                QFrame, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
@@ -143,6 +144,30 @@ def place_weights(weights: int, devices: list[GpuDevice],
     return placed, remaining, remaining <= system_available
 
 
+class QuietNote(QLabel):
+    """Secondary text in the theme's placeholder colour, kept right across theme switches.
+
+    A style sheet's ``palette(placeholder-text)`` is resolved once: after a switch to the dark
+    theme the note stayed light-theme grey on a dark background."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self._recolour()
+
+    def _recolour(self) -> None:
+        wanted = QGuiApplication.palette().color(QPalette.ColorRole.PlaceholderText)
+        palette = self.palette()
+        if palette.color(QPalette.ColorRole.WindowText) != wanted:  # setPalette re-enters
+            palette.setColor(QPalette.ColorRole.WindowText, wanted)
+            self.setPalette(palette)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt naming
+        # A widget with a palette of its own hears of a theme switch as PaletteChange.
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self._recolour()
+        super().changeEvent(event)
+
+
 class PlanPanel(QWidget):
     """Profile, diff and palette controls plus the plan's live numbers."""
 
@@ -212,10 +237,9 @@ class PlanPanel(QWidget):
         plan_form.addRow(self.detected_label)
         # The chosen profile's description in view, not only in a tooltip: it says, e.g.,
         # why Balanced is larger than Quality.
-        self.profile_note = QLabel("")
+        self.profile_note = QuietNote()
         self.profile_note.setObjectName("profileNote")
         self.profile_note.setWordWrap(True)
-        self.profile_note.setStyleSheet("color: palette(placeholder-text)")
         plan_form.addRow(self.profile_note)
         layout.addWidget(plan_box)
 
