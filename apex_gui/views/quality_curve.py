@@ -21,8 +21,9 @@ def draw_quality_curve(plot: Any, curve: Sequence[CurvePoint],
     plot.tier_points = list(tiers)
     if not curve and not tiers:
         return
+    largest_bytes = max(p.nbytes for p in (*curve, *tiers))
     if not plot.points and not plot.size_only:  # no measured rows chose the unit yet
-        plot.use_size_unit(max(p.nbytes for p in (*curve, *tiers)))
+        plot.use_size_unit(largest_bytes)
     scale = plot.size_scale
     if curve:
         plot.plot([p.nbytes / scale for p in curve], [p.predicted_kld for p in curve],
@@ -33,7 +34,7 @@ def draw_quality_curve(plot: Any, curve: Sequence[CurvePoint],
     same: dict[tuple[int, float], list[str]] = {}
     for point in tiers:
         same.setdefault((point.nbytes, round(point.predicted_kld, 12)), []).append(point.label)
-    largest = max(p.nbytes for p in (*curve, *tiers)) / scale
+    largest = largest_bytes / scale
     for (nbytes, predicted), labels in same.items():
         x = nbytes / scale
         plot.plot([x], [predicted], pen=None, symbol="s", symbolSize=9,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,8 @@ _EVAL = re.compile(r"common_perf_print:\s+(?P<which>prompt eval|eval) time =\s*[
 SPM_SPACE = "\u2581"
 
 
-def writes_spaces_as_spm_marks(tokenizer_model: str | None, tokens: Iterable[str] | None) -> bool:
+def writes_spaces_as_spm_marks(tokenizer_model: str | None,
+                               tokens: Sequence[str] | None) -> bool:
     """True for a SentencePiece ("llama") vocabulary without a ``▁`` token.
 
     llama.cpp turns ``▁`` back into a space only inside vocabulary pieces; where the vocabulary
@@ -29,7 +30,7 @@ def writes_spaces_as_spm_marks(tokenizer_model: str | None, tokens: Iterable[str
     out as the three raw bytes of ``▁``, which SentencePiece itself would decode as a space."""
     if tokenizer_model != "llama" or tokens is None:
         return False
-    return SPM_SPACE not in set(tokens)
+    return SPM_SPACE not in tokens
 
 
 class CompletionText:
