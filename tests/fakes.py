@@ -262,6 +262,25 @@ def crashing_completion(folder: Path) -> Path:
     return _write_script(folder / "llama-completion", _COMPLETION.format(python=sys.executable))
 
 
+_SILENT_COMPLETION = '''#!{python}
+import pathlib, sys
+# Counts its runs in a file beside it; writes its text only from run {speaks_on} on, as
+# llama-completion does when its logger drops the text at exit (llama.cpp issue 22142).
+count = pathlib.Path(sys.argv[0]).with_suffix(".runs")
+runs = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(runs))
+if runs >= {speaks_on}:
+    sys.stdout.write(" of abstraction, recursion and caching.")
+'''
+
+
+def silent_completion(folder: Path, speaks_on: int) -> Path:
+    """A ``llama-completion`` that exits 0 with no text until its ``speaks_on``-th run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write_script(folder / "llama-completion",
+                         _SILENT_COMPLETION.format(python=sys.executable, speaks_on=speaks_on))
+
+
 # --- a controllable llama-quantize (file handling, locks, kills) ------------------------------
 #
 # A stand-in ``llama-quantize`` for tests of the job engine's file handling.

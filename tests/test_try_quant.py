@@ -27,6 +27,9 @@ def test_argv_is_plain_completion(llama_tools) -> None:  # type: ignore[no-untyp
     assert Path(argv[0]).name == "llama-completion"
     assert argv[argv.index("-p") + 1] == "Hi" and argv[argv.index("-n") + 1] == "5"
     assert "-no-cnv" in argv and "--no-display-prompt" in argv and argv[-2:] == ["-t", "2"]
+    assert "--temp" not in argv  # llama.cpp's own sampling unless asked
+    greedy = CompletionJob(Path("m.gguf"), "Hi", 5, temperature=0).argv(llama_tools)
+    assert greedy[greedy.index("--temp") + 1] == "0"
 
 
 @pytest.mark.gui
@@ -73,6 +76,27 @@ def test_try_dialog_runs_a_crashed_completion_again_without_repacking(qtbot: QtB
     assert "crashed; ran it again without repacking" in dialog.status.text()
 
 
+@pytest.mark.parametrize(("speaks_on", "shown"), [(3, True), (4, False)])
+def test_text_lost_at_exit_is_asked_for_up_to_three_runs(qtbot: QtBot, tiny_qwen2moe: Path,
+                                                        tmp_path: Path, speaks_on: int,
+                                                        shown: bool) -> None:
+    from fakes import silent_completion
+
+    from apex_gui.core.jobs.tools import LlamaTools
+    from apex_gui.views.try_quant import RUNS_WHEN_TEXT_LOST, TryQuantDialog
+
+    folder = tmp_path / "bin"
+    silent_completion(folder, speaks_on)
+    dialog = TryQuantDialog(tiny_qwen2moe, LlamaTools(folder))
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(dialog.finishedRun, timeout=30_000) as finished:
+        dialog.run_button.click()
+    assert finished.args == [0]
+    assert dialog.output.toPlainText().endswith("recursion and caching.") is shown
+    assert int((folder / "llama-completion.runs").read_text()) == min(speaks_on,
+                                                                      RUNS_WHEN_TEXT_LOST)
+
+
 def test_characters_split_across_writes_are_whole_and_spm_marks_are_spaces() -> None:
     from apex_gui.core.jobs.try_quant import CompletionText, writes_spaces_as_spm_marks
 
@@ -100,10 +124,11 @@ def test_the_trained_demo_writes_readable_text(qtbot: QtBot, llama_tools) -> Non
         "apex-demo-trained-qwen2moe-f16.gguf"
     dialog = TryQuantDialog(demo, llama_tools, threads=2)
     qtbot.addWidget(dialog)
-    dialog.prompt_edit.setText("import os\nimport sys\n\n\ndef main(")
-    dialog.tokens.setValue(40)
+    dialog.prompt_edit.setText("The three most important ideas in computer science are")
+    # Greedy: a sampled byte may be one no character starts with (a U+FFFD of the model's own).
+    job = CompletionJob(demo, dialog.prompt_edit.text(), 40, threads=2, temperature=0)
     with qtbot.waitSignal(dialog.finishedRun, timeout=120_000) as finished:
-        dialog.toggle()
+        dialog.generate(job)
     assert finished.args == [0], dialog.status.text()
     shown = dialog.output.toPlainText()
     assert "\ufffd" not in shown and "\u2581" not in shown, shown

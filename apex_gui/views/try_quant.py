@@ -18,6 +18,9 @@ from apex_gui.core.jobs.try_quant import (DEFAULT_PROMPT, CompletionJob, Complet
                                           parse_completion_speed, writes_spaces_as_spm_marks)
 
 KILL_AFTER_MS = 3000
+#: llama.cpp's logger drops the last text at exit now and then (issue 22142): when a run shows
+#: nothing, it is run again, up to this many runs in all.
+RUNS_WHEN_TEXT_LOST = 3
 
 
 class TryQuantDialog(QDialog):
@@ -37,6 +40,7 @@ class TryQuantDialog(QDialog):
         self.process: QProcess | None = None
         self._job: CompletionJob | None = None
         self._retried = ""  # why the current run repeats the previous one
+        self._runs = 0  # runs of the current job, retries included
         self._log: list[str] = []
         self._clock = QElapsedTimer()
         self._spm_spaces = _spm_spaces(model)
@@ -81,6 +85,7 @@ class TryQuantDialog(QDialog):
         job = job or CompletionJob(self.model, self.prompt_edit.text().strip() or DEFAULT_PROMPT,
                                    self.tokens.value(), threads=self.threads)
         self._job, self._retried = job, retried
+        self._runs = self._runs + 1 if retried else 1
         try:
             argv = job.argv(self.tools)
         except ToolNotFoundError as error:
@@ -159,12 +164,13 @@ class TryQuantDialog(QDialog):
         from dataclasses import replace
 
         job = self._job
-        if job is None or self._retried:
+        if job is None:
             return None
         if status == QProcess.ExitStatus.CrashExit and not job.no_repack:
             return replace(job, no_repack=True), ("llama-completion crashed; ran it again "
                                                   "without repacking the weights (--no-repack)")
-        if code == 0 and self.output.toPlainText() == job.prompt:
+        if (code == 0 and self.output.toPlainText() == job.prompt
+                and self._runs < RUNS_WHEN_TEXT_LOST):
             return job, "llama-completion's text was lost at exit; ran it again"
         return None
 

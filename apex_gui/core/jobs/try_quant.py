@@ -65,6 +65,8 @@ class CompletionJob:
     context: int = 512
     threads: int = 0
     seed: int = 1
+    #: None: llama.cpp's default sampling; 0: greedy (the same text on every run).
+    temperature: float | None = None
     #: Keep weights as stored: the repacked (AMX) kernels crash on quantized models on some
     #: Xeons (see NO_REPACK_ARGS in the job specs).
     no_repack: bool = False
@@ -76,6 +78,8 @@ class CompletionJob:
                 "-no-cnv", "--no-warmup", "--simple-io", "--no-display-prompt"]
         if self.threads:
             argv += ["-t", str(self.threads)]
+        if self.temperature is not None:
+            argv += ["--temp", f"{self.temperature:g}"]
         if self.no_repack or tools.no_repack:
             argv.append("--no-repack")
         return argv
