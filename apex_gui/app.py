@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from apex_gui import __version__
-from apex_gui.qt.screenshots import SCREENSHOT_VIEWS, take_screenshots
-from apex_gui.views.quality_shots import QUALITY_VIEWS
+from apex_gui.screenshots.window_shots import SCREENSHOT_VIEWS, take_screenshots
+from apex_gui.screenshots.quality_shots import QUALITY_VIEWS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     from apex_gui.core.settings import load_settings
     from apex_gui.views import style
-    from apex_gui.views.main_window import MainWindow
+    from apex_gui.views.window.main_window import MainWindow
 
     app = create_application()
     settings = load_settings()
@@ -73,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in written:
             print(path)
         return 0
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.panels import install_panels
 
-    from apex_gui.views.tools_banner import install_tools_check
+    from apex_gui.views.window.tools_banner import install_tools_check
 
     window = MainWindow(settings)
     panels = install_panels(window)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from apex_gui.core.settings import Settings
     from apex_gui.core.fixtures.twins import write_shape_twin
-    from apex_gui.views.main_window import MainWindow
+    from apex_gui.views.window.main_window import MainWindow
 
     app = QApplication.instance() or QApplication([])
     with tempfile.TemporaryDirectory() as folder:

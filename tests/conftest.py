@@ -180,7 +180,7 @@ def demo_window(qtbot):  # type: ignore[no-untyped-def]
     from gui_prompts import close_window
 
     from apex_gui.core.settings import load_settings
-    from apex_gui.views.main_window import MainWindow
+    from apex_gui.views.window.main_window import MainWindow
 
     main = MainWindow(load_settings(), probe_hardware=False)
     main.resize(1200, 800)

@@ -106,7 +106,8 @@ def test_quantize_has_no_repack_flag_and_is_not_changed(tmp_path, tiny_qwen2moe)
 
 def test_tools_check_finds_a_crashing_repack_path_and_remembers_it(tmp_path):
     from apex_gui.core.settings import Settings
-    from apex_gui.core.jobs.tools_check import known_check, run_tools_check
+    from apex_gui.core.jobs.tools_check import run_tools_check
+    from apex_gui.core.jobs.tools_findings import known_check
 
     folder = tmp_path / "bin"
     copying_quantize(folder)

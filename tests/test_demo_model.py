@@ -110,8 +110,8 @@ def test_first_start_shows_quality_on_the_demo(qtbot, tmp_path: Path, llama_tool
     overlay can be switched on, the plan panel predicts KLD, and says where bands meet."""
     from apex_gui.core.jobs.run_store import RunStore
     from apex_gui.qt.job_queue import JobQueue
-    from apex_gui.views.main_window import MainWindow
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
 
     store = RunStore(tmp_path / "runs.sqlite")
     window = MainWindow(probe_hardware=False)

@@ -28,7 +28,7 @@ def test_the_scale_is_monotonic_and_spans_the_palette() -> None:
 def test_the_legend_bar_shows_each_marked_type_in_its_cell_colour(qtbot) -> None:  # type: ignore[no-untyped-def]
     from PySide6.QtGui import QColor
 
-    from apex_gui.views.bits_legend import BitsLegend
+    from apex_gui.views.heatmap.bits_legend import BitsLegend
 
     legend = BitsLegend()
     qtbot.addWidget(legend)

@@ -10,7 +10,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog
 
 
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.window.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 

@@ -11,7 +11,7 @@ from apex_gui.core.hub.download import HubError, RemoteFile
 from apex_gui.core.hub.search import RepoHit, fit_badge, search_repos
 from apex_gui.core.units import GiB
 from apex_gui.qt.workers import WorkerPool
-from apex_gui.views.hf_download import HubDownloadDialog
+from apex_gui.views.window.hf_download import HubDownloadDialog
 from fakes import FakeGpu, FakeNvml
 
 LISTING = [RepoHit("mudler/Qwen3.5-35B-A3B-APEX-GGUF", 5000, 40),

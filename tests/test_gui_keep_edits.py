@@ -13,7 +13,7 @@ from pytestqt.qtbot import QtBot
 
 from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.settings import load_settings
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.window.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 

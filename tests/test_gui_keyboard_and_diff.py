@@ -15,7 +15,7 @@ from gui_prompts import close_window
 
 from apex_gui.core.settings import load_settings
 from apex_gui.views import style
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.window.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 

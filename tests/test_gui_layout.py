@@ -15,8 +15,8 @@ from pytestqt.qtbot import QtBot
 
 from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.settings import load_settings
-from apex_gui.views.heatmap_geometry import MIXER_TAGS, ROW_HEADER_WIDTH
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.heatmap.heatmap_geometry import MIXER_TAGS, ROW_HEADER_WIDTH
+from apex_gui.views.window.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 
@@ -103,7 +103,7 @@ def test_a_1024x700_window_keeps_map_columns_and_the_run_tables_progress_and_eta
         qtbot: QtBot, tmp_path: Path) -> None:
     from apex_gui.core.jobs.run_store import RunStore
     from apex_gui.qt.job_queue import JobQueue
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.panels import install_panels
 
     store = RunStore(tmp_path / "runs.sqlite")
     main = MainWindow(load_settings(), probe_hardware=False)

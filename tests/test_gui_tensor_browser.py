@@ -12,7 +12,7 @@ from pytestqt.qtbot import QtBot
 from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.gguf.browse import matches, metadata_group, metadata_rows
 from apex_gui.core.gguf.model import open_model
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.window.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 

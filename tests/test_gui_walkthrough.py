@@ -29,11 +29,11 @@ from apex_gui.core.settings import load_settings
 from apex_gui.core.units import readable_size
 from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views import style
-from apex_gui.views.main_window import MainWindow
-from apex_gui.views.panels import InstalledPanels, install_panels
-from apex_gui.views.plan_panel import PlanPanel
-from apex_gui.views.results_panel import ResultsPanel
-from apex_gui.views.settings_dialog import format_tool_report
+from apex_gui.views.window.main_window import MainWindow
+from apex_gui.views.window.panels import InstalledPanels, install_panels
+from apex_gui.views.plan.plan_panel import PlanPanel
+from apex_gui.views.results.results_panel import ResultsPanel
+from apex_gui.views.window.settings_dialog import format_tool_report
 
 pytestmark = pytest.mark.gui
 
@@ -310,7 +310,7 @@ def test_run_panel_shows_progress_and_eta_while_quantizing(qtbot: QtBot, deep_mo
                                                            llama_tools: LlamaTools,
                                                            empty_store: RunStore,
                                                            tmp_path: Path) -> None:
-    from apex_gui.views.run_panel import RunPanel
+    from apex_gui.views.run.run_panel import RunPanel
 
     queue = JobQueue(llama_tools, empty_store)
     panel = RunPanel(queue, open_model(deep_model))
@@ -348,7 +348,8 @@ def test_card_run_command_note_names_the_machine_once(store: RunStore, tmp_path:
     from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
     from apex_gui.core.report.model_card import render_model_card
     from apex_gui.core.plan.profiles import builtin_profiles
-    from apex_gui.core.fit.recommend import MachineMemory, evaluate, profile_candidates
+    from apex_gui.core.fit.recommend import evaluate, profile_candidates
+    from apex_gui.core.fit.placement import MachineMemory
     from fakes import inputs_from
 
     model = open_model(tiny_qwen2moe)

@@ -20,7 +20,7 @@ from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import get_profile, user_profiles_dir
 from apex_gui.core.settings import load_settings
 from apex_gui.views import style
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.window.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 

@@ -9,9 +9,9 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 from apex_gui.core.fit import hardware
-from apex_gui.core.fit.recommend import Verdict
+from apex_gui.core.fit.placement import Verdict
 from apex_gui.core.gguf.model import open_model
-from apex_gui.views.hardware_panel import HardwarePanel
+from apex_gui.views.hardware.hardware_panel import HardwarePanel
 from fakes import FakeNvml
 from fakes import fake_snapshot
 

@@ -20,7 +20,7 @@ from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import get_profile
 from apex_gui.core.settings import load_settings
 from apex_gui.core.units import GiB
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.window.main_window import MainWindow
 from fakes import FakeGpu, FakeNvml
 
 

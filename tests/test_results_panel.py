@@ -12,8 +12,8 @@ import pytest
 from apex_gui.core.jobs.baselines import Baseline
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.report.results import collect_results, results_from_csv, results_to_csv
-from apex_gui.views.publish_dialog import PublishDialog
-from apex_gui.views.results_panel import ResultsPanel
+from apex_gui.views.results.publish_dialog import PublishDialog
+from apex_gui.views.results.results_panel import ResultsPanel
 
 pytestmark = pytest.mark.gui
 
@@ -130,7 +130,7 @@ def test_a_quant_whose_evaluation_failed_says_so(qtbot) -> None:
     from PySide6.QtWidgets import QTableView
 
     from apex_gui.core.report.results import QuantResult
-    from apex_gui.views.results_panel import NO_RESULT, ResultsTableModel
+    from apex_gui.views.results.results_panel import NO_RESULT, ResultsTableModel
 
     made = QuantResult("APEX Mini", "apex", path="/models/x-APEX-Mini.gguf", profile="mini",
                        size_bytes=1000)

@@ -13,8 +13,8 @@ from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.assembly import pipeline_for
 from apex_gui.core.settings import Settings
 from apex_gui.qt.job_queue import JobQueue
-from apex_gui.views.hardware_panel import HardwarePanel
-from apex_gui.views.run_panel import RunPanel
+from apex_gui.views.hardware.hardware_panel import HardwarePanel
+from apex_gui.views.run.run_panel import RunPanel
 from fakes import fake_snapshot
 
 pytestmark = pytest.mark.gui
@@ -92,8 +92,8 @@ def test_the_window_keeps_the_worker_list_and_hands_it_to_the_run_panel(qtbot, t
                                                                        llama_tools):
     from apex_gui.core.jobs.run_store import RunStore
     from apex_gui.core.settings import load_settings
-    from apex_gui.views.main_window import MainWindow
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
 
     store = RunStore(tmp_path / "runs.sqlite")
     window = MainWindow(probe_hardware=False)

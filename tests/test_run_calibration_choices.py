@@ -14,7 +14,7 @@ from apex_gui.core.jobs.assembly import pipeline_for
 from apex_gui.core.jobs.quantize import ImatrixJob
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.qt.job_queue import JobQueue
-from apex_gui.views.run_panel import DEFAULT_IMATRIX_CHUNKS, RunPanel
+from apex_gui.views.run.run_panel import DEFAULT_IMATRIX_CHUNKS, RunPanel
 
 pytestmark = pytest.mark.gui
 

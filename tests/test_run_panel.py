@@ -16,8 +16,8 @@ from apex_gui.core.jobs.runner import JobStatus
 from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import get_profile
 from apex_gui.qt.job_queue import JobQueue
-from apex_gui.views.results_panel import ResultsPanel
-from apex_gui.views.run_panel import RunPanel
+from apex_gui.views.results.results_panel import ResultsPanel
+from apex_gui.views.run.run_panel import RunPanel
 
 pytestmark = pytest.mark.gui
 
@@ -193,8 +193,8 @@ def test_install_panels_wires_the_main_window(qtbot, tiny_qwen2moe: Path, run_st
                                               llama_tools, monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
     from apex_gui.core.fit.device_spec import parse_device_spec
-    from apex_gui.views.main_window import MainWindow
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
 
     window = MainWindow(probe_hardware=False)
     qtbot.addWidget(window)

@@ -12,7 +12,7 @@ from pytestqt.qtbot import QtBot
 from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.qt.job_queue import JobQueue
-from apex_gui.views.run_panel import RunPanel
+from apex_gui.views.run.run_panel import RunPanel
 
 pytestmark = pytest.mark.gui
 

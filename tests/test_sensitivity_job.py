@@ -36,8 +36,8 @@ def test_progress_and_verdict_from_recorded_output() -> None:
 
 @pytest.fixture
 def window(qtbot, tmp_path: Path, tiny_qwen2moe: Path, llama_tools):
-    from apex_gui.views.main_window import MainWindow
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
 
     model_path = tmp_path / "tiny.gguf"
     shutil.copyfile(tiny_qwen2moe, model_path)
@@ -56,7 +56,7 @@ def window(qtbot, tmp_path: Path, tiny_qwen2moe: Path, llama_tools):
 @pytest.mark.gui
 @pytest.mark.slow
 def test_sensitivity_runs_in_the_queue_and_is_used(qtbot, window) -> None:
-    from apex_gui.views.quality_wiring import queue_sensitivity
+    from apex_gui.views.window.quality_wiring import queue_sensitivity
 
     window, panels, store, model_path = window
     state = window.quality_state
@@ -81,7 +81,7 @@ def test_sensitivity_runs_in_the_queue_and_is_used(qtbot, window) -> None:
 
 @pytest.mark.gui
 def test_cancelled_sensitivity_job_leaves_no_table(qtbot, window) -> None:
-    from apex_gui.views.quality_wiring import queue_sensitivity
+    from apex_gui.views.window.quality_wiring import queue_sensitivity
 
     window, panels, store, model_path = window
     state = window.quality_state

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def window(qtbot, tmp_path: Path, tiny_qwen2moe: Path, llama_tools):
-    from apex_gui.views.main_window import MainWindow
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
 
     model_path = tmp_path / "tiny.gguf"
     shutil.copyfile(tiny_qwen2moe, model_path)
@@ -62,7 +62,7 @@ def test_core_steps_cost_bytes_up_and_save_them_down(tmp_path: Path, tiny_qwen2m
 
 
 def test_overlay_colours_cells_by_damage_and_follows_painting(qtbot, window) -> None:
-    from apex_gui.views.sensitivity_overlay import damage_colour
+    from apex_gui.views.heatmap.sensitivity_overlay import damage_colour
 
     state = window.quality_state
     heatmap = window.heatmap
@@ -114,7 +114,7 @@ def test_overlay_colours_cells_by_damage_and_follows_painting(qtbot, window) -> 
 def test_results_plot_the_optimizer_curve_beside_the_tiers(qtbot, window) -> None:
     """KL vs size in the Results view: the optimizer's plans (predicted) beside the fixed
     tiers predicted from the same table; at a tier's size the optimizer is never worse."""
-    from apex_gui.views.results_panel import ResultsPanel
+    from apex_gui.views.results.results_panel import ResultsPanel
 
     results = window.findChild(ResultsPanel)
     plot = results.kld_plot

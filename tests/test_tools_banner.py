@@ -9,8 +9,8 @@ from pytestqt.qtbot import QtBot
 
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import load_settings
-from apex_gui.views.main_window import MainWindow
-from apex_gui.views.tools_banner import install_tools_check
+from apex_gui.views.window.main_window import MainWindow
+from apex_gui.views.window.tools_banner import install_tools_check
 from fakes import calls, copying_quantize, crashing_perplexity
 
 pytestmark = pytest.mark.gui

@@ -10,7 +10,7 @@ from pytestqt.qtbot import QtBot
 
 from apex_gui.core.jobs.try_quant import CompletionJob, parse_completion_speed
 from apex_gui.core.settings import load_settings
-from apex_gui.views.main_window import MainWindow
+from apex_gui.views.window.main_window import MainWindow
 
 LOG = Path(__file__).parent / "logs" / "llama-completion-demo.stderr.txt"
 
@@ -62,7 +62,7 @@ def test_try_dialog_runs_a_crashed_completion_again_without_repacking(qtbot: QtB
     from fakes import crashing_completion
 
     from apex_gui.core.jobs.tools import LlamaTools
-    from apex_gui.views.try_quant import TryQuantDialog
+    from apex_gui.views.run.try_quant import TryQuantDialog
 
     folder = tmp_path / "bin"
     crashing_completion(folder)
@@ -83,7 +83,7 @@ def test_text_lost_at_exit_is_asked_for_up_to_three_runs(qtbot: QtBot, tiny_qwen
     from fakes import silent_completion
 
     from apex_gui.core.jobs.tools import LlamaTools
-    from apex_gui.views.try_quant import RUNS_WHEN_TEXT_LOST, TryQuantDialog
+    from apex_gui.views.run.try_quant import RUNS_WHEN_TEXT_LOST, TryQuantDialog
 
     folder = tmp_path / "bin"
     silent_completion(folder, speaks_on)
@@ -118,7 +118,7 @@ def test_characters_split_across_writes_are_whole_and_spm_marks_are_spaces() -> 
 def test_the_trained_demo_writes_readable_text(qtbot: QtBot, llama_tools) -> None:  # type: ignore[no-untyped-def]
     """The bundled demo's vocabulary is bytes only: its spaces and any accented letter arrive
     a byte at a time, and the dialog still shows plain text."""
-    from apex_gui.views.try_quant import TryQuantDialog
+    from apex_gui.views.run.try_quant import TryQuantDialog
 
     demo = Path(__file__).resolve().parents[1] / "resources" / "demo" / \
         "apex-demo-trained-qwen2moe-f16.gguf"

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from apex_gui.core.jobs.tools_findings import known_check
+
 #: Tools the app drives, by the short name used across the code base.
 TOOL_NAMES: dict[str, str] = {
     "quantize": "llama-quantize",
@@ -163,8 +165,6 @@ class LlamaTools:
         tools = cls(chosen, no_repack=no_repack or bool(getattr(settings, "llama_no_repack",
                                                                  False)))
         if not tools.no_repack:
-            from apex_gui.core.jobs.tools_check import known_check
-
             report = known_check(tools)
             tools.no_repack = bool(report is not None and report.repack_broken)
         return tools

@@ -1,6 +1,6 @@
 """What a heatmap cell costs in quality: measured damage per cell, per candidate type, and
 the cost and saving of one step up or down. Pure (no Qt): the heatmap's sensitivity overlay
-(:mod:`apex_gui.views.sensitivity_overlay`) colours and explains cells with it.
+(:mod:`apex_gui.views.heatmap.sensitivity_overlay`) colours and explains cells with it.
 
 A cell (layer x kind) holds one or more tensors; its damage at a type is the sum of its
 tensors' predicted KL divergence at that type after llama-quantize's row-length fallback.

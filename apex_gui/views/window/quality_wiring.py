@@ -18,8 +18,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFormLayout, QLabel, QToolBar
 
-from apex_gui.views.fit_dialog import FitToBudgetDialog, apply_optimized_plan
-from apex_gui.views.sensitivity_overlay import DamageLegend, SensitivityOverlay
+from apex_gui.views.plan.budget_dialog import FitToBudgetDialog, apply_optimized_plan
+from apex_gui.views.heatmap.sensitivity_overlay import DamageLegend, SensitivityOverlay
 
 __all__ = ["QualityState", "install_quality"]
 

@@ -41,16 +41,16 @@ from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import COMMON_CARDS, parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.fit.recommend import (
-    Candidate, FitResult, Headroom, MachineMemory, Recommendation, Verdict, file_candidate,
-    profile_candidates, recommend,
+    Recommendation, file_candidate, profile_candidates, recommend,
 )
+from apex_gui.core.fit.placement import Candidate, FitResult, Headroom, MachineMemory, Verdict
 from apex_gui.core.fit.rpc_workers import WorkerProbe
 from apex_gui.core.plan.profiles import builtin_profiles
 from apex_gui.core.units import format_gb_or_mb
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
-from apex_gui.views.hardware_probing import HardwareProbing
-from apex_gui.views.memory_bar import MemoryBar, VERDICT_COLOURS
-from apex_gui.views.rpc_workers_box import RpcWorkersBox
+from apex_gui.views.hardware.hardware_probing import HardwareProbing
+from apex_gui.views.hardware.memory_bar import MemoryBar, VERDICT_COLOURS
+from apex_gui.views.hardware.rpc_workers_box import RpcWorkersBox
 
 __all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
 
@@ -388,7 +388,7 @@ class HardwarePanel(HardwareProbing, QWidget):
         table = self.sensitivity
 
         def fit(token: CancelToken) -> tuple[list[Candidate], Recommendation, Any]:
-            from apex_gui.views.quality_rows import best_plan_for, figures_for
+            from apex_gui.views.hardware.quality_rows import best_plan_for, figures_for
 
             candidates = cached
             if candidates is None:
@@ -445,7 +445,7 @@ class HardwarePanel(HardwareProbing, QWidget):
         bold.setBold(True)
         highlight = QColor(self.palette().color(QPalette.ColorRole.Highlight))
         highlight.setAlpha(60)
-        from apex_gui.views.quality_rows import kl_cell
+        from apex_gui.views.hardware.quality_rows import kl_cell
 
         rows = list(recommendation.results)
         if self.best_fit is not None:

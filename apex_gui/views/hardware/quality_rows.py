@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from apex_gui.core.fit.quality_rank import QualityFigure
-from apex_gui.core.fit.recommend import Candidate, FitResult, Recommendation
+from apex_gui.core.fit.recommend import Recommendation
+from apex_gui.core.fit.placement import Candidate, FitResult
 from apex_gui.core.quality.figures import quality_figures
 
 

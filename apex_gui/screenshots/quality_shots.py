@@ -1,7 +1,7 @@
 """Screenshots of the quality features on a model with measured sensitivity: the overlay,
 the Results curve, and the fit dialog with its plan.
 
-``python -m apex_gui.views.quality_shots MODEL SENSITIVITY.json OUT_DIR`` (offscreen works);
+``python -m apex_gui.screenshots.quality_shots MODEL SENSITIVITY.json OUT_DIR`` (offscreen works);
 ``apex-studio --screenshot DIR`` adds them when ``APEX_SCREENSHOT_QUALITY_MODEL`` names a
 model with its table beside it (``MODEL.sensitivity.json``).
 """
@@ -24,10 +24,10 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
     the editor is then the same bytes spent another way."""
     from PySide6.QtWidgets import QApplication
 
-    from apex_gui.qt.screenshots import settle, wait
+    from apex_gui.screenshots.event_loop import settle, wait
     from apex_gui.core.quality.sensitivity import SensitivityTable
-    from apex_gui.views.main_window import MainWindow
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
 
     scratch = Path(tempfile.mkdtemp(prefix="apex-quality-shots-"))
     os.environ.setdefault("APEX_STUDIO_DATA_DIR", str(scratch / "data"))

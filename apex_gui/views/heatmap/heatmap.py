@@ -21,12 +21,12 @@ from apex_gui.core.gguf.types import PLAN_TYPES, TYPES, ggml_type
 from apex_gui.core.plan.bands import cell_band
 from apex_gui.core.plan.precision import Cell, PrecisionPlan
 from apex_gui.core.plan.profiles import Profile
-from apex_gui.views.heatmap_geometry import (
+from apex_gui.views.heatmap.heatmap_geometry import (
     BASE_CELL_HEIGHT, BASE_CELL_WIDTH, COLUMN_HEADER_HEIGHT, CellState, GROUP_GAP,
     HeatmapGeometry, MAX_ZOOM, MIN_ZOOM, ROW_HEADER_WIDTH, STRIP_GAP, cell_order,
 )
-from apex_gui.views.heatmap_paint import HeatmapPainting
-from apex_gui.views.heatmap_tooltips import HeatmapTooltips
+from apex_gui.views.heatmap.heatmap_paint import HeatmapPainting
+from apex_gui.views.heatmap.heatmap_tooltips import HeatmapTooltips
 
 
 class PrecisionHeatmap(HeatmapTooltips, HeatmapPainting, QAbstractScrollArea):
@@ -61,7 +61,7 @@ class PrecisionHeatmap(HeatmapTooltips, HeatmapPainting, QAbstractScrollArea):
         self.brush_type = "Q4_K"
         self.tool = "paint"  # "paint": click/drag sets types; "select": click/drag selects
         self._geometry = HeatmapGeometry([], [], [], self._zoom)
-        # Sensitivity overlay (apex_gui.views.sensitivity_overlay): colours cells by measured
+        # Sensitivity overlay (apex_gui.views.heatmap.sensitivity_overlay): colours cells by measured
         # damage instead of bits per weight while set.
         self.overlay: Any = None
 

@@ -11,7 +11,7 @@ from apex_gui.core.gguf.reader import GGUFError
 from apex_gui.core.plan.precision import PrecisionPlan, plan_from_gguf, plan_from_profile
 from apex_gui.core.plan.profiles import ProfileError, get_profile
 from apex_gui.qt.workers import CancelToken
-from apex_gui.views.model_loading import DEFAULT_PROFILE, open_error_message
+from apex_gui.views.window.model_loading import DEFAULT_PROFILE, open_error_message
 
 
 class PlanComparison:

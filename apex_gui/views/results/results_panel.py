@@ -369,7 +369,7 @@ class ResultsPanel(QWidget):
         self.refresh()
 
     def _draw_quality_curve(self) -> None:
-        from apex_gui.views.quality_curve import draw_quality_curve
+        from apex_gui.views.results.quality_curve import draw_quality_curve
 
         curve, tiers = getattr(self, "_quality_curve", ([], []))
         draw_quality_curve(self.kld_plot, curve, tiers)
@@ -442,7 +442,7 @@ class ResultsPanel(QWidget):
 
     def open_publish_dialog(self) -> Any:
         """The model card and upload dialog for the APEX quants in the table."""
-        from apex_gui.views.publish_dialog import PublishDialog
+        from apex_gui.views.results.publish_dialog import PublishDialog
 
         fits = {}
         if self._recommendation is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apex_gui.core.fit.device_spec import parse_device_spec
 from apex_gui.qt.workers import Task
-from apex_gui.views.memory_bar import MemoryBar
+from apex_gui.views.hardware.memory_bar import MemoryBar
 
 
 class HardwareProbing:

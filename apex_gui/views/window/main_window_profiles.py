@@ -12,7 +12,7 @@ from apex_gui.core.plan.profiles import (
     ProfileError, all_profiles, get_profile, save_user_profile, user_profiles,
 )
 from apex_gui.core.units import readable_size
-from apex_gui.views.model_loading import is_quantized
+from apex_gui.views.window.model_loading import is_quantized
 
 
 class ProfileActions:

@@ -8,9 +8,9 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from apex_gui import __version__
 from apex_gui.core.settings import Settings
 from apex_gui.views import style
-from apex_gui.views.hf_download import HubDownloadDialog
-from apex_gui.views.settings_dialog import SettingsDialog
-from apex_gui.views.try_quant import TryQuantDialog
+from apex_gui.views.window.hf_download import HubDownloadDialog
+from apex_gui.views.window.settings_dialog import SettingsDialog
+from apex_gui.views.run.try_quant import TryQuantDialog
 
 
 class WindowDialogs:

@@ -6,7 +6,7 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from apex_gui.core.fit.recommend import Verdict
+from apex_gui.core.fit.placement import Verdict
 from apex_gui.core.units import format_gb_or_mb
 
 

@@ -30,20 +30,20 @@ from apex_gui.core.settings import (Settings, add_recent_file, cache_dir, config
 from apex_gui.core.units import readable_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 from apex_gui.views import style
-from apex_gui.views.bits_legend import BitsLegend
-from apex_gui.views.export_dialog import ExportedDialog
-from apex_gui.views.heatmap import PrecisionHeatmap
-from apex_gui.views.main_window_compare import PlanComparison
-from apex_gui.views.main_window_dialogs import WindowDialogs
-from apex_gui.views.main_window_menus import MainWindowMenus
-from apex_gui.views.main_window_profiles import ProfileActions
-from apex_gui.views.memory_breakdown import MemoryBreakdownView
-from apex_gui.views.model_info import ModelInfoView
-from apex_gui.views.model_loading import (
+from apex_gui.views.heatmap.bits_legend import BitsLegend
+from apex_gui.views.plan.export_dialog import ExportedDialog
+from apex_gui.views.heatmap.heatmap import PrecisionHeatmap
+from apex_gui.views.window.main_window_compare import PlanComparison
+from apex_gui.views.window.main_window_dialogs import WindowDialogs
+from apex_gui.views.window.main_window_menus import MainWindowMenus
+from apex_gui.views.window.main_window_profiles import ProfileActions
+from apex_gui.views.hardware.memory_breakdown import MemoryBreakdownView
+from apex_gui.views.window.model_info import ModelInfoView
+from apex_gui.views.window.model_loading import (
     DEFAULT_PROFILE, LoadedModel, PANEL_AREAS, is_quantized, load_model, open_error_message,
 )
-from apex_gui.views.plan_panel import PlanPanel
-from apex_gui.views.tensor_browser import MetadataBrowser, TensorTable
+from apex_gui.views.plan.plan_panel import PlanPanel
+from apex_gui.views.heatmap.tensor_browser import MetadataBrowser, TensorTable
 
 
 class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus, QMainWindow):

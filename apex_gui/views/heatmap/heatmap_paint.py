@@ -12,7 +12,7 @@ from apex_gui.core.gguf.types import TYPES, ggml_type
 from apex_gui.core.plan.bands import cell_band
 from apex_gui.core.plan.precision import Cell
 from apex_gui.views import style
-from apex_gui.views.heatmap_geometry import (
+from apex_gui.views.heatmap.heatmap_geometry import (
     COLUMN_HEADER_HEIGHT, GROUP_SHORT_TITLES, GROUP_TITLES, MIXER_TAGS, ROW_HEADER_WIDTH,
     KEPT_DARK, KEPT_HATCH, KEPT_LIGHT, wrapped_label,
 )

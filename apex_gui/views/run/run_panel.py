@@ -10,7 +10,7 @@ quantize -> evaluate, each quant evaluated right after it is written) and the
 live log of the selected step, cancel, and a notification when everything is done.
 
 For the main window's ``closeEvent``: :meth:`RunPanel.has_running_jobs` and
-:meth:`RunPanel.cancel_all_and_wait` (see :func:`apex_gui.views.panels.install_panels`).
+:meth:`RunPanel.cancel_all_and_wait` (see :func:`apex_gui.views.window.panels.install_panels`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import Profile, all_profiles
 from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views.file_field import FileField
-from apex_gui.views.run_queue_rows import KEY_ROLE, LOG_BLOCKS, RunQueueRows
+from apex_gui.views.run.run_queue_rows import KEY_ROLE, LOG_BLOCKS, RunQueueRows
 
 __all__ = [
     "RunPanel",

@@ -10,31 +10,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from apex_gui.screenshots.event_loop import settle, wait
+
 
 SCREENSHOT_VIEWS = ("main-demo", "main-twin", "inspect-quantized", "diff", "hardware", "run",
                     "results", "settings",
                     "hf-download", "main-dark", "scale200", "tensors", "metadata", "memory",
                     "hub-search", "try-quant", "main-1024")
-
-
-def wait(signal, timeout_ms: int = 20_000) -> bool:  # type: ignore[no-untyped-def]
-    """Run the event loop until ``signal`` fires (True) or the timeout passes (False)."""
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    fired: list[bool] = []
-    signal.connect(lambda *_: (fired.append(True), loop.quit()))
-    QTimer.singleShot(timeout_ms, loop.quit)
-    loop.exec()
-    return bool(fired)
-
-
-def settle(ms: int = 150) -> None:
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    QTimer.singleShot(ms, loop.quit)
-    loop.exec()
 
 
 def record_demo_runs(work_dir: Path) -> None:
@@ -86,7 +68,7 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
         written = _take_screenshots(out_dir, only)
         # The quality views need a trained model and its measured sensitivity: the bundled
         # demo has both; APEX_SCREENSHOT_QUALITY_MODEL names another (its table beside it).
-        from apex_gui.views.quality_shots import QUALITY_VIEWS, take_quality_screenshots
+        from apex_gui.screenshots.quality_shots import QUALITY_VIEWS, take_quality_screenshots
 
         if not only or set(only) & set(QUALITY_VIEWS):
             from apex_gui.core.fixtures.bundled_demo import demo_model
@@ -116,7 +98,7 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
     from apex_gui.core.plan.profiles import get_profile
     from apex_gui.core.fixtures.twins import write_shape_twin
     from apex_gui.views import style
-    from apex_gui.views.main_window import MainWindow
+    from apex_gui.views.window.main_window import MainWindow
 
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(only or SCREENSHOT_VIEWS)
@@ -134,7 +116,7 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
         widget.grab().save(str(path))
         written.append(path)
 
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.panels import install_panels
 
     window = MainWindow(probe_hardware=True)
     panels = install_panels(window)
@@ -249,7 +231,7 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
                  RemoteFile("Qwen3.5-35B-A3B-APEX-I-Quality.gguf", 23_513_661_024),
                  RemoteFile("Qwen3.5-35B-A3B-BF16-00001-of-00002.gguf", 69_400_000_000, ("a", "b"))]
         machine = dc_replace(probe(), gpus=tuple(parse_device_spec("RTX 4090 24GB")))
-        from apex_gui.views.hf_download import HubDownloadDialog
+        from apex_gui.views.window.hf_download import HubDownloadDialog
 
         search_dialog = HubDownloadDialog(window.workers, window, snapshot=machine,
                                           listing=lambda _q, _n: hits,

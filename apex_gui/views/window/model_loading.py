@@ -13,7 +13,7 @@ from apex_gui.core.plan.detect import ProfileMatch, detect_profile
 from apex_gui.core.plan.precision import PrecisionPlan, plan_from_gguf, plan_from_profile
 from apex_gui.core.plan.profiles import Profile, ProfileError, all_profiles, get_profile
 from apex_gui.qt.workers import CancelToken
-from apex_gui.views.model_info import render_summary_html
+from apex_gui.views.window.model_info import render_summary_html
 
 
 DEFAULT_PROFILE = "quality"

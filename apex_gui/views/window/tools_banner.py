@@ -12,7 +12,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from apex_gui.core.jobs.tools import LlamaTools
-from apex_gui.core.jobs.tools_check import ToolsCheckReport, known_check, run_tools_check
+from apex_gui.core.jobs.tools_check import run_tools_check
+from apex_gui.core.jobs.tools_findings import ToolsCheckReport, known_check
 
 
 class ToolsCheckBanner(QFrame):

@@ -13,15 +13,15 @@ from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.quality.known import beside_model
 from apex_gui.qt.job_queue import JobQueue
-from apex_gui.views.fit_dialog import parse_budget_text
+from apex_gui.views.plan.budget_dialog import parse_budget_text
 
 pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
 def window_with_model(qtbot, tmp_path: Path, tiny_qwen2moe: Path, llama_tools):
-    from apex_gui.views.main_window import MainWindow
-    from apex_gui.views.panels import install_panels
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
 
     model_path = tmp_path / "tiny.gguf"
     shutil.copyfile(tiny_qwen2moe, model_path)
@@ -89,7 +89,8 @@ def test_fit_to_a_size_is_one_undoable_edit(qtbot, window_with_model) -> None:
 
 def test_fit_to_the_hardware_set_up(qtbot, window_with_model) -> None:
     from apex_gui.core.fit.context_memory import ModelGeometry
-    from apex_gui.core.fit.recommend import Candidate, Verdict, evaluate
+    from apex_gui.core.fit.recommend import evaluate
+    from apex_gui.core.fit.placement import Candidate, Verdict
 
     window, panels, model_path = window_with_model
     synthetic_table(open_model(model_path)).save(beside_model(model_path))

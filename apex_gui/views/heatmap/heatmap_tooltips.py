@@ -9,7 +9,7 @@ from apex_gui.core.gguf.roles import classify_kind, kind_label
 from apex_gui.core.gguf.types import ggml_type
 from apex_gui.core.plan.precision import Cell
 from apex_gui.core.units import format_size
-from apex_gui.views.heatmap_geometry import (
+from apex_gui.views.heatmap.heatmap_geometry import (
     GROUP_TITLES, NON_QUANTIZED_REASON, band_name, layer_label,
 )
 

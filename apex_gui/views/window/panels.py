@@ -15,9 +15,9 @@ from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import save_settings
 from apex_gui.qt.job_queue import JobQueue
-from apex_gui.views.hardware_panel import HardwarePanel
-from apex_gui.views.results_panel import ResultsPanel
-from apex_gui.views.run_panel import RunPanel
+from apex_gui.views.hardware.hardware_panel import HardwarePanel
+from apex_gui.views.results.results_panel import ResultsPanel
+from apex_gui.views.run.run_panel import RunPanel
 
 __all__ = ["InstalledPanels", "install_panels"]
 
@@ -155,7 +155,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         return True
 
     window.add_close_guard(close_guard)
-    from apex_gui.views.quality_wiring import install_quality
+    from apex_gui.views.window.quality_wiring import install_quality
 
     install_quality(window, hardware, queue, results)
     if window.current_model is not None:

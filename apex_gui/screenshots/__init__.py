@@ -1,0 +1,1 @@
+"""Screenshot drivers: they build and drive the whole window, so they sit above the views."""

@@ -1,0 +1,1 @@
+"""The Plan dock: profile and plan panel, Export, and Fit to budget (the optimizer's dialog)."""
