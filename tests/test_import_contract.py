@@ -3,6 +3,10 @@
 - ``apex_gui.core`` never imports Qt (PySide6, pyqtgraph) nor the layers above it
   (``apex_gui.views``, ``apex_gui.qt``, ``apex_gui.commands``, the app and the CLI);
 - views never import ``apex_gui.commands``;
+- the Qt layers are stacked too: ``apex_gui.qt`` (glue: workers, the job queue) imports no
+  views, views import no screenshot driver (``apex_gui.screenshots`` drives the whole window);
+- no two modules import each other, directly or round a circle, counting imports inside
+  functions (where a circle hides) but not those under ``if TYPE_CHECKING:``, which never run;
 - the rooms of ``apex_gui.core`` are layered: a room imports only rooms below it
   (``LAYERS``, bottom first); imports under ``if TYPE_CHECKING:`` count too;
 - ``pynvml`` is imported only inside functions (a machine without NVIDIA starts fast).
@@ -22,7 +26,7 @@ LAYERS: list[list[str]] = [
     ['apex_gui.core.gguf'],
     ['apex_gui.core.files', 'apex_gui.core.fixtures'],
     ['apex_gui.core.plan'],
-    ['apex_gui.core.jobs', 'apex_gui.core.safety'],
+    ['apex_gui.core.jobs'],
     ['apex_gui.core.fit'],
     ['apex_gui.core.report'],
     ['apex_gui.core.quality'],
@@ -30,7 +34,14 @@ LAYERS: list[list[str]] = [
 ]
 
 QT = ("PySide6", "pyqtgraph")
-ABOVE_CORE = ("apex_gui.views", "apex_gui.qt", "apex_gui.commands", "apex_gui.app", "apex_gui.cli")
+ABOVE_CORE = ("apex_gui.views", "apex_gui.qt", "apex_gui.screenshots", "apex_gui.commands",
+              "apex_gui.app", "apex_gui.cli")
+#: The Qt side, bottom first: a layer never imports one above it.
+QT_LAYERS: list[list[str]] = [
+    ['apex_gui.qt'],
+    ['apex_gui.views'],
+    ['apex_gui.screenshots'],
+]
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -38,11 +49,23 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path, name: str) -> list[tuple[str, int, bool]]:
-    """(imported module, line, at module level) for every import in the file."""
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Ids of the nodes under ``if TYPE_CHECKING:`` (they never run)."""
+    hidden: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                hidden |= {id(n) for n in ast.walk(child)}
+    return hidden
+
+
+def imports_of(path: Path, name: str, *, run_only: bool = False) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module level) for every import in the file; ``run_only``
+    leaves out those under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     top_level: set[int] = set()
+    skipped = _type_checking_only(tree) if run_only else set()
 
     def mark(node: ast.AST) -> None:  # run on import: module level, under if/try, class bodies
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -55,6 +78,8 @@ def imports_of(path: Path, name: str) -> list[tuple[str, int, bool]]:
         mark(node)
     found = []
     for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno, id(node) in top_level) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -72,11 +97,52 @@ def within(module: str, prefixes: tuple[str, ...] | list[str]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def layer_of(module: str) -> int | None:
-    for index, rooms in enumerate(LAYERS):
+def layer_of(module: str, layers: list[list[str]] = LAYERS) -> int | None:
+    for index, rooms in enumerate(layers):
         if within(module, rooms):
             return index
     return None
+
+
+def import_circles(root: Path = PACKAGE) -> list[list[str]]:
+    """Every set of modules that import each other round a circle (Tarjan's strongly
+    connected components of the module graph), each sorted; imports inside functions count."""
+    paths = {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+    graph = {name: sorted({imported for imported, _line, _top in
+                           imports_of(path, name, run_only=True)
+                           if imported in paths and imported != name})
+             for name, path in paths.items()}
+    index: dict[str, int] = {}
+    lowest: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:  # recursion depth is bounded by the number of modules
+        index[module] = lowest[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for neighbour in graph[module]:
+            if neighbour not in index:
+                visit(neighbour)
+                lowest[module] = min(lowest[module], lowest[neighbour])
+            elif neighbour in on_stack:
+                lowest[module] = min(lowest[module], index[neighbour])
+        if lowest[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return sorted(circles)
 
 
 def violations(root: Path = PACKAGE) -> list[str]:
@@ -96,6 +162,9 @@ def violations(root: Path = PACKAGE) -> list[str]:
                     reasons.append("a lower room imports a higher one")
             if within(name, ["apex_gui.views"]) and within(imported, ["apex_gui.commands", "apex_gui.cli"]):
                 reasons.append("views never import the command line")
+            mine, theirs = layer_of(name, QT_LAYERS), layer_of(imported, QT_LAYERS)
+            if mine is not None and theirs is not None and theirs > mine:
+                reasons.append("Qt glue, views and screenshot drivers import only downwards")
             for reason in reasons:
                 found.setdefault((str(path), line, reason), f"{where} ({reason})")
     return sorted(found.values())
@@ -110,12 +179,33 @@ def test_the_package_keeps_the_import_contract() -> None:
     assert violations() == []
 
 
+def test_no_modules_import_each_other_round_a_circle() -> None:
+    assert import_circles() == []
+
+
+def test_the_circle_finder_sees_a_circle_hidden_inside_functions(tmp_path: Path) -> None:
+    room = tmp_path / "apex_gui" / "core" / "jobs"
+    room.mkdir(parents=True)
+    (room / "tools.py").write_text("def locate():\n    from apex_gui.core.jobs.check import known\n")
+    (room / "check.py").write_text("from apex_gui.core.jobs.runner import run\n")
+    (room / "runner.py").write_text("from apex_gui.core.jobs import tools\n")
+    # A type-only import back never runs: not a circle.
+    (room / "typed.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                   "    from apex_gui.core.jobs.alone import x\n")
+    (room / "alone.py").write_text("from apex_gui.core.jobs.typed import y\n")
+    assert import_circles(tmp_path / "apex_gui") == [
+        ["apex_gui.core.jobs.check", "apex_gui.core.jobs.runner", "apex_gui.core.jobs.tools"]]
+
+
 @pytest.mark.parametrize(("relative", "source", "rule"), [
     ("core/gguf/bad.py", "from PySide6.QtCore import QObject\n", "free of Qt"),
     ("core/plan/bad.py", "def f():\n    from apex_gui.core.jobs.runner import run_job\n", "lower room"),
     ("core/fit/bad.py", "import pynvml\n", "inside the function"),
     ("views/bad.py", "from apex_gui.commands import inspect\n", "command line"),
     ("core/jobs/bad.py", "from ...views import style\n", "free of Qt"),
+    ("qt/bad.py", "def f():\n    from apex_gui.views.window.main_window import MainWindow\n",
+     "only downwards"),
+    ("views/run/bad.py", "from apex_gui.screenshots.window_shots import settle\n", "only downwards"),
 ])
 def test_the_checker_catches_each_kind_of_violation(tmp_path: Path, relative: str, source: str,
                                                     rule: str) -> None:

@@ -158,7 +158,8 @@ def test_card_uses_the_memory_checks_flags(store: RunStore, tmp_path: Path, tiny
     from apex_gui.core.fit.device_spec import parse_device_spec
     from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
     from apex_gui.core.gguf.model import open_model
-    from apex_gui.core.fit.recommend import MachineMemory, evaluate, profile_candidates
+    from apex_gui.core.fit.recommend import evaluate, profile_candidates
+    from apex_gui.core.fit.placement import MachineMemory
 
     model = open_model(tiny_qwen2moe)
     geom = ModelGeometry.from_model(model)

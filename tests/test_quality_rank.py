@@ -9,7 +9,8 @@ import pytest
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import parse_device_spec
 from apex_gui.core.fit.quality_rank import PUBLISHED_KLD, measured_figures, published_figures
-from apex_gui.core.fit.recommend import MachineMemory, profile_candidates, recommend
+from apex_gui.core.fit.recommend import profile_candidates, recommend
+from apex_gui.core.fit.placement import MachineMemory
 from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.gguf.model import ModelInfo, open_model
 from apex_gui.core.plan.precision import is_quantizable
@@ -109,7 +110,7 @@ def test_hardware_panel_ranks_and_offers_the_best_plan(qtbot, tmp_path: Path) ->
     used, and with sensitivities known a "Best plan for this set-up" row applies the
     optimizer's plan."""
     from apex_gui.core.fixtures.synthetic import DEMO_SPEC, write_synthetic_model
-    from apex_gui.views.hardware_panel import BEST_PLAN_LABEL, COLUMNS, HardwarePanel
+    from apex_gui.views.hardware.hardware_panel import BEST_PLAN_LABEL, COLUMNS, HardwarePanel
     from quality_tables import synthetic_table
 
     model = open_model(write_synthetic_model(tmp_path / "demo.gguf", DEMO_SPEC))

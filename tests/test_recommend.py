@@ -20,10 +20,8 @@ from apex_gui.commands import recommend as recommend_command
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import parse_device_spec
 from apex_gui.core.fit.hardware import NvmlMemory, snapshot
-from apex_gui.core.fit.recommend import (
-    Candidate, Headroom, MachineMemory, Verdict, evaluate, file_candidate, profile_candidates,
-    recommend,
-)
+from apex_gui.core.fit.recommend import evaluate, file_candidate, profile_candidates, recommend
+from apex_gui.core.fit.placement import Candidate, Headroom, MachineMemory, Verdict
 from apex_gui.core.fixtures.twins import write_mmproj_twin, write_shape_twin
 from apex_gui.core.gguf.model import ModelInfo, open_model
 from apex_gui.core.units import GiB

@@ -35,9 +35,8 @@ import pytest
 
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import parse_device_spec
-from apex_gui.core.fit.recommend import (
-    Candidate, Headroom, MachineMemory, Verdict, evaluate, profile_candidates, recommend,
-)
+from apex_gui.core.fit.recommend import evaluate, profile_candidates, recommend
+from apex_gui.core.fit.placement import Candidate, Headroom, MachineMemory, Verdict
 from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.gguf.model import ModelInfo, open_model
 from apex_gui.core.plan.profiles import builtin_profiles

@@ -18,9 +18,8 @@ from apex_gui.core.fit.context_memory import (
     ContextSettings, ModelGeometry, Placement, kv_cache_estimate,
 )
 from apex_gui.core.fit.hardware import NvmlMemory
-from apex_gui.core.fit.recommend import (
-    MachineMemory, Verdict, server_command, usable_by_one_process,
-)
+from apex_gui.core.fit.recommend import server_command
+from apex_gui.core.fit.placement import MachineMemory, Verdict, usable_by_one_process
 from apex_gui.core.fixtures.twin_layouts import TWIN_LAYOUTS
 from apex_gui.core.fixtures.twins import write_mmproj_twin, write_shape_twin
 from apex_gui.core.gguf.model import open_model

@@ -12,9 +12,8 @@ from apex_gui.core.fit.cluster import explicit_split, machine_with_workers, mach
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import parse_device_spec
 from apex_gui.core.fit.memory import estimate_memory, weight_table
-from apex_gui.core.fit.recommend import (
-    MachineMemory, Verdict, evaluate, profile_candidates, recommend,
-)
+from apex_gui.core.fit.recommend import evaluate, profile_candidates, recommend
+from apex_gui.core.fit.placement import MachineMemory, Verdict
 from apex_gui.core.fit.rpc_local import bind_warning, parse_server_banner
 from apex_gui.core.fit.rpc_workers import (
     AddressScope, RemoteDevice, RpcWorker, RpcWorkerError, WorkerProbe, classify_host,

@@ -14,8 +14,9 @@ from apex_gui.core.fit.context_memory import (
 from apex_gui.core.fit.device_spec import parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.fit.recommend import (
-    FitResult, MachineMemory, Recommendation, file_candidate, profile_candidates, recommend,
+    Recommendation, file_candidate, profile_candidates, recommend,
 )
+from apex_gui.core.fit.placement import FitResult, MachineMemory
 from apex_gui.core.units import GB, MiB, format_gb, parse_size
 
 #: The context planned for when --ctx is not given (shortened to a model's training context).

@@ -17,7 +17,7 @@ from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Pla
 from apex_gui.core.fit.memory import layer_devices, weight_table
 # The placement search itself: a machine with workers is planned exactly like one with GPUs.
 from apex_gui.core.fit.context_memory import DEFAULT_MARGIN
-from apex_gui.core.fit.recommend import Candidate, MachineMemory, Verdict, best_outcome, FitInputs
+from apex_gui.core.fit.placement import Candidate, MachineMemory, Verdict, best_outcome, FitInputs
 from apex_gui.core.fit.rpc_workers import DEFAULT_RPC_PORT, MAX_RPC_SERVERS, RemoteDevice, WorkerProbe
 
 __all__ = ["explicit_split", "machine_with_workers", "machines_needed", "remote_gpu"]

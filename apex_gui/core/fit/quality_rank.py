@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from apex_gui.core.fit.recommend import FitResult
+from apex_gui.core.fit.placement import FitResult, Headroom
 
 #: Mean KL divergence against F16 published on the Qwen3.5-35B-A3B APEX model card
 #: (/work/shared/reference/apex-method.md, "Published results"). Profiles without a figure
@@ -117,8 +116,6 @@ def choose_by_quality(usable: Sequence[FitResult], default: FitResult | None,
                       figures: Mapping[str, QualityFigure]) -> QualityChoice:
     """Among the tiers with the best verdict that fit comfortably (and the default pick,
     whatever its headroom), the one with the lowest KL divergence."""
-    from apex_gui.core.fit.recommend import Headroom
-
     if default is None:
         return QualityChoice(None, None, None)
     eligible = [r for r in usable if r.verdict is default.verdict

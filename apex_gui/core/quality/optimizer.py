@@ -371,7 +371,8 @@ def optimize_for_fit(model: ModelInfo, table: SensitivityTable, machine: Any, ct
     as their own budget and the bisection is over what stays on the GPUs (``--cpu-moe``).
     """
     from apex_gui.core.fit.context_memory import ModelGeometry
-    from apex_gui.core.fit.recommend import Candidate, Verdict, evaluate
+    from apex_gui.core.fit.recommend import evaluate
+    from apex_gui.core.fit.placement import Candidate, Verdict
 
     geom = ModelGeometry.from_model(model)
     if experts_in_ram and not machine.gpus:

@@ -13,7 +13,7 @@ from apex_gui.core.report.results import QuantResult
 if TYPE_CHECKING:
     from apex_gui.core.gguf.model import ModelInfo
     from apex_gui.core.plan.profiles import BandedType, Profile
-    from apex_gui.core.fit.recommend import FitResult
+    from apex_gui.core.fit.placement import FitResult
     from apex_gui.core.jobs.run_store import RunStore
 
 

@@ -30,7 +30,7 @@ from apex_gui.core.units import format_gb_figure
 
 if TYPE_CHECKING:
     from apex_gui.core.plan.profiles import Profile
-    from apex_gui.core.fit.recommend import FitResult
+    from apex_gui.core.fit.placement import FitResult
 
 __all__ = [
     "BEST_FOR",
