@@ -6,15 +6,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apex_gui.core.gguf.types import ggml_type
+from apex_gui.core.settings import KV_CACHE_TYPES
 from apex_gui.core.units import MiB
 
 if TYPE_CHECKING:
     from apex_gui.core.gguf.model import ModelInfo
 
 
-#: KV cache types llama.cpp accepts for ``-ctk`` / ``-ctv``.
-KV_CACHE_TYPES: tuple[str, ...] = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
-                                   "iq4_nl", "f32")
+# KV_CACHE_TYPES (llama.cpp's -ctk / -ctv types) lives with the settings, which check it.
 #: llama-fit-params' default per-device margin (``--fit-target``).
 DEFAULT_MARGIN = 1024 * MiB
 #: llama.cpp's default physical batch (``-ub``).
