@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apex-studio", description="APEX Studio window.")
     parser.add_argument("model", nargs="?", help="a .gguf file to open (default: the demo model)")
     parser.add_argument("--screenshot", metavar="DIR",
-                        help="render each main view to DIR/*.png and exit")
+                        help="render each main view of the bundled demo to DIR/*.png and exit")
     parser.add_argument("--only", choices=SCREENSHOT_VIEWS + QUALITY_VIEWS, action="append",
                         help=argparse.SUPPRESS)  # the 200%% scale run in a child process; one view
     parser.add_argument("--theme", choices=("system", "light", "dark"),
@@ -54,38 +54,66 @@ def create_application(argv: Sequence[str] = ()):  # type: ignore[no-untyped-def
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.screenshot and args.model:
+        parser.error(f"--screenshot renders the bundled demo model; {args.model} would not be "
+                     "used: leave it out (APEX_SCREENSHOT_QUALITY_MODEL=MODEL picks the model "
+                     "of the quality views)")
     if args.screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from apex_gui.preflight import check_gui
 
     if check_gui() != 0:
         return 1
-    from apex_gui.core.settings import load_settings
-    from apex_gui.views import style
-    from apex_gui.views.window.main_window import MainWindow
-
-    app = create_application()
-    settings = load_settings()
-    style.apply_theme(app, args.theme or settings.theme)
     if args.screenshot:
+        from apex_gui.core.settings import load_settings
+        from apex_gui.views import style
+
+        style.apply_theme(create_application(), args.theme or load_settings().theme)
         written = take_screenshots(Path(args.screenshot), args.only)
         for path in written:
             print(path)
         return 0
-    from apex_gui.views.window.panels import install_panels
+    open_window(args.model, args.theme)
+    from PySide6.QtWidgets import QApplication
 
+    return int(QApplication.exec())
+
+
+def open_window(model: str | os.PathLike[str] | None = None, theme: str | None = None):  # type: ignore[no-untyped-def]
+    """Everything ``apex-studio [MODEL]`` does before the event loop; returns the window.
+
+    Whatever the settings file and the run history hold, the window starts: wrong settings
+    fall back to their defaults, a damaged history is moved aside and a locked or read-only
+    one is copied into memory (:func:`~apex_gui.core.jobs.run_store.open_history`), and a
+    banner says what was done and what to do.
+    """
+    from apex_gui.core.jobs.run_store import open_history
+    from apex_gui.core.settings import log_warnings, read_settings
+    from apex_gui.views import style
+    from apex_gui.views.window.main_window import MainWindow
+    from apex_gui.views.window.panels import install_panels
+    from apex_gui.views.window.startup_notice import install_startup_notice
     from apex_gui.views.window.tools_banner import install_tools_check
 
-    window = MainWindow(settings)
-    panels = install_panels(window)
+    app = create_application()
+    read = read_settings()
+    log_warnings(read.warnings)  # on stderr too, for a window started from a terminal
+    style.apply_theme(app, theme or read.settings.theme)
+    history = open_history()
+    if history.notice:
+        print(f"apex-studio: {history.notice}", file=sys.stderr)
+    window = MainWindow(read.settings)
+    panels = install_panels(window, store=history.store)
     install_tools_check(window, panels.queue.tools)  # once per tools build, in the background
+    install_startup_notice(window, [*read.warnings, *([history.notice] if history.notice else [])])
     window.show()
-    if args.model:
-        window.open_model_file(Path(args.model))
+    if model:
+        window.open_model_file(Path(model))
     else:
         window.open_demo()
-    return int(app.exec())
+    return window
 
 
 # --- screenshots --------------------------------------------------------------------------

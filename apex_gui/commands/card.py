@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:  # refused before the run history is read, not after
         check_output(args.output, sources=sources, force=args.force)
     name = args.name or model.name
-    store = RunStore()
+    store = RunStore.for_reading()  # only read: a read-only history is fine
     try:
         rows = collect_results(store, reference=model.path, family_only=True)
         recipes = quant_recipes(store)

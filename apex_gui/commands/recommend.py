@@ -277,7 +277,7 @@ def _quality_figures(args: argparse.Namespace, model: Any, candidates: list[Any]
     table = (SensitivityTable.load(args.sensitivity) if args.sensitivity
              else known_sensitivity(model))
     try:
-        store = RunStore()
+        store = RunStore.for_reading()  # only read: a read-only history is fine
     except RunStoreError:
         store = None  # no run history readable: rank by what else is known
     try:

@@ -233,11 +233,16 @@ def load_settings() -> Settings:
     """Read the settings; a missing, unreadable or wrong value gives its default (never an
     error), with one logged warning per problem and process."""
     read = read_settings()
-    for line in read.warnings:
+    log_warnings(read.warnings)
+    return read.settings
+
+
+def log_warnings(warnings: tuple[str, ...]) -> None:
+    """Log each settings warning once per process (the CLI shows them on stderr)."""
+    for line in warnings:
         if line not in _reported:
             _reported.add(line)
             _log.warning("warning: %s", line)
-    return read.settings
 
 
 def save_settings(settings: Settings) -> None:

@@ -4,6 +4,12 @@ Results survive a restart and can be compared later (the window's comparison tab
 ``--json`` dump). Each thread gets its own long-lived connection (WAL, synchronous=NORMAL),
 so the store is used from the GUI thread and from workers without sharing a connection and
 without an fsync per write.
+
+The file can be damaged, locked by another program or on a read-only disk. Commands that
+only read it (``card``, ``recommend``) open it read-only (:meth:`RunStore.for_reading`); the
+window opens it with :func:`open_history`, which always gives a store and says what it did:
+a damaged file is moved aside and a new one started, an unwritable one is copied into memory
+for the session. Nothing is deleted. A hand-broken row reads as an empty run.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +58,11 @@ CREATE TABLE IF NOT EXISTS run_owners (
 CREATE INDEX IF NOT EXISTS runs_output ON runs(output);
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
+#: The columns a record is read from, by name (a table of another shape is not ours).
+_COLUMNS = ("id, kind, title, spec, argv, output, started, ended, status, exit_code, message, "
+            "log, results, pipeline")
+#: Seconds a write waits for another process's write to end.
+BUSY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,45 @@ class RunRecord:
 
 
 class RunStoreError(RuntimeError):
-    """The run history cannot be read or written; the message names the database and the fix."""
+    """The run history cannot be read or written; the message names the database and the fix.
+
+    ``cause`` is SQLite's name for the error (``SQLITE_NOTADB``...), or ``SCHEMA`` for a
+    database that is not a run history, or ``OS`` for a folder that cannot be made.
+    """
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+    @property
+    def damaged(self) -> bool:
+        """The file is not a readable run history (moving it aside and starting anew helps)."""
+        return self.cause.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT", "SCHEMA"))
+
+    @property
+    def locked(self) -> bool:
+        return self.cause.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def _failure(path: Path, error: sqlite3.Error) -> RunStoreError:
+    """The one line a user reads for a SQLite error on ``path``: what is wrong and what to do."""
+    cause = getattr(error, "sqlite_errorname", "") or ""
+    detail = str(error)
+    if cause.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        text = (f"the run history {path} is damaged ({detail}): move it away (mv {path} "
+                f"{path}.damaged) and a new one is started; the window does this by itself")
+    elif cause.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        text = (f"the run history {path} is locked by another program ({detail}): let it "
+                "finish or close it, then run again")
+    elif cause.startswith("SQLITE_FULL"):
+        text = f"the disk of the run history {path} is full ({detail}): free some space"
+    elif cause.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
+        text = (f"the run history {path} cannot be written ({detail}): make the file and its "
+                "folder writable, or point APEX_STUDIO_DATA_DIR at another folder")
+    else:
+        text = (f"the run history {path} failed ({detail}): if its disk is full, free some "
+                "space; if the file is damaged, move it away and a new one is started")
+    return RunStoreError(text, cause)
 
 
 def default_store_path() -> Path:
@@ -100,20 +150,118 @@ def _clip_log(log: str) -> str:
 class RunStore:
     """The run history database."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._busy_timeout_s = busy_timeout_s
+        self._uri: str | None = None  # a read-only open (for_reading)
+        # In memory (session_copy): one connection for every thread, taken in turn.
+        self._shared: sqlite3.Connection | None = None
+        self._shared_lock = threading.RLock()
+        #: Writes are refused with this line (a store opened for reading only).
+        self.read_only_reason: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RunStoreError(f"cannot create the folder of the run history {self.path} "
                                 f"({error.strerror or error}); check the data folder "
-                                "(APEX_STUDIO_DATA_DIR)") from None
+                                "(APEX_STUDIO_DATA_DIR)", "OS") from None
+        try:
+            with self._connect() as db:
+                _check_shape(db, self.path, create=True)
+        except RunStoreError:
+            self.close()  # the file may be moved aside next: nothing may hold it open
+            raise
+
+    @classmethod
+    def for_reading(cls, path: str | os.PathLike[str] | None = None, *,
+                    busy_timeout_s: float = BUSY_TIMEOUT_S) -> RunStore:
+        """The history opened read-only (a read-only file, folder or disk is fine); an empty
+        one when there is none yet. Writes raise :class:`RunStoreError`."""
+        store = cls.__new__(cls)
+        store._init_without_file(path, busy_timeout_s)
+        store.read_only_reason = "it was opened for reading only"
+        if not store.path.is_file():
+            store._shared = _memory_database()
+            return store
+        store._uri = _read_only_uri(store.path)
+        try:
+            try:
+                store._check_columns()
+            except RunStoreError as error:
+                if error.cause != "SQLITE_CANTOPEN":
+                    raise
+                # A WAL database on a read-only disk cannot make its shared-memory file:
+                # read it as an unchanging file (what is only in its -wal file is not seen).
+                store.close()
+                store._uri = _read_only_uri(store.path, immutable=True)
+                store._check_columns()
+        except RunStoreError:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def session_copy(cls, path: str | os.PathLike[str] | None = None, *,
+                     busy_timeout_s: float = BUSY_TIMEOUT_S) -> RunStore:
+        """A store in memory holding what can be read of the history at ``path`` (nothing
+        when it cannot be read): for a session whose history cannot be written."""
+        store = cls.__new__(cls)
+        store._init_without_file(path, busy_timeout_s)
+        memory = _memory_database()
+        try:
+            source = cls.for_reading(store.path, busy_timeout_s=busy_timeout_s)
+            try:
+                with source._connect() as db:
+                    rows = db.execute(f"SELECT {_COLUMNS} FROM runs ORDER BY id").fetchall()
+                    owners = db.execute("SELECT run_id, pid, created FROM run_owners").fetchall()
+            finally:
+                source.close()
+            with memory:
+                memory.executemany(f"INSERT INTO runs ({_COLUMNS}) VALUES "
+                                   f"({', '.join('?' * 14)})", rows)
+                memory.executemany("INSERT INTO run_owners VALUES (?, ?, ?)", owners)
+        except (RunStoreError, sqlite3.Error):
+            pass  # nothing readable: the session starts with an empty history
+        store._shared = memory
+        return store
+
+    def _init_without_file(self, path: str | os.PathLike[str] | None,
+                           busy_timeout_s: float) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self._local = threading.local()
+        self._connections = []
+        self._lock = threading.Lock()
+        self._busy_timeout_s = busy_timeout_s
+        self._uri = None
+        self._shared = None
+        self._shared_lock = threading.RLock()
+        self.read_only_reason = None
+
+    @property
+    def in_memory(self) -> bool:
+        """True for a session copy: what is recorded now is gone when the store closes."""
+        return self._shared is not None and self.read_only_reason is None
+
+    def _check_columns(self) -> None:
         with self._connect() as db:
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _check_shape(db, self.path)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._uri is not None:
+            return sqlite3.connect(self._uri, uri=True, timeout=self._busy_timeout_s,
+                                   check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error:
+            db.close()  # a file left open keeps its disk busy (and its lock held)
+            raise
+        return db
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -121,11 +269,13 @@ class RunStore:
         # then appends to the log without an fsync, where a fresh connection per call paid a
         # checkpoint and fsyncs on close (60-400 ms a write on a slow disk, on the GUI thread).
         try:
+            if self._shared is not None:
+                with self._shared_lock, self._shared as shared:
+                    yield shared
+                return
             db = getattr(self._local, "db", None)
             if db is None:
-                db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
+                db = self._open_connection()
                 self._local.db = db
                 with self._lock:
                     self._connections.append(db)
@@ -133,9 +283,12 @@ class RunStore:
                 yield db
         except sqlite3.Error as error:
             # A full disk is the usual cause (the data folder often shares it with the quants).
-            raise RunStoreError(
-                f"the run history {self.path} failed ({error}): if its disk is full, free some "
-                "space; if the file is damaged, move it away and a new one is started") from None
+            raise _failure(self.path, error) from None
+
+    def _writable(self) -> None:
+        if self.read_only_reason is not None:
+            raise RunStoreError(f"the run history {self.path} cannot record runs: "
+                                f"{self.read_only_reason}", "SQLITE_READONLY")
 
     def close(self) -> None:
         """Close every connection this store opened (each thread's)."""
@@ -144,10 +297,14 @@ class RunStore:
                 db.close()
             self._connections.clear()
         self._local = threading.local()
+        if self._shared is not None:
+            with self._shared_lock:
+                self._shared.close()
 
     def start(self, kind: str, title: str, spec: dict[str, Any], argv: list[str],
               output: str | None, pipeline: str | None = None) -> int:
         """Record a run as started; returns its id."""
+        self._writable()
         with self._connect() as db:
             cursor = db.execute(
                 "INSERT INTO runs (kind, title, spec, argv, output, started, status, pipeline) "
@@ -163,6 +320,7 @@ class RunStore:
 
     def finish(self, run_id: int, status: str, exit_code: int | None, message: str, log: str,
                results: dict[str, Any]) -> None:
+        self._writable()
         with self._connect() as db:
             db.execute(
                 "UPDATE runs SET ended = ?, status = ?, exit_code = ?, message = ?, log = ?, "
@@ -172,13 +330,13 @@ class RunStore:
 
     def get(self, run_id: int) -> RunRecord | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _record(row) if row else None
 
     def runs(self, kind: str | None = None, status: str | None = None,
              limit: int = 100) -> list[RunRecord]:
         """Most recent first."""
-        query, args = "SELECT * FROM runs", []
+        query, args = f"SELECT {_COLUMNS} FROM runs", []
         clauses = []
         if kind is not None:
             clauses.append("kind = ?")
@@ -198,7 +356,8 @@ class RunStore:
         target = os.path.abspath(model)
         merged: dict[str, Any] = {}
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs WHERE status = 'succeeded' ORDER BY id ASC")
+            rows = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE status = 'succeeded' "
+                              "ORDER BY id ASC")
             for row in rows:
                 record = _record(row)
                 about = record.spec.get("model") or record.spec.get("output_path")
@@ -232,6 +391,122 @@ class RunStore:
         return len(gone)
 
 
+@dataclass(frozen=True)
+class OpenedHistory:
+    """The window's run history and, when the file could not be used as it is, what was done."""
+
+    store: RunStore
+    notice: str | None = None  # one paragraph: what is wrong, what was done, what to do
+
+
+def open_history(path: str | os.PathLike[str] | None = None, *,
+                 busy_timeout_s: float = BUSY_TIMEOUT_S) -> OpenedHistory:
+    """Open the history for a window session, whatever state the file is in (never raises).
+
+    * usable: opened, and runs a dead process left "running" are marked interrupted;
+    * damaged (not a database, malformed, another program's tables): the file is moved aside
+      (``runs.sqlite.damaged-DATE-TIME``, its -wal/-shm with it) and a new one started;
+    * locked, read-only, on a full disk, or damaged and not movable: what can be read is
+      copied into memory; the session shows past runs and records new ones until it ends.
+    """
+    target = Path(path) if path is not None else default_store_path()
+    try:
+        return OpenedHistory(_opened(target, busy_timeout_s))
+    except RunStoreError as error:
+        failure = error
+    if failure.damaged:
+        try:
+            aside = _move_aside(target)
+        except OSError as move_error:
+            failure = RunStoreError(f"{failure} (moving it aside failed: "
+                                    f"{move_error.strerror or move_error})", failure.cause)
+        else:
+            try:
+                store = _opened(target, busy_timeout_s)
+            except RunStoreError as error:
+                failure = error
+            else:
+                return OpenedHistory(store, (
+                    f"The run history {target.name} was damaged ({_detail(failure)}). It was "
+                    f"moved to {aside} (nothing was deleted) and a new, empty history was "
+                    "started: past runs are not listed, new ones are recorded as usual."))
+    store = RunStore.session_copy(target, busy_timeout_s=busy_timeout_s)
+    shown = store.runs(limit=1)
+    return OpenedHistory(store, (
+        f"The run history {target} cannot be used as it is: {failure} For this session "
+        f"{'its runs are shown and ' if shown else ''}new runs are recorded in memory only: "
+        "they are gone when the window closes."))
+
+
+def _opened(path: Path, busy_timeout_s: float) -> RunStore:
+    store = RunStore(path, busy_timeout_s=busy_timeout_s)
+    try:
+        store.mark_interrupted()
+    except RunStoreError:
+        store.close()
+        raise
+    return store
+
+
+def _detail(error: RunStoreError) -> str:
+    text = str(error)
+    return text[text.find("(") + 1:text.find(")")] if "(" in text else error.cause
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the history and its -wal/-shm files to ``NAME.damaged-DATE-TIME``; the new name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{number}")
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.replace(companion, aside.with_name(aside.name + suffix))
+    return aside
+
+
+def _check_shape(db: sqlite3.Connection, path: Path, create: bool = False) -> None:
+    """The tables are those of a run history (created first when ``create`` and missing), or
+    a :class:`RunStoreError` saying the file is damaged.
+
+    Creating only what is missing means an open needs no write lock, so another program's
+    long write does not keep the window from starting.
+    """
+    try:
+        if create:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in
+                      db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version != SCHEMA_VERSION or not {"runs", "run_owners"} <= tables:
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute(f"SELECT {_COLUMNS} FROM runs LIMIT 0")
+        db.execute("SELECT run_id, pid, created FROM run_owners LIMIT 0")
+    except sqlite3.OperationalError as error:
+        if "no such" not in str(error):
+            raise
+        raise RunStoreError(
+            f"the run history {path} is damaged ({error}: it is not APEX Studio's run "
+            f"history): move it away (mv {path} {path}.damaged) and a new one is started; "
+            "the window does this by itself", "SCHEMA") from None
+
+
+def _memory_database() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return db
+
+
+def _read_only_uri(path: Path, immutable: bool = False) -> str:
+    quoted = urllib.parse.quote(str(path.absolute()))
+    return f"file:{quoted}?{'immutable=1' if immutable else 'mode=ro'}"
+
+
 def _interrupted_message(pid: int | None) -> str:
     owner = f" (process {pid})" if pid is not None else ""
     return (f"interrupted: APEX Studio{owner} stopped before this run ended (killed or "
@@ -258,7 +533,43 @@ def _process_alive(pid: int, created: float) -> bool:
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:
+    """A row as a record; a field broken by hand (not JSON, a wrong type) reads as empty and
+    the message says so, so one bad row neither stops a listing nor adds wrong results."""
     (run_id, kind, title, spec, argv, output, started, ended, status, exit_code, message,
      log, results, pipeline) = row
-    return RunRecord(run_id, kind, title, json.loads(spec), json.loads(argv), output, started,
-                     ended, status, exit_code, message, log, json.loads(results), pipeline)
+    broken: list[str] = []
+    spec_value = _json_field(spec, dict, "spec", broken)
+    argv_value = _json_field(argv, list, "argv", broken)
+    results_value = _json_field(results, dict, "results", broken)
+    if not isinstance(started, (int, float)):
+        broken.append("started")
+        started = 0.0
+    if ended is not None and not isinstance(ended, (int, float)):
+        broken.append("ended")
+        ended = None
+    if exit_code is not None and not isinstance(exit_code, int):
+        broken.append("exit_code")
+        exit_code = None
+    texts = [_text(value) for value in (kind, title, status, message, log)]
+    if broken:
+        texts[3] = (f"this run's record is damaged ({', '.join(broken)} unreadable) and is "
+                    f"left out of comparisons. {texts[3]}").strip()
+    return RunRecord(int(run_id), texts[0], texts[1], spec_value, argv_value,
+                     None if output is None else _text(output), float(started),
+                     None if ended is None else float(ended), texts[2], exit_code, texts[3],
+                     texts[4], results_value, None if pipeline is None else _text(pipeline))
+
+
+def _json_field(text: Any, kind: type, name: str, broken: list[str]) -> Any:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if isinstance(value, kind):
+        return value
+    broken.append(name)
+    return kind()
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)

@@ -25,7 +25,7 @@ def figures_for(model: Any, candidates: Sequence[Candidate],
         except OSError:
             table = None  # an unreadable model file is reported by the fit itself
     try:
-        store: Any = RunStore()
+        store: Any = RunStore.for_reading()
     except RunStoreError:
         store = None
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import save_settings
 from apex_gui.qt.job_queue import JobQueue
@@ -48,7 +48,10 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     """
     settings = window.settings
     store = store or RunStore()
-    store.mark_interrupted()  # runs a previous session left "running" ended with it
+    try:
+        store.mark_interrupted()  # runs a previous session left "running" ended with it
+    except RunStoreError as error:  # locked by another program: they are marked next time
+        window.statusBar().showMessage(str(error), 15_000)
     tools = LlamaTools.for_settings(settings)
     queue = queue or JobQueue(tools, store, parent=window)
 
