@@ -81,23 +81,33 @@ def probe_dict(probe: WorkerProbe) -> dict[str, object]:
 
 
 def run_rpc_worker(args: argparse.Namespace) -> int:
-    from apex_gui.core.fit.rpc_local import bind_warning, rpc_server_argv
-    from apex_gui.core.fit.rpc_workers import parse_worker, probe_environment
+    from apex_gui.core.fit.rpc_local import (bind_warning, check_port_free, listen_address,
+                                             rpc_server_argv)
+    from apex_gui.core.fit.rpc_workers import probe_environment
     from apex_gui.core.settings import load_settings
     from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
-    parse_worker(f"{args.host}:{args.port}")  # the same checks a client applies
+    if args.threads < 0:
+        raise ValueError(f"-t {args.threads}: give a number of threads, or 0 for rpc-server's "
+                         "default")
+    # rpc-server exits 0 on a host it cannot read or a port it cannot take: both are
+    # checked here first, and the host is passed on written in full.
+    address = listen_address(args.host)
+    check_port_free(address, args.port)
     try:
         tools = LlamaTools(args.llama_cpp_dir or load_settings().llama_cpp_dir or None)
-        argv = rpc_server_argv(tools, args.host, args.port, args.threads, args.device,
+        argv = rpc_server_argv(tools, address, args.port, args.threads, args.device,
                                args.cache)
     except ToolNotFoundError as error:
         raise ValueError(f"{error} (rpc-server comes with builds made with -DGGML_RPC=ON)") \
             from None
-    warning = bind_warning(args.host)
+    if address != args.host:
+        print(f"apex-studio rpc-worker: --host {args.host} is {address}", file=sys.stderr)
+    warning = bind_warning(address)
     if warning:
         print(warning, file=sys.stderr)
-    print(f"apex-studio rpc-worker: {' '.join(argv)}  (use --rpc {args.host}:{args.port} on the "
+    reach = "THIS-MACHINE'S-ADDRESS" if address == "0.0.0.0" else address
+    print(f"apex-studio rpc-worker: {' '.join(argv)}  (use --rpc {reach}:{args.port} on the "
           "client; Ctrl-C stops it)", file=sys.stderr, flush=True)
     # Become rpc-server: Ctrl-C, SIGTERM and a closed terminal reach it directly, and no
     # Python parent is left to die first and orphan it.

@@ -10,6 +10,7 @@ until it exits), so readiness is judged by its port accepting a connection.
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 import subprocess
@@ -20,13 +21,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from apex_gui.core.fit.rpc_workers import (DEFAULT_RPC_PORT, SECURITY_NOTE, AddressScope, RpcWorker,
-                          classify_host)
+                          RpcWorkerError, classify_host)
 
 if TYPE_CHECKING:
     from apex_gui.core.jobs.tools import LlamaTools
 
-__all__ = ["LocalRpcWorker", "ServerDevice", "bind_warning", "free_port", "parse_server_banner",
-           "rpc_server_argv", "wait_until_listening"]
+__all__ = ["LocalRpcWorker", "ServerDevice", "bind_warning", "check_port_free", "free_port",
+           "listen_address", "parse_server_banner", "rpc_server_argv", "wait_until_listening"]
 
 #: Seconds a fresh rpc-server gets to open its port (it loads every backend first).
 START_TIMEOUT_S = 30.0
@@ -51,6 +52,65 @@ def rpc_server_argv(tools: LlamaTools, host: str = "127.0.0.1", port: int = DEFA
     if cache:
         argv += ["-c"]
     return argv
+
+
+def listen_address(host: str) -> str:
+    """The IPv4 address ``rpc-server -H`` would bind for ``host``, written in full.
+
+    rpc-server reads its host with ``inet_addr``, which takes short and hexadecimal forms
+    ("0", "0x0" and "127.1" are 0.0.0.0, 0.0.0.0 and 127.0.0.1) and refuses names
+    ("localhost": "Invalid host address", after which it exits 0). A name is resolved here
+    and its address passed on, so what is warned about is what is bound.
+    :class:`RpcWorkerError` names a host that is neither.
+    """
+    text = host.strip()
+    try:
+        address = socket.inet_ntoa(socket.inet_aton(text))
+    except (OSError, ValueError):
+        address = None
+    if address is None:
+        if not text or "\x00" in text:
+            raise RpcWorkerError("--host is empty; give the address to listen on, e.g. "
+                                 "127.0.0.1 (this machine only) or 192.168.1.20")
+        try:
+            address = socket.gethostbyname(text)
+        except (OSError, UnicodeError):
+            raise RpcWorkerError(
+                f"--host {text!r} cannot be resolved to an IPv4 address; give the address to "
+                "listen on, e.g. 127.0.0.1 (this machine only) or this machine's address on "
+                "your private network (`ip -4 addr`)") from None
+    if address == "255.255.255.255":  # inet_addr's error value: rpc-server refuses it
+        raise RpcWorkerError(f"--host {text}: 255.255.255.255 is the broadcast address, not "
+                             "one to listen on; give this machine's address or 127.0.0.1")
+    return address
+
+
+def check_port_free(address: str, port: int) -> None:
+    """:class:`RpcWorkerError` when rpc-server could not listen on ``address:port`` now.
+
+    rpc-server exits 0 after "Failed to create server socket", so this is tried first (as
+    it binds: SO_REUSEADDR, IPv4). A port taken between this check and rpc-server's own bind
+    still ends the way rpc-server ends it.
+    """
+    if not 1 <= port <= 65535:
+        raise RpcWorkerError(f"--port {port}: a port is a number from 1 to 65535 (rpc-server's "
+                             f"default is {DEFAULT_RPC_PORT})")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                why = ("is in use (another rpc-server, or another program); stop it or pick "
+                       "another port with --port")
+            elif error.errno == errno.EADDRNOTAVAIL:
+                why = ("cannot be listened on: the address is not one of this machine's "
+                       "(`ip -4 addr` lists them)")
+            elif error.errno == errno.EACCES:
+                why = "needs more rights than this user has: use a port above 1023"
+            else:
+                why = f"cannot be listened on ({error.strerror or error})"
+            raise RpcWorkerError(f"{address}:{port} {why}") from None
 
 
 def bind_warning(host: str) -> str | None:

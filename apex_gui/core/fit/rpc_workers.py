@@ -124,7 +124,8 @@ def parse_worker(text: str) -> RpcWorker:
     if not colon:
         raise RpcWorkerError(f"RPC worker {entry!r} has no port; write {entry}:"
                              f"{DEFAULT_RPC_PORT} (rpc-server's default port)")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
         raise RpcWorkerError(f"RPC worker {entry!r}: the port must be a number from 1 to 65535")
     if not host or not _HOST_NAME.match(host):
         raise RpcWorkerError(f"RPC worker {entry!r}: {host!r} is not an IPv4 address or host "
@@ -275,8 +276,14 @@ def parse_list_devices(output: str) -> list[RemoteDevice]:
 
 
 def parse_probe_output(worker: RpcWorker, output: str, exit_code: int | None,
-                       timeout_s: float | None = None, seconds: float = 0.0) -> WorkerProbe:
-    """Judge one ``--rpc WORKER --list-devices`` run; ``exit_code`` None means it timed out."""
+                       timeout_s: float | None = None, seconds: float = 0.0,
+                       host_resolves: bool = True) -> WorkerProbe:
+    """Judge one ``--rpc WORKER --list-devices`` run; ``exit_code`` None means it timed out.
+
+    ``host_resolves``: False when the worker's name does not resolve (the tools say only
+    "Failed to connect" then: their "Cannot resolve host" line goes to a logger not set up
+    at that point).
+    """
     name = f"RPC worker {worker}"
     if exit_code is None:
         return WorkerProbe(worker, False, error=(
@@ -294,7 +301,7 @@ def parse_probe_output(worker: RpcWorker, output: str, exit_code: int | None,
             f"{name} speaks RPC protocol {theirs}, these tools {rpc_protocol_text()}: run the same "
             "llama.cpp version on the worker as here (rebuild rpc-server there)"),
             seconds=seconds)
-    if RPC_RESOLVE_FAILED.search(output):
+    if RPC_RESOLVE_FAILED.search(output) or not host_resolves:
         return WorkerProbe(worker, False, error=(
             f"{name}: the host name {worker.host!r} does not resolve; use the worker's IP "
             "address or fix the name"), seconds=seconds)
@@ -358,8 +365,11 @@ def probe_workers(workers: Sequence[RpcWorker], tools: LlamaTools,
             process.kill()
             out, _ = process.communicate()
             code = None
-        probes.append(parse_probe_output(worker, out.decode("utf-8", "replace"), code,
-                                         timeout_s, time.monotonic() - started))
+        text = out.decode("utf-8", "replace")
+        # Only a failed connection costs a look-up (which may wait on a slow DNS server).
+        resolves = not RPC_CONNECT_FAILED.search(text) or resolve_host(worker.host) is not None
+        probes.append(parse_probe_output(worker, text, code, timeout_s,
+                                         time.monotonic() - started, host_resolves=resolves))
     return number_devices(probes)
 
 

@@ -118,10 +118,8 @@ class RpcWorkersBox(QGroupBox):
             self.status.setText(str(error))
             self._set_probes(())
             return None
-        warnings = worker_warnings(workers)
-        self.warning.setText("\n".join(warnings))
-        self.warning.setVisible(bool(warnings))
         if not workers:
+            self.warning.setVisible(False)
             self._show_idle()
             self._set_probes(())
             return None
@@ -129,17 +127,21 @@ class RpcWorkersBox(QGroupBox):
         self.status.setText(f"Probing {len(workers)} worker(s)…")
         self.probe_button.setEnabled(False)
         probe = self._probe
-        task = self._pool.submit("probe RPC workers", lambda _token: probe(workers))
+        # The warnings resolve host names: a slow DNS server must not stall the GUI thread.
+        task = self._pool.submit("probe RPC workers",
+                                 lambda _token: (worker_warnings(workers), probe(workers)))
         self._task = task
-        task.finished.connect(lambda probes, t=task: self._probed(t, probes))
+        task.finished.connect(lambda found, t=task: self._probed(t, *found))
         task.failed.connect(lambda error, t=task: self._failed(t, error))
         task.done.connect(lambda: self.probe_button.setEnabled(True))
         return task
 
-    def _probed(self, task: Task, probes: tuple[WorkerProbe, ...]) -> None:
+    def _probed(self, task: Task, warnings: list[str], probes: tuple[WorkerProbe, ...]) -> None:
         if task is not self._task:
             return
         self._task = None
+        self.warning.setText("\n".join(warnings))
+        self.warning.setVisible(bool(warnings))
         failed = any(not p.reachable for p in probes)
         self.status.setStyleSheet(ERROR_STYLE if failed else "")
         self.status.setText("\n".join(p.summary() for p in probes))
