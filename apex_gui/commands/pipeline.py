@@ -519,8 +519,8 @@ def _check_eval_args(args: argparse.Namespace) -> None:
                   (args.hellaswag, "--hellaswag", TASK_CAP_BYTES),
                   (args.winogrande, "--winogrande", TASK_CAP_BYTES),
                   *[(path, "--mc", TASK_CAP_BYTES) for path in args.mc]])
-    if args.reference is not None:
-        args.reference = check_model_file(args.reference, "--reference model")
+    if args.reference is not None:  # opened: a split one with a shard missing is named now
+        args.reference = _checked_model(args.reference, "--reference model")
     for name in ("hellaswag", "winogrande"):
         if getattr(args, name) is not None:
             setattr(args, name, tool_path(getattr(args, name)))
@@ -529,7 +529,7 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     _check_eval_args(args)
-    model, threads = check_model_file(args.model), _threads(args)
+    model, threads = _checked_model(args.model), _threads(args)
     options = _evaluation_options(args, None, default_kld=True)
     steps = _reference_step(options, threads)
     steps += evaluation_jobs(model, options, threads, prefix=model.stem)

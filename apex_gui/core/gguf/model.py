@@ -8,7 +8,6 @@ projectors (``clip``) and importance matrices (``general.type = imatrix``).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,9 +17,9 @@ from apex_gui.core.gguf.reader import (
     GGUFError, GGUFHeader, LazyArray, printable, read_header, read_lazy_array,
 )
 from apex_gui.core.gguf.roles import TensorRole, classify_kind, kind_sort_key, split_name
+from apex_gui.core.gguf.shards import check_shards_belong_together, shard_paths
 from apex_gui.core.gguf.types import FILE_TYPE_NAMES, IMATRIX_REQUIRED
 
-_SHARD_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 #: Far above any real model (llama.cpp's own limit is 512 blocks); a larger block count or
 #: layer index is corruption, and would otherwise cost a LayerInfo per bogus layer.
@@ -304,27 +303,6 @@ class ModelInfo:
 _DEFAULT_SWA_PERIOD = {"afmoe": 4, "gpt-oss": 2, "llama4": 4, "gemma3": 6, "cohere2": 4}
 
 
-def shard_paths(path: str | os.PathLike[str]) -> list[Path]:
-    """All shards of a split model given any one of them, in order; ``[path]`` if not split."""
-    file_path = Path(path)
-    match = _SHARD_NAME.match(file_path.name)
-    if not match:
-        return [file_path]
-    count = int(match.group("count"))
-    number = int(match.group("no"))
-    if count < 1 or not 1 <= number <= count:
-        raise GGUFError(file_path, f"the name says shard {number} of {count}, which cannot be; "
-                                   "rename the shards as NAME-0000i-of-0000N.gguf")
-    stem = match.group("stem")
-    shards = [file_path.with_name(f"{stem}-{index:05d}-of-{count:05d}.gguf")
-              for index in range(1, count + 1)]
-    missing = [s.name for s in shards if not s.exists()]
-    if missing:
-        raise GGUFError(file_path, f"split model is missing shard(s) {', '.join(missing)}; "
-                                   "put all shards in the same folder")
-    return shards
-
-
 def open_model(path: str | os.PathLike[str]) -> ModelInfo:
     """Read a GGUF (or every shard of a split GGUF) into a :class:`ModelInfo`."""
     shards = shard_paths(path)
@@ -334,6 +312,8 @@ def open_model(path: str | os.PathLike[str]) -> ModelInfo:
     if isinstance(declared_count, int) and declared_count != len(headers) and declared_count > 1:
         raise GGUFError(shards[0], f"declares {declared_count} shards but {len(headers)} were "
                                    "found; rename the shards as NAME-0000i-of-0000N.gguf")
+    if len(headers) > 1:
+        check_shards_belong_together(shards, headers)
     metadata = dict(first.metadata)
     for header in headers[1:]:
         for key, value in header.metadata.items():
