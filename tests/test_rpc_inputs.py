@@ -123,3 +123,17 @@ def test_a_worker_list_from_settings_with_a_bad_port_refuses_the_run_in_one_line
 
     with pytest.raises(RpcWorkerError, match="port must be a number"):
         parse_workers("10.0.0.2:50052, h:\u00b2")
+
+
+@pytest.mark.gui
+def test_a_probe_due_after_the_window_closed_does_nothing(qtbot) -> None:  # type: ignore[no-untyped-def]
+    """The field's debounce fired after Ctrl+Q had shut the worker pool: a traceback."""
+    from apex_gui.qt.workers import WorkerPool
+    from apex_gui.views.hardware.rpc_workers_box import RpcWorkersBox
+
+    pool = WorkerPool()
+    box = RpcWorkersBox(pool, "127.0.0.1:1", probe=lambda workers: ())
+    qtbot.addWidget(box)
+    pool.shutdown()
+    assert box.probe() is None
+    assert box.probe_button.isEnabled()

@@ -127,9 +127,13 @@ class RpcWorkersBox(QGroupBox):
         self.status.setText(f"Probing {len(workers)} worker(s)…")
         self.probe_button.setEnabled(False)
         probe = self._probe
-        # The warnings resolve host names: a slow DNS server must not stall the GUI thread.
-        task = self._pool.submit("probe RPC workers",
-                                 lambda _token: (worker_warnings(workers), probe(workers)))
+        try:
+            # The warnings resolve host names: a slow DNS server must not stall the GUI thread.
+            task = self._pool.submit("probe RPC workers",
+                                     lambda _token: (worker_warnings(workers), probe(workers)))
+        except RuntimeError:  # the pool is shut down: the window closed before the debounce
+            self.probe_button.setEnabled(True)
+            return None
         self._task = task
         task.finished.connect(lambda found, t=task: self._probed(t, *found))
         task.failed.connect(lambda error, t=task: self._failed(t, error))
