@@ -50,6 +50,7 @@ class LocalHub:
     _holds: dict[str, int] = field(default_factory=dict)
     _released: threading.Event = field(default_factory=threading.Event)
     held: threading.Event = field(default_factory=threading.Event)
+    _drop: bool = False
 
     # --- controls ---------------------------------------------------------------------------
     def hold(self, file_name: str, after_bytes: int) -> None:
@@ -58,7 +59,9 @@ class LocalHub:
         self._released.clear()
         self.held.clear()
 
-    def release(self) -> None:
+    def release(self, drop: bool = False) -> None:
+        """Let held downloads go on; ``drop``: close them instead (their client was killed)."""
+        self._drop = drop
         self._holds.clear()
         self._released.set()
 
@@ -197,6 +200,8 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                         hub.held.set()
                         while not hub._released.wait(0.05):
                             pass
+                        if hub._drop:
+                            break
                         limit = None
                     piece = body[sent:sent + CHUNK]
                     if limit is not None:

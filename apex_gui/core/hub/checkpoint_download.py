@@ -3,8 +3,8 @@
 The file list comes from the Hub (names, sizes, the commit), so the free disk is checked
 before a byte moves and every file is fetched at that one commit (a repository updated
 between a download and its resume never mixes two versions). Files go into a folder of their
-own through huggingface_hub, which keeps an unfinished file as ``.incomplete`` and resumes it
-with a range request. Each file is checked when it lands: the size the Hub listed, and for
+own through huggingface_hub's HTTP client; an unfinished file's bytes stay in
+``.apex-download/`` and a later run asks only for the rest (a range request). Each file is checked when it lands: the size the Hub listed, and for
 weights a complete safetensors header and data. The token is passed to huggingface_hub and
 never printed: messages name the repository, not the request.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 
 from apex_gui.core.convert.checkpoint import safetensors_problem
 from apex_gui.core.hub.download import (API_TIMEOUT_S, DownloadCancelled, HubError,
-                                        HubUnreachable,
                                         progress_class, bound_http_timeouts, check_reachable,
                                         endpoint, transport_errors, unanswered,
                                         validate_repo_id)
@@ -132,10 +131,9 @@ def bytes_still_needed(folder: Path, listing: RepoListing) -> int:
     for remote in listing.files:
         if file_problem(folder, remote) is None:
             continue
-        partial = sum(p.stat().st_size for p in
-                      (folder / ".cache" / "huggingface" / "download").glob(
-                          f"{remote.name}.*.incomplete")) if (folder / ".cache").is_dir() else 0
-        needed += max(0, remote.size - partial)
+        partial = partial_path(folder, remote)
+        have = partial.stat().st_size if partial.is_file() else 0
+        needed += max(0, remote.size - have)
     return needed
 
 
@@ -150,6 +148,57 @@ def check_disk_space(folder: Path, needed: int) -> None:
                        f"{format_size(free)} free: free some space or choose another folder")
 
 
+PARTIAL_FOLDER = ".apex-download"
+
+
+def partial_path(folder: Path, remote: RepoFile) -> Path:
+    """Where a file's bytes collect until it is complete (kept across runs for a resume)."""
+    return folder / PARTIAL_FOLDER / f"{remote.name}.partial"
+
+
+def fetch_file(listing: RepoListing, remote: RepoFile, folder: Path, token: str | None,
+               cancelled: Callable[[], bool], report: Callable[[int, int | None], None]) -> None:
+    """One file at the listing's commit, continuing a partial one with a range request.
+
+    huggingface_hub's own download starts each process on a fresh temporary file, so a
+    killed download would begin again from byte 0; this keeps the bytes of a killed run.
+    The finished file is checked against the Hub's size and SHA-256 before it is renamed.
+    """
+    import hashlib
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(listing.repo_id, remote.name, revision=listing.commit, endpoint=endpoint())
+    meta = get_hf_file_metadata(url, token=token, timeout=API_TIMEOUT_S, endpoint=endpoint())
+    partial = partial_path(folder, remote)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    have = partial.stat().st_size if partial.is_file() else 0
+    expected = meta.size if meta.size is not None else remote.size
+    if expected and have > expected:
+        partial.unlink()
+        have = 0
+    report(have, expected)
+    with open(partial, "ab") as out:
+        if not expected or have < expected:
+            http_get(meta.location, out, resume_size=have, headers=build_hf_headers(token=token),
+                     expected_size=expected, tqdm_class=progress_class(
+                         cancelled, lambda seen, _total: report(have + seen, expected)))
+    if remote.sha256:
+        digest = hashlib.sha256()
+        with open(partial, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != remote.sha256:
+            partial.unlink()
+            raise HubError(f"{remote.name} of {listing.repo_id} did not match the Hub's SHA-256 "
+                           "after the download (damaged in transit); run again to fetch it anew")
+    target = folder / remote.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial.replace(target)
+
+
 def download_checkpoint(listing: RepoListing, folder: Path, token: str | None = None,
                         cancelled: Callable[[], bool] = lambda: False,
                         progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
@@ -157,8 +206,7 @@ def download_checkpoint(listing: RepoListing, folder: Path, token: str | None = 
 
     ``progress(done, total)`` counts bytes over the whole repository.
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
     folder.mkdir(parents=True, exist_ok=True)
     check_disk_space(folder, bytes_still_needed(folder, listing))
@@ -178,18 +226,12 @@ def download_checkpoint(listing: RepoListing, folder: Path, token: str | None = 
             progress(base + seen, total)
 
         try:
-            hf_hub_download(listing.repo_id, remote.name, revision=listing.commit,
-                            local_dir=folder, token=token, etag_timeout=API_TIMEOUT_S,
-                            endpoint=endpoint(),
-                            tqdm_class=progress_class(cancelled, report))
+            fetch_file(listing, remote, folder, token, cancelled, report)
         except GatedRepoError:
             raise HubError(_gated_message(listing.repo_id)) from None
         except HfHubHTTPError as error:
             raise HubError(f"downloading {remote.name} from {listing.repo_id} failed: "
                            f"{str(error).splitlines()[0]}") from None
-        except LocalEntryNotFoundError:
-            raise HubUnreachable(f"the Hub stopped answering while {remote.name} of "
-                                 f"{listing.repo_id} downloaded; run again to resume") from None
         except transport_errors() as error:
             if isinstance(error, OSError) and not isinstance(error, ConnectionError):
                 raise HubError(f"writing {remote.name} into {folder} failed "

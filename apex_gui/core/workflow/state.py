@@ -10,6 +10,7 @@ test (or a curious user) can see that no finished step ran twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,10 +22,18 @@ STATE_FILE = "apex-pipeline.json"
 STATE_VERSION = 1
 
 
-def fingerprint(path: Path) -> list[int] | None:
-    """(size, modification time in ns) of a file, None when it is missing."""
+#: Files up to this size are fingerprinted by content: a plan's tensor-type file is written
+#: anew (same text, new time) each time its job is built.
+HASHED_BYTES = 4 * 1024 * 1024
+
+
+def fingerprint(path: Path) -> list[int | str] | None:
+    """(size, modification time in ns) of a file, or (size, sha256) of a small one; None
+    when it is missing."""
     try:
         stat = path.stat()
+        if stat.st_size <= HASHED_BYTES and path.is_file():
+            return [stat.st_size, hashlib.sha256(path.read_bytes()).hexdigest()]
     except OSError:
         return None
     return [stat.st_size, stat.st_mtime_ns]
