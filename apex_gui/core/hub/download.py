@@ -49,13 +49,31 @@ class RemoteFile:
 
 
 def _bounded_client() -> Any:
-    """huggingface_hub's own HTTP client, with a timeout on every read (its default has none)."""
-    import httpx2
-    from huggingface_hub.utils._http import default_client_factory
+    """huggingface_hub's own HTTP client, with a timeout on every request.
 
-    client = default_client_factory()
-    client.timeout = httpx2.Timeout(API_TIMEOUT_S, connect=CONNECT_TIMEOUT_S * 2)
-    return client
+    Its default client has none, and it passes ``timeout=None`` (no limit) on searches and
+    listings; a stalled answer becomes :class:`HubStalled`, which huggingface_hub does not
+    retry five times over (a stalled search would otherwise take minutes to fail).
+    """
+    import httpx2
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    class HubStalled(httpx2.TransportError):
+        """The Hub accepted the request and did not answer in time."""
+
+    class BoundedClient(httpx2.Client):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            limits = request.extensions.get("timeout") or {}
+            if limits.get("read") is None:
+                request.extensions["timeout"] = self.timeout.as_dict()
+            try:
+                return super().send(request, **kwargs)
+            except httpx2.TimeoutException as error:
+                raise HubStalled(str(error) or "timed out", request=request) from error
+
+    return BoundedClient(event_hooks={"request": [hf_request_event_hook]},
+                         follow_redirects=True,
+                         timeout=httpx2.Timeout(API_TIMEOUT_S, connect=CONNECT_TIMEOUT_S * 2))
 
 
 _bounded = False
@@ -85,7 +103,7 @@ def unanswered(what: str, error: BaseException) -> HubUnreachable:
     import httpx2
 
     host = urlparse(endpoint()).hostname or endpoint()
-    if isinstance(error, httpx2.TimeoutException):
+    if isinstance(error, httpx2.TimeoutException) or type(error).__name__ == "HubStalled":
         return HubUnreachable(f"{host} did not answer {what} within {API_TIMEOUT_S:g} s: the "
                               "Hub or a proxy is stalled; try again later (or set "
                               "APEX_HUB_TIMEOUT_S for a slow link)")
