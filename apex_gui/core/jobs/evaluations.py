@@ -129,10 +129,10 @@ class ReferenceLogitsJob(ToolJob):
     chunks: int | None = None
 
     @classmethod
-    def cached(cls, model: Path, text: Path, context: int = 512, chunks: int | None = None,
-               threads: int = 0) -> ReferenceLogitsJob:
+    def cached(cls, model: Path, text: Path, context: int = 512,
+               chunks: int | None = None) -> ReferenceLogitsJob:
         """The job whose output is the cache entry for these inputs."""
-        return cls(model=model, text=text, context=context, chunks=chunks, threads=threads,
+        return cls(model=model, text=text, context=context, chunks=chunks,
                    output_path=reference_logits_path(model, text, context, chunks))
 
     def inputs(self) -> tuple[Path, ...]:
@@ -382,7 +382,7 @@ class BenchJob(ToolJob):
                 "-r", str(self.repetitions), "-o", "jsonl"]
         if self.n_gpu_layers is not None:
             args += ["-ngl", str(self.n_gpu_layers)]
-        return [*args, *self._thread_args()]
+        return args
 
     def check(self, produced: Iterable[Path] = ()) -> None:
         exists_or_produced(self.model, list(produced), "model", model=True)

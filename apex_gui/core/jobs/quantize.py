@@ -15,6 +15,7 @@ from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED
 from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.evaluations import text_head
 from apex_gui.core.jobs.progress import ChunkProgressReader, ProgressReader, TensorProgressReader
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.specs import (
     JobError, ToolJob, JobVerdict, check_output, completed_chunks, exists_or_produced,
     generic_failure, too_few_tokens_message, check_readable_file, check_readable_model,
@@ -136,8 +137,8 @@ class QuantizeJob(ToolJob):
     @classmethod
     def from_plan(cls, plan: PrecisionPlan, output: str | os.PathLike[str],
                   tensor_type_file: str | os.PathLike[str] | None = None,
-                  imatrix: str | os.PathLike[str] | None = None, threads: int = 0,
-                  label: str = "") -> QuantizeJob:
+                  imatrix: str | os.PathLike[str] | None = None,
+                  label: str = "", options: RunOptions = RunOptions()) -> QuantizeJob:
         """A job that applies ``plan`` to its model; writes the plan's tensor-type file
         (by default content-addressed under the data dir, so equal plans share it)."""
         text = plan.tensor_type_file_text()
@@ -159,7 +160,7 @@ class QuantizeJob(ToolJob):
                    output_tensor_type=output_type.lower() if output_type else None,
                    allow_requantize=plan.requantizes(),
                    predicted_bytes=predicted, needs_imatrix=plan.needs_imatrix(),
-                   profile=profile, threads=threads, label=label)
+                   profile=profile, label=label, options=options)
 
     def inputs(self) -> tuple[Path, ...]:
         extra = [p for p in (self.tensor_type_file, self.imatrix) if p is not None]
@@ -185,8 +186,8 @@ class QuantizeJob(ToolJob):
         if self.imatrix is not None:
             args += ["--imatrix", str(self.imatrix)]
         args += [str(self.source), str(output), self.base_type]
-        if self.threads > 0:
-            args.append(str(self.threads))
+        if self.options.threads > 0:  # llama-quantize's thread count is its last argument
+            args.append(str(self.options.threads))
         return args
 
     def requires_imatrix(self) -> bool:
@@ -266,7 +267,8 @@ def quantize_argv(plan: PrecisionPlan, quantize_exe: str | Path, source: str | P
                       imatrix=Path(chosen) if chosen else None,
                       token_embedding_type=embedding.lower() if embedding else None,
                       output_tensor_type=output_type.lower() if output_type else None,
-                      allow_requantize=plan.requantizes(), threads=threads or 0)
+                      allow_requantize=plan.requantizes(),
+                      options=RunOptions(threads=threads or 0))
     return [str(quantize_exe), *job.quantize_args(Path(output))]
 
 

@@ -78,7 +78,7 @@ class SensitivityJob(ToolJob):
         assert partial is not None
         extra = ["--imatrix", str(self.imatrix)] if self.imatrix else []
         chunks = ["--chunks", str(self.chunks)] if self.chunks else []
-        threads = ["--threads", str(self.threads)] if self.threads > 0 else []
+        threads = ["--threads", str(self.options.threads)] if self.options.threads > 0 else []
         return ["-m", "apex_gui", "sensitivity", str(self.model), "-o", str(partial),
                 "--probe-ctx", str(self.context), *chunks, *threads, *extra]
 
