@@ -156,3 +156,29 @@ def test_kl_job_description_round_trips_its_options(tmp_path) -> None:
     assert spec["no_repack"] is True and spec["threads"] == 2 and "options" not in spec
     as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
     assert job_from_dict(as_json) == job
+
+
+def _job_classes() -> list[type]:
+    from apex_gui.core.jobs.pipeline import JOB_TYPES
+    from apex_gui.core.quality.job import SensitivityJob
+
+    return [*JOB_TYPES.values(), SensitivityJob]
+
+
+def test_job_classes_share_one_skeleton() -> None:
+    """What a job reads and writes, the checks of those files and the title are declared,
+    not written again in each job class (they were, nine times)."""
+    from dataclasses import fields
+
+    from apex_gui.core.jobs.quantize import QuantizeJob
+
+    allowed = {QuantizeJob: {"title"}}  # "quantize A -> B (profile)": a shape of its own
+    for cls in _job_classes():
+        written = {name for name in ("inputs", "output", "check", "title", "argv")
+                   if name in cls.__dict__} - allowed.get(cls, set())
+        if cls.kind == "sensitivity":
+            written.discard("argv")  # this interpreter runs it, not a llama.cpp tool
+        assert not written, f"{cls.__name__} writes its own {sorted(written)}"
+        names = {f.name for f in fields(cls)}
+        assert cls.reads and all(read.field in names for read in cls.reads), cls
+        assert not cls.writes or cls.writes in names, cls

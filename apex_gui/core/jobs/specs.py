@@ -170,12 +170,40 @@ def too_few_tokens_message(what: str, path: Path | None, log: str, context: int)
 # --- jobs -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class JobInput:
+    """A file a job reads: the field holding its path (None: not given), how messages name
+    it, and whether it is a GGUF model (its header is checked before the run)."""
+
+    field: str
+    what: str
+    model: bool = False
+
+
+#: The model most jobs run (``-m``).
+MODEL_INPUT = JobInput("model", "model", model=True)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ToolJob:
-    """Base of every job: one run of one llama.cpp tool."""
+    """Base of every job: one run of one llama.cpp tool.
+
+    A job class declares what it reads (``reads``), the field naming what it writes
+    (``writes``), what its title calls it (``subject``) and how its progress is read
+    (``progress_reader``); the files' checks, the title and the rest of the skeleton are
+    here, once. It adds its own arguments (``args``), judgement (``verdict``) and any
+    check beyond its files (``check_details``).
+    """
 
     tool: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    #: The files the job reads, in argument order; the first names the job in its title.
+    reads: ClassVar[tuple[JobInput, ...]] = ()
+    #: The field holding the file the job writes ("" for none).
+    writes: ClassVar[str] = ""
+    #: What the title calls the job: "perplexity" gives "perplexity MODEL.gguf".
+    subject: ClassVar[str] = ""
+    progress_reader: ClassVar[type[ProgressReader]] = ProgressReader
 
     label: str = ""
     #: How the tool is run here (threads, --no-repack, CPU variants, RPC workers): what the
@@ -184,10 +212,11 @@ class ToolJob:
 
     # What the job reads and writes.
     def inputs(self) -> tuple[Path, ...]:
-        return ()
+        found = (getattr(self, read.field) for read in self.reads)
+        return tuple(path for path in found if path is not None)
 
     def output(self) -> Path | None:
-        return None
+        return getattr(self, self.writes) if self.writes else None
 
     def partial_output(self) -> Path | None:
         out = self.output()
@@ -251,13 +280,27 @@ class ToolJob:
 
     # Before and after.
     def check(self, produced: Iterable[Path] = ()) -> None:
-        """Raise :class:`JobError` when the job would fail for a reason known in advance.
+        """Raise :class:`JobError` when the job would fail for a reason known in advance:
+        an input missing or unreadable, an output that is also an input, then the job's own
+        :meth:`check_details`.
 
         ``produced`` lists files an earlier pipeline step will create: they need not exist yet.
         """
+        produced = list(produced)
+        for read in self.reads:
+            path = getattr(self, read.field)
+            if path is not None:
+                exists_or_produced(path, produced, read.what, read.model)
+        output = self.output()
+        if output is not None:
+            check_output(output, self.inputs())
+        self.check_details(produced)
+
+    def check_details(self, produced: list[Path]) -> None:
+        """The job's own checks once its files are known to be there (JobError)."""
 
     def new_progress(self) -> ProgressReader:
-        return ProgressReader()
+        return self.progress_reader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         raise NotImplementedError
@@ -273,7 +316,10 @@ class ToolJob:
 
     # Description.
     def title(self) -> str:
-        return self.label or self.kind
+        inputs = self.inputs()
+        if self.label or not self.subject or not inputs:
+            return self.label or self.kind
+        return f"{self.subject} {inputs[0].name}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (the run history stores it)."""

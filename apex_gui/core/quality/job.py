@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from apex_gui.core.jobs.progress import Progress, ProgressReader
-from apex_gui.core.jobs.specs import ToolJob, JobVerdict
+from apex_gui.core.jobs.specs import MODEL_INPUT, JobInput, JobVerdict, ToolJob
 from apex_gui.core.jobs.tools import LlamaTools
 
 _PROGRESS = re.compile(r"\[\s*([\d.]+)%\]\s*([^\r\n\x1b]*)")
@@ -60,18 +60,17 @@ class SensitivityJob(ToolJob):
 
     tool: ClassVar[str] = "apex-studio sensitivity"
     kind: ClassVar[str] = "sensitivity"
+    reads: ClassVar[tuple[JobInput, ...]] = (MODEL_INPUT,
+                                             JobInput("imatrix", "importance matrix"))
+    writes: ClassVar[str] = "output_path"
+    subject: ClassVar[str] = "sensitivity of"
+    progress_reader: ClassVar[type[ProgressReader]] = SensitivityProgressReader
 
     model: Path
     output_path: Path
     imatrix: Path | None = None
     context: int = 512
     chunks: int | None = None
-
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model,) + ((self.imatrix,) if self.imatrix else ())
-
-    def output(self) -> Path:
-        return self.output_path
 
     def args(self) -> list[str]:
         partial = self.partial_output()
@@ -85,9 +84,6 @@ class SensitivityJob(ToolJob):
     def argv(self, tools: LlamaTools) -> list[str]:
         # The measurement is Python driving the tools: this interpreter runs it.
         return [sys.executable, *self.args()]
-
-    def new_progress(self) -> ProgressReader:
-        return SensitivityProgressReader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         found = None
@@ -111,6 +107,3 @@ class SensitivityJob(ToolJob):
         except (ValueError, KeyError, OSError) as error:
             return f"{written.name} is not a complete sensitivity table: {error}"
         return None
-
-    def title(self) -> str:
-        return self.label or f"sensitivity of {self.model.name}"
