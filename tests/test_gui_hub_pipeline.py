@@ -15,6 +15,10 @@ from hf_pipeline_helpers import export_demo
 from apex_gui.core.workflow.state import STATE_FILE
 
 
+#: A real conversion and quantization from the window (minutes on 2 busy cores).
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.mark.gui
 def test_window_turns_a_checkpoint_folder_into_quants_and_resumes(
         qtbot: QtBot, demo_window, tmp_path: Path, llama_tools) -> None:

@@ -26,6 +26,8 @@ from hf_pipeline_helpers import (DEMO_GGUF, HUB_REPO, cli_env, export_demo, gate
 from apex_gui.core.convert.converter import find_converter, missing_modules
 from apex_gui.core.workflow.state import STATE_FILE
 
+#: Converting, quantizing and measuring a real model twice over (a few minutes on 2 busy cores).
+pytestmark = pytest.mark.timeout(1200)
 SPM_SPACE = "\u2581"
 
 

@@ -79,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
     job = ConvertJob(checkpoint=folder, output_path=output, converter=converter.folder,
                      output_type=output_type, mmproj=args.mmproj,
                      pre_tokenizer=args.pre_tokenizer)
-    args.threads, args.no_repack = None, False
+    args.threads, args.no_repack = None, False  # execute() reads them; the converter has none
     return execute(Pipeline.from_jobs([("convert", job)]), args,
                    [f"converter: {converter.script} ({converter.origin})"])

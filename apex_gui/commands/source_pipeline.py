@@ -93,13 +93,10 @@ def _token() -> str | None:
 
 def source_request(args: argparse.Namespace) -> SourcePipelineRequest:
     """The request from parsed ``pipeline`` arguments (validated by the core)."""
-    from apex_gui.core.settings import load_settings
-
     keys = tuple(k.strip() for k in args.profiles.split(",") if k.strip())
     source = args.model if args.model.startswith("hf://") else str(Path(args.model).resolve())
     work_dir = args.output_dir or (Path.cwd() / f"{model_name(source)}-APEX")
     evaluate = args.eval or args.kld or args.ppl is not None
-    threads = args.threads or load_settings().effective_threads()
     return SourcePipelineRequest(
         source=source, work_dir=Path(work_dir).resolve(), profiles=keys,
         output_type=args.outtype, pre_tokenizer=args.pre_tokenizer,
@@ -109,7 +106,7 @@ def source_request(args: argparse.Namespace) -> SourcePipelineRequest:
         eval_context=args.ctx, eval_chunks=args.chunks,
         calibration_files=tuple(tool_path(p) for p in args.calibration or ()),
         imatrix_context=args.imatrix_ctx, imatrix_chunks=args.imatrix_chunks,
-        threads=threads, publish_repo=args.publish, private=args.private,
+        publish_repo=args.publish, private=args.private,
         token=_token() if args.source_needs_token else None)
 
 
@@ -133,7 +130,8 @@ def run_source_pipeline_command(args: argparse.Namespace) -> int:
         store.mark_interrupted()
     except RunStoreError as error:
         raise ValueError(str(error)) from None
-    tools = LlamaTools.for_settings(load_settings(), args.llama_cpp_dir, no_repack=args.no_repack)
+    tools = LlamaTools.for_settings(load_settings(), args.llama_cpp_dir, threads=args.threads,
+                                    no_repack=args.no_repack)
     stop = threading.Event()
     with stop_signals_cancel(stop):
         reports = run_source_pipeline(request, tools, store, PrintedEvents(), stop)

@@ -28,6 +28,7 @@ from apex_gui.core.hub.download import (DownloadCancelled, HubError, transport_e
                                         unanswered)
 from apex_gui.core.hub.publish import PublishError, UploadCancelled, upload, upload_plan
 from apex_gui.core.jobs.assembly import RunRequest, pipeline_for
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobOutcome, JobStatus, run_job
 from apex_gui.core.jobs.specs import ToolJob, gguf_output_problem
@@ -57,7 +58,7 @@ class SourcePipelineRequest:
     calibration_files: tuple[Path, ...] = ()
     imatrix_context: int = 512
     imatrix_chunks: int | None = None
-    threads: int = 0
+    threads: int = 0  # 0: the tools' standing options (the settings, -t) decide
     publish_repo: str | None = None
     private: bool = False
     token: str | None = field(default=None, repr=False)  # never stored, never printed
@@ -247,7 +248,7 @@ class SourcePipeline:
             job = ConvertJob(checkpoint=checkpoint.folder, output_path=output,
                              converter=converter.folder, output_type=output_type,
                              mmproj=mmproj, pre_tokenizer=request.pre_tokenizer,
-                             python=self.converter_python or "", threads=request.threads)
+                             python=self.converter_python or "")
             if not self._run_tool(key, job, []).succeeded:
                 return None
         return target
@@ -263,7 +264,8 @@ class SourcePipeline:
             imatrix_context=request.imatrix_context, imatrix_chunks=request.imatrix_chunks,
             eval_text=request.eval_text, kl_divergence=request.kl_divergence,
             perplexity=request.perplexity, eval_context=request.eval_context,
-            eval_chunks=request.eval_chunks, threads=request.threads)
+            eval_chunks=request.eval_chunks,
+            options=RunOptions(threads=request.threads) if request.threads else RunOptions())
         pipeline = pipeline_for(run)
         succeeded: set[str] = set()
         quants: list[Path] = []

@@ -132,6 +132,8 @@ class HubPipelineDialog(QDialog):
         self.setup_label.setText("Installing the converter and its Python needs "
                                  "(PyTorch's CPU build)...")
 
+        configured = self._tools().configured_dir
+
         def install(token: CancelToken) -> str:
             from apex_gui.core.convert.converter import fetch_sdist, missing_modules
 
@@ -142,7 +144,7 @@ class HubPipelineDialog(QDialog):
                     if done.returncode != 0:
                         raise RuntimeError("pip failed: " + (done.stderr.strip().splitlines()
                                                              or ["no message"])[-1])
-            if find_converter(self._tools().configured_dir) is None:
+            if find_converter(configured) is None:
                 fetch_sdist()
             return "ready"
 
@@ -171,7 +173,6 @@ class HubPipelineDialog(QDialog):
             profiles=tuple(p.strip() for p in self.profiles_edit.text().split(",") if p.strip()),
             kl_divergence=self.evaluate_box.isChecked(),
             pre_tokenizer=self.pre_tokenizer_edit.text().strip(),
-            threads=getattr(self._settings, "effective_threads", lambda: 0)(),
             publish_repo=self.publish_edit.text().strip() or None, token=get_token())
 
     def start(self) -> None:
