@@ -79,6 +79,7 @@ def test_converted_demo_gives_the_demo_perplexity(clean_run: Path, llama_tools,
                                                   tmp_path: Path) -> None:
     from apex_gui.core.jobs.calibration import quick_eval_text
     from apex_gui.core.jobs.evaluations import PerplexityJob
+    from apex_gui.core.jobs.run_options import RunOptions
     from apex_gui.core.jobs.runner import run_job
 
     # The demo's vocabulary is SPM bytes (a space is U+2581); the converter writes the same
@@ -90,7 +91,7 @@ def test_converted_demo_gives_the_demo_perplexity(clean_run: Path, llama_tools,
     ppl = {}
     for model in (DEMO_GGUF, clean_run / "demo-qwen2moe-F16.gguf"):
         outcome = run_job(PerplexityJob(model=model, text=text, context=128, chunks=4,
-                                        threads=2), llama_tools)
+                                        options=RunOptions(threads=2)), llama_tools)
         assert outcome.succeeded, outcome.message
         ppl[model] = outcome.results["ppl"]
     bundled, converted = ppl.values()
