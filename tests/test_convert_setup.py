@@ -85,3 +85,34 @@ def test_a_folder_without_weights_or_tokenizer_is_refused(tmp_path: Path) -> Non
     with pytest.raises(JobError, match="no vision or audio tower"):
         ConvertJob(checkpoint=tmp_path, output_path=tmp_path / "m.gguf", converter=script_dir,
                    mmproj=True).check()
+
+
+@pytest.mark.timeout(600)
+def test_a_random_qwen3moe_checkpoint_converts_to_its_tensors(tiny_qwen3moe: Path,
+                                                              tmp_path: Path) -> None:
+    """A second architecture through the product: a random-weights Qwen3-MoE (q/k norms, no
+    shared expert) exported as transformers writes it, converted back tensor for tensor."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from gguf import GGUFReader
+
+    from apex_gui.core.jobs.runner import run_job
+
+    folder = tmp_path / "tiny-qwen3moe"
+    subprocess.run([sys.executable, str(REPO / "training" / "export_hf.py"), str(tiny_qwen3moe),
+                    "-o", str(folder)], check=True, capture_output=True, timeout=300)
+    found = converter.find_converter()
+    assert found is not None and not converter.missing_modules()
+    output = tmp_path / "tiny-F16.gguf"
+    outcome = run_job(ConvertJob(checkpoint=folder, output_path=output, converter=found.folder,
+                                 output_type="f16", pre_tokenizer="gpt-2"))
+    assert outcome.succeeded, outcome.message
+    converted = {t.name: t for t in GGUFReader(output).tensors}
+    original = {t.name: t for t in GGUFReader(tiny_qwen3moe).tensors}
+    assert converted.keys() == original.keys()
+    for name, tensor in original.items():
+        assert np.array_equal(np.asarray(converted[name].data, dtype=np.float32).ravel(),
+                              np.asarray(tensor.data, dtype=np.float32).ravel()), name
+    assert GGUFReader(output).fields["general.architecture"].contents() == "qwen3moe"

@@ -1,4 +1,5 @@
-"""Export a qwen2moe GGUF of this project (the bundled trained demo) as a Hugging Face checkpoint.
+"""Export a qwen2moe or qwen3moe GGUF of this project (the bundled trained demo, a synthetic
+model) as a Hugging Face checkpoint.
 
 Writes what ``transformers`` writes for Qwen2-MoE: ``config.json``, ``generation_config.json``,
 ``model.safetensors`` (per-expert ``mlp.experts.N.{gate,up,down}_proj`` tensors, the layout of
@@ -53,17 +54,22 @@ def _field(reader: GGUFReader, key: str) -> object:
     return value
 
 
+#: transformers' names of the architectures this exports.
+HF_ARCHITECTURES = {"qwen2moe": ("Qwen2MoeForCausalLM", "qwen2_moe"),
+                    "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3_moe")}
+
+
 def hf_config(reader: GGUFReader, arch: str) -> dict:
     get = lambda name: _field(reader, f"{arch}.{name}")  # noqa: E731
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    return {
-        "architectures": ["Qwen2MoeForCausalLM"],
-        "model_type": "qwen2_moe",
+    architecture, model_type = HF_ARCHITECTURES[arch]
+    config = {
+        "architectures": [architecture],
+        "model_type": model_type,
         "vocab_size": vocab,
         "hidden_size": int(get("embedding_length")),
         "intermediate_size": int(get("feed_forward_length")),
         "moe_intermediate_size": int(get("expert_feed_forward_length")),
-        "shared_expert_intermediate_size": int(get("expert_shared_feed_forward_length")),
         "num_hidden_layers": int(get("block_count")),
         "num_attention_heads": int(get("attention.head_count")),
         "num_key_value_heads": int(get("attention.head_count_kv")),
@@ -89,6 +95,12 @@ def hf_config(reader: GGUFReader, arch: str) -> dict:
         "eos_token_id": int(_field(reader, "tokenizer.ggml.eos_token_id")),
         "torch_dtype": "float16",
     }
+    if arch == "qwen2moe":
+        config["shared_expert_intermediate_size"] = int(get("expert_shared_feed_forward_length"))
+    else:  # Qwen3-MoE: explicit head size, no biases, normalised top-k weights
+        config.update(head_dim=int(get("attention.key_length")), attention_bias=False,
+                      norm_topk_prob=True)
+    return config
 
 
 def hf_tensors(reader: GGUFReader) -> dict[str, np.ndarray]:
@@ -102,6 +114,8 @@ def hf_tensors(reader: GGUFReader) -> dict[str, np.ndarray]:
         "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
         "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
         "attn_output.weight": "self_attn.o_proj.weight",
+        "attn_q_norm.weight": "self_attn.q_norm.weight",
+        "attn_k_norm.weight": "self_attn.k_norm.weight",
         "ffn_gate_inp.weight": "mlp.gate.weight",
         "ffn_gate_inp_shexp.weight": "mlp.shared_expert_gate.weight",
         "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
@@ -159,7 +173,8 @@ def tokenizer_files(reader: GGUFReader) -> dict[str, object]:
     }
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
               "eos_token": "</s>", "add_bos_token": True, "add_eos_token": False,
-              "model_max_length": int(_field(reader, "qwen2moe.context_length")),
+              "model_max_length": int(_field(reader, f"{_field(reader, 'general.architecture')}"
+                                               ".context_length")),
               "clean_up_tokenization_spaces": False}
     return {"tokenizer.json": tokenizer, "tokenizer_config.json": config,
             "special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>"}}
@@ -170,8 +185,8 @@ def export(gguf_path: Path, folder: Path) -> Path:
 
     reader = GGUFReader(gguf_path)
     arch = str(_field(reader, "general.architecture"))
-    if arch != "qwen2moe":
-        raise SystemExit(f"{gguf_path} is {arch}; this exports qwen2moe models")
+    if arch not in HF_ARCHITECTURES:
+        raise SystemExit(f"{gguf_path} is {arch}; this exports {', '.join(HF_ARCHITECTURES)}")
     folder.mkdir(parents=True, exist_ok=True)
     config = hf_config(reader, arch)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
