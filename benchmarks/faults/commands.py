@@ -31,7 +31,13 @@ def every_command(c: Campaign) -> None:
         ["hardware", "--rpc", "x"], ["rpc-worker", "--port", "0"],
         ["types", "--no-such-flag"],
         ["optimize", "m.gguf", "--budget", "-1MB"], ["plan", "m.gguf", "--profile", "nope"],
+        ["convert", "missing-folder", "-o", "c.gguf"], ["convert", "empty", "-o", "c.gguf"],
+        ["convert", "bogus", "-o", "c.gguf"], ["convert", "m.gguf", "-o", "c.gguf"],
     ]
+    (folder / "empty").mkdir()
+    (folder / "bogus").mkdir()
+    (folder / "bogus" / "config.json").write_text('{"architectures": 5}')
+    (folder / "bogus" / "model.safetensors").write_bytes(b"\xff" * 64)
     for args in refusals:
         c.run(" ".join(args), args, folder, keep=[model])
     fine = [["inspect", "m.gguf", "--json"], ["estimate", "m.gguf", "--all", "--no-baselines"],

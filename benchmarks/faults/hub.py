@@ -42,6 +42,11 @@ def hub_endpoints(c: Campaign) -> None:
                      "refuses": f"http://127.0.0.1:{closed.getsockname()[1]}",
                      "is not a URL": "not a url"}
         for what, endpoint in endpoints.items():
+            env = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
+                   "HF_HOME": str(c.work / "hf-home")}
+            c.run(f"pipeline hf://... where the endpoint {what}",
+                  ["pipeline", "hf://someone/Some-Model", "--profiles", "quality"], folder,
+                  env=env, deadline=120)
             for call, body in CALLS.items():
                 c.run_python(f"Hub {call} where the endpoint {what}", _snippet(body), folder,
                              env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
