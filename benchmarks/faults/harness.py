@@ -39,6 +39,8 @@ DEADLINE_S = 60.0
 LEFTOVER_SUFFIXES = (".partial", ".tmp", ".lock")
 #: A case whose processes grew past this is counted as unbounded memory.
 MEMORY_LIMIT_MB = 1500
+#: ... and is stopped at this size: the campaign must not take the machine's memory with it.
+MEMORY_KILL_MB = 3000
 #: What a case keeps of each output stream (a tool that prints without end must not fill
 #: the campaign's memory instead).
 KEEP_OUTPUT_CHARS = 200_000
@@ -84,7 +86,8 @@ def total(tallies: dict[str, Tally]) -> Tally:
 
 @dataclass
 class Finished:
-    """One process that ran to its end (``returncode`` None: killed at the deadline)."""
+    """One process that ran to its end (``returncode`` None: killed at the deadline or past
+    :data:`MEMORY_KILL_MB`)."""
 
     returncode: int | None
     stdout: str
@@ -117,7 +120,7 @@ def run_measured(argv: Sequence[str], *, cwd: Path, env: dict[str, str], deadlin
     threads = [threading.Thread(target=_drain, args=(process.stdout, outputs["out"]), daemon=True),
                threading.Thread(target=_drain, args=(process.stderr, outputs["err"]), daemon=True)]
     peak = [0]
-    ended = threading.Event()
+    ended = threading.Event()  # set by the sampler too, when it stopped the case for memory
     threads.append(threading.Thread(target=_sample_memory, args=(process.pid, peak, ended),
                                     daemon=True))
     for thread in threads:
@@ -129,6 +132,7 @@ def run_measured(argv: Sequence[str], *, cwd: Path, env: dict[str, str], deadlin
         timed_out = True
         _kill_group(process.pid)
         process.wait()
+    timed_out = timed_out or peak[0] > MEMORY_KILL_MB << 20
     ended.set()
     orphans = _group_alive(process.pid)
     _kill_group(process.pid)  # what it started and left behind goes with it
@@ -162,6 +166,9 @@ def _sample_memory(pid: int, peak: list[int], ended: threading.Event) -> None:
             except psutil.NoSuchProcess:
                 pass
         peak[0] = max(peak[0], total_rss)
+        if total_rss > MEMORY_KILL_MB << 20:
+            _kill_group(pid)
+            return
         ended.wait(SAMPLE_S)
 
 
@@ -328,6 +335,9 @@ class Campaign:
         done = run_measured(argv, cwd=folder, env={**self.env, **(env or {})},
                             deadline=deadline)
         self.measure(name, done)
+        if done.returncode is None and done.peak_mb > MEMORY_KILL_MB:
+            self.clear_tmp()  # stopped for its memory (counted above), not a hang
+            return None
         if done.returncode is None:
             self.tally.bad("hangs", name, f"(past {deadline:g} s)")
             self.clear_tmp()

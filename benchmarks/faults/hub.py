@@ -44,9 +44,10 @@ def hub_endpoints(c: Campaign) -> None:
         for what, endpoint in endpoints.items():
             env = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
                    "HF_HOME": str(c.work / "hf-home")}
+            # A failed step, as any other the pipeline runs: exit code 1 and its reason.
             c.run(f"pipeline hf://... where the endpoint {what}",
                   ["pipeline", "hf://someone/Some-Model", "--profiles", "quality"], folder,
-                  env=env, deadline=120)
+                  env=env, expect=1, deadline=120)
             for call, body in CALLS.items():
                 c.run_python(f"Hub {call} where the endpoint {what}", _snippet(body), folder,
                              env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",

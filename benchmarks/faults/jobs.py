@@ -6,6 +6,7 @@ describes ("a sleep in a copy of the tools folder").
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -43,10 +44,10 @@ def hung_tools(c: Campaign) -> None:
         tools = _tools_copy(c, folder, tool, "exec sleep 100000\n")
         c.run(f"tools --check with a hung {tool}", ["tools", "--check", "--llama-cpp-dir",
                                                     str(tools)], folder, expect=None,
-              deadline=180)
-        with c.settings_file(f'{{"llama_cpp_dir": "{tools}"}}'):
+              deadline=120)
+        with c.settings_file(json.dumps({"llama_cpp_dir": str(tools)})):
             c.run_window(f"the window quits with a hung {tool} in its tools check", folder,
-                         model, deadline=120)
+                         model, deadline=90)
 
 
 @group("tool runs")
@@ -165,7 +166,7 @@ def stalled_rpc_worker(c: Campaign) -> None:
         try:
             c.run("imatrix --rpc with a worker that stalls mid-run",
                   ["imatrix", "m.gguf", "-o", "i.gguf", "--rpc", f"127.0.0.1:{proxy.port}"],
-                  folder, keep=[model], expect=None, deadline=240)
+                  folder, keep=[model], expect=None, deadline=180)
         finally:
             proxy.close()
     shutil.rmtree(folder / "tools", ignore_errors=True)
