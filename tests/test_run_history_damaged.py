@@ -229,3 +229,15 @@ def test_card_with_a_hand_broken_row_names_no_json_error(
         assert db.execute("SELECT spec FROM runs WHERE id = ?", (broken,)).fetchone() == \
             ("{not json",)
     db.close()
+
+
+def test_a_hand_broken_running_row_is_marked_interrupted(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.start("quantize", "q", {}, [], str(tmp_path / "q.gguf"))
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET output = 5 WHERE id = ?", (run_id,))
+        db.execute("UPDATE run_owners SET pid = 'abc', created = 'yesterday'")
+    db.close()
+    assert store.mark_interrupted() == 1
+    assert store.get(run_id).status == "interrupted"  # type: ignore[union-attr]
+    store.close()

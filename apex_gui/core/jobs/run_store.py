@@ -386,7 +386,7 @@ class RunStore:
         # live run has taken that output since; clean_abandoned checks the lock).
         from apex_gui.core.files.outputs import clean_abandoned
 
-        for output in {output for _, _, output in gone if output}:
+        for output in {output for _, _, output in gone if isinstance(output, str) and output}:
             clean_abandoned(output)
         return len(gone)
 
@@ -528,8 +528,8 @@ def _process_alive(pid: int, created: float) -> bool:
         process = psutil.Process(pid)
         return abs(process.create_time() - created) < 1.0 and \
             process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+    except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError, ValueError):
+        return False  # gone, or an owner row broken by hand
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:
