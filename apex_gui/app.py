@@ -88,10 +88,10 @@ def open_window(model: str | os.PathLike[str] | None = None, theme: str | None =
 
     Whatever the settings file and the run history hold, the window starts: wrong settings
     fall back to their defaults, a damaged history is moved aside and a locked or read-only
-    one is copied into memory (:func:`~apex_gui.core.jobs.run_store.open_history`), and a
+    one is copied into memory (:func:`~apex_gui.core.jobs.history_recovery.open_history`), and a
     banner says what was done and what to do.
     """
-    from apex_gui.core.jobs.run_store import open_history
+    from apex_gui.core.jobs.history_recovery import open_history
     from apex_gui.core.settings import log_warnings, read_settings
     from apex_gui.views import style
     from apex_gui.views.window.main_window import MainWindow

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from apex_gui.core.jobs.run_store import RunStore, RunStoreError, open_history
+from apex_gui.core.jobs.history_recovery import open_history
+from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from fakes import record, refused
 
 
