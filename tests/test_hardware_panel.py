@@ -38,7 +38,7 @@ def test_probe_runs_off_the_gui_thread_and_shows_bars(qtbot) -> None:
         pass  # the probe was submitted in the constructor
     names = [bar.name for bar in panel.bars]
     assert names == ["NVIDIA GeForce RTX 4090", "System RAM"]
-    assert panel.bars[0].text().startswith("NVIDIA GeForce RTX 4090: 23.6 GB free of 25.8 GB (24 GiB)")
+    assert panel.bars[0].text().startswith("NVIDIA GeForce RTX 4090: 23.6 GB free of 25.8 GB (24.0 GiB)")
     assert "Open a model" in panel.summary.text()
     panel.shutdown()
 

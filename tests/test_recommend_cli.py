@@ -374,10 +374,10 @@ def _contains(argv: tuple[str, ...], part: list[str]) -> bool:
 
 def test_vram_sizes_are_taken_exactly(twin_paths: dict[str, Path], no_gpu: None,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli(["recommend", str(twin_paths["olmoe-1b-7b"]), "--vram", "24GiB,16",
+    assert run_cli(["recommend", str(twin_paths["olmoe-1b-7b"]), "--vram", "24GiB,16GB",
                     "--vram", "0.5TB", "--ram", "8GB", "--json"]) == 0
     gpus = json.loads(capsys.readouterr().out)["gpus"]
     assert [(g["name"], g["free_bytes"]) for g in gpus] == [
-        ("Manual 24GiB", 24 * GiB), ("Manual 16 GB", 16 * 10**9), ("Manual 0.5TB", 5 * 10**11)]
-    with pytest.raises(ValueError, match="--vram 0GB: the memory size must be more than zero"):
+        ("Manual 24GiB", 24 * GiB), ("Manual 16GB", 16 * 10**9), ("Manual 0.5TB", 5 * 10**11)]
+    with pytest.raises(ValueError, match="--vram: '0GB' is no memory at all; give more than zero"):
         run_cli(["recommend", str(twin_paths["olmoe-1b-7b"]), "--vram", "0GB"])

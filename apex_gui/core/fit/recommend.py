@@ -37,6 +37,7 @@ from apex_gui.core.fit.placement import (
     verdict_uses_gpu,
 )
 from apex_gui.core.fit.quality_rank import choose_by_quality, published_figures
+from apex_gui.core.units import format_size
 
 if TYPE_CHECKING:
     from apex_gui.core.fit.quality_rank import QualityFigure
@@ -161,7 +162,7 @@ def evaluate(geom: ModelGeometry, candidate: Candidate, machine: MachineMemory,
         notes.append("try a smaller tier, a shorter context (-c) or a quantized KV cache "
                      "(-ctk q8_0 -ctv q8_0)")
     if verdict is Verdict.EXPERTS_IN_RAM or verdict is Verdict.PARTIAL:
-        notes.append(f"{estimate.host.weights / 1e9:.1f} GB of weights stay in system RAM")
+        notes.append(f"{format_size(estimate.host.weights)} of weights stay in system RAM")
     if machine.rpc_workers and verdict_uses_gpu(verdict):
         remote = sum(len(usage.layers) for gpu, usage in zip(machine.gpus, estimate.devices)
                      if gpu.source == "rpc")
@@ -198,7 +199,7 @@ def recommend(geom: ModelGeometry, candidates: Sequence[Candidate], machine: Mac
     notes = list(machine.notes)
     if not machine.gpus:
         notes.append("No GPU: CPU only, checked against available system RAM "
-                     f"({machine.ram_available / 1e9:.1f} GB).")
+                     f"({format_size(machine.ram_available)}).")
     machines = None
     if best is None and results:
 

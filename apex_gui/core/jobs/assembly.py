@@ -10,6 +10,7 @@ from typing import Any
 from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
 from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.units import format_size
 
 
 def output_name(model: Any, label: str) -> str:
@@ -101,6 +102,6 @@ def check_free_space(folder: Path, needed: int) -> None:
     except OSError:
         return  # an unreadable folder is reported by the job that writes into it
     if needed > free:
-        raise ValueError(f"the quants need {needed / 1e9:.1f} GB but {folder} has only "
-                         f"{free / 1e9:.1f} GB free: choose another output folder or fewer "
+        raise ValueError(f"the quants need {format_size(needed)} but {folder} has only "
+                         f"{format_size(free)} free: choose another output folder or fewer "
                          "profiles")

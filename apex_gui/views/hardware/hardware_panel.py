@@ -46,7 +46,7 @@ from apex_gui.core.fit.recommend import (
 from apex_gui.core.fit.placement import Candidate, FitResult, Headroom, MachineMemory, Verdict
 from apex_gui.core.fit.rpc_workers import WorkerProbe
 from apex_gui.core.plan.profiles import builtin_profiles
-from apex_gui.core.units import format_gb_or_mb
+from apex_gui.core.units import format_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 from apex_gui.views.hardware.hardware_probing import HardwareProbing
 from apex_gui.views.hardware.memory_bar import MemoryBar, VERDICT_COLOURS
@@ -55,7 +55,6 @@ from apex_gui.views.hardware.rpc_workers_box import RpcWorkersBox
 __all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
-FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
 CONTEXT_STEP = 1024
 COLUMNS = ("Tier", "Size", "Verdict", "Headroom", "Max context", "Flags", "KL mean")
 #: The extra row with the optimizer's plan for the set-up (when sensitivities are known).
@@ -345,7 +344,7 @@ class HardwarePanel(HardwareProbing, QWidget):
                 # No probe yet: assume the devices are all there is, with RAM for the host side.
                 ram = max(sum(d.total_bytes for d in manual), 16 * 10**9)
             # Typed devices stand for another machine, but its RAM is unknown: say whose.
-            note = (f"System RAM is this machine's ({ram / 1e9:.1f} GB available); experts "
+            note = (f"System RAM is this machine's ({format_size(ram)} available); experts "
                     "placed in RAM assume that much.")
             return MachineMemory(tuple(manual), ram, (note,))
         if snapshot is None:
@@ -358,7 +357,7 @@ class HardwarePanel(HardwareProbing, QWidget):
         if machine is None:
             return ""
         if not machine.gpus:
-            return f"CPU only, {machine.ram_available / 1e9:.0f} GB RAM available"
+            return f"CPU only, {format_size(machine.ram_available)} RAM available"
         names: dict[str, int] = {}
         for gpu in machine.gpus:
             names[gpu.name] = names.get(gpu.name, 0) + 1
@@ -395,7 +394,7 @@ class HardwarePanel(HardwareProbing, QWidget):
                 # Only tiers buildable as shown: Mini = I-Mini (both need an imatrix) is one row.
                 candidates = profile_candidates(
                     model, buildable_profiles(model, builtin_profiles().values()))
-                if str(getattr(model, "file_type", "unknown")) not in FULL_PRECISION:
+                if not model.is_full_precision:
                     # An already quantized file: first, does *this file* fit as it is?
                     candidates.insert(0, file_candidate(model))
             token.raise_if_cancelled()
@@ -457,7 +456,7 @@ class HardwarePanel(HardwareProbing, QWidget):
             kl_text, kl_tip = kl_cell(recommendation, fit, self.best_plan if is_plan else None)
             cells = [("★ " if is_best else "") + (BEST_PLAN_LABEL if is_plan else
                                                   fit.candidate.label),
-                     format_gb_or_mb(fit.candidate.file_bytes), verdict_text(fit),
+                     format_size(fit.candidate.file_bytes), verdict_text(fit),
                      self._headroom_text(fit),
                      f"{fit.max_context:,}" if fit.max_context else "--", fit.flags, kl_text]
             for column, text in enumerate(cells):
@@ -493,7 +492,7 @@ class HardwarePanel(HardwareProbing, QWidget):
     def _headroom_text(fit: FitResult) -> str:
         if fit.verdict is Verdict.DOES_NOT_FIT or fit.headroom is Headroom.NONE:
             return "none"
-        return f"{format_gb_or_mb(fit.headroom_bytes)} ({fit.headroom.value})"
+        return f"{format_size(fit.headroom_bytes)} ({fit.headroom.value})"
 
     def selected_fit(self) -> FitResult | None:
         if self.recommendation is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.units import format_size
 from apex_gui.qt.workers import Task
 from apex_gui.views.hardware.memory_bar import MemoryBar
 
@@ -45,7 +46,9 @@ class HardwareProbing:
             # The parser's message lists every known card and form (a paragraph): the label
             # keeps its first clause so typing does not make the panel jump; the rest is
             # in the tooltip and the "Common cards" menu.
-            short = self.manual_error.split(" (", 1)[0].split("; ", 1)[0]
+            short = self.manual_error.split("; ", 1)[0]
+            if len(short) > 110:
+                short = short.split(" (", 1)[0]
             if short != self.manual_error:
                 short += " (hover for the accepted forms, or pick from Common cards)"
             self.manual_status.setText(short)
@@ -55,10 +58,10 @@ class HardwareProbing:
         total = sum(d.total_bytes for d in devices)
         if self.add_detected_check.isChecked():
             self.manual_status.setText(f"Planning for the detected GPUs plus {len(devices)} "
-                                       f"device(s) of {total / 2**30:.0f} GiB in all.")
+                                       f"device(s) of {format_size(total, binary=True)} in all.")
         else:
             self.manual_status.setText(f"Planning for {len(devices)} device(s), "
-                                       f"{total / 2**30:.0f} GiB in all (not this machine).")
+                                       f"{format_size(total, binary=True)} in all (not this machine).")
         self.manual_status.setStyleSheet("")
 
     def _show_devices(self) -> None:

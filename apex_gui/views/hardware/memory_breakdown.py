@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 from apex_gui.core.fit.breakdown import MemoryBreakdown, contexts_for, memory_breakdown
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Placement
-from apex_gui.core.units import format_gb
+from apex_gui.core.units import format_size, format_size_figure, size_unit
 
 OVER_COLOUR = QColor("#f4c7c3")
 
@@ -81,16 +81,19 @@ class MemoryBreakdownView(QWidget):
             geometry, plan.tensor_bytes_map(), ContextSettings(), contexts, gpus, ram,
             Placement(n_cpu_moe=self.cpu_moe.value()))
         self._show(breakdown)
-        where = (", ".join(f"{name} ({format_gb(free, 1)} free)" for name, free in gpus)
+        where = (", ".join(f"{name} ({format_size(free)} free)" for name, free in gpus)
                  if gpus else "no GPU: everything in RAM")
         self.note.setText(f"{plan.origin}: f16 KV cache, flash attention, one sequence; {where}"
-                          f"{f', {format_gb(ram, 1)} RAM available' if ram else ''}. "
+                          f"{f', {format_size(ram)} RAM available' if ram else ''}. "
                           "The same estimate as the Hardware & tiers fit table.")
 
     def _show(self, breakdown: MemoryBreakdown) -> None:
         # Narrow enough for the side panel: a device is a spanning title row, the context
-        # columns hold decimal GB (the unit is in the header).
-        headers = ["GB", *(context_label(n) for n in breakdown.contexts)]
+        # columns hold one decimal unit, named in the header (MB for the demo: "0.00 GB"
+        # on every cell said nothing).
+        unit, unit_bytes = size_unit(max((max(row.bytes_per_context, default=0)
+                                          for row in breakdown.rows), default=0))
+        headers = [unit, *(context_label(n) for n in breakdown.contexts)]
         self.table.clear()
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
@@ -113,9 +116,9 @@ class MemoryBreakdownView(QWidget):
                 part = QTableWidgetItem(f"  {row.component}")
                 self.table.setItem(r, 0, part)
                 for c, (n_ctx, value) in enumerate(zip(breakdown.contexts, row.bytes_per_context)):
-                    item = QTableWidgetItem(f"{value / 1e9:.2f}")
+                    item = QTableWidgetItem(format_size_figure(value, unit_bytes))
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                    item.setToolTip(f"{format_gb(value)} ({value:,} bytes) at {n_ctx:,} tokens")
+                    item.setToolTip(f"{format_size(value)} ({value:,} bytes) at {n_ctx:,} tokens")
                     if row.component == "total":
                         item.setFont(bold)
                         part.setFont(bold)
@@ -123,7 +126,7 @@ class MemoryBreakdownView(QWidget):
                             item.setBackground(QBrush(OVER_COLOUR))
                             item.setForeground(QBrush(QColor("#000000")))
                             capacity = breakdown.capacities[device]
-                            item.setToolTip(f"{format_gb(value)}: more than the {format_gb(capacity)} "
+                            item.setToolTip(f"{format_size(value)}: more than the {format_size(capacity)} "
                                             f"free on {device}")
                     self.table.setItem(r, 1 + c, item)
                 r += 1

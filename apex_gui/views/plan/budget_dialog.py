@@ -15,28 +15,14 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFormLayout, QLabel,
                                QLineEdit, QRadioButton, QVBoxLayout, QWidget)
 
-from apex_gui.core.units import parse_size, readable_size
+from apex_gui.core.units import format_size, parse_size
 from apex_gui.qt.workers import CancelToken, Task
 
-__all__ = ["FitToBudgetDialog", "apply_optimized_plan", "parse_budget_text"]
+__all__ = ["FitToBudgetDialog", "apply_optimized_plan"]
 
 NO_SENSITIVITY = ("No sensitivity measured for {name}: run \"Sensitivity\" in the Run tab "
                   "(or apex-studio sensitivity MODEL -o {stem}.sensitivity.json beside it), "
                   "then fit again.")
-
-
-def parse_budget_text(text: str) -> int:
-    """``15.5MB``, ``21GiB`` or plain bytes; a clear error otherwise."""
-    stripped = text.strip()
-    if not stripped:
-        raise ValueError("Give a size, e.g. 15.5MB or 21GiB")
-    try:
-        value = int(stripped) if stripped.isdigit() else parse_size(stripped)
-    except ValueError:
-        raise ValueError(f"{stripped!r} is not a size; write it like 15.5MB or 21GiB") from None
-    if value <= 0:
-        raise ValueError("The size must be more than zero")
-    return value
 
 
 def apply_optimized_plan(window: Any, result: Any, what: str) -> bool:
@@ -49,7 +35,7 @@ def apply_optimized_plan(window: Any, result: Any, what: str) -> bool:
     change = plan.set_tensor_types(
         types, f"{what}: predicted KLD {result.predicted_kld:.4g}")
     window.statusBar().showMessage(
-        f"{what}: {readable_size(plan.total_bytes())}, predicted KLD "
+        f"{what}: {format_size(plan.total_bytes())}, predicted KLD "
         f"{result.predicted_kld:.4g} (Ctrl+Z returns to the plan before)"
         if change is not None else f"{what}: the plan already is the optimizer's", 10000)
     return True
@@ -71,9 +57,9 @@ class FitToBudgetDialog(QDialog):
         self.result: Any = None
         plan = window.current_plan
         self.size_radio = QRadioButton("File size")
-        self.size_edit = QLineEdit(readable_size(plan.total_bytes()).replace(" ", "")
+        self.size_edit = QLineEdit(format_size(plan.total_bytes()).replace(" ", "")
                                    if plan is not None else "")
-        self.size_edit.setPlaceholderText("15.5MB, 21GiB")
+        self.size_edit.setPlaceholderText("15.5MB, 21GiB (a unit is needed)")
         self.size_edit.setToolTip("The largest file the plan may make (exact, as written by "
                                   "llama-quantize)")
         self.setup_radio = QRadioButton("Loads fully on the set-up of Hardware && tiers")
@@ -114,11 +100,11 @@ class FitToBudgetDialog(QDialog):
         margin = 0
         if self.size_radio.isChecked():
             try:
-                budget = parse_budget_text(self.size_edit.text())
+                budget = parse_size(self.size_edit.text(), "File size")
             except ValueError as error:
                 self._fail(str(error))
                 return None
-            what = f"Fit to {readable_size(budget)}"
+            what = f"Fit to {format_size(budget)}"
         else:
             hardware = self._hardware
             machine = hardware.machine()

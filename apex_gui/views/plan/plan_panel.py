@@ -25,7 +25,7 @@ from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.gguf.types import PLAN_TYPES, ggml_type
 from apex_gui.core.plan.precision import PlanProblem, PrecisionPlan
 from apex_gui.core.plan.profiles import Profile, shallow_model_note
-from apex_gui.core.units import GB, GiB, format_gb, readable_size
+from apex_gui.core.units import format_size
 from apex_gui.views import style
 
 PROBLEMS_SHOWN = 300  # a 400B plan can list thousands; the count says how many are hidden
@@ -93,14 +93,14 @@ class FitBar(QWidget):
 
     def set_values(self, title: str, used: int, capacity: int, overflow: bool = False) -> None:
         self.title, self.used, self.capacity, self.overflow = title, used, capacity, overflow
-        self.setToolTip(f"{title}: {format_gb(used)} of {format_gb(capacity)} used by the weights")
+        self.setToolTip(f"{title}: {format_size(used)} of {format_size(capacity)} used by the weights")
         self.update()
 
     def sizeHint(self) -> QSize:
         return QSize(260, 22)
 
     def text(self) -> str:
-        return f"{self.title}: {self.used / GB:.1f} / {self.capacity / GB:.1f} GB"
+        return f"{self.title}: {format_size(self.used, like=self.capacity)} / {format_size(self.capacity)}"
 
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
@@ -446,17 +446,17 @@ class PlanPanel(QWidget):
             self._refresh_fit()
             return
         total = plan.total_bytes()
-        self.size_label.setText(readable_size(total))
+        self.size_label.setText(format_size(total))
         # Model cards quote GiB under the name "GB" (Trinity Quality "219 GB" = 235 GB):
         # show both so a user can compare with a card.
-        binary = f"{total / GiB:.2f} GiB" if total >= GiB else f"{total / 2**20:.2f} MiB"
+        binary = format_size(total, binary=True)
         self.bytes_label.setText(f"{total:,}  ({binary})")
         self.bpw_label.setText(f"{plan.bits_per_weight():.3f}")
         if self._baseline_bytes:
             delta = total - self._baseline_bytes
             share = delta / self._baseline_bytes
             sign = "+" if delta > 0 else ""
-            self.change_label.setText(f"{sign}{readable_size(delta, 3, like=total)} ({sign}{delta:,} bytes, "
+            self.change_label.setText(f"{sign}{format_size(delta, like=total)} ({sign}{delta:,} bytes, "
                                       f"{sign}{share:.2%}) vs {self._baseline_label}")
         else:
             self.change_label.setText("-")
@@ -467,7 +467,7 @@ class PlanPanel(QWidget):
         self.role_table.setRowCount(len(rows))
         for row, (role, nbytes) in enumerate(rows):
             self.role_table.setItem(row, 0, QTableWidgetItem(role.value))
-            size_item = QTableWidgetItem(readable_size(nbytes, 3 if nbytes < 10 * GB else 2))
+            size_item = QTableWidgetItem(format_size(nbytes))
             size_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             size_item.setToolTip(f"{nbytes:,} bytes")
             self.role_table.setItem(row, 1, size_item)
@@ -557,10 +557,10 @@ class PlanPanel(QWidget):
         elif in_ram == 0:
             where = "the weights fit in GPU memory (add KV cache and buffers before you rely on it)"
         else:
-            where = f"{format_gb(in_ram)} of weights spill to system RAM"
+            where = f"{format_size(in_ram)} of weights spill to system RAM"
         if not fits:
-            where = (f"does not fit: {format_gb(weights)} of weights, "
-                     f"{format_gb(sum(t for _, t in placed) + system_available)} of memory")
+            where = (f"does not fit: {format_size(weights)} of weights, "
+                     f"{format_size(sum(t for _, t in placed) + system_available)} of memory")
         self.fit_summary.setText(where)
 
     # --- user choices ---------------------------------------------------------------------

@@ -45,9 +45,6 @@ __all__ = [
 ]
 
 CURRENT_PLAN_KEY = "__current_plan__"
-#: source file types llama-quantize takes without --allow-requantize ("unknown": no
-#: general.file_type key, as in many converted files)
-FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
 #: llama-imatrix chunks read by default: ~50k tokens, the APEX calibration size
 DEFAULT_IMATRIX_CHUNKS = 100
 
@@ -338,9 +335,8 @@ class RunPanel(RunQueueRows, QWidget):
         model = self._model
         if model is None:
             raise ValueError("open the full-precision (F16/BF16) model first")
-        file_type = str(getattr(model, "file_type", "unknown"))
-        if file_type not in FULL_PRECISION:
-            raise ValueError(f"{Path(model.path).name} is already quantized ({file_type}): "
+        if not model.is_full_precision:
+            raise ValueError(f"{Path(model.path).name} is already quantized ({model.file_type}): "
                              "open the F16/BF16 model it was made from to quantize")
         keys = self.checked_keys()
         if not keys:

@@ -27,7 +27,7 @@ from apex_gui.core.plan.precision import PrecisionPlan, plan_from_gguf, plan_fro
 from apex_gui.core.plan.profiles import Profile
 from apex_gui.core.settings import (Settings, add_recent_file, cache_dir, config_dir,
                                     load_settings, save_settings)
-from apex_gui.core.units import readable_size
+from apex_gui.core.units import format_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 from apex_gui.views import style
 from apex_gui.views.heatmap.bits_legend import BitsLegend
@@ -40,7 +40,7 @@ from apex_gui.views.window.main_window_profiles import ProfileActions
 from apex_gui.views.hardware.memory_breakdown import MemoryBreakdownView
 from apex_gui.views.window.model_info import ModelInfoView
 from apex_gui.views.window.model_loading import (
-    DEFAULT_PROFILE, LoadedModel, PANEL_AREAS, is_quantized, load_model, open_error_message,
+    DEFAULT_PROFILE, LoadedModel, PANEL_AREAS, load_model, open_error_message,
 )
 from apex_gui.views.plan.plan_panel import PlanPanel
 from apex_gui.views.heatmap.tensor_browser import MetadataBrowser, TensorTable
@@ -318,7 +318,7 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         self.profile_matches = loaded.matches
         detected = loaded.matches[0].profile if loaded.matches else None
         self._detected_plan = loaded.detected_plan
-        stored_label = f"As stored in {model.path.name}" if is_quantized(model) else None
+        stored_label = f"As stored in {model.path.name}" if not model.is_full_precision else None
         self.plan_panel.set_profiles(loaded.profiles, loaded.profile_key, stored_label)
         self.plan_panel.set_detected(f"Detected: {loaded.matches[0].describe()}" if loaded.matches else "")
         self.model_info.setHtml(loaded.summary_html)
@@ -402,7 +402,7 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
     def _edit_made(self, description: str) -> None:
         if self.current_plan is not None:
             self.statusBar().showMessage(
-                f"{description}: now {readable_size(self.current_plan.total_bytes())} (Ctrl+Z undoes it)", 5000)
+                f"{description}: now {format_size(self.current_plan.total_bytes())} (Ctrl+Z undoes it)", 5000)
 
     def _brush_changed(self, type_name: str) -> None:
         self.heatmap.brush_type = type_name

@@ -31,10 +31,6 @@ class InstalledPanels:
     store: RunStore
 
 
-def _is_full_precision(model: Any) -> bool:
-    return str(getattr(model, "file_type", "unknown")) in ("F32", "F16", "BF16", "unknown")
-
-
 def install_panels(window: Any, *, store: RunStore | None = None,
                    queue: JobQueue | None = None, probe_hardware: bool = True) -> InstalledPanels:
     """Create the three panels, add them to ``window`` and connect the signals.
@@ -68,7 +64,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
 
     def size_baselines(model: Any) -> None:
         results.set_baselines([])
-        if model is None or not _is_full_precision(model):
+        if model is None or not model.is_full_precision:
             return
         from apex_gui.core.jobs.baselines import baselines
 
