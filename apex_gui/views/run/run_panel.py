@@ -87,8 +87,7 @@ class RunPanel(RunQueueRows, QWidget):
         # Importance matrix.
         # Its token count depends on the model's tokenizer (about 50k with a real one, five
         # times more with the demo's byte-level one): say what is fixed, the size of the text.
-        self.calibration_bundled = QRadioButton("Bundled calibration set (chat, code, "
-                                                "reasoning, tool calls; 200 kB of text)")
+        self.calibration_bundled = QRadioButton("Bundled calibration set (200 kB)")
         self.calibration_bundled.setChecked(True)
         self.calibration_custom = QRadioButton("My files:")
         self.calibration_files = QLineEdit()
@@ -101,10 +100,11 @@ class RunPanel(RunQueueRows, QWidget):
         # button was also clicked, and the run silently used the bundled set.
         self.calibration_files.textEdited.connect(
             lambda text: self.calibration_custom.setChecked(True) if text.strip() else None)
-        self.calibration_bundled.setToolTip("The bundled, diverse calibration text (no "
-                                            "Wikipedia): what the APEX I-variants use")
+        self.calibration_bundled.setToolTip("The bundled, diverse calibration text: chat, "
+                                            "code, reasoning and tool calls, 200 kB, no "
+                                            "Wikipedia; what the APEX I-variants use")
         self.calibration_custom.setToolTip("Your own text files, joined in order")
-        imatrix_box = QGroupBox("Importance matrix (for I-profiles)")
+        imatrix_box = QGroupBox("Importance matrix (I-profiles)")
         imatrix_layout = QVBoxLayout(imatrix_box)
         imatrix_layout.addWidget(self.calibration_bundled)
         custom_row = QHBoxLayout()
@@ -117,8 +117,9 @@ class RunPanel(RunQueueRows, QWidget):
         self.imatrix_chunks.setRange(0, 100_000)
         self.imatrix_chunks.setValue(DEFAULT_IMATRIX_CHUNKS)
         self.imatrix_chunks.setSpecialValueText("all of the text")
-        self.imatrix_chunks.setSuffix(" chunks of 512 tokens")
-        self.imatrix_chunks.setToolTip("llama-imatrix --chunks: how much of the text to read. "
+        self.imatrix_chunks.setSuffix(" chunks")
+        self.imatrix_chunks.setToolTip("llama-imatrix --chunks (512 tokens each): how much of "
+                                       "the text to read. "
                                        "100 chunks is about the APEX calibration size; 0 reads "
                                        "it all (the demo model's tokenizer makes 541 chunks of "
                                        "the bundled set: about 10 minutes on 2 cores)")
@@ -130,10 +131,11 @@ class RunPanel(RunQueueRows, QWidget):
         # Evaluation.
         self.eval_file = FileField("bundled quick text (a sanity check, not wikitext-2)",
                                     "Evaluation text (e.g. wiki.test.raw)")
-        self.kl_box = QCheckBox("KL divergence against the source (also gives PPL)")
+        self.kl_box = QCheckBox("KL divergence (and PPL)")
         self.kl_box.setChecked(True)
-        self.kl_box.setToolTip("llama-perplexity --kl-divergence against the source's "
-                               "logits (saved once per text and context)")
+        self.kl_box.setToolTip("KL divergence against the source, with perplexity: "
+                               "llama-perplexity --kl-divergence against the source's logits "
+                               "(saved once per text and context)")
         self.ppl_box = QCheckBox("Perplexity")
         self.ppl_box.setToolTip("llama-perplexity on the evaluation text")
         self.eval_context = QSpinBox()
@@ -145,22 +147,21 @@ class RunPanel(RunQueueRows, QWidget):
         self.winogrande_file = FileField("optional: winogrande-debiased-eval.csv",
                                           "Winogrande data")
         self.mc_file = FileField("optional: mmlu / arc / truthfulqa .bin", "Multiple-choice data")
-        self.bench_box = QCheckBox("Speed (llama-bench pp512 / tg128)")
-        self.bench_box.setToolTip("llama-bench prompt processing and generation speed, "
-                                  "on this machine's build of llama.cpp")
+        self.bench_box = QCheckBox("Speed (llama-bench)")
+        self.bench_box.setToolTip("llama-bench prompt processing and generation speed "
+                                  "(pp512 / tg128), on this machine's build of llama.cpp")
         eval_box = QGroupBox("Evaluation")
         eval_form = QFormLayout(eval_box)
         eval_form.addRow("Text", self.eval_file)
-        checks = QHBoxLayout()
+        checks = QVBoxLayout()  # one above the other: side by side they widened the pane
         checks.addWidget(self.kl_box)
         checks.addWidget(self.ppl_box)
-        checks.addStretch(1)
-        eval_form.addRow("", checks)
+        eval_form.addRow(checks)
         eval_form.addRow("Context", self.eval_context)
         eval_form.addRow("HellaSwag", self.hellaswag_file)
         eval_form.addRow("Winogrande", self.winogrande_file)
         eval_form.addRow("Multiple choice", self.mc_file)
-        eval_form.addRow("", self.bench_box)
+        eval_form.addRow(self.bench_box)
 
         # Output and start.
         default_out = getattr(settings, "output_dir", "") or ""
@@ -233,7 +234,6 @@ class RunPanel(RunQueueRows, QWidget):
         choices_layout.addWidget(self.profile_list)
         choices_layout.addWidget(imatrix_box)
         choices_layout.addWidget(eval_box)
-        choices_layout.addLayout(out_row)
         choices_layout.addStretch(1)
         watch = QSplitter(Qt.Orientation.Vertical)
         watch.addWidget(self.table)
@@ -262,7 +262,10 @@ class RunPanel(RunQueueRows, QWidget):
         splitter.setSizes([300, 600])  # the queue gets the room: its columns must show
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(splitter)
+        layout.addWidget(splitter, 1)
+        # Start sits below both panes, never inside the scrolled choices: at 1024x700 and at
+        # 2x scaling it was off-screen until one scrolled sideways or dragged the splitter.
+        layout.addLayout(out_row)
 
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel_selected)

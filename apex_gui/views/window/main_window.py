@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QResizeEvent
 from PySide6.QtWidgets import (
     QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
     QTabWidget, QVBoxLayout, QWidget,
@@ -545,6 +545,10 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         # leaves 540 logical pixels): the map keeps its rows readable.
         self.resizeDocks([self.bottom_dock], [max(100, min(170, height // 5))],
                          Qt.Orientation.Vertical)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.fit_toolbar()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self.keep_edits_prompt("Quitting") or not all(guard() for guard in self._close_guards):

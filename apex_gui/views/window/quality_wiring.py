@@ -265,6 +265,8 @@ def install_quality(window: Any, hardware: Any, queue: Any = None,
             view_menu.addAction(extra)
     if toolbar is not None:
         toolbar.addAction(state.overlay_action)
+        if hasattr(window, "fit_toolbar"):
+            window.fit_toolbar()  # the two new buttons may not fit a narrow window
     if window.current_model is not None:
         state._model_changed(window.current_model)
     return action
