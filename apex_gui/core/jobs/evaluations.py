@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from apex_gui.core.files.fingerprint import content_fingerprint
 from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.calibration import file_digest
 from apex_gui.core.jobs.progress import (
@@ -67,9 +68,9 @@ def _check_text_length(text: Path, context: int) -> None:
 
 
 def _model_identity(model: Path) -> str:
-    """Path, size and modification time: a re-converted model gets new reference logits."""
-    stat = model.stat()
-    return f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    """The model's content, not its path or time: the same model copied, moved or touched
+    keeps its reference logits (hours of work on a large model); a re-converted one does not."""
+    return content_fingerprint([model])
 
 
 #: ``--kl-divergence-base`` files start with this magic, then int32 n_ctx, n_vocab, n_chunk.
