@@ -25,6 +25,7 @@ from apex_gui.commands.arguments import (MAX_CONTEXT, add_force, check_base_type
                         check_writable_output, int_in_range, tool_path)
 from apex_gui.commands.rpc import add_rpc_option, checked_workers
 from apex_gui.core.files.inputs import TASK_CAP_BYTES, TEXT_CAP_BYTES
+from apex_gui.core.files.task_files import check_task_file
 from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.jobs.evaluations import ReferenceLogitsJob
 from apex_gui.core.jobs.pipeline import (
@@ -519,6 +520,11 @@ def _check_eval_args(args: argparse.Namespace) -> None:
                   (args.hellaswag, "--hellaswag", TASK_CAP_BYTES),
                   (args.winogrande, "--winogrande", TASK_CAP_BYTES),
                   *[(path, "--mc", TASK_CAP_BYTES) for path in args.mc]])
+    for kind, flag, path in (("hellaswag", "--hellaswag", args.hellaswag),
+                             ("winogrande", "--winogrande", args.winogrande),
+                             *[("multiple-choice", "--mc", path) for path in args.mc]):
+        if path is not None:
+            check_task_file(kind, path, flag)
     if args.reference is not None:
         args.reference = check_model_file(args.reference, "--reference model")
     for name in ("hellaswag", "winogrande"):
