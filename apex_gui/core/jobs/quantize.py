@@ -148,7 +148,7 @@ class QuantizeJob(ToolJob):
         type_file.parent.mkdir(parents=True, exist_ok=True)
         plan.write_tensor_type_file(type_file)
         embedding, output_type = plan.special_types()
-        profile = plan.profile.key if plan.profile else plan.origin
+        profile = plan.profile_key
         chosen_imatrix = imatrix or plan.imatrix
         # The quant's header carries the imatrix path and counts: size the plan with them.
         predicted = plan.total_bytes_for(str(chosen_imatrix) if chosen_imatrix else None)

@@ -9,12 +9,14 @@ measured sensitivity (the Run tab's "Sensitivity" job, or ``apex-studio sensitiv
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFormLayout, QLabel,
                                QLineEdit, QRadioButton, QVBoxLayout, QWidget)
 
+from apex_gui.core.plan.precision import PlanName
 from apex_gui.core.units import format_size, parse_size
 from apex_gui.qt.workers import CancelToken, Task
 
@@ -25,15 +27,29 @@ NO_SENSITIVITY = ("No sensitivity measured for {name}: run \"Sensitivity\" in th
                   "then fit again.")
 
 
-def apply_optimized_plan(window: Any, result: Any, what: str) -> bool:
-    """Put the optimizer's types into the window's plan as one undoable edit."""
+def optimized_plan_name(what: str, tag: str, result: Any, before: str) -> PlanName:
+    """The optimizer's plan, named so everywhere (panel, Run tab, file names): what it was fitted
+    to, its predicted KL divergence, and what Reset returns to."""
+    kld = f"{result.predicted_kld:.2g}"
+    slug = re.sub(r"[^A-Za-z0-9.+]+", "-", tag).strip("-")
+    return PlanName(
+        origin=f"{what}, predicted KLD {kld}", file_label=f"Optimized-{slug}",
+        note=f"The optimizer's plan ({what}): the type of each tensor chosen for the least "
+             f"predicted KL divergence, {kld}, from the measured sensitivity. Ctrl+Z returns "
+             f"to {before}.")
+
+
+def apply_optimized_plan(window: Any, result: Any, what: str, tag: str) -> bool:
+    """Put the optimizer's types into the window's plan as one undoable edit that names the
+    plan the optimizer's (``tag``: the budget or set-up in a file name)."""
     plan = getattr(window, "current_plan", None)
     if plan is None or result.plan.model.path != plan.model.path:
         return False
     types = {name: result.plan.types[name] for name in result.plan.types
              if plan.is_quantizable(name)}
     change = plan.set_tensor_types(
-        types, f"{what}: predicted KLD {result.predicted_kld:.4g}")
+        types, f"{what}: predicted KLD {result.predicted_kld:.4g}",
+        rename=optimized_plan_name(what, tag, result, plan.origin))
     window.statusBar().showMessage(
         f"{what}: {format_size(plan.total_bytes())}, predicted KLD "
         f"{result.predicted_kld:.4g} (Ctrl+Z returns to the plan before)"
@@ -105,6 +121,7 @@ class FitToBudgetDialog(QDialog):
                 self._fail(str(error))
                 return None
             what = f"Fit to {format_size(budget)}"
+            tag = format_size(budget).replace(" ", "")
         else:
             hardware = self._hardware
             machine = hardware.machine()
@@ -112,6 +129,7 @@ class FitToBudgetDialog(QDialog):
             rec = hardware.recommendation
             margin = rec.margin if rec is not None else 1 << 30
             what = f"Fit to {hardware.hardware_label()}"
+            tag = hardware.hardware_label()
         table = getattr(self._hardware, "sensitivity", None)
         imatrix = plan.imatrix
 
@@ -133,14 +151,14 @@ class FitToBudgetDialog(QDialog):
         self.status.setText("Optimizing…")
         task = window.workers.submit("fit to budget", work)
         self._task = task
-        task.finished.connect(lambda result: self._done(result, what))
+        task.finished.connect(lambda result: self._done(result, what, tag))
         task.failed.connect(lambda error: self._fail(str(error)))
         return task
 
-    def _done(self, result: Any, what: str) -> None:
+    def _done(self, result: Any, what: str, tag: str) -> None:
         self._task = None
         self.fit_button.setEnabled(True)
-        if not apply_optimized_plan(self._window, result, what):
+        if not apply_optimized_plan(self._window, result, what, tag):
             self._fail("The model changed while optimizing; fit again.")
             return
         self.result = result

@@ -36,6 +36,10 @@ def type_swatch(type_name: str, size: int = 14) -> QIcon:
     pixmap.fill(style.bpw_colour(ggml_type(type_name).bits_per_weight))
     return QIcon(pixmap)
 
+#: The profile picker's item for a plan an edit renamed (the optimizer's plan).
+NAMED_PLAN = "__named__"
+
+
 
 class TypePalette(QWidget):
     """Every type a plan may use, as a grid of toggle buttons coloured like the heatmap."""
@@ -401,6 +405,26 @@ class PlanPanel(QWidget):
         self._baseline_label = baseline_label
         if plan is not None:
             self._unsubscribe = plan.subscribe(lambda _change: self.refresh())
+        self.refresh()
+
+    def _show_name(self, plan: PrecisionPlan | None) -> None:
+        """The plan's own name and note when an edit made it another plan (the optimizer's),
+        else the profile's: the panel never calls the optimizer's plan "Quality"."""
+        combo = self.profile_combo
+        named = combo.findData(NAMED_PLAN)
+        self._updating = True
+        if plan is not None and plan.note:
+            if named < 0:
+                combo.insertItem(0, plan.origin, NAMED_PLAN)
+                named = 0
+            combo.setItemText(named, plan.origin)
+            combo.setItemData(named, plan.note, Qt.ItemDataRole.ToolTipRole)
+            combo.setCurrentIndex(named)
+        elif named >= 0:
+            combo.removeItem(named)
+            key = plan.profile.key if plan is not None and plan.profile is not None else "stored"
+            combo.setCurrentIndex(max(combo.findData(key), 0))
+        self._updating = False
         profile = plan.profile if plan is not None else None
         note = profile.description if profile is not None else ""
         if profile is not None and plan is not None:
@@ -408,9 +432,10 @@ class PlanPanel(QWidget):
             shallow = shallow_model_note(profile, plan.model.n_layer)
             if shallow:
                 note = f"{note.rstrip('.')}. {shallow}" if note else shallow
+        if plan is not None and plan.note:
+            note = plan.note
         self.profile_note.setText(note)
-        self.profile_note.setVisible(bool(self.profile_note.text()))
-        self.refresh()
+        self.profile_note.setVisible(bool(note))
 
     def detach(self) -> None:
         if self._unsubscribe is not None:
@@ -436,6 +461,7 @@ class PlanPanel(QWidget):
     # --- refresh ----------------------------------------------------------------------------
     def refresh(self) -> None:
         plan = self._plan
+        self._show_name(plan)
         self.reset_button.setEnabled(plan is not None)
         self.save_button.setEnabled(plan is not None)
         if plan is None:
@@ -565,7 +591,7 @@ class PlanPanel(QWidget):
 
     # --- user choices ---------------------------------------------------------------------
     def _profile_activated(self, index: int) -> None:
-        if not self._updating:
+        if not self._updating and self.profile_combo.itemData(index) != NAMED_PLAN:
             self.profileRequested.emit(str(self.profile_combo.itemData(index)))
 
     def _diff_activated(self, index: int) -> None:

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QSystemTrayIcon, QTableWidget, QToolButton, QVBoxLayout, QWidget,
 )
 
+from apex_gui.core.files.task_files import check_task_file
 from apex_gui.core.fit.rpc_workers import parse_workers
 from apex_gui.core.jobs.assembly import RunRequest, check_free_space, pipeline_for
 from apex_gui.core.jobs.pipeline import Pipeline
@@ -69,6 +70,7 @@ class RunPanel(RunQueueRows, QWidget):
         self._settings = settings
         self._replace_box: QMessageBox | None = None  # open while asking to replace quants
         self._rows: dict[int, int] = {}  # job id -> table row
+        self.run_headings: list[int] = []  # table rows naming the model of the run below
         self._logs: dict[int, list[str]] = {}
         self._titles: dict[int, str] = {}
         #: the steps of the run now shown in the status line: reset when a start finds the
@@ -300,7 +302,7 @@ class RunPanel(RunQueueRows, QWidget):
         plan = self._plan
         if plan is not None and (plan.profile is None or plan.can_undo()):
             item = QListWidgetItem(f"Current plan ({plan.origin}"
-                                   f"{', edited' if plan.can_undo() else ''})")
+                                   f"{', edited' if plan.edits_since_named() else ''})")
             item.setData(KEY_ROLE, CURRENT_PLAN_KEY)
             self._add_checkable(item, CURRENT_PLAN_KEY in checked)
         for key, profile in all_profiles().items():
@@ -349,8 +351,7 @@ class RunPanel(RunQueueRows, QWidget):
         for key in keys:
             if key == CURRENT_PLAN_KEY:
                 plans.append(self._plan)
-                labels.append("custom" if self._plan.profile is None
-                              else f"{self._plan.profile.label}-edited")
+                labels.append(self._plan.output_label())
             else:
                 profile: Profile = profiles[key]
                 plans.append(plan_from_profile(model, profile))
@@ -361,6 +362,13 @@ class RunPanel(RunQueueRows, QWidget):
                                 for p in self.calibration_files.text().split(";") if p.strip())
             if not calibration:
                 raise ValueError("choose calibration files, or use the bundled set")
+        # A wrong task file runs to "exit 0, no score": say what is wrong before anything runs.
+        for kind, field in (("hellaswag", self.hellaswag_file),
+                            ("winogrande", self.winogrande_file),
+                            ("multiple-choice", self.mc_file)):
+            task_file = field.path()
+            if task_file is not None:
+                check_task_file(kind, task_file)
         output = self.output_dir.path() or Path(model.path).parent
         check_free_space(output, sum(plan.total_bytes() for plan in plans))
         threads = self._settings.effective_threads() if self._settings is not None else 0
@@ -396,14 +404,15 @@ class RunPanel(RunQueueRows, QWidget):
             return None
         if not self.queue.is_busy():
             self._batch = []
+        self._add_run_heading(Path(request.model.path).name, len(pipeline.steps))
         ids = self.queue.add_pipeline(pipeline)
         for key, job_id in ids.items():
             self._add_row(job_id, key, pipeline.step(key).job.title())
         self._batch.extend(ids.values())
-        first = self._rows.get(next(iter(ids.values()))) if ids else None
-        if first is not None:
-            # New steps land at the bottom: bring them into view, not the earlier run's rows.
-            self.table.scrollToItem(self.table.item(first, 0))
+        # New steps land at the bottom: bring them into view (from their heading), not the
+        # earlier run's rows.
+        self.table.scrollToItem(self.table.item(self.run_headings[-1], 0),
+                                QAbstractItemView.ScrollHint.PositionAtTop)
         self._update_status()
         self.imatrix_note = self._imatrix_note(request, pipeline)
         if self.imatrix_note:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -36,6 +37,22 @@ def _format_eta(seconds: float | None) -> str:
 
 class RunQueueRows:
     """The Run panel's queue table: a row per step with its progress, status and log: a part of RunPanel, which derives from it."""
+
+    def _add_run_heading(self, model_name: str, steps: int) -> None:
+        """A spanning row above a run's steps naming its model: runs of earlier models stay
+        in the table, and each says what it was about."""
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        when = time.strftime("%H:%M")
+        heading = QTableWidgetItem(f"{model_name} · {steps} step(s) · started {when}")
+        heading.setFlags(Qt.ItemFlag.ItemIsEnabled)  # not selectable: it is no step
+        font = heading.font()
+        font.setBold(True)
+        heading.setFont(font)
+        heading.setToolTip(f"The steps below are a run on {model_name}")
+        self.table.setItem(row, 0, heading)
+        self.table.setSpan(row, 0, 1, self.table.columnCount())
+        self.run_headings.append(row)
 
     def _add_row(self, job_id: int, key: str, title: str) -> None:
         row = self.table.rowCount()

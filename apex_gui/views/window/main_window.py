@@ -441,7 +441,11 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         plan = self.current_plan
         if plan is None:
             return False
-        suggested = plan.model.path.with_name(f"{plan.model.path.stem}.tensor-types.txt")
+        folder = plan.model.path.parent
+        if folder.is_relative_to(cache_dir()):
+            # The demo lives in the app's cache: the user's file goes where they keep theirs.
+            folder = Path(self.settings.output_dir or Path.home()).expanduser()
+        suggested = folder / f"{plan.model.path.stem}.tensor-types.txt"
         path, _ = QFileDialog.getSaveFileName(self, "Export tensor-type file", str(suggested),
                                               "Text files (*.txt);;All files (*)")
         if not path:

@@ -237,7 +237,8 @@ def install_quality(window: Any, hardware: Any, queue: Any = None,
         result = hardware.best_plan
         if result is None:
             return
-        if apply_optimized_plan(window, result, f"Best plan for {hardware.hardware_label()}"):
+        if apply_optimized_plan(window, result, f"Best plan for {hardware.hardware_label()}",
+                                hardware.hardware_label()):
             tabs = getattr(window, "center_tabs", None)
             if tabs is not None:
                 tabs.setCurrentIndex(0)
