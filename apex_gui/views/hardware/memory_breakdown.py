@@ -30,6 +30,8 @@ class MemoryBreakdownView(QWidget):
         self.setObjectName("memoryBreakdown")
         self._plan: Any = None
         self._snapshot: Any = None
+        self._machine: Any = None  # Hardware & tiers' set-up (typed or picked devices)
+        self._machine_label = ""
         self.breakdown: MemoryBreakdown | None = None
         self.cpu_moe = QSpinBox()
         self.cpu_moe.setObjectName("breakdownCpuMoe")
@@ -67,14 +69,25 @@ class MemoryBreakdownView(QWidget):
         self._snapshot = snapshot
         self._debounce.start()
 
+    def set_machine(self, machine: Any, label: str = "") -> None:
+        """The set-up Hardware & tiers fits to (its devices, typed or picked, and RAM); it
+        takes the place of the probe, so this tab and the fit table speak of one machine."""
+        self._machine = machine
+        self._machine_label = label
+        self._debounce.start()
+
     def refresh(self) -> None:
         plan = self._plan
         if plan is None:
             return
         model = plan.model
-        snapshot = self._snapshot
-        gpus = [(g.name, g.free_bytes) for g in snapshot.gpus] if snapshot is not None else []
-        ram = snapshot.system.available_bytes if snapshot is not None else 0
+        snapshot, machine = self._snapshot, self._machine
+        if machine is not None:
+            gpus = [(g.name, g.free_bytes) for g in machine.gpus]
+            ram = machine.ram_available
+        else:
+            gpus = [(g.name, g.free_bytes) for g in snapshot.gpus] if snapshot is not None else []
+            ram = snapshot.system.available_bytes if snapshot is not None else 0
         geometry = ModelGeometry.from_model(model)
         contexts = contexts_for(model.context_length)
         self.breakdown = breakdown = memory_breakdown(
@@ -83,6 +96,8 @@ class MemoryBreakdownView(QWidget):
         self._show(breakdown)
         where = (", ".join(f"{name} ({format_size(free)} free)" for name, free in gpus)
                  if gpus else "no GPU: everything in RAM")
+        if machine is not None and self._machine_label:
+            where = f"{self._machine_label} (Hardware & tiers): {where}"
         self.note.setText(f"{plan.origin}: f16 KV cache, flash attention, one sequence; {where}"
                           f"{f', {format_size(ram)} RAM available' if ram else ''}. "
                           "The same estimate as the Hardware & tiers fit table.")

@@ -138,6 +138,11 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     hardware.applyProfileRequested.connect(apply_profile)
     hardware.recommendationChanged.connect(
         lambda rec: results.set_recommendation(rec, hardware.hardware_label()))
+    memory_view = getattr(window, "memory_view", None)
+    if memory_view is not None:
+        # The Memory tab speaks of the set-up the fit table is for, typed devices included.
+        hardware.recommendationChanged.connect(lambda rec: memory_view.set_machine(
+            rec.machine if rec is not None else None, hardware.hardware_label()))
     run.jobFinished.connect(lambda _outcome: results.refresh())
 
     def close_guard() -> bool:
