@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from dataclasses import replace
 from typing import Any
 
@@ -11,10 +12,10 @@ from apex_gui.commands.rpc import add_rpc_option, checked_workers, probe_dict
 from apex_gui.core.fit.context_memory import (
     DEFAULT_MARGIN, DEFAULT_UBATCH, KV_CACHE_TYPES, ContextSettings, ModelGeometry,
 )
-from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.device_spec import marketed_size_note, parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.fit.recommend import (
-    Recommendation, file_candidate, profile_candidates, recommend,
+    Recommendation, file_candidate, recommend, tier_candidates,
 )
 from apex_gui.core.fit.placement import FitResult, MachineMemory
 from apex_gui.core.units import MiB, format_size, parse_size
@@ -117,7 +118,9 @@ def machine_from_args(args: argparse.Namespace) -> MachineMemory:
             notes = ("No NVIDIA GPU detected here; planning for the devices given by hand.",)
     if args.ram is not None:
         ram = parse_size(args.ram, "--ram")
-    return MachineMemory(tuple(devices), ram, tuple(notes))
+    # "--vram 24GB" is 22.4 GiB, less than a card sold as 24GB: say so where it may matter.
+    typed = [note for text in [*args.vram, *args.gpu] if (note := marketed_size_note(text))]
+    return MachineMemory(tuple(devices), ram, (*notes, *typed[:1]))
 
 
 def hardware_dict(snap: HardwareSnapshot) -> dict[str, Any]:
@@ -180,6 +183,7 @@ def result_dict(result: FitResult) -> dict[str, Any]:
     return {
         "profile": result.candidate.key,
         "label": result.candidate.label,
+        "needs_imatrix": result.candidate.needs_imatrix,
         "file_bytes": result.candidate.file_bytes,
         "verdict": result.verdict.name.lower(),
         "flags": result.flags,
@@ -217,6 +221,7 @@ def recommendation_dict(rec: Recommendation, mmproj_bytes: int = 0) -> dict[str,
         "rpc_workers": list(rec.machine.rpc_workers),
         "machines_needed": rec.machines_needed,
         "quality_basis": rec.quality_basis,
+        "rule": rec.rule,
         "quality_note": rec.quality_note,
         "kld": {key: {"kld_mean": f.kld, "basis": f.basis, "source": f.source}
                 for key, f in rec.quality.items()},
@@ -233,7 +238,8 @@ def format_table(rec: Recommendation) -> str:
                     if r.headroom.value != "none" else "none")
         figure = rec.quality.get(r.candidate.key)
         kld = f"{figure.kld:.4g} ({figure.basis})" if figure else "-"
-        rows.append((mark, r.candidate.label, format_size(r.candidate.file_bytes),
+        label = r.candidate.label + (" (needs imatrix)" if r.candidate.needs_imatrix else "")
+        rows.append((mark, label, format_size(r.candidate.file_bytes),
                      r.verdict.value, r.flags, headroom,
                      str(r.max_context) if r.max_context else "-", kld))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -328,7 +334,8 @@ def run_recommend(args: argparse.Namespace) -> int:
         from apex_gui.core.fit.cluster import machine_with_workers
 
         machine = machine_with_workers(machine, checked_workers(args.rpc)[1])
-    candidates = [file_candidate(model)] if args.as_is else profile_candidates(model)
+    # The tiers the window's Hardware & tiers ranks: the same input gives the same answer.
+    candidates = [file_candidate(model)] if args.as_is else tier_candidates(model)
     rec = recommend(geom, candidates, machine, ctx, margin=int(args.margin * MiB),
                     mmproj_bytes=mmproj_bytes, mmproj_path=args.mmproj,
                     quality=_quality_figures(args, model, candidates))
@@ -340,6 +347,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     print(f"Memory: {_describe_machine(machine)}")
     print()
     print(format_table(rec))
+    print(textwrap.fill(rec.rule.replace("★", "*"), width=100))
     print()
     if rec.recommended is not None:
         best = rec.recommended

@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 
 from apex_gui.core.fit.hardware import GpuDevice
-from apex_gui.core.units import GiB, canonical_unit, parse_size
+from apex_gui.core.units import GB, GiB, canonical_unit, format_size, parse_size
 
 
 def _card(name: str, gib: int, unified: bool = False) -> GpuDevice:
@@ -175,6 +175,27 @@ def _parse_one(item: str, first_index: int) -> list[GpuDevice]:
         raise ValueError(f'"{item.strip()}" names no card and no memory size; {_ACCEPTED_FORMS}')
 
     return [replace(template, index=first_index + n) for n in range(count)]
+
+
+_DECIMAL_GB_RE = re.compile(r"(?:^|[,;+x×*]\s*)(\d+)\s*GB\s*(?:unified)?\s*(?=$|[,;+])",
+                             re.IGNORECASE)
+
+
+def marketed_size_note(text: str) -> str:
+    """A sentence when a size typed in GB is what cards are sold as ("24 GB"): those cards
+    have that many GiB, so "24 GB" and "RTX 4090 24GB" are different memories (and may get
+    different tiers). Empty otherwise."""
+    for match in _DECIMAL_GB_RE.finditer(text):
+        number = int(match.group(1))
+        cards = [card.name for card in COMMON_CARDS
+                 if card.total_bytes == number * GiB and not card.unified_memory]
+        if cards:
+            listed = ", ".join(cards[:3]) + (", ..." if len(cards) > 3 else "")
+            return (f"{number} GB is {format_size(number * GB, binary=True)}; cards sold as "
+                    f"\"{number}GB\" ({listed}) have {number} GiB "
+                    f"({format_size(number * GiB)}): type {number}GiB or the card's name to "
+                    "plan for one.")
+    return ""
 
 
 def parse_device_spec(text: str) -> list[GpuDevice]:

@@ -100,6 +100,8 @@ class Candidate:
     tensor_bytes: Mapping[str, int]
     file_bytes: int
     path: str
+    #: Its types need an importance matrix (IQ1/IQ2 experts), which the user may not have.
+    needs_imatrix: bool = False
 
 
 @dataclass(frozen=True)

@@ -35,17 +35,13 @@ from PySide6.QtWidgets import (
 )
 
 from apex_gui.core.fit import hardware
-from apex_gui.core.fit.buildable import buildable_profiles
 from apex_gui.core.fit.cluster import machine_with_workers
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import COMMON_CARDS, parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
-from apex_gui.core.fit.recommend import (
-    Recommendation, file_candidate, profile_candidates, recommend,
-)
+from apex_gui.core.fit.recommend import Recommendation, recommend, tier_candidates
 from apex_gui.core.fit.placement import Candidate, FitResult, Headroom, MachineMemory, Verdict
 from apex_gui.core.fit.rpc_workers import WorkerProbe
-from apex_gui.core.plan.profiles import builtin_profiles
 from apex_gui.core.units import format_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 from apex_gui.views.hardware.hardware_probing import HardwareProbing
@@ -59,6 +55,8 @@ CONTEXT_STEP = 1024
 COLUMNS = ("Tier", "Size", "Verdict", "Headroom", "Max context", "Flags", "KL mean")
 #: The extra row with the optimizer's plan for the set-up (when sensitivities are known).
 BEST_PLAN_LABEL = "Best plan for this set-up"
+#: After a tier whose types need an importance matrix (as the Run tab's list says it).
+IMATRIX_MARK = " · needs an imatrix"
 
 
 def _profile_key(fit: FitResult) -> str:
@@ -389,14 +387,8 @@ class HardwarePanel(HardwareProbing, QWidget):
         def fit(token: CancelToken) -> tuple[list[Candidate], Recommendation, Any]:
             from apex_gui.views.hardware.quality_rows import best_plan_for, figures_for
 
-            candidates = cached
-            if candidates is None:
-                # Only tiers buildable as shown: Mini = I-Mini (both need an imatrix) is one row.
-                candidates = profile_candidates(
-                    model, buildable_profiles(model, builtin_profiles().values()))
-                if not model.is_full_precision:
-                    # An already quantized file: first, does *this file* fit as it is?
-                    candidates.insert(0, file_candidate(model))
+            # The tiers `apex-studio recommend` ranks, so both give the same answer.
+            candidates = cached if cached is not None else tier_candidates(model)
             token.raise_if_cancelled()
             geometry = ModelGeometry.from_model(model)
             known, figures = figures_for(model, candidates, table)
@@ -454,8 +446,10 @@ class HardwarePanel(HardwareProbing, QWidget):
             is_best = fit is recommended
             is_plan = fit is self.best_fit
             kl_text, kl_tip = kl_cell(recommendation, fit, self.best_plan if is_plan else None)
-            cells = [("★ " if is_best else "") + (BEST_PLAN_LABEL if is_plan else
-                                                  fit.candidate.label),
+            label = BEST_PLAN_LABEL if is_plan else fit.candidate.label
+            if fit.candidate.needs_imatrix and not is_plan:
+                label += IMATRIX_MARK
+            cells = [("★ " if is_best else "") + label,
                      format_size(fit.candidate.file_bytes), verdict_text(fit),
                      self._headroom_text(fit),
                      f"{fit.max_context:,}" if fit.max_context else "--", fit.flags, kl_text]
@@ -473,15 +467,19 @@ class HardwarePanel(HardwareProbing, QWidget):
                 if is_best:
                     item.setFont(bold)
                     item.setBackground(highlight)
-                    item.setToolTip("Recommended: the highest-quality tier with the best fit")
+                    item.setToolTip(recommendation.rule)
                 self.table.setItem(row, column, item)
         if recommended is not None:
             fit = recommended
+            ranked = recommendation.quality_note or (
+                "No KL divergence is known for this model (none measured, no sensitivity "
+                "table, and the published figures are of another model): tiers in tier order.")
+            needs = " ".join(n for n in recommendation.notes if "needs an importance matrix" in n)
             self.summary.setText(
                 f"Recommended: <b>{fit.candidate.label}</b> ({verdict_text(fit)}, "
                 f"{self._headroom_text(fit)} headroom) at {recommendation.context.n_ctx:,} "
-                f"tokens on {self.hardware_label()}."
-                + (f"<br>{recommendation.quality_note}" if recommendation.quality_note else ""))
+                f"tokens on {self.hardware_label()}." + (f" {needs}" if needs else "")
+                + f"<br>{ranked}<br><small>{recommendation.rule}</small>")
             self.table.selectRow(recommendation.results.index(fit))
         else:
             self.summary.setText(" ".join(recommendation.notes) or "No tier fits.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.device_spec import marketed_size_note, parse_device_spec
 from apex_gui.core.units import format_size
 from apex_gui.qt.workers import Task
 from apex_gui.views.hardware.memory_bar import MemoryBar
@@ -56,12 +56,14 @@ class HardwareProbing:
             self.manual_status.setStyleSheet("color: #e03131;")
             return
         total = sum(d.total_bytes for d in devices)
+        memory = f"{format_size(total)} ({format_size(total, binary=True)})"
         if self.add_detected_check.isChecked():
-            self.manual_status.setText(f"Planning for the detected GPUs plus {len(devices)} "
-                                       f"device(s) of {format_size(total, binary=True)} in all.")
+            status = (f"Planning for the detected GPUs plus {len(devices)} device(s) of "
+                      f"{memory} in all.")
         else:
-            self.manual_status.setText(f"Planning for {len(devices)} device(s), "
-                                       f"{format_size(total, binary=True)} in all (not this machine).")
+            status = f"Planning for {len(devices)} device(s), {memory} in all (not this machine)."
+        note = marketed_size_note(text)
+        self.manual_status.setText(f"{status} {note}" if note else status)
         self.manual_status.setStyleSheet("")
 
     def _show_devices(self) -> None:
