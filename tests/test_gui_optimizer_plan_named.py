@@ -11,10 +11,18 @@ import pytest
 from window_fixtures import demo_with_panels  # noqa: F401 - a fixture
 
 from apex_gui.core.plan.profiles import get_profile
+from apex_gui.views.plan.budget_dialog import kld_text
 from apex_gui.views.plan.export_dialog import ExportedDialog
 from apex_gui.views.run.run_panel import CURRENT_PLAN_KEY
 
 pytestmark = pytest.mark.gui
+
+
+def assert_not_clipped(qtbot, label) -> None:  # type: ignore[no-untyped-def]
+    """A word-wrapped label gets the height its text needs once the layout has run (it was
+    cut at the top and the bottom)."""
+    qtbot.waitUntil(lambda: label.isVisible()
+                    and label.height() >= label.heightForWidth(label.width()), timeout=3000)
 
 
 def run_list(panels) -> list[str]:  # type: ignore[no-untyped-def]
@@ -33,15 +41,17 @@ def test_the_optimizers_plan_is_named_so_everywhere(qtbot, demo_with_panels,  # 
     dialog.size_edit.setText("3.5MB")
     with qtbot.waitSignal(dialog.fitted, timeout=30_000) as fitted:
         dialog.fit_button.click()
-    kld = f"{fitted.args[0].predicted_kld:.2g}"
+    kld = kld_text(fitted.args[0].predicted_kld)
     name = f"Fit to 3.50 MB, predicted KLD {kld}"
     plan = window.current_plan
 
     assert panel.profile_combo.currentText() == name
     note = panel.profile_note.text()
     assert "optimizer's plan" in note and kld in note and quality.description[:40] not in note
+    assert_not_clipped(qtbot, panel.profile_note)
     assert f"Current plan ({name})" in run_list(panels)
-    assert name in window.windowTitle() and "Quality" not in window.windowTitle()
+    qtbot.waitUntil(lambda: name in window.windowTitle(), timeout=3000)  # a 0 ms timer
+    assert "Quality" not in window.windowTitle()
     exported = ExportedDialog(plan, tmp_path / "plan.txt", window)
     assert "-APEX-Optimized-3.50MB.gguf" in exported.commands
     assert "APEX-Quality" not in exported.commands
@@ -62,5 +72,6 @@ def test_the_optimizers_plan_is_named_so_everywhere(qtbot, demo_with_panels,  # 
     assert not plan.can_undo()
     assert panel.profile_combo.currentText() == "Quality"
     assert panel.profile_note.text().startswith(quality.description.rstrip(".")[:40])
+    assert_not_clipped(qtbot, panel.profile_note)
     assert not any(text.startswith("Current plan") for text in run_list(panels))
     assert plan.output_label() == "Quality" and plan.profile_key == "quality"

@@ -321,9 +321,10 @@ def test_run_panel_shows_progress_and_eta_while_quantizing(qtbot: QtBot, deep_mo
     seen: list[tuple[int, str]] = []  # (progress bar value, ETA cell) after each update
 
     def look(_job_id: int, _progress: object, _eta: object) -> None:
-        assert panel.table.rowCount() == 1  # Quality needs no imatrix, KL is off: one step
-        bar = panel.table.cellWidget(0, 2)
-        seen.append((bar.value(), panel.table.item(0, 3).text()))
+        # The run's heading, then one step: Quality needs no imatrix, KL is off.
+        assert panel.table.rowCount() == 2 and panel.run_headings == [0]
+        bar = panel.table.cellWidget(1, 2)
+        seen.append((bar.value(), panel.table.item(1, 3).text()))
 
     queue.jobProgress.connect(look)  # connected after the panel's own slot: sees its result
     try:
@@ -337,7 +338,7 @@ def test_run_panel_shows_progress_and_eta_while_quantizing(qtbot: QtBot, deep_mo
     etas = [eta for _, eta in seen if eta]
     assert etas, "an ETA is shown while the quantize runs"
     assert all(eta.endswith(" s") or " min " in eta for eta in etas)
-    row = panel.table.item(0, 4)
+    row = panel.table.item(1, 4)
     assert row.text().startswith("quantized to ") and row.toolTip() == row.text()
 
 

@@ -343,6 +343,9 @@ def quant_file_name(source: str | Path, label: str) -> str:
     """``<source stem>-APEX-<Label>.gguf``, the published naming (``Model-F16.gguf`` with
     I-Quality -> ``Model-APEX-I-Quality.gguf``)."""
     stem = Path(source).name.removesuffix(".gguf")
+    # A quant's own name already says "-APEX-<Label>": another plan of it replaces that
+    # label instead of adding a second ("...-APEX-I-Balanced-APEX-Balanced.gguf").
+    stem = re.sub(r"-APEX-[A-Za-z0-9.+-]+$", "", stem)
     for suffix in _PRECISION_SUFFIXES:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]

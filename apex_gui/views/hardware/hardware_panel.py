@@ -190,7 +190,8 @@ class HardwarePanel(HardwareProbing, QWidget):
 
         # Layout.
         top = QHBoxLayout()
-        top.addWidget(QLabel("Detected on this machine"))
+        self.devices_heading = QLabel("Detected on this machine")
+        top.addWidget(self.devices_heading)
         top.addStretch(1)
         top.addWidget(self.refresh_button)
         self.bars_layout.addLayout(top)

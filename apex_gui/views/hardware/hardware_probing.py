@@ -76,6 +76,14 @@ class HardwareProbing:
         snapshot = self._snapshot
         manual = self.manual_devices()
         devices = manual if manual is not None else (list(snapshot.gpus) if snapshot else [])
+        # The heading says whose devices the bars are: typed ones are not this machine's.
+        if manual is None:
+            self.devices_heading.setText("Detected on this machine")
+        elif self.add_detected_check.isChecked():
+            self.devices_heading.setText("Detected on this machine, plus the devices typed below")
+        else:
+            self.devices_heading.setText("Planning for the devices typed below (not this "
+                                         "machine)")
         # Workers first, in the order llama.cpp lists devices (the fit's devices line up).
         for probe in self.rpc_probes:
             for remote in probe.devices:

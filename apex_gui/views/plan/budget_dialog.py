@@ -9,6 +9,7 @@ measured sensitivity (the Run tab's "Sensitivity" job, or ``apex-studio sensitiv
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -27,10 +28,18 @@ NO_SENSITIVITY = ("No sensitivity measured for {name}: run \"Sensitivity\" in th
                   "then fit again.")
 
 
+def kld_text(value: float, digits: int = 2) -> str:
+    """A KL divergence with ``digits`` significant digits in plain decimals: ``0.000090``,
+    not ``9e-05`` (people compare these by eye)."""
+    if value <= 0 or not math.isfinite(value):
+        return f"{value:g}"
+    return f"{value:.{max(digits - 1 - math.floor(math.log10(value)), 0)}f}"
+
+
 def optimized_plan_name(what: str, tag: str, result: Any, before: str) -> PlanName:
     """The optimizer's plan, named so everywhere (panel, Run tab, file names): what it was fitted
     to, its predicted KL divergence, and what Reset returns to."""
-    kld = f"{result.predicted_kld:.2g}"
+    kld = kld_text(result.predicted_kld)
     slug = re.sub(r"[^A-Za-z0-9.+]+", "-", tag).strip("-")
     return PlanName(
         origin=f"{what}, predicted KLD {kld}", file_label=f"Optimized-{slug}",
@@ -48,11 +57,11 @@ def apply_optimized_plan(window: Any, result: Any, what: str, tag: str) -> bool:
     types = {name: result.plan.types[name] for name in result.plan.types
              if plan.is_quantizable(name)}
     change = plan.set_tensor_types(
-        types, f"{what}: predicted KLD {result.predicted_kld:.4g}",
+        types, f"{what}: predicted KLD {kld_text(result.predicted_kld, 3)}",
         rename=optimized_plan_name(what, tag, result, plan.origin))
     window.statusBar().showMessage(
         f"{what}: {format_size(plan.total_bytes())}, predicted KLD "
-        f"{result.predicted_kld:.4g} (Ctrl+Z returns to the plan before)"
+        f"{kld_text(result.predicted_kld, 3)} (Ctrl+Z returns to the plan before)"
         if change is not None else f"{what}: the plan already is the optimizer's", 10000)
     return True
 
@@ -86,6 +95,9 @@ class FitToBudgetDialog(QDialog):
         group.addButton(self.size_radio)
         group.addButton(self.setup_radio)
         self.size_radio.setChecked(True)
+        # Typing a size is what one opens this for: the field has the keyboard, text selected.
+        self.size_edit.setFocus()
+        self.size_edit.selectAll()
         self.status = QLabel("The optimizer picks a type per tensor that minimises the "
                              "predicted KL divergence.")
         self.status.setWordWrap(True)

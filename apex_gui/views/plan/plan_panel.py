@@ -425,14 +425,18 @@ class PlanPanel(QWidget):
             key = plan.profile.key if plan is not None and plan.profile is not None else "stored"
             combo.setCurrentIndex(max(combo.findData(key), 0))
         self._updating = False
-        profile = plan.profile if plan is not None else None
+        if plan is None:
+            # Left as it is: hiding the note before the first model is shown left it too
+            # short (clipped) once it reappeared in the scroll area.
+            return
+        profile = plan.profile
         note = profile.description if profile is not None else ""
-        if profile is not None and plan is not None:
+        if profile is not None:
             # Band depths are layer counts: on a shallow model say which types go unused.
             shallow = shallow_model_note(profile, plan.model.n_layer)
             if shallow:
                 note = f"{note.rstrip('.')}. {shallow}" if note else shallow
-        if plan is not None and plan.note:
+        if plan.note:
             note = plan.note
         self.profile_note.setText(note)
         self.profile_note.setVisible(bool(note))

@@ -33,6 +33,7 @@ from apex_gui.views import style
 from apex_gui.views.heatmap.bits_legend import BitsLegend
 from apex_gui.views.plan.export_dialog import ExportedDialog
 from apex_gui.views.heatmap.heatmap import PrecisionHeatmap
+from apex_gui.views.heatmap.heatmap_geometry import cells_text
 from apex_gui.views.window.main_window_compare import PlanComparison
 from apex_gui.views.window.main_window_dialogs import WindowDialogs
 from apex_gui.views.window.main_window_menus import MainWindowMenus
@@ -86,6 +87,9 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         self._state_timer.setInterval(0)
         self._state_timer.timeout.connect(self._update_title)
         self._state_timer.timeout.connect(self._update_actions)
+        # The hover text shows the cell's type: after a paint stroke under the mouse it must
+        # follow the edit, not wait for the mouse to leave the cell.
+        self._state_timer.timeout.connect(lambda: self._hovered(self.heatmap.hovered_cell()))
         self._build_ui()
         self._build_actions()
         self._restore_geometry()
@@ -228,8 +232,9 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
             return
         if demo.note:
             self.statusBar().showMessage(demo.note, 15000)
+        # Remembered like any file: Open recent finds the demo again.
         self._start_load("the demo model", lambda token: load_model(
-            demo.path, self._profile_key, token), remember=False)
+            demo.path, self._profile_key, token), remember=True, path=demo.path)
 
     def open_model_file(self, path: str | Path) -> None:
         """Open a GGUF off the GUI thread; the heatmap follows when it is read."""
@@ -413,7 +418,8 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
     def _selection_changed(self, cells: list) -> None:  # type: ignore[type-arg]
         self.plan_panel.set_selection_size(len(cells), self.heatmap.brush_type)
         if cells:
-            self.statusBar().showMessage(f"{len(cells)} cells selected: pick a type and press Enter", 4000)
+            self.statusBar().showMessage(f"{cells_text(len(cells))} selected: pick a type and "
+                                         "press Enter", 4000)
 
     def _hovered(self, cell: object) -> None:
         plan = self.current_plan

@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFormLayout, QLabel, QToolBar
 
-from apex_gui.views.plan.budget_dialog import FitToBudgetDialog, apply_optimized_plan
+from apex_gui.views.plan.budget_dialog import FitToBudgetDialog, apply_optimized_plan, kld_text
 from apex_gui.views.heatmap.sensitivity_overlay import DamageLegend, SensitivityOverlay
 
 __all__ = ["QualityState", "install_quality"]
@@ -131,7 +131,7 @@ class QualityState(QObject):
             self.kld_label.setToolTip("The plan uses a type the sensitivity table did not "
                                       "measure; measure it among the candidate types")
         else:
-            self.kld_label.setText(f"{value:.4g}")
+            self.kld_label.setText(kld_text(value, 3))
             self.kld_label.setToolTip("Predicted mean KL divergence against the source "
                                       "model (measured sensitivity, per-tensor damages added)")
         overlay = self.window.heatmap.overlay
