@@ -19,10 +19,10 @@ pytestmark = pytest.mark.gui
 
 
 def assert_not_clipped(qtbot, label) -> None:  # type: ignore[no-untyped-def]
-    """A word-wrapped label gets the height its text needs once the layout has run (it was
-    cut at the top and the bottom)."""
+    """A word-wrapped label gets the height its text needs once the layout has run: after a
+    shorter note, a longer one kept the shorter height and was cut at the top and the bottom."""
     qtbot.waitUntil(lambda: label.isVisible()
-                    and label.height() >= label.heightForWidth(label.width()), timeout=3000)
+                    and label.height() == label.heightForWidth(label.width()), timeout=3000)
 
 
 def run_list(panels) -> list[str]:  # type: ignore[no-untyped-def]
@@ -33,6 +33,7 @@ def run_list(panels) -> list[str]:  # type: ignore[no-untyped-def]
 def test_the_optimizers_plan_is_named_so_everywhere(qtbot, demo_with_panels,  # type: ignore[no-untyped-def]
                                                     tmp_path: Path) -> None:
     window, panels = demo_with_panels
+    window.resize(1440, 900)  # the default size, where the clipped note was seen
     panel = window.plan_panel
     quality = get_profile("quality")
     assert panel.profile_combo.currentText() == "Quality"
@@ -42,7 +43,7 @@ def test_the_optimizers_plan_is_named_so_everywhere(qtbot, demo_with_panels,  # 
     with qtbot.waitSignal(dialog.fitted, timeout=30_000) as fitted:
         dialog.fit_button.click()
     kld = kld_text(fitted.args[0].predicted_kld)
-    name = f"Fit to 3.50 MB, predicted KLD {kld}"
+    name = f"Fit to 3.50 MB (KLD {kld})"
     plan = window.current_plan
 
     assert panel.profile_combo.currentText() == name
@@ -58,6 +59,14 @@ def test_the_optimizers_plan_is_named_so_everywhere(qtbot, demo_with_panels,  # 
     exported.deleteLater()
     panels.run.set_checked_profiles([CURRENT_PLAN_KEY])
     assert panels.run.request().labels == ("Optimized-3.50MB",)
+
+    # Undone and redone: Quality's longer note is shown whole, then the optimizer's again.
+    window.undo()
+    assert panel.profile_combo.currentText() == "Quality"
+    assert_not_clipped(qtbot, panel.profile_note)
+    window.redo()
+    assert panel.profile_combo.currentText() == name
+    assert_not_clipped(qtbot, panel.profile_note)
 
     # A hand edit on top of the optimizer's plan is an edit of that plan.
     window.heatmap.select_row(1)

@@ -42,7 +42,7 @@ def optimized_plan_name(what: str, tag: str, result: Any, before: str) -> PlanNa
     kld = kld_text(result.predicted_kld)
     slug = re.sub(r"[^A-Za-z0-9.+]+", "-", tag).strip("-")
     return PlanName(
-        origin=f"{what}, predicted KLD {kld}", file_label=f"Optimized-{slug}",
+        origin=f"{what} (KLD {kld})", file_label=f"Optimized-{slug}",
         note=f"The optimizer's plan ({what}): the type of each tensor chosen for the least "
              f"predicted KL divergence, {kld}, from the measured sensitivity. Ctrl+Z returns "
              f"to {before}.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QEvent, QRect, QSize, Qt, Signal
 from PySide6.QtGui import (QColor, QFont, QGuiApplication, QIcon, QPainter, QPaintEvent, QPalette,
-                           QPixmap)
+                           QPixmap, QResizeEvent)
 from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QFormLayout,
                                QFrame, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
@@ -170,6 +170,23 @@ class QuietNote(QLabel):
         if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
             self._recolour()
         super().changeEvent(event)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+        super().setText(text)
+        self._fit_height()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        """The height the wrapped text needs at this width: in the panel's scroll area a
+        longer text kept the shorter one's height and was cut at the top and the bottom."""
+        if self.wordWrap() and self.width() > 0:
+            held = self.minimumHeight()
+            self.setMinimumHeight(0)  # heightForWidth never answers below the minimum
+            wanted = self.heightForWidth(self.width())
+            self.setMinimumHeight(wanted if wanted > 0 else held)
 
 
 class PlanPanel(QWidget):
