@@ -181,6 +181,8 @@ class FitToBudgetDialog(QDialog):
         self._task = None
         self.fit_button.setEnabled(True)
         self.status.setText(message)
+        # A wrapped message of three lines in a dialog sized for one: grow to show it whole.
+        self.adjustSize()
         self.failed.emit(message)
 
     def reject(self) -> None:
