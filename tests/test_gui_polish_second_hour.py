@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
+from fakes import FakeNvml
+from pynvml import NVML_ERROR_LIBRARY_NOT_FOUND, NVMLError
 from window_fixtures import demo_with_panels  # noqa: F401 - a fixture
+
+from apex_gui.core.fit.hardware import snapshot
 
 from apex_gui.core.plan.profiles import quant_file_name
 from apex_gui.views.plan.export_dialog import export_commands
@@ -48,11 +52,18 @@ def test_the_demo_is_in_open_recent(demo_window: MainWindow) -> None:
 def test_typed_devices_are_not_headed_as_this_machines(qtbot, demo_with_panels) -> None:  # type: ignore[no-untyped-def]
     _window, panels = demo_with_panels
     hardware = panels.hardware
+    # This machine as the probe sees it without NVIDIA's library (the injected-NVML pattern).
+    hardware.set_snapshot(snapshot(backend=FakeNvml(
+        init_error=NVMLError(NVML_ERROR_LIBRARY_NOT_FOUND))))
+    notes = hardware.notes_label
     assert hardware.devices_heading.text() == "Detected on this machine"
+    assert "No NVIDIA GPU found" in notes.text() and not notes.isHidden()
     hardware.manual_edit.setText("RTX 4090")
     assert hardware.devices_heading.text().startswith("Planning for the devices typed below")
+    assert notes.isHidden()  # "planning for CPU only" is not true of the typed devices
     hardware.add_detected_check.setChecked(True)
     assert "plus the devices typed below" in hardware.devices_heading.text()
+    assert not notes.isHidden()
     hardware.manual_edit.setText("")
     assert hardware.devices_heading.text() == "Detected on this machine"
 

@@ -104,4 +104,7 @@ class HardwareProbing:
             self.bars_container.addWidget(ram)
             self.bars.append(ram)
             self.notes_label.setText("\n".join(snapshot.notes))
-            self.notes_label.setVisible(bool(snapshot.notes))
+            # The probe's notes are about this machine ("no GPU: CPU only"): beside devices
+            # typed in its place they contradicted the heading.
+            replaced = manual is not None and not self.add_detected_check.isChecked()
+            self.notes_label.setVisible(bool(snapshot.notes) and not replaced)

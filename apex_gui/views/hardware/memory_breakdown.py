@@ -31,7 +31,6 @@ class MemoryBreakdownView(QWidget):
         self._plan: Any = None
         self._snapshot: Any = None
         self._machine: Any = None  # Hardware & tiers' set-up (typed or picked devices)
-        self._machine_label = ""
         self.breakdown: MemoryBreakdown | None = None
         self.cpu_moe = QSpinBox()
         self.cpu_moe.setObjectName("breakdownCpuMoe")
@@ -69,11 +68,10 @@ class MemoryBreakdownView(QWidget):
         self._snapshot = snapshot
         self._debounce.start()
 
-    def set_machine(self, machine: Any, label: str = "") -> None:
+    def set_machine(self, machine: Any) -> None:
         """The set-up Hardware & tiers fits to (its devices, typed or picked, and RAM); it
         takes the place of the probe, so this tab and the fit table speak of one machine."""
         self._machine = machine
-        self._machine_label = label
         self._debounce.start()
 
     def refresh(self) -> None:
@@ -96,8 +94,8 @@ class MemoryBreakdownView(QWidget):
         self._show(breakdown)
         where = (", ".join(f"{name} ({format_size(free)} free)" for name, free in gpus)
                  if gpus else "no GPU: everything in RAM")
-        if machine is not None and self._machine_label:
-            where = f"{self._machine_label} (Hardware & tiers): {where}"
+        if machine is not None:
+            where += ", the set-up of Hardware & tiers"
         self.note.setText(f"{plan.origin}: f16 KV cache, flash attention, one sequence; {where}"
                           f"{f', {format_size(ram)} RAM available' if ram else ''}. "
                           "The same estimate as the Hardware & tiers fit table.")

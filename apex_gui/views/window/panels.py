@@ -142,7 +142,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     if memory_view is not None:
         # The Memory tab speaks of the set-up the fit table is for, typed devices included.
         hardware.recommendationChanged.connect(lambda rec: memory_view.set_machine(
-            rec.machine if rec is not None else None, hardware.hardware_label()))
+            rec.machine if rec is not None else None))
     run.jobFinished.connect(lambda _outcome: results.refresh())
 
     def close_guard() -> bool:
