@@ -19,7 +19,6 @@ from pynvml import NVML_ERROR_LIBRARY_NOT_FOUND, NVMLError
 from window_fixtures import demo_with_panels  # noqa: F401 - a fixture
 
 from apex_gui.core.fit.hardware import snapshot
-
 from apex_gui.core.plan.profiles import quant_file_name
 from apex_gui.views.plan.export_dialog import export_commands
 from apex_gui.views.window.main_window import MainWindow
