@@ -66,3 +66,17 @@ def test_start_and_every_toolbar_action_are_on_screen(
     assert not hidden, f"behind the toolbar's >> at {size}: {hidden}"
     for action in (main.export_action, main.fit_to_budget_action):
         assert wholly_visible(toolbar.widgetForAction(action), main)
+
+
+@pytest.mark.parametrize("size", [(1024, 700), (960, 540)], ids=["1024x700", "2x-on-1080p"])
+def test_hardware_and_tiers_scrolls_instead_of_drawing_over_itself(
+        window: tuple[MainWindow, InstalledPanels], size: tuple[int, int]) -> None:
+    main, panels = window
+    main.resize(*size)
+    main.center_tabs.setCurrentWidget(panels.hardware)
+    QTest.qWait(20)
+    hardware = panels.hardware
+    for part in (hardware.bars_box, hardware.rpc_box, hardware.table):
+        assert part.height() >= part.minimumSizeHint().height(), (
+            f"{part.objectName() or type(part).__name__} squeezed to {part.height()} px "
+            f"at {size}")

@@ -14,6 +14,7 @@ from fakes import record
 from window_fixtures import demo_with_panels  # noqa: F401 - a fixture
 
 from apex_gui.cli import main as cli_main
+from apex_gui.core.fit.recommend import RULE_SHORT
 from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.views.hardware.hardware_panel import COLUMNS, IMATRIX_MARK
@@ -59,7 +60,8 @@ def test_the_window_and_the_cli_star_the_same_tier_by_one_stated_rule(
     assert rec.results[nano].verdict.name == "FULL_GPU"
     assert not rec.recommended.candidate.needs_imatrix
     summary = hardware.summary.text()
-    assert rec.rule in summary and cli["rule"] == rec.rule
+    assert RULE_SHORT in summary and cli["rule"] == rec.rule
+    assert hardware.summary.toolTip() == rec.rule  # the whole rule on hover
     assert "No KL divergence is known for this model" in summary  # said, not left out
 
     # Typed "24 GB" is 22.4 GiB: the status says why a card sold as 24GB may get another tier.

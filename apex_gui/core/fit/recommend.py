@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RULE",
+    "RULE_SHORT",
     "Recommendation",
     "evaluate",
     "file_candidate",
@@ -62,6 +63,9 @@ __all__ = [
     "tier_candidates",
 ]
 
+#: The rule in one line, for a table with little room (the whole :data:`RULE` on hover).
+RULE_SHORT = ("★ = the best fit among the tiers that need no importance matrix, then the "
+              "lowest KL divergence known for this model")
 #: How the star is chosen, in the words the table shows under it.
 RULE = ("★ = among the tiers that need no importance matrix (Mini, Nano and Micro, which do, "
         "only when no other tier loads), those with the best fit (full GPU, then experts in "

@@ -29,9 +29,9 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QPalette
 from PySide6.QtWidgets import (
-    QAbstractItemView, QApplication, QCheckBox, QComboBox, QGroupBox, QHBoxLayout, QHeaderView,
-    QLabel, QLineEdit, QMenu, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QToolButton,
-    QVBoxLayout, QWidget,
+    QAbstractItemView, QApplication, QCheckBox, QComboBox, QFrame, QGroupBox, QHBoxLayout,
+    QHeaderView, QLabel, QLineEdit, QMenu, QPushButton, QScrollArea, QSpinBox, QTableWidget,
+    QTableWidgetItem, QToolButton, QVBoxLayout, QWidget,
 )
 
 from apex_gui.core.fit import hardware
@@ -39,7 +39,7 @@ from apex_gui.core.fit.cluster import machine_with_workers
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import COMMON_CARDS, parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
-from apex_gui.core.fit.recommend import Recommendation, recommend, tier_candidates
+from apex_gui.core.fit.recommend import RULE_SHORT, Recommendation, recommend, tier_candidates
 from apex_gui.core.fit.placement import Candidate, FitResult, Headroom, MachineMemory, Verdict
 from apex_gui.core.fit.rpc_workers import WorkerProbe
 from apex_gui.core.units import format_size
@@ -218,15 +218,30 @@ class HardwarePanel(HardwareProbing, QWidget):
         command_row.addWidget(self.copy_button)
         command_row.addWidget(self.apply_button)
 
-        layout = QVBoxLayout(self)
+        # The page scrolls when the window is short (1024x700, 2x scaling): squeezed below
+        # its minimum, the memory box drew its lines over each other.
+        body = QWidget()
+        scroll = QScrollArea()
+        scroll.setObjectName("hardwareScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        # At least four tier rows on screen, whatever the window's height.
+        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height()
+                                    + 4 * self.table.verticalHeader().defaultSectionSize() + 4)
+        layout = QVBoxLayout(body)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.bars_box)
-        layout.addWidget(self.rpc_box)
         layout.addLayout(settings)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.summary)
         layout.addWidget(QLabel("llama-server command for the selected tier:"))
         layout.addLayout(command_row)
+        # Other machines joined over RPC: rarer than the tiers, so below them.
+        layout.addWidget(self.rpc_box)
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -480,10 +495,12 @@ class HardwarePanel(HardwareProbing, QWidget):
                 f"Recommended: <b>{fit.candidate.label}</b> ({verdict_text(fit)}, "
                 f"{self._headroom_text(fit)} headroom) at {recommendation.context.n_ctx:,} "
                 f"tokens on {self.hardware_label()}." + (f" {needs}" if needs else "")
-                + f"<br>{ranked}<br><small>{recommendation.rule}</small>")
+                + f"<br>{ranked}<br><small>{RULE_SHORT} (hover for the whole rule)</small>")
+            self.summary.setToolTip(recommendation.rule)
             self.table.selectRow(recommendation.results.index(fit))
         else:
             self.summary.setText(" ".join(recommendation.notes) or "No tier fits.")
+            self.summary.setToolTip(recommendation.rule)
             self.table.selectRow(0)
         self.recommendationChanged.emit(recommendation)
 
