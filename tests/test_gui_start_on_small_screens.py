@@ -80,3 +80,15 @@ def test_hardware_and_tiers_scrolls_instead_of_drawing_over_itself(
         assert part.height() >= part.minimumSizeHint().height(), (
             f"{part.objectName() or type(part).__name__} squeezed to {part.height()} px "
             f"at {size}")
+
+
+def test_results_keep_a_readable_plot_and_a_one_line_summary_at_2x(
+        window: tuple[MainWindow, InstalledPanels]) -> None:
+    main, panels = window
+    main.resize(960, 540)
+    main.center_tabs.setCurrentWidget(panels.results)
+    QTest.qWait(20)
+    results = panels.results
+    assert results.plots.height() >= 180
+    lines = results.summary.height() / results.summary.fontMetrics().lineSpacing()
+    assert lines < 2.5, f"the summary takes {lines:.1f} lines beside the buttons"

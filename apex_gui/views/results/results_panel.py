@@ -315,8 +315,9 @@ class ResultsPanel(QWidget):
         self.card_button = QPushButton("Model card && publish…")
         self.card_button.setToolTip("Write a README in the style of the APEX model cards from "
                                     "these results, and upload the quants to Hugging Face")
+        # The summary above the buttons: beside them, at 2x scaling it wrapped to five lines.
         buttons = QHBoxLayout()
-        buttons.addWidget(self.summary, 1)
+        buttons.addStretch(1)
         for button in (self.refresh_button, self.csv_button, self.markdown_button,
                        self.card_button):
             buttons.addWidget(button)
@@ -329,8 +330,11 @@ class ResultsPanel(QWidget):
         splitter.setSizes([280, 420])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.summary)
         layout.addLayout(buttons)
         layout.addWidget(splitter, 1)
+        # A plot needs some height to be read (its axis labels ran into each other).
+        self.plots.setMinimumHeight(180)
 
         self.refresh_button.clicked.connect(self.refresh)
         self.csv_button.clicked.connect(self._choose_csv)
