@@ -10,13 +10,10 @@ SIGHUP: the running tool is stopped and its partial output deleted).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -24,6 +21,8 @@ from apex_gui.commands.arguments import (MAX_CONTEXT, add_force, check_base_type
                         check_model_header, check_tensor_type_file, check_threads,
                         check_writable_output, int_in_range, tool_path)
 from apex_gui.commands.rpc import add_rpc_option, checked_workers
+from apex_gui.commands.source_pipeline import (add_source_pipeline_args,
+                                               run_source_pipeline_command, stop_signals_cancel)
 from apex_gui.core.files.inputs import TASK_CAP_BYTES, TEXT_CAP_BYTES
 from apex_gui.core.files.task_files import check_task_file
 from apex_gui.core.gguf.model import ModelInfo
@@ -33,6 +32,7 @@ from apex_gui.core.jobs.pipeline import (
 )
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.runner import JobOutcome
 from apex_gui.core.jobs.specs import ToolJob
 from apex_gui.core.plan.precision import PrecisionPlan
@@ -76,8 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_rpc_option(evaluate)
     evaluate.set_defaults(func=run_eval)
 
-    pipeline = sub.add_parser("pipeline", help="imatrix -> quantize profiles -> evaluate each")
-    pipeline.add_argument("model", help="the F16/BF16 source model (.gguf)")
+    pipeline = sub.add_parser("pipeline", help="imatrix -> quantize profiles -> evaluate each "
+                                               "(from a GGUF, a checkpoint folder or hf://)")
+    pipeline.add_argument("model", help="the F16/BF16 source model (.gguf), a Hugging Face "
+                                        "checkpoint folder, or hf://OWNER/NAME (downloaded and "
+                                        "converted first; resumable)")
     pipeline.add_argument("--profiles", required=True,
                           help="comma-separated profile keys, e.g. quality,i-quality,compact")
     pipeline.add_argument("--output-dir", type=Path, help="where the quants go "
@@ -93,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _eval_args(pipeline)
     _common_args(pipeline)
     add_rpc_option(pipeline)
+    add_source_pipeline_args(pipeline)
     pipeline.set_defaults(func=run_pipeline_command)
 
 
@@ -140,17 +144,14 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 # --- shared plumbing --------------------------------------------------------------------------
 
 
-def _threads(args: argparse.Namespace) -> int:
-    from apex_gui.core.settings import load_settings
-
-    return args.threads if args.threads else load_settings().effective_threads()
-
-
 def _tools(args: argparse.Namespace) -> LlamaTools:
+    """The tools and the options every run starts with: ``-t`` and ``--no-repack`` over the
+    settings (the stored tools-check finding is added as each job starts)."""
     from apex_gui.core.settings import load_settings
     from apex_gui.core.jobs.tools import LlamaTools
 
     return LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
+                                   threads=getattr(args, "threads", None),
                                    no_repack=getattr(args, "no_repack", False))
 
 
@@ -282,26 +283,6 @@ def _outcome_json(key: str, outcome: JobOutcome) -> dict[str, Any]:
             "run_id": outcome.run_id, "job": outcome.job.to_dict()}
 
 
-@contextlib.contextmanager
-def _stop_signals_cancel(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGHUP (``kill``, a closed terminal) cancel the run: the runner stops the
-    tool politely and deletes its partial output, where Python's default would exit at once
-    and leave the tool running on, orphaned, with a ``.partial`` file behind. The handler only
-    sets ``stop``: an exception raised at an arbitrary point could land inside Popen."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; callers there handle their own
-        return
-    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
-              if s is not None]
-    previous = {s: signal.signal(s, lambda number, frame: stop.set()) for s in wanted}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            # None: the previous handler was not set from Python; the default is what it was.
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
-
-
 def execute(pipeline: Pipeline, args: argparse.Namespace,
             notes: list[str] | None = None) -> int:
     """Run ``pipeline`` with terminal progress, print the table (or JSON), return the exit code."""
@@ -316,16 +297,17 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
     except RunStoreError as error:
         raise ValueError(str(error)) from None  # one line, exit code 2
     # --rpc: workers checked first (an unreachable one is named now, not after the load).
-    workers, probes = checked_workers(getattr(args, "rpc", None), _tools(args))
+    tools = _tools(args)
+    workers, probes = checked_workers(getattr(args, "rpc", None), tools)
     if workers:
-        pipeline = pipeline.with_rpc_workers(workers)
+        pipeline = pipeline.with_options(RunOptions(rpc_workers=tuple(workers)))
         notes = [*(notes or []), *(p.summary() for p in probes)]
     terminal = TerminalProgress(quiet=False)
     for note in notes or []:
         print(note, file=sys.stderr)
     stop = threading.Event()
-    with _stop_signals_cancel(stop):
-        outcomes = run_pipeline(pipeline, _tools(args), store, on_step=terminal.step,
+    with stop_signals_cancel(stop):
+        outcomes = run_pipeline(pipeline, tools, store, on_step=terminal.step,
                                 on_progress=terminal.update, on_done=terminal.done, cancel=stop)
     if args.json:
         print(json.dumps([_outcome_json(k, o) for k, o in outcomes.items()], indent=2,
@@ -342,15 +324,14 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
 # --- imatrix ----------------------------------------------------------------------------------
 
 
-def _imatrix_job(model: Path, args: argparse.Namespace, output: Path | None,
-                 threads: int) -> ImatrixJob:
+def _imatrix_job(model: Path, args: argparse.Namespace, output: Path | None) -> ImatrixJob:
     from apex_gui.core.jobs.calibration import imatrix_cache_path
 
     calibration = _calibration_text(args)
     target = output or imatrix_cache_path(model, calibration, args.imatrix_ctx,
                                           args.imatrix_chunks)
     return ImatrixJob(model=model, calibration=calibration, output_path=target,
-                      context=args.imatrix_ctx, chunks=args.imatrix_chunks, threads=threads)
+                      context=args.imatrix_ctx, chunks=args.imatrix_chunks)
 
 
 def _check_calibration_args(args: argparse.Namespace) -> None:
@@ -384,17 +365,17 @@ def run_imatrix(args: argparse.Namespace) -> int:
     _check_calibration_args(args)
     model = _checked_model(args.model)
     output = check_writable_output(args.output, args.force, _sources(args, model))
-    job = _imatrix_job(model, args, output, _threads(args))
+    job = _imatrix_job(model, args, output)
     return execute(Pipeline.from_jobs([("imatrix", job)]), args)
 
 
 # --- quantize ---------------------------------------------------------------------------------
 
 
-def _auto_imatrix(model: Path, args: argparse.Namespace, threads: int,
+def _auto_imatrix(model: Path, args: argparse.Namespace,
                   notes: list[str]) -> ImatrixJob | Path:
     """The cached importance matrix for this model and calibration, or the job making it."""
-    job = _imatrix_job(model, args, None, threads)
+    job = _imatrix_job(model, args, None)
     if job.output_path.is_file():
         notes.append(f"using the cached importance matrix {job.output_path}")
         return job.output_path
@@ -411,14 +392,13 @@ def _profile_plan(model: ModelInfo | Path, profile_name: str) -> PrecisionPlan:
     return plan_from_profile(source, get_profile(profile_name))
 
 
-def _quantize_job(plan: PrecisionPlan, output: Path, imatrix: Path | None,
-                  threads: int) -> QuantizeJob:
+def _quantize_job(plan: PrecisionPlan, output: Path, imatrix: Path | None) -> QuantizeJob:
     """The quantize job of a plan; ``imatrix`` is used when the plan wants one."""
     from apex_gui.core.jobs.assembly import uses_imatrix
 
     try:
-        job = QuantizeJob.from_plan(plan, output, imatrix=imatrix if uses_imatrix(plan) else None,
-                                    threads=threads)
+        job = QuantizeJob.from_plan(plan, output,
+                                    imatrix=imatrix if uses_imatrix(plan) else None)
     except OSError as error:  # the plan's tensor-type file goes to the data folder
         from apex_gui.core.settings import data_dir
 
@@ -440,7 +420,6 @@ def run_quantize(args: argparse.Namespace) -> int:
                                                        "--tensor-type-file")
         check_base_type(args.base_type)
     output = check_writable_output(args.output, args.force, _sources(args, model))
-    threads = _threads(args)
     notes: list[str] = []
     given = tool_path(args.imatrix) if args.imatrix and not auto else None
     imatrix_step: ImatrixJob | None = None
@@ -457,21 +436,20 @@ def run_quantize(args: argparse.Namespace) -> int:
                              "--imatrix FILE, or --imatrix auto to compute it from the "
                              "calibration set (cached for later runs)")
         if auto and wants:
-            found = _auto_imatrix(model, args, threads, notes)
+            found = _auto_imatrix(model, args, notes)
             imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
             imatrix_step = found if isinstance(found, ImatrixJob) else None
         elif auto:
             notes.append(f"profile {args.profile} needs no importance matrix; quantizing without")
-        job = _quantize_job(plan, output, imatrix_path, threads)
+        job = _quantize_job(plan, output, imatrix_path)
     else:
         imatrix_path = given
         if auto:
-            found = _auto_imatrix(model, args, threads, notes)
+            found = _auto_imatrix(model, args, notes)
             imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
             imatrix_step = found if isinstance(found, ImatrixJob) else None
         job = QuantizeJob(source=model, output_path=output, base_type=args.base_type.upper(),
-                          tensor_type_file=args.tensor_type_file, imatrix=imatrix_path,
-                          threads=threads)
+                          tensor_type_file=args.tensor_type_file, imatrix=imatrix_path)
     steps: list[tuple[str, ToolJob]] = [("imatrix", imatrix_step)] if imatrix_step else []
     steps.append(("quantize", job))
     return execute(Pipeline.from_jobs(steps), args, notes)
@@ -497,11 +475,11 @@ def _evaluation_options(args: argparse.Namespace, default_reference: Path | None
         bench_repetitions=args.bench_reps)
 
 
-def _reference_step(options: EvaluationOptions, threads: int) -> list[tuple[str, ToolJob]]:
+def _reference_step(options: EvaluationOptions) -> list[tuple[str, ToolJob]]:
     if not (options.kl_divergence and options.reference and options.text):
         return []
     job = ReferenceLogitsJob.cached(options.reference, options.text, options.context,
-                                    options.chunks, threads)
+                                    options.chunks)
     return [] if job.output_path.is_file() else [("reference", job)]
 
 
@@ -535,60 +513,66 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     _check_eval_args(args)
-    model, threads = check_model_file(args.model), _threads(args)
+    model = check_model_file(args.model)
     options = _evaluation_options(args, None, default_kld=True)
-    steps = _reference_step(options, threads)
-    steps += evaluation_jobs(model, options, threads, prefix=model.stem)
+    steps = _reference_step(options)
+    steps += evaluation_jobs(model, options, prefix=model.stem)
     return execute(Pipeline.from_jobs(steps), args)
 
 
 # --- pipeline ---------------------------------------------------------------------------------
 
 
-def _output_name(model: Path, profile_key: str) -> str:
-    from apex_gui.core.plan.profiles import get_profile, quant_file_name
-
-    return quant_file_name(model, get_profile(profile_key).label)
+def _is_checkpoint_source(source: str) -> bool:
+    """``hf://OWNER/NAME`` or a Hugging Face checkpoint folder (not a GGUF)."""
+    return source.startswith("hf://") or Path(source).is_dir()
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
+    if _is_checkpoint_source(args.model):
+        return run_source_pipeline_command(args)
+    from apex_gui.core.gguf.model import open_model
+    from apex_gui.core.jobs.assembly import RunRequest, output_name, pipeline_for
+
     _check_calibration_args(args)
     _check_eval_args(args)
     model = _checked_model(args.model, "source model")
     if args.imatrix and args.imatrix != "auto":
         check_inputs([(args.imatrix, "--imatrix", None)])
-    threads = _threads(args)
     keys = [k.strip() for k in args.profiles.split(",") if k.strip()]
     if not keys:
         raise ValueError("--profiles needs at least one profile key, e.g. quality,i-quality")
     folder = args.output_dir or model.parent
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output-dir {folder} is a file; give a folder")
-    notes: list[str] = []
-    imatrix_job: ImatrixJob | None = None
-    imatrix_path: Path | None = None
-    jobs: list[QuantizeJob] = []
-    from apex_gui.core.jobs.assembly import uses_imatrix
-    from apex_gui.core.gguf.model import open_model
-
     source = open_model(model)  # read once for every profile
-    for key in keys:
-        output = check_writable_output(folder / _output_name(model, key), args.force,
-                                       _sources(args, model), flag=f"{key}: the quant")
-        plan = _profile_plan(source, key)
-        wants = uses_imatrix(plan)
-        if wants and imatrix_path is None:
-            if args.imatrix == "auto":
-                found = _auto_imatrix(model, args, threads, notes)
-                imatrix_job = found if isinstance(found, ImatrixJob) else None
-                imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
-            else:
-                imatrix_path = tool_path(args.imatrix)
-        jobs.append(_quantize_job(plan, output, imatrix_path, threads))
-    options = None
+    plans = tuple(_profile_plan(source, key) for key in keys)
+    for plan in plans:  # every output refused up front (exists without --force, is a source)
+        check_writable_output(folder / output_name(source, plan.profile.label), args.force,
+                              _sources(args, model), flag=f"{plan.profile.key}: the quant")
     evaluate = args.eval or args.kld or args.ppl or args.hellaswag or args.winogrande \
         or args.mc or args.bench
-    if evaluate:
-        options = _evaluation_options(args, model, default_kld=True)
-    pipeline = build_pipeline(jobs, imatrix_job, options, threads)
+    options = _evaluation_options(args, model, default_kld=True) if evaluate else None
+    given = tool_path(args.imatrix) if args.imatrix and args.imatrix != "auto" else None
+    request = RunRequest(
+        model=source, plans=plans, output_dir=folder,
+        calibration_files=tuple(tool_path(p) for p in args.calibration or ()),
+        imatrix_context=args.imatrix_ctx, imatrix_chunks=args.imatrix_chunks,
+        imatrix_file=given,
+        eval_text=options.text if options else None,
+        kl_divergence=bool(options and options.kl_divergence),
+        perplexity=bool(options and options.perplexity),
+        reference=options.reference if options else None,
+        eval_context=args.ctx, eval_chunks=args.chunks,
+        hellaswag=options.hellaswag if options else None,
+        winogrande=options.winogrande if options else None,
+        multiple_choice=options.multiple_choice if options else (),
+        tasks=args.tasks, bench=bool(options and options.bench),
+        bench_prompt=args.bench_prompt, bench_gen=args.bench_gen,
+        bench_repetitions=args.bench_reps)
+    pipeline = pipeline_for(request)
+    notes = []
+    if request.needs_imatrix() and given is None and "imatrix" not in {s.key for s in pipeline.steps}:
+        imatrix = next(s.job.imatrix for s in pipeline.steps if getattr(s.job, "imatrix", None))
+        notes.append(f"using the cached importance matrix {imatrix}")
     return execute(pipeline, args, notes)

@@ -43,6 +43,7 @@ from apex_gui.core.fit.placement import (
     verdict_uses_gpu,
 )
 from apex_gui.core.fit.quality_rank import choose_by_quality, published_applies, published_figures
+from apex_gui.core.jobs.run_options import rpc_args
 from apex_gui.core.plan.profiles import builtin_profiles
 from apex_gui.core.units import format_size
 
@@ -144,7 +145,7 @@ def server_command(path: str, ctx: ContextSettings, verdict: Verdict, placement:
     choice is 4 slots with a unified cache, which sizes memory differently)."""
     argv = ["llama-server", "-m", path, "-c", str(pad256(ctx.n_ctx))]
     if rpc_workers and verdict_uses_gpu(verdict):
-        argv += ["--rpc", ",".join(rpc_workers)]
+        argv += rpc_args(rpc_workers)
     if verdict is Verdict.CPU_ONLY or not verdict_uses_gpu(verdict):
         argv += ["-ngl", "0"]
     else:

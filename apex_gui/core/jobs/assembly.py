@@ -10,6 +10,7 @@ from typing import Any
 from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
 from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.units import format_size
 
 
@@ -40,9 +41,15 @@ class RunRequest:
     multiple_choice: tuple[Path, ...] = ()
     tasks: int | None = None
     bench: bool = False
-    threads: int = 0
     labels: tuple[str, ...] = field(default=())  # file label per plan ("Quality", "custom")
-    rpc_workers: tuple[str, ...] = ()  # llama.cpp RPC workers for imatrix and evaluations
+    #: How this run's tools are started (RPC workers for imatrix and evaluations); what it
+    #: leaves unchosen comes from the queue's tools (settings, tools-check finding).
+    options: RunOptions = RunOptions()
+    imatrix_file: Path | None = None  # a given importance matrix (None: computed and cached)
+    reference: Path | None = None  # the model for KL divergence (None: the source itself)
+    bench_prompt: int = 512
+    bench_gen: int = 128
+    bench_repetitions: int = 2
 
     def needs_imatrix(self) -> bool:
         return any(uses_imatrix(plan) for plan in self.plans)
@@ -54,11 +61,17 @@ def uses_imatrix(plan: Any) -> bool:
 
 
 def pipeline_for(request: RunRequest) -> Pipeline:
-    """imatrix (when a plan needs one and none is cached) -> quantize -> evaluate."""
+    """imatrix (when a plan needs one and none is given or cached) -> quantize -> evaluate.
+
+    The one assembly of the Run tab, ``apex-studio pipeline`` and the resumable pipeline
+    from a Hugging Face model (:mod:`apex_gui.core.workflow`).
+    """
     model = request.model
     imatrix_job: ImatrixJob | None = None
     imatrix_path: Path | None = None
-    if request.needs_imatrix():
+    if request.needs_imatrix() and request.imatrix_file is not None:
+        imatrix_path = request.imatrix_file
+    elif request.needs_imatrix():
         calibration = combine_calibration(list(request.calibration_files) or None)
         imatrix_path = imatrix_cache_path(model.path, calibration, request.imatrix_context,
                                           request.imatrix_chunks)
@@ -66,7 +79,7 @@ def pipeline_for(request: RunRequest) -> Pipeline:
             imatrix_path.parent.mkdir(parents=True, exist_ok=True)
             imatrix_job = ImatrixJob(model=Path(model.path), calibration=calibration,
                                      output_path=imatrix_path, context=request.imatrix_context,
-                                     chunks=request.imatrix_chunks, threads=request.threads)
+                                     chunks=request.imatrix_chunks)
     request.output_dir.mkdir(parents=True, exist_ok=True)
     quantize_jobs = []
     labels = request.labels or tuple(
@@ -74,18 +87,18 @@ def pipeline_for(request: RunRequest) -> Pipeline:
     for plan, label in zip(request.plans, labels):
         quantize_jobs.append(QuantizeJob.from_plan(
             plan, request.output_dir / output_name(model, label),
-            imatrix=imatrix_path if uses_imatrix(plan) else None, threads=request.threads))
+            imatrix=imatrix_path if uses_imatrix(plan) else None))
     text = None
     if request.kl_divergence or request.perplexity:
         text = request.eval_text or quick_eval_text()
     evaluation = EvaluationOptions(
-        reference=Path(model.path), text=text, context=request.eval_context,
+        reference=request.reference or Path(model.path), text=text, context=request.eval_context,
         chunks=request.eval_chunks, kl_divergence=request.kl_divergence,
         perplexity=request.perplexity, hellaswag=request.hellaswag,
         winogrande=request.winogrande, multiple_choice=request.multiple_choice,
-        tasks=request.tasks, bench=request.bench, bench_repetitions=2)
-    pipeline = build_pipeline(quantize_jobs, imatrix_job, evaluation, request.threads)
-    return pipeline.with_rpc_workers(request.rpc_workers) if request.rpc_workers else pipeline
+        tasks=request.tasks, bench=request.bench, bench_prompt=request.bench_prompt,
+        bench_gen=request.bench_gen, bench_repetitions=request.bench_repetitions)
+    return build_pipeline(quantize_jobs, imatrix_job, evaluation).with_options(request.options)
 
 
 def check_free_space(folder: Path, needed: int) -> None:

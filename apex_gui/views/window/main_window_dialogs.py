@@ -9,6 +9,7 @@ from apex_gui import __version__
 from apex_gui.core.settings import Settings
 from apex_gui.views import style
 from apex_gui.views.window.hf_download import HubDownloadDialog
+from apex_gui.views.window.hf_pipeline_dialog import HubPipelineDialog
 from apex_gui.views.window.settings_dialog import SettingsDialog
 from apex_gui.views.run.try_quant import TryQuantDialog
 
@@ -59,16 +60,22 @@ class WindowDialogs:
         dialog.open()
         return dialog
 
+    def show_hub_pipeline_dialog(self) -> HubPipelineDialog:
+        """Quantize a Hugging Face model (id or folder): download, convert, tiers, card."""
+        dialog = HubPipelineDialog(self.workers, self.settings, self)
+        dialog.open()
+        return dialog
+
     def show_try_dialog(self) -> TryQuantDialog | None:
         """Try the open model (typically the quant just made) with a short prompt."""
         if self.current_model is None:
             return None
         from apex_gui.core.jobs.tools import LlamaTools
 
-        # As the Run queue's tools: the configured folder, and --no-repack where the tools
-        # check found the repacked kernels crashing on this CPU.
+        # As the Run queue's tools: the configured folder and the run options (threads,
+        # --no-repack where the tools check found the repacked kernels crashing here).
         dialog = TryQuantDialog(self.current_model.path, LlamaTools.for_settings(self.settings),
-                                threads=self.settings.effective_threads(), parent=self)
+                                parent=self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         self.try_dialog = dialog
