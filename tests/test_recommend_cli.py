@@ -129,16 +129,18 @@ def test_recommend_prints_a_sensible_table_for_every_twin(
         assert data["recommended"] is None and "Nothing fits" in text
         return
     # The recommended tier (the rule printed under the table): among the tiers that need no
-    # importance matrix (those that do only when no other loads), the best fit class; in it
-    # the lowest KL figure when figures cover at least two (or all) of them, else the first.
-    def fit_class(r: dict) -> int:
-        comfortable = r["headroom"] == "comfortable"
-        return {"full_gpu": 0 if comfortable else 1, "experts_in_ram": 1,
-                "partial": 2}.get(r["verdict"], 3 if comfortable else 4)
+    # importance matrix (those that do only when no other loads), those with the best verdict;
+    # of these the lowest KL figure when figures cover at least two (or all), else the first.
+    def rank(r: dict) -> int:
+        return Verdict[r["verdict"].upper()].rank
 
     pool = [r for r in usable if not r["needs_imatrix"]] or usable
-    best_class = min(fit_class(r) for r in pool)
-    eligible = [r for r in pool if fit_class(r) == best_class]
+    best_rank = min(rank(r) for r in pool)
+    same = [r for r in pool if rank(r) == best_rank]
+    # Headroom decides only where the whole model sits (full GPU, CPU only): there a tight fit
+    # competes only as the first in tier order.
+    eligible = [r for i, r in enumerate(same) if i == 0 or r["headroom"] == "comfortable"
+                or r["verdict"] in ("experts_in_ram", "partial")]
     ranked = [r for r in eligible if r["profile"] in data["kld"]]
     first_best = eligible[0]
     if len(ranked) >= 2 or ranked and len(ranked) == len(eligible):

@@ -134,7 +134,7 @@ def test_cancel_a_running_job_leaves_no_partial_output(qtbot, setup) -> None:
                           check_params_cb=lambda job_id, _text: job_id == imatrix_id):
         pass
     assert queue.running_job_id() == imatrix_id
-    panel.table.selectRow(0)
+    panel.table.selectRow(panel._rows[imatrix_id])  # row 0 is the run's heading
     with qtbot.waitSignal(panel.runFinished, timeout=15_000) as finished:
         panel.cancel_selected()
     assert finished.args[0] == 2  # the imatrix and the quantize that needed it
@@ -143,7 +143,7 @@ def test_cancel_a_running_job_leaves_no_partial_output(qtbot, setup) -> None:
     assert not imatrix_job.output_path.exists()
     assert not imatrix_job.partial_output().exists()
     assert not list(out.glob("*.gguf*"))
-    assert panel.table.item(0, 1).text() == "cancelled"
+    assert panel.table.item(panel._rows[imatrix_id], 1).text() == "cancelled"
     assert not panel.has_running_jobs()
 
 
