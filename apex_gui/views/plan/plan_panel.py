@@ -499,7 +499,9 @@ class PlanPanel(QWidget):
         binary = format_size(total, binary=True)
         self.bytes_label.setText(f"{total:,}  ({binary})")
         self.bpw_label.setText(f"{plan.bits_per_weight():.3f}")
-        if self._baseline_bytes:
+        if self._baseline_bytes and total == self._baseline_bytes:
+            self.change_label.setText(f"none (0 bytes) vs {self._baseline_label}")
+        elif self._baseline_bytes:
             delta = total - self._baseline_bytes
             share = delta / self._baseline_bytes
             sign = "+" if delta > 0 else ""
