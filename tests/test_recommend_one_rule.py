@@ -46,6 +46,7 @@ def gpu(size: str) -> MachineMemory:
     return MachineMemory(tuple(parse_device_spec(size)), RAM)
 
 
+@pytest.mark.slow  # 48 recommendations of nine tiers
 def test_more_memory_never_gives_a_worse_tier_for_the_same_fit(twins: dict[str, Path]) -> None:
     for path in twins.values():
         model = open_model(path)
