@@ -19,7 +19,11 @@ from pynvml import NVML_ERROR_LIBRARY_NOT_FOUND, NVMLError
 from window_fixtures import demo_with_panels  # noqa: F401 - a fixture
 
 from apex_gui.core.fit.hardware import snapshot
-from apex_gui.core.plan.profiles import quant_file_name
+from apex_gui.core.fixtures.twins import write_shape_twin
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.plan.detect import detect_profile
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import get_profile, quant_file_name
 from apex_gui.views.plan.export_dialog import export_commands
 from apex_gui.views.window.main_window import MainWindow
 
@@ -90,3 +94,16 @@ def test_a_demo_quant_says_its_profiles_are_one_plan(qtbot, demo_window: MainWin
     quantize, _ = export_commands(demo_window.current_plan, tmp_path / "plan.txt")
     output = Path(shlex.split(quantize)[-2]).name  # llama-quantize ... SOURCE OUTPUT TYPE
     assert output.count("-APEX-") == 1, quantize
+
+
+def test_profiles_that_are_one_plan_on_a_shallow_model_are_named_together(tmp_path: Path) -> None:
+    """16 layers: the 10-deep edge bands meet, Quality and Balanced plan the same types."""
+    source = open_model(write_shape_twin(tmp_path / "olmoe-bf16.gguf", "olmoe-1b-7b")[0])
+    assert source.n_layer == 16
+    plan = plan_from_profile(source, get_profile("quality"))
+    quant = open_model(write_shape_twin(tmp_path / "olmoe-APEX-Quality.gguf", "olmoe-1b-7b",
+                                        tensor_types={n: plan.effective_type(n)
+                                                      for n in plan.types})[0])
+    best = detect_profile(quant)[0]
+    assert best.exact and "Quality = Balanced" in best.describe()
+    assert "one plan on this 16-layer model" in best.describe()
