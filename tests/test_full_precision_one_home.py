@@ -8,12 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import apex_gui
+from apex_gui.core.fixtures.twins import write_shape_twin
 from apex_gui.core.gguf.model import FULL_PRECISION_FILE_TYPES, open_model
 
 
 def test_full_precision_is_a_property_of_the_model(tiny_qwen2moe: Path, tmp_path: Path) -> None:
-    from apex_gui.core.fixtures.twins import write_shape_twin
-
     assert open_model(tiny_qwen2moe).is_full_precision  # F16
     quant = write_shape_twin(tmp_path / "olmoe-q4.gguf", "olmoe-1b-7b",
                              tensor_types={"output.weight": "Q6_K"}, file_type=15)[0]
