@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib
 import os
 import sys
@@ -35,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _commands() -> list[str]:
-    return list(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+@functools.cache
+def _commands() -> tuple[str, ...]:
+    # Once per process: building the parser imports every command module.
+    return tuple(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
 
 
 def _gui_args(argv: Sequence[str]) -> bool:
