@@ -37,6 +37,7 @@ from apex_gui.core.jobs.specs import ToolJob
 from apex_gui.core.plan.precision import PrecisionPlan
 
 if TYPE_CHECKING:
+    from apex_gui.core.fit.rpc_workers import WorkerProbe
     from apex_gui.core.jobs.tools import LlamaTools
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -133,6 +134,10 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repack", action="store_true",
                         help="keep weights as stored (llama.cpp --no-repack) in every run; a "
                              "tool that crashes is retried this way anyway")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="run on the CPU even where GPU backends and devices are present "
+                             "(default: the setting; else each run is placed on the GPUs by "
+                             "the memory model that makes the recommendation)")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -145,12 +150,17 @@ def _threads(args: argparse.Namespace) -> int:
     return args.threads if args.threads else load_settings().effective_threads()
 
 
-def _tools(args: argparse.Namespace) -> LlamaTools:
+def _tools(args: argparse.Namespace, probes: tuple[WorkerProbe, ...] = ()) -> LlamaTools:
+    from apex_gui.core.fit.job_placement import JobPlacer
     from apex_gui.core.settings import load_settings
     from apex_gui.core.jobs.tools import LlamaTools
 
-    return LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
-                                   no_repack=getattr(args, "no_repack", False))
+    settings = load_settings()
+    tools = LlamaTools.for_settings(settings, args.llama_cpp_dir,
+                                    no_repack=getattr(args, "no_repack", False))
+    tools.placer = JobPlacer(tools, probes=probes, cpu_only=bool(
+        getattr(args, "cpu_only", False) or settings.cpu_only))
+    return tools
 
 
 def _calibration_text(args: argparse.Namespace) -> Path:
@@ -324,7 +334,7 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
         print(note, file=sys.stderr)
     stop = threading.Event()
     with _stop_signals_cancel(stop):
-        outcomes = run_pipeline(pipeline, _tools(args), store, on_step=terminal.step,
+        outcomes = run_pipeline(pipeline, _tools(args, probes), store, on_step=terminal.step,
                                 on_progress=terminal.update, on_done=terminal.done, cancel=stop)
     if args.json:
         print(json.dumps([_outcome_json(k, o) for k, o in outcomes.items()], indent=2,

@@ -25,6 +25,7 @@ from typing import Any
 
 from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
+from apex_gui.core.jobs.device_placement import CPU_ONLY, gpu_out_of_memory
 from apex_gui.core.jobs.parsers import rpc_failure_message
 from apex_gui.core.jobs.parsers import LineSplitter, parse_loaded_cpu_variant
 from apex_gui.core.jobs.pipeline import Pipeline
@@ -185,6 +186,8 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
     Raises :class:`JobError` or :class:`ToolNotFoundError` with a message naming the fix.
     """
     job.check(produced)
+    if tools.placer is not None:
+        job = tools.placer(job)
     argv = job.argv(tools)
     output, partial, lock = job.output(), job.partial_output(), None
     if output is not None and partial is not None:
@@ -322,6 +325,15 @@ def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, st
     models; without repacking (then, for a portable build, on a lower CPU variant) the same
     run works. None when the outcome was no crash or nothing is left to avoid.
     """
+    placement = outcome.job.placement
+    if not outcome.succeeded and placement is not None and placement.uses_gpu \
+            and gpu_out_of_memory(outcome.log):
+        # The memory model left a margin, but another program can take VRAM meanwhile:
+        # a run never fails for want of it.
+        return (replace(outcome.job, placement=replace(CPU_ONLY, summary=(
+            f"CPU only: out of GPU memory with {placement.describe()}"))),
+            f"the GPU ran out of memory ({placement.describe()}); APEX Studio ran it again "
+            "on the CPU")
     if outcome.signal_number not in CRASH_SIGNALS:
         return None
     if rpc_failure_message(outcome.log, outcome.job.rpc_workers, outcome.signal_number):

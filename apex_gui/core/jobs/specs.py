@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from apex_gui.core.jobs import parsers
+from apex_gui.core.jobs.device_placement import DevicePlacement
 from apex_gui.core.jobs.progress import ProgressReader
 from apex_gui.core.jobs.tools import LlamaTools, child_environment
 
@@ -198,6 +199,10 @@ class ToolJob:
     #: llama.cpp RPC workers (``host:port``) whose devices the tool splits layers across
     #: (``--rpc``); only tools that evaluate a model take them (RPC_TOOLS).
     rpc_workers: tuple[str, ...] = ()
+    #: Where the model goes on the devices (``-ngl``, ``--n-cpu-moe``, ``-ts``, ``--device``),
+    #: decided when the run starts by the tools' placer (the recommendation's memory model);
+    #: None: llama.cpp's own choice.
+    placement: DevicePlacement | None = None
 
     # What the job reads and writes.
     def inputs(self) -> tuple[Path, ...]:
@@ -222,7 +227,8 @@ class ToolJob:
         else:
             executable = tools.path(self.tool)
         repack = NO_REPACK_ARGS.get(self.tool, ()) if self.no_repack else ()
-        return [str(executable), *self.args(), *repack, *self._rpc_args()]
+        placed = self.placement.tool_args(self.tool) if self.placement is not None else []
+        return [str(executable), *self.args(), *repack, *self._rpc_args(), *placed]
 
     def _rpc_args(self) -> list[str]:
         if not self.rpc_workers:
@@ -265,6 +271,8 @@ class ToolJob:
         if self.rpc_workers:
             # A lost worker aborts the tool; ggml would first try to attach a debugger.
             env.setdefault("GGML_NO_BACKTRACE", "1")
+        if self.placement is not None:
+            env.update(self.placement.environment())
         return env
 
     def _thread_args(self, flag: str = "-t") -> list[str]:
@@ -310,6 +318,8 @@ class ToolJob:
             # Absolute: a run started as `eval mini.gguf` and the same file opened in the
             # window must be recognised as one file in the history.
             spec[f.name] = os.path.abspath(value) if isinstance(value, Path) else value
+        if self.placement is not None:
+            spec["placement"] = self.placement.to_dict()
         return spec
 
 

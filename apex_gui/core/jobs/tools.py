@@ -16,9 +16,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from apex_gui.core.jobs.tools_findings import known_check
 
@@ -43,6 +45,8 @@ PORTABLE_BUILD_ORIGIN = "portable build"
 LLAMA_CPP_DIR_ENV = "APEX_LLAMA_CPP_DIR"
 
 GPU_BUILD_HINT = (
+    "GPU backends for the portable build: `make gpu` (or Settings > Build GPU backends) adds "
+    "Vulkan, and CUDA where its toolkit is installed. "
     "To use a CUDA, Metal or ROCm build of llama.cpp, build it yourself "
     "(cmake -B build -DGGML_CUDA=ON && cmake --build build -j) and point APEX Studio at the "
     f"build folder: Settings > llama.cpp tools folder, or {LLAMA_CPP_DIR_ENV}=/path/to/llama.cpp."
@@ -154,6 +158,10 @@ class LlamaTools:
         #: Every run keeps weights as stored (``--no-repack``): set by the user, or because
         #: the tools check found the repacked path crashing on this CPU.
         self.no_repack = no_repack
+        #: Gives each job that loads a model its device placement when it starts
+        #: (:class:`apex_gui.core.fit.job_placement.JobPlacer`, set by the command line and
+        #: the window); None leaves the devices to llama.cpp.
+        self.placer: Callable[[Any], Any] | None = None
         self._locations: dict[str, ToolLocation] = {}
 
     @classmethod
@@ -173,6 +181,7 @@ class LlamaTools:
         """The same tools (locations shared) with ``no_repack`` set as given."""
         twin = LlamaTools(self.configured_dir, no_repack=no_repack)
         twin._locations = self._locations
+        twin.placer = self.placer
         return twin
 
     def locate(self, tool: str, probe_version: bool = False) -> ToolLocation:
