@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.apex-installed
 TOOLS  := $(VENV)/.llama-tools
 LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: run test test-all bench screenshots package package-smoke clean-venv
+.PHONY: run test test-all bench screenshots package package-smoke clean-venv gpu
 
 run: $(STAMP) $(TOOLS)
 	@$(PY) -m apex_gui.preflight gui
@@ -58,6 +58,13 @@ $(TOOLS): $(VENV)/bin/python packaging/build_llama_tools.py
 		LLAMA_JOBS=$(LLAMA_JOBS) $(PY) packaging/build_llama_tools.py $(VENV) || exit 1; \
 	fi
 	@touch $@
+
+# GPU backends beside the portable CPU tools, as their own cached step (the CPU tools come
+# first and are never rebuilt): Vulkan where glslc and the Vulkan headers are installed
+# (sudo apt-get install glslc libvulkan-dev spirv-headers), CUDA where nvcc and cuBLAS are;
+# a backend whose prerequisites are missing is named with the packages to install.
+gpu: $(STAMP) $(TOOLS)
+	LLAMA_JOBS=$(LLAMA_JOBS) $(PY) packaging/build_gpu_backends.py $(VENV)
 
 clean-venv:
 	rm -rf $(VENV)
