@@ -205,6 +205,7 @@ class JobQueue(QObject):
                                                     pipeline=entry.pipeline))
             self._schedule.start()
             return
+        entry.job = prepared.job  # as placed on the devices when it started
         entry.state = "running"
         entry.attempts += 1
         self._current, self._prepared = entry, prepared
