@@ -350,6 +350,7 @@ def combine(root: Path, cpu_folder: Path, backends: list[Path]) -> Path:
     """
     final = root / f"{cpu_folder.name}.with-gpu"
     staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=root))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the tools from other users
     (staging / "bin").mkdir()
 
     def place(item: Path, target: Path) -> None:
@@ -427,7 +428,7 @@ def main(argv: list[str]) -> int:
             continue
         cached = built_backends(root, cpu_key).get(backend)
         print(f"GPU backends: building the {backend} backend (ggml-{backend} only, against the "
-              f"CPU build {cpu_key}; a Vulkan build took ~6 minutes on 2 cores)" if cached is None
+              f"CPU build {cpu_key}; the Vulkan backend takes 5-15 minutes on 2 cores)" if cached is None
               else f"GPU backends: {backend} cached in {cached}", flush=True)
         try:
             folder = build_backend(root, options, found, jobs)

@@ -17,7 +17,9 @@ from apex_gui.core.fit.job_placement import JobPlacer, _as_gpu, job_context, pla
 from apex_gui.core.fit.placement import MachineMemory
 from apex_gui.core.fit.recommend import file_candidate, recommend
 from apex_gui.core.jobs.calibration import quick_eval_text
-from apex_gui.core.jobs.device_placement import CPU_ONLY, DevicePlacement, gpu_out_of_memory
+from apex_gui.core.jobs.device_placement import (
+    CPU_ONLY, DevicePlacement, gpu_out_of_memory, parse_device_use,
+)
 from apex_gui.core.jobs.devices import DeviceListing, ToolDevice, parse_device_list
 from apex_gui.core.jobs.evaluations import PerplexityJob
 from apex_gui.core.jobs.quantize import QuantizeJob
@@ -176,3 +178,13 @@ def test_a_placed_run_records_its_devices(llama_tools: LlamaTools, tiny_qwen2moe
     run = store.runs(kind="perplexity")[0]
     assert run.spec["placement"]["summary"].startswith("CPU only")
     assert run.argv[-4:] == ["--device", "none", "-ngl", "0"]
+
+
+def test_the_log_of_an_offloaded_run_says_where_it_ran() -> None:
+    """A real llama-perplexity log at -lv 4 (the demo on lavapipe, full offload)."""
+    use = parse_device_use((LOGS / "perplexity_vulkan_lavapipe.log").read_text())
+    assert use.devices == ("Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))",)
+    assert (use.layers_offloaded, use.layers_total) == (13, 13)
+    assert dict(use.model_mib) == {"CPU_Mapped": 0.13, "Vulkan0": 10.73}
+    assert use.to_results()["layers_offloaded"] == "13/13"
+    assert parse_device_use((LOGS / "perplexity.log").read_text()).to_results() == {}

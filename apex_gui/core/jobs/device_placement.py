@@ -129,3 +129,39 @@ def gpu_out_of_memory(log: str) -> bool:
 
 
 CPU_ONLY = DevicePlacement(cpu_only=True, verdict="CPU only", summary="CPU only")
+
+
+_USING_DEVICE = re.compile(r"using device (\S+) \((.*)\) \(")
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_MODEL_BUFFER = re.compile(r"^\S*load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB", re.M)
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    """What a tool's log (at ``-lv 4``) says it used: devices, layers offloaded, weights
+    per buffer (``CPU_Mapped``, ``Vulkan0``...)."""
+
+    devices: tuple[str, ...] = ()  # "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))"
+    layers_offloaded: int | None = None
+    layers_total: int | None = None
+    model_mib: tuple[tuple[str, float], ...] = ()
+
+    def to_results(self) -> dict[str, Any]:
+        """Keys for a run's results (none when the log said nothing about devices)."""
+        results: dict[str, Any] = {}
+        if self.devices:
+            results["devices_used"] = list(self.devices)
+        if self.layers_offloaded is not None:
+            results["layers_offloaded"] = f"{self.layers_offloaded}/{self.layers_total}"
+        if self.model_mib:
+            results["model_mib_by_buffer"] = dict(self.model_mib)
+        return results
+
+
+def parse_device_use(log: str) -> DeviceUse:
+    devices = tuple(dict.fromkeys(f"{m.group(1)} ({m.group(2)})"
+                                  for m in _USING_DEVICE.finditer(log)))
+    offloaded = _OFFLOADED.search(log)
+    buffers = tuple((m.group(1), float(m.group(2))) for m in _MODEL_BUFFER.finditer(log))
+    return DeviceUse(devices, int(offloaded.group(1)) if offloaded else None,
+                     int(offloaded.group(2)) if offloaded else None, buffers)

@@ -25,7 +25,7 @@ from typing import Any
 
 from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
-from apex_gui.core.jobs.device_placement import CPU_ONLY, gpu_out_of_memory
+from apex_gui.core.jobs.device_placement import CPU_ONLY, gpu_out_of_memory, parse_device_use
 from apex_gui.core.jobs.parsers import rpc_failure_message
 from apex_gui.core.jobs.parsers import LineSplitter, parse_loaded_cpu_variant
 from apex_gui.core.jobs.pipeline import Pipeline
@@ -306,6 +306,9 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
     if retry_note is not None:
         message = f"{message} ({retry_note})"
         results["crash_retry"] = retry_note
+    if job.placement is not None:
+        # Where it ran, as the tool itself reports it (the plan is in the job's description).
+        results.update(parse_device_use(log).to_results())
     ended = time.time()
     if store is not None and prepared.run_id is not None:
         try:
