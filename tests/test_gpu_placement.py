@@ -23,6 +23,7 @@ from apex_gui.core.jobs.device_placement import (
 from apex_gui.core.jobs.devices import DeviceListing, ToolDevice, parse_device_list
 from apex_gui.core.jobs.evaluations import PerplexityJob
 from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobOutcome, JobStatus, crash_retry_for, run_job
 from apex_gui.core.jobs.tools import LlamaTools
@@ -116,6 +117,13 @@ def test_placement_flags_per_tool_and_round_trip() -> None:
         "-dev", "CUDA0/CUDA1", "-ngl", "999", "-ncmoe", "12", "-ts", "20/21"]
     assert placement.tool_args("quantize") == [] and placement.tool_args("gguf-split") == []
     assert DevicePlacement.from_dict(placement.to_dict()) == placement
+    # Carried by the run options, flat in the run history's job description.
+    options = RunOptions(threads=2, placement=placement)
+    assert options.tool_args("perplexity")[:2] == ["-t", "2"]
+    assert options.tool_args("perplexity")[2:] == placement.tool_args("perplexity")
+    assert RunOptions.from_fields(options.to_fields()) == options
+    assert RunOptions(cpu_only=True).tool_args("imatrix") == ["--device", "none", "-ngl", "0"]
+    assert RunOptions(cpu_only=True).tool_args("quantize") == []
     assert CPU_ONLY.tool_args("bench") == ["-dev", "none", "-ngl", "0"]
     assert DevicePlacement(cpu_moe=True, gpu_layers=999).flags_text() == "-ngl 999 --cpu-moe"
 
@@ -129,17 +137,20 @@ def test_the_placer_gives_cpu_only_and_leaves_quantize_alone(tiny_qwen2moe: Path
                                                              tmp_path: Path) -> None:
     cards = _listing(_card("Vulkan0", 20.0))
     job = PerplexityJob(model=tiny_qwen2moe, text=tmp_path / "t.txt", context=128)
-    placed = JobPlacer(None, list_devices=lambda _tools: cards)(job)
-    assert placed.placement is not None and placed.placement.summary.startswith("full GPU")
+    placed = JobPlacer(None, list_devices=lambda _tools: cards)(job).options.placement
+    assert placed is not None and placed.summary.startswith("full GPU")
     cpu = JobPlacer(None, cpu_only=True, list_devices=lambda _tools: cards)(job)
-    assert cpu.placement.cpu_only and "--cpu-only" in cpu.placement.summary
+    assert cpu.options.placement.cpu_only and "--cpu-only" in cpu.options.placement.summary
+    asked = job.with_options(RunOptions(cpu_only=True))  # the setting, through RunOptions
+    assert JobPlacer(None, list_devices=lambda _tools: cards)(asked).options.placement.cpu_only
     none = JobPlacer(None, list_devices=lambda _tools: _listing(backends=()))(job)
-    assert none.placement.cpu_only and "make gpu" in none.placement.summary
+    assert none.options.placement.cpu_only and "make gpu" in none.options.placement.summary
     quantize = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf",
                            base_type="Q4_K_M")
     assert JobPlacer(None, list_devices=lambda _tools: cards)(quantize) is quantize
     # A job placed by hand keeps its placement.
-    assert JobPlacer(None, list_devices=lambda _tools: cards)(cpu).placement == cpu.placement
+    kept = JobPlacer(None, list_devices=lambda _tools: cards)(cpu)
+    assert kept.options.placement == cpu.options.placement
 
 
 def test_out_of_gpu_memory_runs_again_on_the_cpu(tmp_path: Path) -> None:
@@ -153,12 +164,13 @@ def test_out_of_gpu_memory_runs_again_on_the_cpu(tmp_path: Path) -> None:
     assert not gpu_out_of_memory("error: failed to open model\n")
     placement = DevicePlacement(gpu_layers=999, verdict="full GPU offload",
                                 summary="full GPU offload on Vulkan0 (-ngl 999)")
-    job = PerplexityJob(model=tmp_path / "m.gguf", text=tmp_path / "t.txt", placement=placement)
+    job = PerplexityJob(model=tmp_path / "m.gguf", text=tmp_path / "t.txt",
+                        options=RunOptions(placement=placement))
     failed = JobOutcome(job, JobStatus.FAILED, "llama-perplexity failed", exit_code=1, log=vulkan)
     retry = crash_retry_for(failed, LlamaTools())
     assert retry is not None
     again, note = retry
-    assert again.placement.cpu_only and "out of memory" in note and "-ngl 999" in note
+    assert again.options.placement.cpu_only and "out of memory" in note and "-ngl 999" in note
     assert crash_retry_for(JobOutcome(again, JobStatus.FAILED, "x", exit_code=1, log=vulkan),
                            LlamaTools()) is None  # on the CPU: nothing left to give up
 
@@ -167,14 +179,14 @@ def test_a_placed_run_records_its_devices(llama_tools: LlamaTools, tiny_qwen2moe
                                           tmp_path: Path) -> None:
     """A real run through the runner: the placement is on the command line, in the run
     history's job description and in what the outcome reports."""
-    tools = llama_tools.with_no_repack(llama_tools.no_repack)
+    tools = LlamaTools(llama_tools.configured_dir)
     tools.placer = JobPlacer(tools, cpu_only=True)
     job = PerplexityJob(model=tiny_qwen2moe, text=quick_eval_text(), context=128, chunks=2,
-                        threads=2)
+                        options=RunOptions(threads=2))
     store = RunStore(tmp_path / "runs.sqlite")
     outcome = run_job(job, tools, store)
     assert outcome.succeeded, outcome.message
-    assert outcome.job.placement is not None and outcome.job.placement.cpu_only
+    assert outcome.job.options.placement is not None and outcome.job.options.placement.cpu_only
     run = store.runs(kind="perplexity")[0]
     assert run.spec["placement"]["summary"].startswith("CPU only")
     assert run.argv[-4:] == ["--device", "none", "-ngl", "0"]

@@ -28,6 +28,7 @@ from apex_gui.core.jobs.devices import (
     VULKAN_VISIBLE_ENV, ToolDevice, gpu_backends_in, list_devices,
 )
 from apex_gui.core.jobs.evaluations import KLDivergenceJob, PerplexityJob, ReferenceLogitsJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import run_job
 from apex_gui.core.jobs.tools import LlamaTools
@@ -38,6 +39,7 @@ CHUNKS = 4
 MAX_LN_PPL_RATIO = 0.005
 MAX_MEAN_KLD = 3e-4
 MIN_SAME_TOP_P = 97.0
+TWO_THREADS = RunOptions(threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def lavapipe(llama_tools: LlamaTools) -> ToolDevice:
 
 
 def _tools(llama_tools: LlamaTools, cpu_only: bool) -> LlamaTools:
-    tools = llama_tools.with_no_repack(llama_tools.no_repack)
+    tools = LlamaTools(llama_tools.configured_dir)
     tools.placer = JobPlacer(tools, cpu_only=cpu_only)
     return tools
 
@@ -79,15 +81,15 @@ def test_demo_perplexity_and_kl_with_full_offload_on_lavapipe_match_the_cpu(
     text = quick_eval_text()
     cpu, vulkan = _tools(llama_tools, cpu_only=True), _tools(llama_tools, cpu_only=False)
     reference = run_job(ReferenceLogitsJob(model=DEMO, text=text, context=CONTEXT,
-                                           chunks=CHUNKS, threads=2,
+                                           chunks=CHUNKS, options=TWO_THREADS,
                                            output_path=tmp_path / "demo.kld"), cpu)
     assert reference.succeeded, reference.message
-    assert reference.job.placement is not None and reference.job.placement.cpu_only
+    assert reference.job.options.placement is not None and reference.job.options.placement.cpu_only
     cpu_ppl = float(reference.results["ppl"])
 
     store = RunStore(tmp_path / "runs.sqlite")
     perplexity = run_job(PerplexityJob(model=DEMO, text=text, context=CONTEXT, chunks=CHUNKS,
-                                       threads=2), vulkan, store)
+                                       options=TWO_THREADS), vulkan, store)
     assert perplexity.succeeded, perplexity.message
     # The run history keeps the plan and what the tool reported using.
     record = store.runs(kind="perplexity")[0]
@@ -95,7 +97,7 @@ def test_demo_perplexity_and_kl_with_full_offload_on_lavapipe_match_the_cpu(
     assert record.results["devices_used"] == [f"{lavapipe.name} ({lavapipe.description})"]
     assert record.results["layers_offloaded"] == "13/13"
     store.close()
-    placement = perplexity.job.placement
+    placement = perplexity.job.options.placement
     assert placement is not None
     assert placement.summary.startswith(f"full GPU offload on {lavapipe.name} (llvmpipe")
     # The tool's own log names the device it used and what it offloaded.
@@ -106,7 +108,7 @@ def test_demo_perplexity_and_kl_with_full_offload_on_lavapipe_match_the_cpu(
     assert abs(math.log(vulkan_ppl / cpu_ppl)) <= MAX_LN_PPL_RATIO, (vulkan_ppl, cpu_ppl)
 
     kld = run_job(KLDivergenceJob(model=DEMO, reference_logits=tmp_path / "demo.kld",
-                                  context=CONTEXT, chunks=CHUNKS, threads=2), vulkan)
+                                  context=CONTEXT, chunks=CHUNKS, options=TWO_THREADS), vulkan)
     assert kld.succeeded, kld.message
     assert "using device Vulkan0 (llvmpipe" in kld.log
     assert kld.results["kld_mean"] <= MAX_MEAN_KLD, kld.results

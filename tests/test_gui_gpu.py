@@ -23,7 +23,7 @@ pytestmark = pytest.mark.gui
 def test_the_run_tab_shows_where_each_step_runs(qtbot, tmp_path: Path, tiny_qwen2moe: Path,
                                                 llama_tools) -> None:  # type: ignore[no-untyped-def]
     store = RunStore(tmp_path / "runs.sqlite")
-    tools = llama_tools.with_no_repack(llama_tools.no_repack)
+    tools = LlamaTools(llama_tools.configured_dir)
     tools.placer = JobPlacer(tools)  # the tools' own device list, as the window sets it
     queue = JobQueue(tools, store)
     panel = RunPanel(queue, open_model(tiny_qwen2moe))

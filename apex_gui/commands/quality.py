@@ -86,14 +86,19 @@ def _progress(stage: str, fraction: float, eta: float | None) -> None:
 
 
 def _measure(args: argparse.Namespace, model_path: Path) -> Any:
+    from apex_gui.core.jobs.tools import LlamaTools
     from apex_gui.core.quality.sensitivity import SensitivityCancelled, measure_sensitivity
+    from apex_gui.core.settings import load_settings
 
+    # The probes run as every job does: threads, --no-repack (setting or the stored tools
+    # check) from the one source of run options.
+    tools = LlamaTools.for_settings(load_settings(), threads=args.threads or None)
     candidates = [t.strip().upper() for t in args.types.split(",")] if args.types else None
     cancel = threading.Event()
     try:
         table = measure_sensitivity(model_path, args.imatrix, text=args.text,
                                     context=args.probe_ctx, chunks=args.chunks,
-                                    candidates=candidates, threads=args.threads,
+                                    candidates=candidates, tools=tools,
                                     on_progress=_progress, cancel=cancel,
                                     use_cache=not args.no_cache)
     except KeyboardInterrupt:

@@ -156,14 +156,14 @@ class JobPlacer:
     def placement_for(self, job: Any) -> DevicePlacement | None:
         if job.tool not in PLACEMENT_TOOLS:
             return None
-        if self.cpu_only:
+        if self.cpu_only or job.options.cpu_only:
             return replace(CPU_ONLY, summary="CPU only (setting or --cpu-only)")
         model = getattr(job, "model", None)
         listing = self.listing()
         if model is None or listing.error:
             return replace(CPU_ONLY, summary=f"CPU only: {listing.error or 'no model'}")
         ctx = job_context(job)
-        workers = tuple(getattr(job, "rpc_workers", ()) or ())
+        workers = tuple(job.options.rpc_workers)
         probes = tuple(p for p in self.probes if p.worker.endpoint in workers)
         if len(probes) < len(workers):
             return None  # workers not probed here: their devices are unknown to the model
@@ -177,8 +177,9 @@ class JobPlacer:
         return self._memo[key]
 
     def __call__(self, job: Any) -> Any:
-        """The job with its placement (jobs that already carry one keep it)."""
-        if getattr(job, "placement", None) is not None:
+        """The job with its placement in its run options (one that has one keeps it)."""
+        if job.options.placement is not None:
             return job
         placement = self.placement_for(job)
-        return job if placement is None else replace(job, placement=placement)
+        return job if placement is None else job.with_options(
+            replace(job.options, placement=placement))

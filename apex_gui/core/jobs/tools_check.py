@@ -10,8 +10,8 @@ the window runs the check once per build, and :meth:`LlamaTools.for_settings` tu
 
 from __future__ import annotations
 
-import os
 import subprocess
+import os
 import tempfile
 import threading
 import time
@@ -21,6 +21,7 @@ from typing import Any
 
 from apex_gui.core.jobs.device_placement import DevicePlacement
 from apex_gui.core.jobs.devices import gpu_backends_in, list_devices
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.tools import (
     TOOL_NAMES, LlamaTools, child_environment, cpu_variants, expected_cpu_variant,
 )
@@ -86,13 +87,18 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
     checks: list[ToolCheck] = []
     repack_broken = False
     variant = None
-    plain = tools.with_no_repack(False)  # judge the build itself, not the user's setting
+    plain = tools.plain()  # judge the build itself, not the user's setting
     with tempfile.TemporaryDirectory(prefix="apex-tools-check-") as folder:
         source = write_synthetic_model(Path(folder) / "check-f16.gguf", TINY_QWEN2MOE)
         quant_tool_folder = plain.path("perplexity").parent
         quant = Path(folder) / "check-q4_k_m.gguf"
+        # On the CPU even where GPU backends are beside the tools: the devices get their
+        # own runs below.
+        two_threads = RunOptions(threads=2,
+                                 cpu_only=bool(gpu_backends_in(quant_tool_folder)))
         outcome = run_job(QuantizeJob(source=source, output_path=quant, base_type="Q4_K_M",
-                                      threads=2), plain, cancel=cancel, crash_retry=False)
+                                      options=two_threads), plain, cancel=cancel,
+                          crash_retry=False)
         if outcome.succeeded:
             checks.append(ToolCheck(TOOL_NAMES["quantize"], True, "quantized a tiny model to "
                                     "Q4_K_M"))
@@ -101,7 +107,8 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
                                     REBUILD_FIX))
         if outcome.succeeded:
             text = quick_eval_text()
-            job = PerplexityJob(model=quant, text=text, context=128, chunks=2, threads=2)
+            job = PerplexityJob(model=quant, text=text, context=128, chunks=2,
+                                options=two_threads)
             with_repack = run_job(job, plain, cancel=cancel, crash_retry=False)
             without = run_job(job.without_repack(), plain, cancel=cancel, crash_retry=False)
             variant = (parse_loaded_cpu_variant(with_repack.log)
@@ -168,9 +175,10 @@ def _device_checks(tools: LlamaTools, job: Any, cpu_ppl: float,
                         "(llama.cpp skips it)") for d in listing.hidden_software]
     for device in listing.gpus:
         env = (("GGML_VK_VISIBLE_DEVICES", _visible_vulkan()),) if device.software else ()
-        placed = replace(job, placement=DevicePlacement(
-            devices=(device.name,), gpu_layers=999, verdict="full GPU offload",
-            summary=f"full GPU offload on {device.name}", env=env))
+        on_device = DevicePlacement(devices=(device.name,), gpu_layers=999,
+                                    verdict="full GPU offload",
+                                    summary=f"full GPU offload on {device.name}", env=env)
+        placed = job.with_options(replace(job.options, cpu_only=False, placement=on_device))
         outcome = run_job(placed, tools, cancel=cancel, crash_retry=False)
         if not outcome.succeeded:
             checks.append(ToolCheck(device.name, False, f"{device.description}: perplexity "

@@ -41,6 +41,7 @@ from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.calibration import file_digest, quick_eval_text
 from apex_gui.core.jobs.evaluations import KLDivergenceJob, ReferenceLogitsJob
 from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.runner import run_job
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.plan.precision import PrecisionPlan, is_quantizable
@@ -423,7 +424,7 @@ def measure_sensitivity(
             plan = _uniform_plan(model, type_name, keep=unmeasured)
             quant = scratch / f"all-{type_name}.gguf"
             job = QuantizeJob.from_plan(plan, quant, scratch / f"all-{type_name}.txt",
-                                        imatrix=imatrix_path, threads=threads)
+                                        imatrix=imatrix_path, options=RunOptions(threads=threads))
             _run(job, tools, cancel, f"llama-quantize to {type_name}")
             clock.advance(f"reading back {type_name}", 1)
             measured = weighted_errors(Path(model.path), quant,
@@ -436,7 +437,7 @@ def measure_sensitivity(
         started = time.monotonic()
         clock.advance("reference logits of the source model")
         reference = ReferenceLogitsJob(model=Path(model.path), text=text_path, context=context,
-                                       chunks=chunks, threads=threads,
+                                       chunks=chunks, options=RunOptions(threads=threads),
                                        output_path=scratch / "reference.kld")
         _run(reference, tools, cancel, "llama-perplexity --kl-divergence-base")
         clock.advance("reference logits", 1)
@@ -484,12 +485,13 @@ def _calibrate(model: ModelInfo, names: list[str], kinds: list[str], candidates:
         plan = _uniform_plan(model, probe_type, keep=[n for n in names if n not in members])
         quant = scratch / f"probe-{kind}.gguf"
         job = QuantizeJob.from_plan(plan, quant, scratch / f"probe-{kind}.txt",
-                                    imatrix=imatrix, threads=threads)
+                                    imatrix=imatrix, options=RunOptions(threads=threads))
         _run(job, tools, cancel, f"llama-quantize for the {kind} probe")
         clock.advance(f"probe: {kind} KL divergence", 1)
         # --no-repack: repacked kernels crash on some AMX CPUs with quantized weights.
         kld_job = KLDivergenceJob(model=quant, reference_logits=reference, context=context,
-                                  chunks=chunks, threads=threads, no_repack=True)
+                                  chunks=chunks,
+                                  options=RunOptions(threads=threads, no_repack=True))
         measured, exact = measure_kld(kld_job, tools, cancel,
                                f"llama-perplexity --kl-divergence ({kind} probe)")
         quant.unlink(missing_ok=True)

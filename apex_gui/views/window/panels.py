@@ -169,5 +169,5 @@ def placed_tools(settings: Any, window: Any) -> LlamaTools:
     (or on the CPU with the "CPU only" setting). The tools' device list is read once, when
     the first job that loads a model starts (a fraction of a second)."""
     tools = LlamaTools.for_settings(settings)
-    tools.placer = JobPlacer(tools, cpu_only=bool(getattr(settings, "cpu_only", False)))
+    tools.placer = JobPlacer(tools)
     return tools
