@@ -12,6 +12,7 @@ from apex_gui.core.fit.job_placement import JobPlacer
 from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs import gpu_build
 from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import load_settings
 from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views.run.run_panel import RunPanel

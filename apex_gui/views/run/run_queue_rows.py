@@ -28,7 +28,7 @@ DEVICES_COLUMN = 5
 def device_plan(job: Any) -> str:
     """Where a step runs: its placement's plan, "CPU" for tools that load no model onto
     devices (quantize), "" before the run has been placed."""
-    placement = getattr(job, "placement", None)
+    placement = job.options.placement
     if placement is not None:
         return placement.describe()
     return "CPU" if job.tool not in PLACEMENT_TOOLS else ""
