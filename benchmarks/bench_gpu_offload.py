@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from apex_gui.core.fixtures.bundled_demo import TRAINED_DEMO_NAME  # noqa: E402
 from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model  # noqa: E402
-from apex_gui.core.jobs.calibration import combine_calibration, quick_eval_text  # noqa: E402
+from apex_gui.core.jobs.calibration import quick_eval_text  # noqa: E402
 from apex_gui.core.jobs.device_placement import CPU_ONLY, DevicePlacement  # noqa: E402
 from apex_gui.core.jobs.devices import (  # noqa: E402
     VULKAN_VISIBLE_ENV, ToolDevice, list_devices,
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         write_synthetic_model(larger, LARGER)
     models = [("demo (11.4 MB)", DEMO), (f"synthetic 64M ({larger.stat().st_size / 1e6:.0f} MB)",
                                           larger)]
-    text, calibration = quick_eval_text(), combine_calibration(None)
+    # imatrix reads the same short text: tokenizing the whole 206 KB calibration set would
+    # dominate a few chunks' run time.
+    text = calibration = quick_eval_text()
     targets = _targets(tools)
     print(f"perplexity and imatrix: context {args.ctx}, {args.chunks} chunks, "
           f"{args.threads} CPU threads, best of {args.runs}\n")
