@@ -20,8 +20,10 @@ from typing import Any
 PLACEMENT_TOOLS = frozenset({"imatrix", "perplexity", "completion", "bench"})
 #: Log verbosity at which llama.cpp names the devices it used and the layers it offloaded
 #: (``using device Vulkan0 (...)``, ``offloaded 13/13 layers to GPU``, buffer sizes per
-#: device): the run log then records them. llama-bench has no such flag.
+#: device): the run log then records them. Only for the evaluation tools: llama-bench has no
+#: such flag, and llama-completion's generated text must stay free of log lines.
 DEVICE_LOG_ARGS = ("-lv", "4")
+DEVICE_LOG_TOOLS = frozenset({"imatrix", "perplexity"})
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,10 @@ class DevicePlacement:
         """The flags for ``tool`` (short name); none for tools that load no model."""
         if tool not in PLACEMENT_TOOLS:
             return []
-        bench = tool == "bench"
-        args = self._flags(bench)
-        return args if bench or self.cpu_only else [*args, *DEVICE_LOG_ARGS]
+        args = self._flags(bench=tool == "bench")
+        if self.cpu_only or tool not in DEVICE_LOG_TOOLS:
+            return args
+        return [*args, *DEVICE_LOG_ARGS]
 
     def flags_text(self) -> str:
         """The flags as a llama-perplexity or llama-server command line spells them."""
