@@ -112,8 +112,11 @@ def gpu_backends_in(folder: Path) -> tuple[str, ...]:
     """GPU backend libraries beside a tool (``libggml-vulkan.so`` -> ``vulkan``)."""
     found = []
     for name in GPU_BACKENDS:
-        if (folder / f"libggml-{name}.so").exists() or list(folder.glob(f"libggml-{name}-*.so")):
-            found.append(name)
+        for suffix in (".so", ".dylib", ".dll"):
+            if (folder / f"libggml-{name}{suffix}").exists() \
+                    or list(folder.glob(f"libggml-{name}-*{suffix}")):
+                found.append(name)
+                break
     return tuple(found)
 
 
@@ -144,6 +147,10 @@ def list_devices(tools: LlamaTools, tool: str = "perplexity",
         return DeviceListing(None, (), (), error=f"{location.executable} not found")
     folder = location.path.resolve().parent if location.path.is_symlink() else location.path.parent
     backends = gpu_backends_in(location.path.parent)
+    if not backends:
+        # llama.cpp builds its backends as libraries beside the tools (shared builds, the
+        # portable one): none there, no device but the CPU, and no tool start to pay for.
+        return DeviceListing(folder, (), ())
     env = child_environment(base_env)
     devices, error = _run_list(location.path, env)
     if error:
