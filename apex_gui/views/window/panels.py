@@ -166,8 +166,12 @@ def install_panels(window: Any, *, store: RunStore | None = None,
 
 def placed_tools(settings: Any, window: Any) -> LlamaTools:
     """The tools as set up, each job placed on the devices by the memory model when it starts
-    (or on the CPU with the "CPU only" setting). The tools' device list is read once, when
-    the first job that loads a model starts (a fraction of a second)."""
+    (or on the CPU with the "CPU only" setting). The tools' device list (``--list-devices``,
+    up to a second with a Vulkan backend) is read now on a worker, so the first job does not
+    wait for it on the GUI thread."""
     tools = LlamaTools.for_settings(settings)
-    tools.placer = JobPlacer(tools)
+    placer = JobPlacer(tools)
+    tools.placer = placer
+    if tools.locate("perplexity").path is not None:
+        window.workers.submit("list the tools' devices", lambda _token: placer.listing())
     return tools
