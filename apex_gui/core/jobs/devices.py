@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apex_gui.core.jobs.tools import LlamaTools, child_environment
+from apex_gui.core.units import MiB, format_size
 
-MiB = 1024 * 1024
 #: Seconds a ``--list-devices`` run may take (a Vulkan driver's start-up included).
 LIST_TIMEOUT_S = 30.0
 #: Tools whose ``--list-devices`` shows what a job of theirs would use.
@@ -56,8 +56,8 @@ class ToolDevice:
 
     def summary(self) -> str:
         kind = ", software" if self.software else ""
-        return (f"{self.name} {self.description} ({self.free_bytes / 1e9:.2f} GB free of "
-                f"{self.total_bytes / 1e9:.2f} GB{kind})")
+        return (f"{self.name} {self.description} ({format_size(self.free_bytes)} free of "
+                f"{format_size(self.total_bytes)}{kind})")
 
 
 @dataclass(frozen=True)
