@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QRect, QSize, Qt, Signal
-from PySide6.QtGui import (QColor, QFont, QGuiApplication, QIcon, QPainter, QPaintEvent, QPalette,
-                           QPixmap, QResizeEvent)
+from PySide6.QtCore import QRect, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPaintEvent, QPalette, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QFormLayout,
                                QFrame, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
@@ -27,6 +26,7 @@ from apex_gui.core.plan.precision import PlanProblem, PrecisionPlan
 from apex_gui.core.plan.profiles import Profile, shallow_model_note
 from apex_gui.core.units import format_size
 from apex_gui.views import style
+from apex_gui.views.plan.quiet_note import QuietNote
 
 PROBLEMS_SHOWN = 300  # a 400B plan can list thousands; the count says how many are hidden
 
@@ -146,47 +146,6 @@ def place_weights(weights: int, devices: list[GpuDevice],
         placed.append((device, taken))
         remaining -= taken
     return placed, remaining, remaining <= system_available
-
-
-class QuietNote(QLabel):
-    """Secondary text in the theme's placeholder colour, kept right across theme switches.
-
-    A style sheet's ``palette(placeholder-text)`` is resolved once: after a switch to the dark
-    theme the note stayed light-theme grey on a dark background."""
-
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(text, parent)
-        self._recolour()
-
-    def _recolour(self) -> None:
-        wanted = QGuiApplication.palette().color(QPalette.ColorRole.PlaceholderText)
-        palette = self.palette()
-        if palette.color(QPalette.ColorRole.WindowText) != wanted:  # setPalette re-enters
-            palette.setColor(QPalette.ColorRole.WindowText, wanted)
-            self.setPalette(palette)
-
-    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt naming
-        # A widget with a palette of its own hears of a theme switch as PaletteChange.
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
-            self._recolour()
-        super().changeEvent(event)
-
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
-        super().setText(text)
-        self._fit_height()
-
-    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt naming
-        super().resizeEvent(event)
-        self._fit_height()
-
-    def _fit_height(self) -> None:
-        """The height the wrapped text needs at this width: in the panel's scroll area a
-        longer text kept the shorter one's height and was cut at the top and the bottom."""
-        if self.wordWrap() and self.width() > 0:
-            held = self.minimumHeight()
-            self.setMinimumHeight(0)  # heightForWidth never answers below the minimum
-            wanted = self.heightForWidth(self.width())
-            self.setMinimumHeight(wanted if wanted > 0 else held)
 
 
 class PlanPanel(QWidget):
