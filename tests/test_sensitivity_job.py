@@ -14,6 +14,7 @@ from apex_gui.core.quality.job import (SensitivityJob, SensitivityProgressReader
 from apex_gui.qt.job_queue import JobQueue
 
 LOG = Path(__file__).parent / "logs" / "sensitivity_progress.log"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_progress_and_verdict_from_recorded_output() -> None:
@@ -29,7 +30,10 @@ def test_progress_and_verdict_from_recorded_output() -> None:
     assert len(fractions) > 20
     job = SensitivityJob(model=Path("m.gguf"), output_path=Path("m.sensitivity.json"))
     verdict = job.verdict(0, text)
-    assert verdict.succeeded and verdict.results == {"tensors": 242, "types": 8, "probes": 12}
+    assert verdict.succeeded and verdict.message == "242 tensors x 8 types, 12 KL probes"
+    # The counts themselves come from the table the command wrote.
+    demo_table = REPO / "resources" / "demo" / "apex-demo-trained-qwen2moe-f16.sensitivity.json"
+    assert job.output_results(demo_table) == {"tensors": 122, "types": 8, "probes": 12}
     failed = job.verdict(2, text.split("wrote")[0] + "\nerror: llama-quantize to Q6_K failed\n")
     assert not failed.succeeded and "llama-quantize to Q6_K failed" in failed.message
 

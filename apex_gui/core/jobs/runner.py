@@ -184,7 +184,7 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
     :func:`conclude_run`: two runs writing one output cannot mix their files.
     Raises :class:`JobError` or :class:`ToolNotFoundError` with a message naming the fix.
     """
-    job.check(produced)
+    job.check(produced, tools)
     # The one place a job meets the standing options (settings, flags, the stored tools
     # check): the window, the command line and the probes all start jobs through here.
     job = job.with_options(job.options.over(tools.run_options().for_tool(job.tool)))
@@ -285,7 +285,8 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
             # Renamed only if it is still the file that was checked (no other writer).
             problem = move_into_place(partial, output, seen)
         if problem is None:
-            results.setdefault("output_bytes", output.stat().st_size)
+            # What the file records wins over what the log said (the log may lose lines).
+            results.update(_file_results(job, output))
         else:
             # The tools do not check their last writes: on a full disk they exit 0 with a
             # truncated file, which must never be renamed into place.
@@ -350,6 +351,15 @@ def _loaded_variant(job: ToolJob, tools: LlamaTools) -> str | None:
         return None
     remaining = [v for v in cpu_variants(folder) if v not in job.options.skip_cpu_variants]
     return expected_cpu_variant(remaining)
+
+
+def _file_results(job: ToolJob, output: Path) -> dict[str, Any]:
+    """The output's size and the results the job reads from it (none if it is unreadable:
+    it was checked a moment ago, so that is another process's doing)."""
+    try:
+        return {"output_bytes": output.stat().st_size, **job.output_results(output)}
+    except (OSError, ValueError):  # GGUFError is a ValueError
+        return {}
 
 
 def _output_problem(job: ToolJob, written: Path) -> str | None:
@@ -528,7 +538,7 @@ def run_pipeline(pipeline: Pipeline, tools: LlamaTools | None = None,
     their step at once, so an hour of quantizing is not spent before a doomed evaluation."""
     tools = tools or LlamaTools()
     pipeline_id = uuid.uuid4().hex[:12]
-    early = dict(pipeline.check())
+    early = dict(pipeline.check(tools))
     outcomes: dict[str, JobOutcome] = {}
     for step in pipeline.steps:
         blocked = [k for k in step.after if not outcomes[k].succeeded]
