@@ -22,10 +22,11 @@ from PySide6.QtCore import (QCoreApplication, QEvent, QObject, QProcess, QProces
 
 from apex_gui.core.jobs.pipeline import Pipeline
 from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.crashes import crash_retry_for
 from apex_gui.core.jobs.monitor import JobMonitor
 from apex_gui.core.jobs.runner import (
     MAX_ATTEMPTS, PROGRESS_INTERVAL_S, TERMINATE_TIMEOUT_S, JobOutcome, JobStatus, PreparedRun,
-    conclude_run, crash_retry_for, failed_before_start, prepare_run,
+    conclude_run, failed_before_start, prepare_run,
 )
 from apex_gui.core.jobs.specs import JobError, ToolJob
 from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError

@@ -25,15 +25,13 @@ from typing import Any
 from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
 from apex_gui.core.jobs.parsers import rpc_failure_message
+from apex_gui.core.jobs.crashes import crash_retry_for, killed_message
 from apex_gui.core.jobs.monitor import JobMonitor
-from apex_gui.core.jobs.parsers import parse_loaded_cpu_variant
 from apex_gui.core.jobs.pipeline import Pipeline
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from apex_gui.core.jobs.specs import JobError, ToolJob
-from apex_gui.core.jobs.tools import (
-    TOOL_NAMES, LlamaTools, ToolNotFoundError, cpu_variants, expected_cpu_variant,
-)
+from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
 #: Seconds between terminate() and kill() when a job is cancelled.
 TERMINATE_TIMEOUT_S = 5.0
@@ -42,11 +40,6 @@ PROGRESS_INTERVAL_S = 0.1
 #: Runs of a job whose result lines llama.cpp's logger dropped at exit (about one run in five
 #: on tiny models, rarer on big ones): four attempts leave well under 1% unlucky.
 MAX_ATTEMPTS = 4
-#: Signals of a tool that crashed (as opposed to one stopped from outside): worth one run
-#: without the code path that crashed.
-CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in
-                          ("SIGSEGV", "SIGILL", "SIGBUS", "SIGABRT", "SIGFPE")
-                          if hasattr(signal, name))
 #: Free space below this in an output's folder, right after a failed or incomplete write,
 #: means the disk filled up (the tools write in blocks of a few MiB at most).
 DISK_FULL_MARGIN_BYTES = 16 * 2**20
@@ -152,28 +145,6 @@ def _disk_full(folder: Path) -> str | None:
             "or choose another output folder, then run it again")
 
 
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _killed_message(tool: str, signal_number: int | None) -> str:
-    name = f"{signal_name(signal_number)} ({signal_number})" if signal_number else "a signal"
-    if signal_number in (getattr(signal, "SIGSEGV", None), getattr(signal, "SIGABRT", None),
-                         getattr(signal, "SIGBUS", None), getattr(signal, "SIGILL", None)):
-        # Not "re-download it": the model is often a quant this app just made.
-        return (f"{tool} crashed ({name}); the log above shows how far it got. Check that its "
-                "input model is complete (a download may be cut short; a quant made here can "
-                "be made again) and that this llama.cpp build supports its architecture "
-                "(`apex-studio tools`); no output was kept")
-    return (f"{tool} was stopped from outside by {name} before it finished. If you did not "
-            "stop it, the system probably ran out of memory (the out-of-memory killer sends "
-            "SIGKILL): close other programs, use fewer threads, or run on a machine with more "
-            "RAM; no output was kept")
-
-
 def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | None, *,
                  signal_number: int | None = None, crashed: bool = False,
                  cancelled: bool = False, store: RunStore | None = None,
@@ -198,7 +169,7 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
         # A lost RPC worker aborts the tool: say which worker rather than "the tool crashed".
         status, message = JobStatus.FAILED, (
             rpc_failure_message(log, job.options.rpc_workers, signal_number)
-            or _killed_message(tool, signal_number))
+            or killed_message(tool, signal_number))
     else:
         verdict = job.verdict(exit_code if exit_code is not None else -1, log)
         status = JobStatus.SUCCEEDED if verdict.succeeded else JobStatus.FAILED
@@ -243,40 +214,6 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
         prepared.lock.release()
     return JobOutcome(job, status, message, exit_code, results, log, prepared.started, ended,
                       prepared.run_id, output_lost, signal_number=signal_number)
-
-
-def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, str] | None:
-    """The job to run after ``outcome`` crashed, without the path that crashed, and a note.
-
-    On AMX / AVX-512 Xeons the repacked kernels of this llama.cpp build crash on quantized
-    models; without repacking (then, for a portable build, on a lower CPU variant) the same
-    run works. None when the outcome was no crash or nothing is left to avoid.
-    """
-    if outcome.signal_number not in CRASH_SIGNALS:
-        return None
-    if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):
-        return None  # a worker was lost: running again here would not bring it back
-    variant = parse_loaded_cpu_variant(outcome.log) or _loaded_variant(outcome.job, tools)
-    fallback = outcome.job.crash_fallback(variant)
-    if fallback is None:
-        return None
-    job, how = fallback
-    tool = TOOL_NAMES.get(outcome.job.tool, outcome.job.tool)
-    where = f" in its {variant} CPU variant" if variant else ""
-    note = (f"{tool} crashed ({signal_name(outcome.signal_number)}){where}; APEX Studio ran "
-            f"it again {how}")
-    return job, note
-
-
-def _loaded_variant(job: ToolJob, tools: LlamaTools) -> str | None:
-    """The CPU variant a portable build loads for ``job`` on this CPU (release builds do not
-    log it), or None for a single-variant build."""
-    try:
-        folder = tools.path(job.tool).parent
-    except ToolNotFoundError:
-        return None
-    remaining = [v for v in cpu_variants(folder) if v not in job.options.skip_cpu_variants]
-    return expected_cpu_variant(remaining)
 
 
 def _file_results(job: ToolJob, output: Path) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def _start_check(tools: LlamaTools, short: str) -> ToolCheck | None:
                          REBUILD_FIX)
     output = (proc.stdout + proc.stderr).decode("utf-8", errors="replace")
     if proc.returncode < 0:
-        from apex_gui.core.jobs.runner import signal_name
+        from apex_gui.core.jobs.crashes import signal_name
 
         return ToolCheck(location.executable, False,
                          f"died at start by {signal_name(-proc.returncode)}", REBUILD_FIX)
@@ -136,7 +136,7 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
 
 def _failure(outcome: Any) -> str:
     if outcome.signal_number:
-        from apex_gui.core.jobs.runner import signal_name
+        from apex_gui.core.jobs.crashes import signal_name
 
         return f"crashed ({signal_name(outcome.signal_number)})"
     return f"failed: {outcome.message}"

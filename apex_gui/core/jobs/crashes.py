@@ -1,0 +1,82 @@
+"""Tools that crash: what the message says, and which crashes are worth another run.
+
+On AMX / AVX-512 Xeons the repacked kernels of this llama.cpp build crash on quantized
+models; a portable build's best CPU variant can crash where a lower one works. Such a run is
+repeated without the code path that crashed.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING
+
+from apex_gui.core.jobs.parsers import parse_loaded_cpu_variant, rpc_failure_message
+from apex_gui.core.jobs.specs import ToolJob
+from apex_gui.core.jobs.tools import (
+    TOOL_NAMES, LlamaTools, ToolNotFoundError, cpu_variants, expected_cpu_variant,
+)
+
+if TYPE_CHECKING:
+    from apex_gui.core.jobs.runner import JobOutcome
+
+#: Signals of a tool that crashed (as opposed to one stopped from outside): worth one run
+#: without the code path that crashed.
+CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in
+                          ("SIGSEGV", "SIGILL", "SIGBUS", "SIGABRT", "SIGFPE")
+                          if hasattr(signal, name))
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def killed_message(tool: str, signal_number: int | None) -> str:
+    name = f"{signal_name(signal_number)} ({signal_number})" if signal_number else "a signal"
+    if signal_number in (getattr(signal, "SIGSEGV", None), getattr(signal, "SIGABRT", None),
+                         getattr(signal, "SIGBUS", None), getattr(signal, "SIGILL", None)):
+        # Not "re-download it": the model is often a quant this app just made.
+        return (f"{tool} crashed ({name}); the log above shows how far it got. Check that its "
+                "input model is complete (a download may be cut short; a quant made here can "
+                "be made again) and that this llama.cpp build supports its architecture "
+                "(`apex-studio tools`); no output was kept")
+    return (f"{tool} was stopped from outside by {name} before it finished. If you did not "
+            "stop it, the system probably ran out of memory (the out-of-memory killer sends "
+            "SIGKILL): close other programs, use fewer threads, or run on a machine with more "
+            "RAM; no output was kept")
+
+
+def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, str] | None:
+    """The job to run after ``outcome`` crashed, without the path that crashed, and a note.
+
+    On AMX / AVX-512 Xeons the repacked kernels of this llama.cpp build crash on quantized
+    models; without repacking (then, for a portable build, on a lower CPU variant) the same
+    run works. None when the outcome was no crash or nothing is left to avoid.
+    """
+    if outcome.signal_number not in CRASH_SIGNALS:
+        return None
+    if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):
+        return None  # a worker was lost: running again here would not bring it back
+    variant = parse_loaded_cpu_variant(outcome.log) or _loaded_variant(outcome.job, tools)
+    fallback = outcome.job.crash_fallback(variant)
+    if fallback is None:
+        return None
+    job, how = fallback
+    tool = TOOL_NAMES.get(outcome.job.tool, outcome.job.tool)
+    where = f" in its {variant} CPU variant" if variant else ""
+    note = (f"{tool} crashed ({signal_name(outcome.signal_number)}){where}; APEX Studio ran "
+            f"it again {how}")
+    return job, note
+
+
+def _loaded_variant(job: ToolJob, tools: LlamaTools) -> str | None:
+    """The CPU variant a portable build loads for ``job`` on this CPU (release builds do not
+    log it), or None for a single-variant build."""
+    try:
+        folder = tools.path(job.tool).parent
+    except ToolNotFoundError:
+        return None
+    remaining = [v for v in cpu_variants(folder) if v not in job.options.skip_cpu_variants]
+    return expected_cpu_variant(remaining)
