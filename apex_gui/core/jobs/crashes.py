@@ -10,7 +10,9 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING
 
-from apex_gui.core.jobs.parsers import parse_loaded_cpu_variant, rpc_failure_message
+from apex_gui.core.jobs.parsers import (
+    parse_abort_line, parse_loaded_cpu_variant, rpc_failure_message,
+)
 from apex_gui.core.jobs.specs import ToolJob
 from apex_gui.core.jobs.tools import (
     TOOL_NAMES, LlamaTools, ToolNotFoundError, cpu_variants, expected_cpu_variant,
@@ -19,11 +21,17 @@ from apex_gui.core.jobs.tools import (
 if TYPE_CHECKING:
     from apex_gui.core.jobs.runner import JobOutcome
 
-#: Signals of a tool that crashed (as opposed to one stopped from outside): worth one run
-#: without the code path that crashed.
+#: Signals of a tool that crashed (as opposed to one stopped from outside).
 CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in
                           ("SIGSEGV", "SIGILL", "SIGBUS", "SIGABRT", "SIGFPE")
                           if hasattr(signal, name))
+#: Crashes the CPU code path can explain, worth one run without repacking: the AMX kernels
+#: die with SIGSEGV or SIGILL (SIGBUS: a misaligned access of the same kind). An abort
+#: (SIGABRT: a failed check) or a division by zero is the input's doing on every CPU.
+CPU_CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in
+                              ("SIGSEGV", "SIGILL", "SIGBUS") if hasattr(signal, name))
+#: The one crash a lower CPU variant can avoid: an instruction this CPU does not have.
+VARIANT_CRASH_SIGNAL = int(getattr(signal, "SIGILL", 4))
 
 
 def signal_name(number: int) -> str:
@@ -33,8 +41,13 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def killed_message(tool: str, signal_number: int | None) -> str:
+def killed_message(tool: str, signal_number: int | None, log: str = "") -> str:
     name = f"{signal_name(signal_number)} ({signal_number})" if signal_number else "a signal"
+    if signal_number in CRASH_SIGNALS and (line := parse_abort_line(log)):
+        return (f"{tool} stopped on a failed check inside llama.cpp ({name}): {line}. It "
+                "fails this way on every CPU: the input is one this llama.cpp build cannot "
+                "run (check the model with `apex-studio inspect`; a newer llama.cpp may "
+                "accept it); no output was kept")
     if signal_number in (getattr(signal, "SIGSEGV", None), getattr(signal, "SIGABRT", None),
                          getattr(signal, "SIGBUS", None), getattr(signal, "SIGILL", None)):
         # Not "re-download it": the model is often a quant this app just made.
@@ -52,15 +65,19 @@ def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, st
     """The job to run after ``outcome`` crashed, without the path that crashed, and a note.
 
     On AMX / AVX-512 Xeons the repacked kernels of this llama.cpp build crash on quantized
-    models; without repacking (then, for a portable build, on a lower CPU variant) the same
-    run works. None when the outcome was no crash or nothing is left to avoid.
+    models; without repacking (then, after an illegal instruction, on a lower CPU variant of
+    a portable build) the same run works. None when the crash is not one a CPU code path
+    explains (an abort on a failed check: a 1,000-layer model was run on all 14 variants,
+    15 failed rows) or nothing is left to avoid.
     """
-    if outcome.signal_number not in CRASH_SIGNALS:
-        return None
+    if outcome.signal_number not in CPU_CRASH_SIGNALS or parse_abort_line(outcome.log):
+        return None  # a failed check of llama.cpp's own fails the same on every variant
     if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):
         return None  # a worker was lost: running again here would not bring it back
     variant = parse_loaded_cpu_variant(outcome.log) or _loaded_variant(outcome.job, tools)
-    fallback = outcome.job.crash_fallback(variant)
+    # Only an illegal instruction is a variant's doing; another crash stops after --no-repack.
+    fallback = outcome.job.crash_fallback(
+        variant if outcome.signal_number == VARIANT_CRASH_SIGNAL else None)
     if fallback is None:
         return None
     job, how = fallback

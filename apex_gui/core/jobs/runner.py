@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -22,11 +21,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
+from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
 from apex_gui.core.jobs.parsers import rpc_failure_message
 from apex_gui.core.jobs.crashes import crash_retry_for, killed_message
-from apex_gui.core.jobs.monitor import JobMonitor
+from apex_gui.core.jobs.child_process import (
+    SIGKILL, SIGTERM, cpu_seconds, own_group_options, signal_group,
+)
+from apex_gui.core.jobs.monitor import CancelFlag, JobMonitor, RunLimits, RunWatch
 from apex_gui.core.jobs.pipeline import Pipeline
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.run_store import RunStore, RunStoreError
@@ -35,6 +37,8 @@ from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
 #: Seconds between terminate() and kill() when a job is cancelled.
 TERMINATE_TIMEOUT_S = 5.0
+#: Seconds the output may stay open after the tool exited before what holds it is killed.
+ORPHAN_OUTPUT_GRACE_S = 2.0
 #: Progress callbacks at most this often (the output can be thousands of lines a second).
 PROGRESS_INTERVAL_S = 0.1
 #: Runs of a job whose result lines llama.cpp's logger dropped at exit (about one run in five
@@ -148,10 +152,12 @@ def _disk_full(folder: Path) -> str | None:
 def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | None, *,
                  signal_number: int | None = None, crashed: bool = False,
                  cancelled: bool = False, store: RunStore | None = None,
-                 start_error: str | None = None, retry_note: str | None = None) -> JobOutcome:
+                 start_error: str | None = None, retry_note: str | None = None,
+                 stopped: str | None = None) -> JobOutcome:
     """Judge a finished process; keep its output (rename) or delete the partial file; record.
 
     ``signal_number``/``crashed``: the process died from a signal (number known or not).
+    ``stopped``: why APEX Studio stopped it (a time limit, a stalled RPC worker).
     ``retry_note``: why this run is a retry (a crash before it); the message and the stored
     results say so.
     """
@@ -165,11 +171,13 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
         status, message = JobStatus.FAILED, f"{tool} could not be started: {start_error}"
     elif cancelled:
         status, message = JobStatus.CANCELLED, "cancelled; no output was kept"
+    elif stopped is not None:
+        status, message = JobStatus.FAILED, stopped
     elif signal_number is not None or crashed:
         # A lost RPC worker aborts the tool: say which worker rather than "the tool crashed".
         status, message = JobStatus.FAILED, (
             rpc_failure_message(log, job.options.rpc_workers, signal_number)
-            or killed_message(tool, signal_number))
+            or killed_message(tool, signal_number, log))
     else:
         verdict = job.verdict(exit_code if exit_code is not None else -1, log)
         status = JobStatus.SUCCEEDED if verdict.succeeded else JobStatus.FAILED
@@ -277,9 +285,10 @@ def _pump(stream: Any, chunks: queue.Queue[bytes | None]) -> None:
 
 def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | None = None, *,
             on_progress: ProgressCallback | None = None, on_output: OutputCallback | None = None,
-            cancel: threading.Event | None = None, produced: Iterable[Path] = (),
+            cancel: CancelFlag | None = None, produced: Iterable[Path] = (),
             pipeline: str | None = None, terminate_timeout: float = TERMINATE_TIMEOUT_S,
-            max_attempts: int = MAX_ATTEMPTS, crash_retry: bool = True) -> JobOutcome:
+            max_attempts: int = MAX_ATTEMPTS, crash_retry: bool = True,
+            limits: RunLimits = RunLimits()) -> JobOutcome:
     """Run one job to the end and return its outcome; never raises for a failed job.
 
     ``cancel``: set it (from another thread) to stop the job politely: terminate, then kill
@@ -287,6 +296,8 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
     whose result lines were lost is repeated, up to ``max_attempts`` runs in all. A tool that
     crashes is run again without the crashing code path (:func:`crash_retry_for`) unless
     ``crash_retry`` is off; ``tools.run_options()`` are the options every run starts with.
+    ``limits``: each run's time limit and RPC stall watch (a run past them is stopped and
+    fails with the reason).
     """
     tools = tools or LlamaTools()
     produced = list(produced)
@@ -294,7 +305,7 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
     note: str | None = None
     while True:
         outcome = _run_once(job, tools, store, on_progress, on_output, cancel, produced,
-                            pipeline, terminate_timeout, note)
+                            pipeline, terminate_timeout, limits, note)
         retry = crash_retry_for(outcome, tools) if crash_retry else None
         if retry is not None:
             job, note = retry
@@ -311,24 +322,30 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
 
 def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
               on_progress: ProgressCallback | None, on_output: OutputCallback | None,
-              cancel: threading.Event | None, produced: list[Path], pipeline: str | None,
-              terminate_timeout: float, retry_note: str | None = None) -> JobOutcome:
+              cancel: CancelFlag | None, produced: list[Path], pipeline: str | None,
+              terminate_timeout: float, limits: RunLimits,
+              retry_note: str | None = None) -> JobOutcome:
     try:
         prepared = prepare_run(job, tools, store, produced, pipeline)
     except (JobError, ToolNotFoundError) as error:
         return failed_before_start(job, str(error), store, pipeline=pipeline)
+    job = prepared.job
     monitor = JobMonitor(job)
-    chunks: queue.Queue[bytes | None] = queue.Queue()
+    watch = RunWatch(job, limits)
+    # Bounded: a tool printing faster than it is read waits on its pipe, not on our memory.
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
     cancelled = False
+    stopped: str | None = None
     interrupted: BaseException | None = None
     last_report = 0.0
+    exited_at: float | None = None
     try:
-        # The tool gets SIGKILL if this process dies (a SIGKILLed CLI, an out-of-memory
-        # kill): an orphan would write on to a partial file no one renames or deletes.
+        # Its own process group (a wrapper script's children get the signals too); SIGKILL
+        # if this process dies (a SIGKILLed CLI, an out-of-memory kill): an orphan would
+        # write on to a partial file no one renames or deletes.
         process = subprocess.Popen(prepared.argv, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=prepared.env, bufsize=0,
-                                   preexec_fn=child_dies_with_parent())
+                                   env=prepared.env, bufsize=0, **own_group_options())
     except OSError as error:
         return conclude_run(prepared, monitor, None, store=store, start_error=str(error))
     # From here on an interruption (Ctrl-C) must stop the child and remove its partial
@@ -341,12 +358,23 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
             if cancel is not None and cancel.is_set() and not cancelled:
                 cancelled = True
                 _stop(process, terminate_timeout)
+            if stopped is None and not cancelled:
+                stopped = watch.reason_to_stop(lambda: cpu_seconds(process.pid))
+                if stopped is not None:
+                    _stop(process, terminate_timeout)
             try:
                 data = chunks.get(timeout=0.1)
             except queue.Empty:
+                # The tool is gone but its output is still open: something it started holds
+                # it (a wrapper script's child). That group is ended, or the run never would.
+                if process.poll() is not None:
+                    exited_at = exited_at or time.monotonic()
+                    if time.monotonic() - exited_at >= ORPHAN_OUTPUT_GRACE_S:
+                        signal_group(process.pid, SIGKILL)
                 continue
             if data is None:
                 break
+            watch.output()
             text, changed = monitor.feed_bytes(data)
             if on_output is not None and text:
                 on_output(text)
@@ -367,23 +395,30 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
         process.stdout.close()  # type: ignore[union-attr]
     if on_progress is not None and not cancelled:
         on_progress(monitor.progress, monitor.eta_seconds())
-    signal_number = -exit_code if exit_code < 0 and not cancelled else None
+    signal_number = -exit_code if exit_code < 0 and not cancelled and stopped is None else None
     outcome = conclude_run(prepared, monitor, exit_code, signal_number=signal_number,
-                           cancelled=cancelled, store=store, retry_note=retry_note)
+                           cancelled=cancelled, store=store, retry_note=retry_note,
+                           stopped=stopped)
     if interrupted is not None:
         raise interrupted
     return outcome
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Terminate politely, kill if it does not exit within ``timeout``."""
+    """Terminate the tool's process group politely, kill it if the tool does not exit within
+    ``timeout``."""
     if process.poll() is not None:
+        signal_group(process.pid, SIGKILL)  # what it started and left behind
         return
-    process.terminate()
+    if not signal_group(process.pid, SIGTERM):
+        process.terminate()
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        if not signal_group(process.pid, SIGKILL):
+            process.kill()
+    else:
+        signal_group(process.pid, SIGKILL)
 
 
 StepCallback = Callable[[str, ToolJob], None]
@@ -395,7 +430,8 @@ def run_pipeline(pipeline: Pipeline, tools: LlamaTools | None = None,
                  store: RunStore | None = None, *, on_step: StepCallback | None = None,
                  on_progress: StepProgressCallback | None = None,
                  on_done: StepDoneCallback | None = None,
-                 cancel: threading.Event | None = None) -> dict[str, JobOutcome]:
+                 cancel: CancelFlag | None = None,
+                 limits: RunLimits = RunLimits()) -> dict[str, JobOutcome]:
     """Run every step in order; a step whose dependency did not succeed is skipped with the
     reason. Problems known before anything runs (a too-short text, a missing imatrix) fail
     their step at once, so an hour of quantizing is not spent before a doomed evaluation."""
@@ -420,7 +456,8 @@ def run_pipeline(pipeline: Pipeline, tools: LlamaTools | None = None,
                 on_step(step.key, step.job)
             report = (lambda p, eta, key=step.key: on_progress(key, p, eta)) if on_progress else None
             outcome = run_job(step.job, tools, store, on_progress=report, cancel=cancel,
-                              produced=pipeline.produced_before(step.key), pipeline=pipeline_id)
+                              produced=pipeline.produced_before(step.key), pipeline=pipeline_id,
+                              limits=limits)
         outcomes[step.key] = outcome
         if on_done is not None:
             on_done(step.key, outcome)
