@@ -224,3 +224,41 @@ def test_the_window_queue_stops_a_run_stalled_on_an_rpc_worker(qtbot, tmp_path, 
     assert outcome.status is JobStatus.FAILED, outcome.message
     assert silent_worker in outcome.message and "does not answer" in outcome.message
     queue.shutdown()
+
+
+# --- the pieces, on their own ------------------------------------------------------------------
+
+
+def test_the_stall_watch_counts_output_and_cpu_as_life() -> None:
+    from apex_gui.core.jobs.monitor import StallWatch
+
+    now = [100.0]
+    watch = StallWatch(30, clock=lambda: now[0])
+    watch.cpu(1.0)
+    now[0] += 20
+    watch.cpu(1.01)  # a thread waking up: not work
+    assert not watch.stalled()
+    now[0] += 10
+    assert watch.stalled() and watch.idle_seconds() == 30
+    watch.activity()  # a line of output
+    assert not watch.stalled()
+    now[0] += 29
+    watch.cpu(2.0)  # computing
+    now[0] += 29
+    assert not watch.stalled()
+
+
+def test_a_log_keeps_its_head_and_tail_and_a_line_is_cut() -> None:
+    from apex_gui.core.jobs.monitor import BoundedText
+    from apex_gui.core.jobs.parsers import LineSplitter
+
+    log = BoundedText(head=10, tail=20)
+    for index in range(1000):
+        log.add(f"{index:09d}\n")
+    text = log.text()
+    assert text.startswith("000000000\n") and text.endswith("000000998\n000000999\n")
+    assert "9970 characters of output left out here" in text
+    splitter = LineSplitter(max_line=100)
+    pieces = [line for _ in range(50) for line in splitter.feed("x" * 64)]
+    assert pieces and all(len(piece) == 100 for piece in pieces)
+    assert len(splitter.pending) <= 100
