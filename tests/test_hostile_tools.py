@@ -104,6 +104,21 @@ def test_a_hung_quantize_or_perplexity_ends_the_tools_check_with_the_cause(tmp_p
     assert gone(int(pid_file(folder, "llama-perplexity").read_text()))
 
 
+def test_tools_check_on_the_command_line_takes_a_time_limit(tmp_path, capsys):
+    from apex_gui.cli import main
+
+    folder = tmp_path / "bin"
+    hung_tool(folder, "llama-quantize")
+    code = main(["tools", "--check", "--llama-cpp-dir", str(folder), "--time-limit", "2"])
+    out = capsys.readouterr().out
+    assert code == 1
+    line = next(ln for ln in out.splitlines() if ln.startswith("llama-quantize"))
+    assert "BROKEN" in line and "did not finish within 2 s" in line
+    assert gone(int(pid_file(folder, "llama-quantize").read_text()))
+    assert main(["tools", "--check", "--time-limit", "nan"]) == 2
+    assert "--time-limit nan is not a number of seconds" in capsys.readouterr().err
+
+
 @pytest.mark.gui
 def test_closing_the_window_stops_a_hung_tools_check(qtbot, tmp_path):
     """Ctrl+Q during a check on a hung tool: the window stayed alive (84 s and counting)."""
