@@ -187,6 +187,9 @@ def test_a_full_data_folder_refuses_the_run_with_the_database_named(small_disk, 
 
 # --- polite cancel against a child that ignores SIGTERM ---------------------------------------
 
+#: Between terminate and kill: long enough for the child's SIGTERM handler to be scheduled on
+#: a busy machine (0.5 s was not, once: the kill came before its "ignoring SIGTERM").
+STUBBORN_GRACE_S = 3.0
 STUBBORN_CHILD = r"""
 import signal, sys, time
 
@@ -236,7 +239,7 @@ def test_runner_kills_a_child_that_ignores_terminate(tmp_path, llama_tools):
             cancel.set()
 
     outcome = run_job(StubbornJob(output_path=output), llama_tools, RunStore(),
-                      on_output=on_output, cancel=cancel, terminate_timeout=0.5)
+                      on_output=on_output, cancel=cancel, terminate_timeout=STUBBORN_GRACE_S)
     assert outcome.status is JobStatus.CANCELLED
     assert "ignoring SIGTERM" in outcome.log  # terminate came first ...
     assert outcome.exit_code == -signal.SIGKILL  # ... and kill ended it
@@ -248,7 +251,7 @@ def test_runner_kills_a_child_that_ignores_terminate(tmp_path, llama_tools):
 def test_qt_queue_kills_a_child_that_ignores_terminate(qtbot, tmp_path, llama_tools):
     from apex_gui.qt.job_queue import JobQueue
 
-    queue = JobQueue(llama_tools, RunStore(), terminate_timeout_s=0.5)
+    queue = JobQueue(llama_tools, RunStore(), terminate_timeout_s=STUBBORN_GRACE_S)
     output = tmp_path / "stubborn.gguf"
     job_id = queue.add(StubbornJob(output_path=output))
     seen: list[str] = []
