@@ -455,3 +455,22 @@ def aborting_tool(folder: Path, name: str = "llama-perplexity",
         (folder / f"libggml-cpu-{variant}.so").write_bytes(b"")
     return _write_script(folder / name, _ABORTING.format(
         python=sys.executable, calls=str(folder / "calls.txt"), log=str(LOGS / log)))
+
+
+_LOSING_KLD = '''#!{python}
+import sys
+from pathlib import Path
+with open({calls!r}, "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
+log = Path({log!r}).read_text()
+# llama.cpp's logger dropped the closing statistics at exit (issue 22142).
+sys.stdout.write(log[:log.index("====== Perplexity statistics")])
+'''
+
+
+def statistics_losing_perplexity(folder: Path) -> Path:
+    """A ``llama-perplexity --kl-divergence`` whose closing statistics are lost on every run
+    (the per-chunk table arrives whole); calls go to ``folder/calls.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write_script(folder / "llama-perplexity", _LOSING_KLD.format(
+        python=sys.executable, calls=str(folder / "calls.txt"), log=str(LOGS / "kld.log")))

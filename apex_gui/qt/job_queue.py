@@ -299,7 +299,8 @@ class JobQueue(QObject):
                                signal_number=signal_number if killed else None,
                                crashed=killed, cancelled=entry.cancel_requested,
                                store=self.store, start_error=start_error,
-                               retry_note=entry.retry_note, stopped=entry.stop_reason)
+                               retry_note=entry.retry_note, stopped=entry.stop_reason,
+                               last_attempt=entry.attempts >= MAX_ATTEMPTS)
         # The Python callables go now: a deferred delete run after this queue's wrapper is
         # gone would call into freed objects (a segfault after a test's end).
         for signal in (process.readyReadStandardOutput, process.finished,

@@ -221,8 +221,21 @@ class KLDivergenceJob(ToolJob):
                                   f"{scored} tokens and KL divergence statistics need 100: use "
                                   "more chunks (--chunks), a longer text or a larger --ctx")
         if exit_code == 0 and log.strip() and not last_error_lines(log):
-            return lost_output("llama-perplexity --kl-divergence")
+            return lost_output("llama-perplexity --kl-divergence",
+                               self._from_rows(log, total))
         return JobVerdict(False, generic_failure("llama-perplexity --kl-divergence", exit_code, log))
+
+    def _from_rows(self, log: str, total: int | None) -> JobVerdict | None:
+        """The mean KLD of the per-chunk table's last row, when it is the last chunk: the
+        verdict once every run allowed lost the closing statistics (5 decimals, no max)."""
+        rows = [row for row in map(parsers.parse_kld_running, log.splitlines()) if row]
+        if not total or not rows or rows[-1][0] != total:
+            return None
+        _, ppl, kld, error = rows[-1]
+        return JobVerdict(True, f"KLD mean {kld:.5f} (from the per-chunk table: the closing "
+                                "statistics were lost at exit on every run)",
+                          {"kld_mean": kld, "kld_mean_error": error, "ppl": ppl,
+                           "from_statistics": False})
 
 
 @dataclass(frozen=True, kw_only=True)

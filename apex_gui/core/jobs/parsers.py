@@ -253,6 +253,23 @@ class KLDivergenceStats:
         return self.kld_mean is not None and self.same_top_p is not None
 
 
+_KLD_RUNNING = re.compile(r"^\s*(\d+)\s+([-\d.naif]+)\s+±\s+[-\d.naif]+\s+[-\d.naif]+\s+±\s+"
+                          r"[-\d.naif]+\s+([-\d.naif]+)\s+±\s+([-\d.naif]+)")
+
+
+def parse_kld_running(line: str) -> tuple[int, float, float, float] | None:
+    """(chunk, running PPL, running mean KLD, its error) from a per-chunk row of the KL
+    divergence table (5 decimals: the closing statistics have 6)."""
+    match = _KLD_RUNNING.match(line)
+    if not match:
+        return None
+    try:
+        return (int(match.group(1)), float(match.group(2)), float(match.group(3)),
+                float(match.group(4)))
+    except ValueError:
+        return None
+
+
 def parse_kld_chunk_row(line: str) -> int | None:
     """The chunk number of a per-chunk row of the KL divergence table."""
     match = _KLD_CHUNK_ROW.match(line)

@@ -153,11 +153,13 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
                  signal_number: int | None = None, crashed: bool = False,
                  cancelled: bool = False, store: RunStore | None = None,
                  start_error: str | None = None, retry_note: str | None = None,
-                 stopped: str | None = None) -> JobOutcome:
+                 stopped: str | None = None, last_attempt: bool = False) -> JobOutcome:
     """Judge a finished process; keep its output (rename) or delete the partial file; record.
 
     ``signal_number``/``crashed``: the process died from a signal (number known or not).
     ``stopped``: why APEX Studio stopped it (a time limit, a stalled RPC worker).
+    ``last_attempt``: no run follows when the result lines are lost: the verdict's fallback
+    (figures printed before them) stands.
     ``retry_note``: why this run is a retry (a crash before it); the message and the stored
     results say so.
     """
@@ -180,6 +182,8 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
             or killed_message(tool, signal_number, log))
     else:
         verdict = job.verdict(exit_code if exit_code is not None else -1, log)
+        if verdict.output_lost and last_attempt and verdict.fallback is not None:
+            verdict = verdict.fallback
         status = JobStatus.SUCCEEDED if verdict.succeeded else JobStatus.FAILED
         message, results = verdict.message, dict(verdict.results)
         output_lost = verdict.output_lost
@@ -305,7 +309,8 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
     note: str | None = None
     while True:
         outcome = _run_once(job, tools, store, on_progress, on_output, cancel, produced,
-                            pipeline, terminate_timeout, limits, note)
+                            pipeline, terminate_timeout, limits, note,
+                            last_attempt=attempt >= max_attempts)
         retry = crash_retry_for(outcome, tools) if crash_retry else None
         if retry is not None:
             job, note = retry
@@ -324,7 +329,7 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
               on_progress: ProgressCallback | None, on_output: OutputCallback | None,
               cancel: CancelFlag | None, produced: list[Path], pipeline: str | None,
               terminate_timeout: float, limits: RunLimits,
-              retry_note: str | None = None) -> JobOutcome:
+              retry_note: str | None = None, last_attempt: bool = False) -> JobOutcome:
     try:
         prepared = prepare_run(job, tools, store, produced, pipeline)
     except (JobError, ToolNotFoundError) as error:
@@ -398,7 +403,7 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
     signal_number = -exit_code if exit_code < 0 and not cancelled and stopped is None else None
     outcome = conclude_run(prepared, monitor, exit_code, signal_number=signal_number,
                            cancelled=cancelled, store=store, retry_note=retry_note,
-                           stopped=stopped)
+                           stopped=stopped, last_attempt=last_attempt)
     if interrupted is not None:
         raise interrupted
     return outcome

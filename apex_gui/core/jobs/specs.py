@@ -121,12 +121,16 @@ class JobVerdict:
     #: The tool exited normally but its result lines were lost (see ToolJob.env): running
     #: it again is the fix, and the runner does so a few times before giving up.
     output_lost: bool = False
+    #: What to conclude instead when the last run allowed lost them too: the figures the
+    #: lines printed before them carry (a running mean), said as such.
+    fallback: JobVerdict | None = None
 
 
-def lost_output(tool: str) -> JobVerdict:
+def lost_output(tool: str, fallback: JobVerdict | None = None) -> JobVerdict:
     return JobVerdict(False, (
         f"{tool} exited normally but its final result lines never arrived (llama.cpp's logger "
-        "can drop its last lines at exit, issue 22142): run the job again"), output_lost=True)
+        "can drop its last lines at exit, issue 22142): run the job again"), output_lost=True,
+        fallback=fallback)
 
 
 def completed_chunks(log: str) -> tuple[int | None, list[tuple[int, float]]]:
