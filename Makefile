@@ -7,6 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.apex-installed
 TOOLS  := $(VENV)/.llama-tools
+CONVERT := $(VENV)/.apex-convert
 LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: run test test-all bench screenshots package package-smoke clean-venv
@@ -15,10 +16,10 @@ run: $(STAMP) $(TOOLS)
 	@$(PY) -m apex_gui.preflight gui
 	$(VENV)/bin/apex-studio $(MODEL)
 
-test: $(STAMP) $(TOOLS)
+test: $(STAMP) $(TOOLS) $(CONVERT)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow and not gpu" -q
 
-test-all: $(STAMP) $(TOOLS)
+test-all: $(STAMP) $(TOOLS) $(CONVERT)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not gpu" -q
 
 bench: $(STAMP) $(TOOLS)
@@ -57,6 +58,12 @@ $(TOOLS): $(VENV)/bin/python packaging/build_llama_tools.py
 	else \
 		LLAMA_JOBS=$(LLAMA_JOBS) $(PY) packaging/build_llama_tools.py $(VENV) || exit 1; \
 	fi
+	@touch $@
+
+# llama.cpp's converter (from the same source as the tools) and its Python needs, the
+# `convert` extra with PyTorch's CPU build: `apex-studio convert --setup` decides how.
+$(CONVERT): $(STAMP) $(TOOLS)
+	$(VENV)/bin/apex-studio convert --setup
 	@touch $@
 
 clean-venv:
