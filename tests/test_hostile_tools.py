@@ -277,3 +277,18 @@ def test_a_log_keeps_its_head_and_tail_and_a_line_is_cut() -> None:
     pieces = [line for _ in range(50) for line in splitter.feed("x" * 64)]
     assert pieces and all(len(piece) == 100 for piece in pieces)
     assert len(splitter.pending) <= 100
+
+
+def test_the_abort_line_is_read_from_recorded_output() -> None:
+    from apex_gui.core.jobs.crashes import parse_abort_line
+
+    logs = Path(__file__).parent / "logs"
+    assert parse_abort_line((logs / "ggml_assert_layers.log").read_text()) == (
+        "llama-model.cpp:1330: GGML_ASSERT(hparams.n_layer_all > 0 && "
+        "hparams.n_layer_all <= LLAMA_MAX_LAYERS) failed")
+    thrown = ("terminate called after throwing an instance of 'std::runtime_error'\n"
+              "  what():  unknown model architecture: 'foo'\nAborted\n")
+    assert parse_abort_line(thrown) == ("uncaught std::runtime_error: unknown model "
+                                        "architecture: 'foo'")
+    for name in ("perplexity.log", "kld.log", "rpc_worker_lost.log", "quantize_q4km.log"):
+        assert parse_abort_line((logs / name).read_text()) is None, name

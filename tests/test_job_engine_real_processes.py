@@ -187,9 +187,7 @@ def test_a_full_data_folder_refuses_the_run_with_the_database_named(small_disk, 
 
 # --- polite cancel against a child that ignores SIGTERM ---------------------------------------
 
-#: Between terminate and kill: long enough for the child's SIGTERM handler to be scheduled on
-#: a busy machine (0.5 s was not, once: the kill came before its "ignoring SIGTERM").
-STUBBORN_GRACE_S = 3.0
+STUBBORN_GRACE_S = 3.0  # terminate to kill: under load 0.5 s passed before its handler ran
 STUBBORN_CHILD = r"""
 import signal, sys, time
 

@@ -7,12 +7,11 @@ repeated without the code path that crashed.
 
 from __future__ import annotations
 
+import re
 import signal
 from typing import TYPE_CHECKING
 
-from apex_gui.core.jobs.parsers import (
-    parse_abort_line, parse_loaded_cpu_variant, rpc_failure_message,
-)
+from apex_gui.core.jobs.parsers import parse_loaded_cpu_variant, rpc_failure_message
 from apex_gui.core.jobs.specs import ToolJob
 from apex_gui.core.jobs.tools import (
     TOOL_NAMES, LlamaTools, ToolNotFoundError, cpu_variants, expected_cpu_variant,
@@ -32,6 +31,26 @@ CPU_CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in
                               ("SIGSEGV", "SIGILL", "SIGBUS") if hasattr(signal, name))
 #: The one crash a lower CPU variant can avoid: an instruction this CPU does not have.
 VARIANT_CRASH_SIGNAL = int(getattr(signal, "SIGILL", 4))
+
+_ABORT = re.compile(r"(?P<where>[^\s:]*[\w.-]+\.(?:c|cc|cpp|h|hpp|cu|m):\d+): "
+                    r"(?P<what>GGML_ASSERT\(.*\) failed|GGML_ABORT.*|.*fatal error.*)")
+_TERMINATE = re.compile(r"terminate called after throwing an instance of '(?P<type>[^']+)'")
+_WHAT = re.compile(r"^\s*what\(\):\s*(?P<what>.+)$")
+
+
+def parse_abort_line(log: str) -> str | None:
+    """The line where llama.cpp stopped on a failed check of its own (``GGML_ASSERT(...)
+    failed``, ``GGML_ABORT``, an uncaught C++ exception), without the build's folder; None
+    when the log has none. Such an abort is the input's doing: it repeats on every CPU."""
+    for line in log.splitlines():
+        if match := _ABORT.search(line):
+            where = match.group("where").rsplit("/", 1)[-1]
+            return f"{where}: {match.group('what').strip()}"
+        if match := _TERMINATE.search(line):
+            lines = log[log.index(line):].splitlines()[1:3]
+            what = next((m.group("what") for m in map(_WHAT.match, lines) if m), "")
+            return f"uncaught {match.group('type')}" + (f": {what}" if what else "")
+    return None
 
 
 def signal_name(number: int) -> str:

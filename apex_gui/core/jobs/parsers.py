@@ -578,27 +578,3 @@ def rpc_failure_message(log: str, workers: Sequence[str],
                 "`apex-studio hardware --rpc ...`), restart the one that is down and run "
                 "again; no output was kept")
     return None
-
-
-# --- aborts -----------------------------------------------------------------------------------
-
-_ABORT = re.compile(r"(?P<where>[^\s:]*[\w.-]+\.(?:c|cc|cpp|h|hpp|cu|m):\d+): "
-                    r"(?P<what>GGML_ASSERT\(.*\) failed|GGML_ABORT.*|.*fatal error.*)")
-_TERMINATE = re.compile(r"terminate called after throwing an instance of '(?P<type>[^']+)'")
-_WHAT = re.compile(r"^\s*what\(\):\s*(?P<what>.+)$")
-
-
-def parse_abort_line(log: str) -> str | None:
-    """The line where llama.cpp stopped on a failed check of its own (``GGML_ASSERT(...)
-    failed``, ``GGML_ABORT``, an uncaught C++ exception), without the build's folder; None
-    when the log has none. Such an abort is the input's doing: it repeats on every CPU."""
-    for line in log.splitlines():
-        if match := _ABORT.search(line):
-            where = match.group("where").rsplit("/", 1)[-1]
-            return f"{where}: {match.group('what').strip()}"
-        if match := _TERMINATE.search(line):
-            lines = log[log.index(line):].splitlines()[1:3]
-            what = next((m.group("what") for m in map(_WHAT.match, lines) if m), "")
-            return f"uncaught {match.group('type')}" + (f": {what}" if what else "")
-    return None
-
