@@ -137,6 +137,10 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repack", action="store_true",
                         help="keep weights as stored (llama.cpp --no-repack) in every run; a "
                              "tool that crashes is retried this way anyway")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="run on the CPU even where GPU backends and devices are present "
+                             "(default: the setting; else each run is placed on the GPUs by "
+                             "the memory model that makes the recommendation)")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -149,9 +153,14 @@ def _tools(args: argparse.Namespace) -> LlamaTools:
     from apex_gui.core.settings import load_settings
     from apex_gui.core.jobs.tools import LlamaTools
 
-    return LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
-                                   threads=getattr(args, "threads", None),
-                                   no_repack=getattr(args, "no_repack", False))
+    from apex_gui.core.fit.job_placement import JobPlacer
+
+    tools = LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
+                                    threads=getattr(args, "threads", None),
+                                    no_repack=getattr(args, "no_repack", False),
+                                    cpu_only=getattr(args, "cpu_only", False))
+    tools.placer = JobPlacer(tools)
+    return tools
 
 
 def _calibration_text(args: argparse.Namespace) -> Path:
@@ -298,6 +307,8 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
     # --rpc: workers checked first (an unreachable one is named now, not after the load).
     tools = _tools(args)
     workers, probes = checked_workers(getattr(args, "rpc", None), tools)
+    if tools.placer is not None:
+        tools.placer.probes = tuple(probes)  # the workers' devices join the placement
     if workers:
         pipeline = pipeline.with_options(RunOptions(rpc_workers=tuple(workers)))
         notes = [*(notes or []), *(p.summary() for p in probes)]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import signal
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from apex_gui.core.jobs.device_placement import CPU_ONLY, gpu_out_of_memory
 from apex_gui.core.jobs.parsers import parse_loaded_cpu_variant, rpc_failure_message
 from apex_gui.core.jobs.specs import ToolJob
 from apex_gui.core.jobs.tools import (
@@ -89,6 +91,15 @@ def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, st
     explains (an abort on a failed check: a 1,000-layer model was run on all 14 variants,
     15 failed rows) or nothing is left to avoid.
     """
+    placement = outcome.job.options.placement
+    if not outcome.succeeded and placement is not None and placement.uses_gpu \
+            and gpu_out_of_memory(outcome.log):
+        # The memory model left a margin, but another program can take VRAM meanwhile:
+        # a run never fails for want of it.
+        cpu = replace(CPU_ONLY, summary=f"CPU only: out of GPU memory with {placement.describe()}")
+        return (outcome.job.with_options(replace(outcome.job.options, placement=cpu)),
+                f"the GPU ran out of memory ({placement.describe()}); APEX Studio ran it again "
+                "on the CPU")
     if outcome.signal_number not in CPU_CRASH_SIGNALS or parse_abort_line(outcome.log):
         return None  # a failed check of llama.cpp's own fails the same on every variant
     if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):

@@ -23,6 +23,7 @@ from typing import Any
 
 from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
+from apex_gui.core.jobs.device_placement import parse_device_use
 from apex_gui.core.jobs.parsers import rpc_failure_message
 from apex_gui.core.jobs.crashes import crash_retry_for, killed_message
 from apex_gui.core.jobs.child_process import (
@@ -111,6 +112,8 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
     # The one place a job meets the standing options (settings, flags, the stored tools
     # check): the window, the command line and the probes all start jobs through here.
     job = job.with_options(job.options.over(tools.run_options().for_tool(job.tool)))
+    if tools.placer is not None and job.options.placement is None:
+        job = tools.placer(job)  # on the devices, as the recommendation's memory model says
     argv = job.argv(tools)
     output, partial, lock = job.output(), job.partial_output(), None
     if output is not None and partial is not None:
@@ -216,6 +219,9 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
     if retry_note is not None:
         message = f"{message} ({retry_note})"
         results["crash_retry"] = retry_note
+    if job.options.placement is not None:
+        # Where it ran, as the tool itself reports it (the plan is in the job's description).
+        results.update(parse_device_use(log).to_results())
     ended = time.time()
     if store is not None and prepared.run_id is not None:
         try:
