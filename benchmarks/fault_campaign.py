@@ -506,7 +506,15 @@ class Campaign:
     GROUPS: tuple[str, ...] = ("source_as_output", "existing_outputs", "folder_outputs",
                                "side_inputs", "bad_profiles", "flags", "hostile_names",
                                "bad_files", "mutated_headers", "kills", "concurrent", "full_disk",
-                               "secret")
+                               "secret", "hostile_tools")
+
+    def hostile_tools(self) -> None:
+        here = str(Path(__file__).resolve().parent)  # the job runner's cases, beside this file
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        from fault_campaign_jobs import hostile_tools_cases
+
+        hostile_tools_cases(self, DEADLINE_S)
 
     def run_all(self, groups: Sequence[str] = GROUPS,
                 progress: Callable[[str], None] | None = None) -> Tally:

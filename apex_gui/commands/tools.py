@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="smoke-test the tools on this CPU (a few seconds): quantize a tiny "
                              "model, run perplexity on it with and without repacking, start "
                              "every tool; exit 1 when one is broken")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="with --check: seconds each tool run may take before it counts as "
+                             "hung (default 120; each takes about one)")
     parser.set_defaults(func=run)
 
 
@@ -28,7 +31,13 @@ def run(args: argparse.Namespace) -> int:
     folder = args.llama_cpp_dir or load_settings().llama_cpp_dir or None
     tools = LlamaTools(folder)
     if args.check:
-        return _check(tools, args.json)
+        from apex_gui.core.jobs.tools_check import RUN_TIME_LIMIT_S
+
+        limit = args.time_limit if args.time_limit is not None else RUN_TIME_LIMIT_S
+        if not 0 < limit < 10**6:  # also refuses nan and inf
+            raise ValueError(f"--time-limit {args.time_limit:g} is not a number of seconds "
+                             "between 0 and 1000000; give e.g. --time-limit 60")
+        return _check(tools, args.json, limit)
     report = tools.report()
     listings = _device_listings(tools, report)
     if args.json:
@@ -68,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(not r.found and r.name in REQUIRED_TOOLS for r in report) else 0
 
 
-def _check(tools: LlamaTools, as_json: bool) -> int:
+def _check(tools: LlamaTools, as_json: bool, time_limit_s: float) -> int:
     from apex_gui.core.jobs.tools_check import run_tools_check
 
-    report = run_tools_check(tools)
+    report = run_tools_check(tools, time_limit_s=time_limit_s)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0 if report.ok else 1

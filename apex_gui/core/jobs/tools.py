@@ -33,6 +33,7 @@ TOOL_NAMES: dict[str, str] = {
     "gguf-split": "llama-gguf-split",
     "fit-params": "llama-fit-params",
     "completion": "llama-completion",
+    "tokenize": "llama-tokenize",
     "rpc-server": "rpc-server",
 }
 
