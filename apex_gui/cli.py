@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import importlib
 import os
 import sys
@@ -34,10 +36,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.cache
+def _commands() -> tuple[str, ...]:
+    # Once per process: building the parser imports every command module.
+    return tuple(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+
+
 def _gui_args(argv: Sequence[str]) -> bool:
     """True when the arguments are for the window (no sub-command)."""
-    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    return not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"))
+    return not argv or (argv[0] not in _commands() and argv[0] not in ("-h", "--help", "--version"))
+
+
+def unknown_command(argv: Sequence[str]) -> str | None:
+    """The refusal for a first word that is neither a sub-command nor a file to open
+    (``apex-studio quantise x.gguf``), or None. A word with a dot or a slash, or that names
+    something on disk, is a model for the window."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    word, commands = argv[0], _commands()
+    if word in commands or os.path.exists(word) or any(c in word for c in "./\\"):
+        return None
+    close = difflib.get_close_matches(word.lower(), commands, n=1, cutoff=0.6)
+    if close:
+        return (f"apex-studio: error: unknown command {word!r} (did you mean {close[0]}?); "
+                "see apex-studio --help")
+    return (f"apex-studio: error: unknown command {word!r}; the commands are "
+            f"{', '.join(commands)}; a model to open must be a file that exists")
 
 
 def _warn_about_skipped_profiles(command: str) -> None:
@@ -50,6 +74,10 @@ def _warn_about_skipped_profiles(command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    refusal = unknown_command(args_list)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return EXIT_USAGE
     if _gui_args(args_list):
         from apex_gui.app import main as gui_main
         return gui_main(args_list)

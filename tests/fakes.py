@@ -383,3 +383,94 @@ def refused(capsys: pytest.CaptureFixture[str], args: list[str], *words: str) ->
     for word in words:
         assert word in lines[0], err
     return lines[0]
+
+
+# --- hostile tools: hung, endless, aborting, behind a shell wrapper ---------------------------
+
+_HUNG = '''#!{python}
+import os, time
+from pathlib import Path
+Path({pid_file!r}).write_text(str(os.getpid()))
+print("{name}: loading the model", flush=True)
+while True:  # a tool stuck for good (a deadlock, a dead network share)
+    time.sleep(3600)
+'''
+
+_ENDLESS = '''#!{python}
+import os
+from pathlib import Path
+Path({pid_file!r}).write_text(str(os.getpid()))
+piece = b"llama_model_loader: - kv  12: endless output of a tool gone wrong " * 16
+piece += b"\\n" if {newline!r} else b""
+while True:
+    os.write(1, piece)
+'''
+
+_ABORTING = '''#!{python}
+import os, sys
+from pathlib import Path
+with open({calls!r}, "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
+sys.stdout.write(Path({log!r}).read_text())
+sys.stdout.flush()
+os.abort()
+'''
+
+
+def pid_file(folder: Path, name: str) -> Path:
+    """Where the stand-in ``name`` in ``folder`` writes its process id once it runs."""
+    return folder / f"{name}.pid"
+
+
+def hung_tool(folder: Path, name: str = "llama-quantize") -> Path:
+    """A tool that prints one line and then never ends (its pid in :func:`pid_file`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write_script(folder / name, _HUNG.format(
+        python=sys.executable, pid_file=str(pid_file(folder, name)), name=name))
+
+
+def endless_tool(folder: Path, name: str = "llama-perplexity", newline: bool = True) -> Path:
+    """A tool that prints without end (with or without line breaks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write_script(folder / name, _ENDLESS.format(
+        python=sys.executable, pid_file=str(pid_file(folder, name)), newline=newline))
+
+
+def shell_wrapped(tool: Path) -> Path:
+    """Put ``tool`` behind a shell script of its name that runs it as a child (no exec), as
+    distributions and module systems wrap binaries; the real tool moves to ``.real-NAME``."""
+    real = tool.with_name(f".real-{tool.name}")
+    tool.rename(real)
+    return _write_script(tool, f'#!/bin/sh\n"{real}" "$@"\necho "wrapper: done"\n')
+
+
+def aborting_tool(folder: Path, name: str = "llama-perplexity",
+                  log: str = "ggml_assert_layers.log",
+                  variants: tuple[str, ...] = ()) -> Path:
+    """A tool that prints a recorded llama.cpp abort (a failed GGML_ASSERT) and dies by
+    SIGABRT, as the real one does on a model with 1,000 layers (llama.cpp caps at 512).
+    ``variants``: empty CPU-variant libraries beside it; calls go to ``folder/calls.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for variant in variants:
+        (folder / f"libggml-cpu-{variant}.so").write_bytes(b"")
+    return _write_script(folder / name, _ABORTING.format(
+        python=sys.executable, calls=str(folder / "calls.txt"), log=str(LOGS / log)))
+
+
+_LOSING_KLD = '''#!{python}
+import sys
+from pathlib import Path
+with open({calls!r}, "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
+log = Path({log!r}).read_text()
+# llama.cpp's logger dropped the closing statistics at exit (issue 22142).
+sys.stdout.write(log[:log.index("====== Perplexity statistics")])
+'''
+
+
+def statistics_losing_perplexity(folder: Path) -> Path:
+    """A ``llama-perplexity --kl-divergence`` whose closing statistics are lost on every run
+    (the per-chunk table arrives whole); calls go to ``folder/calls.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write_script(folder / "llama-perplexity", _LOSING_KLD.format(
+        python=sys.executable, calls=str(folder / "calls.txt"), log=str(LOGS / "kld.log")))

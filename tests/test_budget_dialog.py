@@ -13,7 +13,6 @@ from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.quality.known import beside_model
 from apex_gui.qt.job_queue import JobQueue
-from apex_gui.views.plan.budget_dialog import parse_budget_text
 
 pytestmark = pytest.mark.gui
 
@@ -41,13 +40,6 @@ def window_with_model(qtbot, tmp_path: Path, tiny_qwen2moe: Path, llama_tools):
     store.close()
 
 
-def test_budget_text() -> None:
-    assert parse_budget_text("15500000") == 15_500_000
-    assert parse_budget_text("15.5MB") == 15_500_000
-    with pytest.raises(ValueError, match="not a size"):
-        parse_budget_text("lots")
-
-
 def test_fit_to_a_size_is_one_undoable_edit(qtbot, window_with_model) -> None:
     window, panels, model_path = window_with_model
     plan = window.current_plan
@@ -71,7 +63,7 @@ def test_fit_to_a_size_is_one_undoable_edit(qtbot, window_with_model) -> None:
     action.trigger()
     dialog = window.fit_dialog
     budget = int(plan.total_bytes() * 0.8)
-    dialog.size_edit.setText(str(budget))
+    dialog.size_edit.setText(f"{budget}B")
     with qtbot.waitSignal(dialog.fitted, timeout=20_000) as fitted:
         dialog.fit_button.click()
     result = fitted.args[0]

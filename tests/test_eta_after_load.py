@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from apex_gui.core.jobs.quantize import ImatrixJob
-from apex_gui.core.jobs.runner import JobMonitor
+from apex_gui.core.jobs.monitor import JobMonitor
 
 
 def test_eta_ignores_the_time_spent_loading_before_the_first_chunk(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import get_profile
 from apex_gui.core.settings import load_settings
-from apex_gui.core.units import readable_size
+from apex_gui.core.units import format_size
 from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views import style
 from apex_gui.views.window.main_window import MainWindow
@@ -178,7 +178,7 @@ def test_small_models_read_in_megabytes_on_the_panel_and_status_bar(qtbot: QtBot
     assert plan is not None
     total = plan.total_bytes()
     assert total < 10**9
-    assert window.plan_panel.size_label.text() == f"{total / 1e6:.2f} MB"
+    assert window.plan_panel.size_label.text() == format_size(total) and " MB" in format_size(total)
     before = total
     window.heatmap.select_row(1)
     assert window.heatmap.apply_to_selection("Q2_K")  # what Enter does with a selection
@@ -186,10 +186,10 @@ def test_small_models_read_in_megabytes_on_the_panel_and_status_bar(qtbot: QtBot
     assert after < before
     message = window.statusBar().currentMessage()
     assert message.startswith("set ") and message.endswith(
-        f"cells to Q2_K: now {after / 1e6:.2f} MB (Ctrl+Z undoes it)")
+        f"cells to Q2_K: now {format_size(after)} (Ctrl+Z undoes it)")
     change = window.plan_panel.change_label.text()
-    assert change.startswith(f"{(after - before) / 1e6:.2f} MB ({after - before:,} bytes")
-    assert readable_size(235_220_257_824) == "235.22 GB"
+    assert change.startswith(f"{format_size(after - before, like=after)} ({after - before:,} bytes")
+    assert format_size(235_220_257_824) == "235 GB"
     window.close()
 
 
@@ -254,7 +254,7 @@ def test_a_run_that_cannot_fit_on_the_disk_is_refused(qtbot: QtBot, studio, tmp_
     with qtbot.waitSignal(window.errorShown, timeout=3000) as blocker:
         panels.run.start_button.click()
     message = blocker.args[1]
-    assert "the quants need 235.2 GB" in message and str(tmp_path / "out") in message
+    assert "the quants need 235 GB" in message and str(tmp_path / "out") in message
     assert not panels.run.has_running_jobs() and not (tmp_path / "out").exists()
 
 
@@ -321,9 +321,10 @@ def test_run_panel_shows_progress_and_eta_while_quantizing(qtbot: QtBot, deep_mo
     seen: list[tuple[int, str]] = []  # (progress bar value, ETA cell) after each update
 
     def look(_job_id: int, _progress: object, _eta: object) -> None:
-        assert panel.table.rowCount() == 1  # Quality needs no imatrix, KL is off: one step
-        bar = panel.table.cellWidget(0, 2)
-        seen.append((bar.value(), panel.table.item(0, 3).text()))
+        # The run's heading, then one step: Quality needs no imatrix, KL is off.
+        assert panel.table.rowCount() == 2 and panel.run_headings == [0]
+        bar = panel.table.cellWidget(1, 2)
+        seen.append((bar.value(), panel.table.item(1, 3).text()))
 
     queue.jobProgress.connect(look)  # connected after the panel's own slot: sees its result
     try:
@@ -337,7 +338,7 @@ def test_run_panel_shows_progress_and_eta_while_quantizing(qtbot: QtBot, deep_mo
     etas = [eta for _, eta in seen if eta]
     assert etas, "an ETA is shown while the quantize runs"
     assert all(eta.endswith(" s") or " min " in eta for eta in etas)
-    row = panel.table.item(0, 4)
+    row = panel.table.item(1, 4)
     assert row.text().startswith("quantized to ") and row.toolTip() == row.text()
 
 

@@ -11,7 +11,8 @@ from PySide6.QtWidgets import QApplication
 from apex_gui.core.fit import hardware
 from apex_gui.core.fit.placement import Verdict
 from apex_gui.core.gguf.model import open_model
-from apex_gui.views.hardware.hardware_panel import HardwarePanel
+from apex_gui.core.units import format_size
+from apex_gui.views.hardware.hardware_panel import IMATRIX_MARK, HardwarePanel
 from fakes import FakeNvml
 from fakes import fake_snapshot
 
@@ -38,7 +39,7 @@ def test_probe_runs_off_the_gui_thread_and_shows_bars(qtbot) -> None:
         pass  # the probe was submitted in the constructor
     names = [bar.name for bar in panel.bars]
     assert names == ["NVIDIA GeForce RTX 4090", "System RAM"]
-    assert panel.bars[0].text().startswith("NVIDIA GeForce RTX 4090: 23.6 GB free of 25.8 GB (24 GiB)")
+    assert panel.bars[0].text().startswith("NVIDIA GeForce RTX 4090: 23.6 GB free of 25.8 GB (24.0 GiB)")
     assert "Open a model" in panel.summary.text()
     panel.shutdown()
 
@@ -47,7 +48,7 @@ def test_tier_table_lists_every_profile_with_the_recommended_one_highlighted(
         qtbot, twin_model) -> None:
     panel = make_panel(qtbot, twin_model, fake_snapshot())
     rec = panel.recommendation
-    assert rec is not None and panel.table.rowCount() == len(rec.results) >= 10
+    assert rec is not None and panel.table.rowCount() == len(rec.results) >= 9
     labels = [panel.table.item(r, 0).text().removeprefix("★ ") for r in range(panel.table.rowCount())]
     assert labels[:4] == ["Quality", "I-Quality", "Balanced", "I-Balanced"]
     best = panel.recommended_row()
@@ -62,7 +63,7 @@ def test_tier_table_lists_every_profile_with_the_recommended_one_highlighted(
     balanced = labels.index("Balanced")
     assert panel.table.item(balanced, 2).text().startswith("Experts on CPU (--n-cpu-moe ")
     size = panel.table.item(balanced, 1).text()
-    assert size == f"{rec.results[balanced].candidate.file_bytes / 1e9:.1f} GB"
+    assert size == format_size(rec.results[balanced].candidate.file_bytes) and size.endswith(" GB")
     assert panel.table.selectionModel().selectedRows()[0].row() == best
     assert panel.bars[0].need == rec.recommended.estimate.devices[0].total
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -189,11 +190,15 @@ def test_context_is_capped_at_the_models_training_context(qtbot, tmp_path) -> No
 
 
 def test_a_16_gb_card_stars_a_tier_that_builds_as_shown(qtbot, twin_model) -> None:
-    """Mini and I-Mini are the same bytes and both need an imatrix: one row, I-Mini."""
+    """Mini and I-Mini are the same bytes and both need an imatrix: one row, I-Mini, marked
+    so; the star goes to a tier built without one (it starred the plain Mini, then I-Mini)."""
     panel = make_panel(qtbot, twin_model, fake_snapshot(free_gib=15, total_gib=16))
-    labels = [panel.table.item(r, 0).text().removeprefix("★ ") for r in range(panel.table.rowCount())]
+    texts = [panel.table.item(r, 0).text() for r in range(panel.table.rowCount())]
+    labels = [t.removeprefix("★ ").removesuffix(IMATRIX_MARK) for t in texts]
     assert "I-Mini" in labels and "Mini" not in labels and "Nano" not in labels
     assert "Micro" not in labels
+    assert texts[labels.index("I-Mini")].endswith(IMATRIX_MARK)
     rec = panel.recommendation
     assert rec is not None and rec.recommended is not None
-    assert rec.recommended.candidate.key == "i-mini"  # it starred the plain Mini before
+    assert not rec.recommended.candidate.needs_imatrix
+    assert panel.summary.toolTip() == rec.rule

@@ -34,11 +34,11 @@ def test_a_huge_text_is_refused_by_its_size_without_being_read(tiny_qwen2moe: Pa
 
 
 def test_a_long_text_passes_after_reading_only_its_head(tiny_qwen2moe: Path, tmp_path: Path,
-                                                        text_words) -> None:
+                                                        text_words, llama_tools) -> None:
     text = tmp_path / "long.txt"
-    text.write_text(text_words(200_000))  # about 1.5 MB; the check reads 6 KiB of it
-    PerplexityJob(model=tiny_qwen2moe, text=text, context=128).check()
+    text.write_text(text_words(200_000))  # about 1.5 MB; the check reads 4 KiB of it
+    PerplexityJob(model=tiny_qwen2moe, text=text, context=128).check((), llama_tools)
     short = tmp_path / "short.txt"
     short.write_text(text_words(20))
     with pytest.raises(JobError, match="too short"):
-        PerplexityJob(model=tiny_qwen2moe, text=short, context=128).check()
+        PerplexityJob(model=tiny_qwen2moe, text=short, context=128).check((), llama_tools)

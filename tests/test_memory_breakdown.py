@@ -19,7 +19,7 @@ from apex_gui.core.gguf.model import open_model
 from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import get_profile
 from apex_gui.core.settings import load_settings
-from apex_gui.core.units import GiB
+from apex_gui.core.units import GB, GiB, format_size_figure
 from apex_gui.views.window.main_window import MainWindow
 from fakes import FakeGpu, FakeNvml
 
@@ -72,7 +72,7 @@ def test_memory_tab_shows_devices_side_by_side_and_flags_overflow(qtbot: QtBot, 
         headers = [view.table.horizontalHeaderItem(c).text() for c in range(view.table.columnCount())]
         assert headers == ["GB", "4k", "16k", "32k", "128k"]
         total = breakdown.value(gpu.name, "total", 4096)
-        assert view.cell_text(gpu.name, "total", 4096) == f"{total / 1e9:.2f}"
+        assert view.cell_text(gpu.name, "total", 4096) == format_size_figure(total, GB)
         assert breakdown.over(gpu.name, 4096)
         # Experts of 20 layers in RAM: the card's share shrinks, RAM's grows.
         view.cpu_moe.setValue(20)

@@ -71,7 +71,8 @@ def test_card_benchmark_table_numbers_match_the_run_store(store: RunStore,
     card = render_model_card(inputs_from(store, tmp_path))
     rows = {r[0]: r for r in table_rows(card, "### Core Metrics")}
     header = table_rows(card, "### Core Metrics")  # first row is the header
-    assert header[0][:6] == ["Quantization", "Size (GB)", "PPL", "KL mean", "KL max", "KL 99.9%"]
+    # The fixture's "quants" are a few kB: the size column takes their unit.
+    assert header[0][:6] == ["Quantization", "Size (kB)", "PPL", "KL mean", "KL max", "KL 99.9%"]
     for record in store.runs(kind="kl-divergence", status="succeeded"):
         key = record.spec["model"].rsplit("APEX-", 1)[1].removesuffix(".gguf")
         label = "APEX " + builtin_profiles()[key].label
@@ -185,7 +186,7 @@ def test_card_without_measurements_says_so_and_has_no_benchmark_numbers() -> Non
     card = render_model_card(inputs)
     assert "Benchmarks coming soon" in card
     assert "Core Metrics" not in card
-    assert "| `Tiny-APEX-Mini.gguf` | APEX Mini | 3.6 GB | Smallest viable |" in card
+    assert "| `Tiny-APEX-Mini.gguf` | APEX Mini | 3.60 GB | Smallest viable |" in card
 
 
 def test_measure_format_keeps_two_significant_digits_of_the_error() -> None:

@@ -37,8 +37,8 @@ def test_table_shows_every_run_and_size_only_baselines(panel: ResultsPanel) -> N
     assert labels == ["F16", "APEX Quality", "APEX I-Quality", "APEX Compact",
                       "Q8_0 (size only)", "Q4_K_M (size only)"]
     columns = model.columns()
-    # Every file here is under a gigabyte: sizes in MB, not "0.0021" GB.
-    assert columns[:6] == ["Quantization", "Size (MB)", "PPL", "KL mean", "KL max", "KL 99.9%"]
+    # Every file here is a few kB: sizes in kB, not "0.0000" GB.
+    assert columns[:6] == ["Quantization", "Size (kB)", "PPL", "KL mean", "KL max", "KL 99.9%"]
     assert "HellaSwag" in columns and "pp512 (t/s)" in columns and "tg128 (t/s)" in columns
     quality = model.rows[1]
     assert model.cell_text(quality, 2) == "6.5270 ± 0.0410"
@@ -50,9 +50,9 @@ def test_table_shows_every_run_and_size_only_baselines(panel: ResultsPanel) -> N
 
 def test_plots_place_measured_points_and_baselines_as_size_lines(panel: ResultsPanel) -> None:
     ppl = {label: (x, y) for label, x, y in panel.ppl_plot.points}
-    assert ppl["APEX Quality"] == pytest.approx((2130 / 1e6, 6.527))
-    assert ppl["F16"] == pytest.approx((6000 / 1e6, 6.537))
-    assert panel.ppl_plot.getAxis("bottom").labelText == "size (MB)"
+    assert ppl["APEX Quality"] == pytest.approx((2130 / 1e3, 6.527))
+    assert ppl["F16"] == pytest.approx((6000 / 1e3, 6.537))
+    assert panel.ppl_plot.getAxis("bottom").labelText == "size (kB)"
     assert [label for label, _ in panel.ppl_plot.size_only] == ["Q8_0", "Q4_K_M"]
     assert "F16" not in {label for label, _, _ in panel.kld_plot.points}  # KL of F16 is 0
     assert {label for label, _, _ in panel.kld_plot.points} == {
@@ -74,8 +74,8 @@ def test_csv_export_round_trips_and_markdown_matches(panel: ResultsPanel, tmp_pa
 
     markdown = panel.export_markdown(tmp_path / "results.md").read_text(encoding="utf-8")
     lines = markdown.splitlines()
-    assert lines[0].startswith("| Quantization | Size (GB) | PPL | KL mean |")
-    assert "| APEX Quality | 0.0000 | 6.527 ± 0.041 | 0.01140 ± 0.00020 | 5.85 | 0.412 | 83.0%" \
+    assert lines[0].startswith("| Quantization | Size (kB) | PPL | KL mean |")
+    assert "| APEX Quality | 2.13 | 6.527 ± 0.041 | 0.01140 ± 0.00020 | 5.85 | 0.412 | 83.0%" \
         in markdown
     assert "| Q4_K_M (size only) |" in markdown
     assert len(lines) == 2 + len(panel.rows)
@@ -117,7 +117,7 @@ def test_publish_dialog_offline_card_and_upload_list(qtbot, panel: ResultsPanel,
     assert "qwen-APEX-Compact.gguf" not in dialog.plan.paths_in_repo()
     assert "APEX Compact" not in dialog.card_text
     assert "| APEX Quality |" in dialog.card_text
-    assert "Q4_K_M 0.0000 GB" in dialog.card_text  # size-only baseline, for scale
+    assert "Q4_K_M 1.90 kB" in dialog.card_text  # size-only baseline, for scale
     written = dialog.save_to_folder(tmp_path / "card")
     assert (tmp_path / "card" / "README.md").read_text(encoding="utf-8") == dialog.card_text
     assert written[0].name == "README.md"

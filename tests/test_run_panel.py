@@ -103,12 +103,15 @@ def test_real_quantize_and_kl_show_a_result_row_without_stalling_the_gui(qtbot, 
     labels = [table.cell_text(r, 0) for r in table.rows]
     assert labels[0] == "F16" and "APEX Compact" in labels
     assert results.ppl_plot.points and results.kld_plot.points
-    assert panel.table.item(0, 1).text() in ("done", "skipped")
-    statuses = {panel.table.item(r, 0).text(): panel.table.item(r, 1).text()
-                for r in range(panel.table.rowCount())}
+    assert panel.run_headings == [0]  # the run's heading names its model
+    assert panel.table.item(0, 0).text().startswith(Path(panel._model.path).name)
+    assert panel.table.item(1, 1).text() in ("done", "skipped")
+    rows = {panel.table.item(r, 0).text(): r for r in range(panel.table.rowCount())
+            if r not in panel.run_headings}
+    statuses = {key: panel.table.item(r, 1).text() for key, r in rows.items()}
     assert statuses["compact:quantize"] == "done" and statuses["compact:kld"] == "done"
     assert "finished" in panel.last_notification
-    panel.table.selectRow(list(statuses).index("compact:quantize"))
+    panel.table.selectRow(rows["compact:quantize"])
     assert "llama_model_quantize" in panel.log_view.toPlainText() or \
         "blk.0" in panel.log_view.toPlainText()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -131,7 +134,7 @@ def test_cancel_a_running_job_leaves_no_partial_output(qtbot, setup) -> None:
                           check_params_cb=lambda job_id, _text: job_id == imatrix_id):
         pass
     assert queue.running_job_id() == imatrix_id
-    panel.table.selectRow(0)
+    panel.table.selectRow(panel._rows[imatrix_id])  # row 0 is the run's heading
     with qtbot.waitSignal(panel.runFinished, timeout=15_000) as finished:
         panel.cancel_selected()
     assert finished.args[0] == 2  # the imatrix and the quantize that needed it
@@ -140,7 +143,7 @@ def test_cancel_a_running_job_leaves_no_partial_output(qtbot, setup) -> None:
     assert not imatrix_job.output_path.exists()
     assert not imatrix_job.partial_output().exists()
     assert not list(out.glob("*.gguf*"))
-    assert panel.table.item(0, 1).text() == "cancelled"
+    assert panel.table.item(panel._rows[imatrix_id], 1).text() == "cancelled"
     assert not panel.has_running_jobs()
 
 

@@ -14,6 +14,7 @@ from apex_gui.core.quality.job import (SensitivityJob, SensitivityProgressReader
 from apex_gui.qt.job_queue import JobQueue
 
 LOG = Path(__file__).parent / "logs" / "sensitivity_progress.log"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_progress_and_verdict_from_recorded_output() -> None:
@@ -29,7 +30,10 @@ def test_progress_and_verdict_from_recorded_output() -> None:
     assert len(fractions) > 20
     job = SensitivityJob(model=Path("m.gguf"), output_path=Path("m.sensitivity.json"))
     verdict = job.verdict(0, text)
-    assert verdict.succeeded and verdict.results == {"tensors": 242, "types": 8, "probes": 12}
+    assert verdict.succeeded and verdict.message == "242 tensors x 8 types, 12 KL probes"
+    # The counts themselves come from the table the command wrote.
+    demo_table = REPO / "resources" / "demo" / "apex-demo-trained-qwen2moe-f16.sensitivity.json"
+    assert job.output_results(demo_table) == {"tensors": 122, "types": 8, "probes": 12}
     failed = job.verdict(2, text.split("wrote")[0] + "\nerror: llama-quantize to Q6_K failed\n")
     assert not failed.succeeded and "llama-quantize to Q6_K failed" in failed.message
 
@@ -63,11 +67,12 @@ def test_sensitivity_runs_in_the_queue_and_is_used(qtbot, window) -> None:
     assert state.table is None and not state.overlay_action.isEnabled()
     progress: list[float] = []
     panels.queue.jobProgress.connect(lambda _id, p, _eta: progress.append(p.fraction))
-    with qtbot.waitSignal(state.tableChanged, timeout=600_000,
-                          check_params_cb=lambda table: table is not None):
+    # On the job's end, not the table's: a failed run then says why instead of timing out.
+    with qtbot.waitSignal(panels.queue.jobFinished, timeout=170_000):
         job_id = queue_sensitivity(window, panels.queue, state, context=128, chunks=2)
     outcome = panels.queue.outcome(job_id)
     assert outcome.succeeded, outcome.message
+    assert state.table is not None  # set by the window's own handler of the same signal
     assert progress and max(progress) == 1.0
     assert (model_path.parent / "tiny.sensitivity.json").is_file()
     assert state.overlay_action.isEnabled()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from quality_tables import synthetic_table
 
+from apex_gui.views.plan.budget_dialog import kld_text
 from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.quality.known import beside_model
@@ -69,7 +70,7 @@ def test_overlay_colours_cells_by_damage_and_follows_painting(qtbot, window) -> 
     plan = window.current_plan
     table = state.table
     assert state.overlay_action.isEnabled()
-    assert state.kld_label.text() == f"{table.predict_kld(plan):.4g}"
+    assert state.kld_label.text() == kld_text(table.predict_kld(plan), 3)
 
     state.overlay_action.trigger()
     overlay = heatmap.overlay
@@ -97,10 +98,10 @@ def test_overlay_colours_cells_by_damage_and_follows_painting(qtbot, window) -> 
     after = overlay.colour(cell)
     assert after.lightnessF() < before.lightnessF()
     assert after.name() == damage_colour(overlay.scale.position(overlay.value(cell))).name()
-    assert state.kld_label.text() == f"{table.predict_kld(plan):.4g}"
+    assert state.kld_label.text() == kld_text(table.predict_kld(plan), 3)
     qtbot.waitUntil(window.undo_action.isEnabled, timeout=5000)
     window.undo_action.trigger()
-    assert state.kld_label.text() == f"{table.predict_kld(plan):.4g}"
+    assert state.kld_label.text() == kld_text(table.predict_kld(plan), 3)
 
     # Damage per byte, then off again: back to bits per weight.
     state.per_byte_action.trigger()

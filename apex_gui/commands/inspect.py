@@ -10,7 +10,7 @@ import sys
 from apex_gui.core.gguf.model import FileKind, MixerKind, ModelInfo, open_model
 from apex_gui.core.gguf.roles import TensorRole, kind_label
 from apex_gui.core.gguf.summary import summary_dict
-from apex_gui.core.units import format_gb, format_params, format_size
+from apex_gui.core.units import format_params, format_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +75,7 @@ def render_text(model: ModelInfo, with_tensors: bool = False) -> str:
     info = summary_dict(model)
     lines = [f"{model.path}", f"  kind          {info['file_kind']}",
              f"  architecture  {model.architecture}   name: {model.name}",
-             f"  size          {format_gb(model.file_size)} ({model.file_size:,} bytes) "
+             f"  size          {format_size(model.file_size)} ({model.file_size:,} bytes) "
              f"in {len(model.paths)} file(s), {len(model.tensors)} tensors"]
     if model.file_kind is FileKind.IMATRIX:
         imx = info["imatrix"]

@@ -24,6 +24,7 @@ from apex_gui.commands.rpc import add_rpc_option, checked_workers
 from apex_gui.commands.source_pipeline import (add_source_pipeline_args,
                                                run_source_pipeline_command, stop_signals_cancel)
 from apex_gui.core.files.inputs import TASK_CAP_BYTES, TEXT_CAP_BYTES
+from apex_gui.core.files.task_files import check_task_file
 from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.jobs.evaluations import ReferenceLogitsJob
 from apex_gui.core.jobs.pipeline import (
@@ -137,6 +138,10 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repack", action="store_true",
                         help="keep weights as stored (llama.cpp --no-repack) in every run; a "
                              "tool that crashes is retried this way anyway")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="run on the CPU even where GPU backends and devices are present "
+                             "(default: the setting; else each run is placed on the GPUs by "
+                             "the memory model that makes the recommendation)")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -149,9 +154,14 @@ def _tools(args: argparse.Namespace) -> LlamaTools:
     from apex_gui.core.settings import load_settings
     from apex_gui.core.jobs.tools import LlamaTools
 
-    return LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
-                                   threads=getattr(args, "threads", None),
-                                   no_repack=getattr(args, "no_repack", False))
+    from apex_gui.core.fit.job_placement import JobPlacer
+
+    tools = LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
+                                    threads=getattr(args, "threads", None),
+                                    no_repack=getattr(args, "no_repack", False),
+                                    cpu_only=getattr(args, "cpu_only", False))
+    tools.placer = JobPlacer(tools)
+    return tools
 
 
 def _calibration_text(args: argparse.Namespace) -> Path:
@@ -298,6 +308,8 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
     # --rpc: workers checked first (an unreachable one is named now, not after the load).
     tools = _tools(args)
     workers, probes = checked_workers(getattr(args, "rpc", None), tools)
+    if tools.placer is not None:
+        tools.placer.probes = tuple(probes)  # the workers' devices join the placement
     if workers:
         pipeline = pipeline.with_options(RunOptions(rpc_workers=tuple(workers)))
         notes = [*(notes or []), *(p.summary() for p in probes)]
@@ -497,6 +509,11 @@ def _check_eval_args(args: argparse.Namespace) -> None:
                   (args.hellaswag, "--hellaswag", TASK_CAP_BYTES),
                   (args.winogrande, "--winogrande", TASK_CAP_BYTES),
                   *[(path, "--mc", TASK_CAP_BYTES) for path in args.mc]])
+    for kind, flag, path in (("hellaswag", "--hellaswag", args.hellaswag),
+                             ("winogrande", "--winogrande", args.winogrande),
+                             *[("multiple-choice", "--mc", path) for path in args.mc]):
+        if path is not None:
+            check_task_file(kind, path, flag)
     if args.reference is not None:  # opened: a split one with a shard missing is named now
         args.reference = _checked_model(args.reference, "--reference model")
     for name in ("hellaswag", "winogrande"):

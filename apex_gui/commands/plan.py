@@ -17,7 +17,7 @@ from apex_gui.core.plan.detect import detect_profile
 from apex_gui.core.plan.precision import PrecisionPlan, plan_from_profile
 from apex_gui.core.plan.profiles import builtin_profiles, get_profile, quant_file_name
 from apex_gui.core.plan.tensor_type_file import plan_from_tensor_type_file
-from apex_gui.core.units import GB, GiB, MiB, format_gb, format_gib, readable_size
+from apex_gui.core.units import format_size, format_size_figure, in_unit, size_unit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +56,8 @@ def plan_summary(plan: PrecisionPlan) -> dict:
         "origin": plan.origin,
         "base_type": plan.base_type,
         "total_bytes": plan.total_bytes(),
-        "total_gb": round(plan.total_bytes() / 1e9, 3),
-        "total_gib": round(plan.total_bytes() / GiB, 3),
+        "total_gb": round(in_unit(plan.total_bytes(), "GB"), 3),
+        "total_gib": round(in_unit(plan.total_bytes(), "GiB"), 3),
         "bits_per_weight": round(plan.bits_per_weight(), 4),
         "bits_per_weight_by_role": {r.value: round(v, 3) for r, v in
                                     plan.bits_per_weight_by_role().items()},
@@ -99,14 +99,14 @@ def run_plan(args: argparse.Namespace) -> int:
         # The file goes to stdout (redirectable); what to do with it goes to stderr, so a
         # terminal shows the size and the command after the patterns and `> plan.txt` stays clean.
         import sys
-        print(f"predicted size {readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
+        print(f"predicted size {format_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
               f"{plan.bits_per_weight():.2f} bits per weight; save this output as {output} "
               f"(or use -o) and quantize with:\n"
               f"{command_line(plan, output, quant_file_name(model.path, profile.label))}",
               file=sys.stderr)
         return 0
     print(f"wrote {args.output}: {len(plan.pinned_types())} tensors pinned for APEX {profile.label}")
-    print(f"predicted size {readable_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
+    print(f"predicted size {format_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
           f"{plan.bits_per_weight():.2f} bits per weight")
     print(command_line(plan, output, quant_file_name(model.path, profile.label)))
     if model.n_mtp_layers:
@@ -159,8 +159,8 @@ def estimate_rows(model: ModelInfo, with_baselines: bool) -> tuple[list[dict], l
         for base in found:
             routed, needs = _types_summary(model, base.types)
             rows.append({"name": base.name, "profile": None, "origin": f"llama.cpp {base.name}",
-                         "total_bytes": base.total_bytes, "total_gb": round(base.total_bytes / 1e9, 3),
-                         "total_gib": round(base.total_bytes / GiB, 3),
+                         "total_bytes": base.total_bytes, "total_gb": round(in_unit(base.total_bytes, "GB"), 3),
+                         "total_gib": round(in_unit(base.total_bytes, "GiB"), 3),
                          "bits_per_weight": round(base.bits_per_weight, 4), "routed_bpw": routed,
                          "needs_imatrix": needs, "imatrix": _imatrix_column(needs, False),
                          "problems": []})
@@ -170,13 +170,12 @@ def estimate_rows(model: ModelInfo, with_baselines: bool) -> tuple[list[dict], l
 def render_estimate_table(model: ModelInfo, rows: list[dict], problems: list[str]) -> str:
     """The ``estimate --all`` table: one row per profile and baseline, sizes aligned."""
     # Demo and test models are a few MB: GB columns would read 0.00 on every row.
-    small = model.file_size < GB
-    unit, binary_unit = ("MB", "MiB") if small else ("GB", "GiB")
-    scale, binary_scale = (1e6, MiB) if small else (1e9, GiB)
+    unit, scale = size_unit(model.file_size)
+    binary_unit, binary_scale = size_unit(model.file_size, binary=True)
     layers = f"{model.n_layer} layers" + (f" + {model.n_mtp_layers} MTP" if model.n_mtp_layers else "")
     shared = f" + {model.n_expert_shared} shared" if model.n_expert_shared else ""
     lines = [f"{model.name} ({model.architecture}, {layers}, {model.n_expert} experts{shared}); "
-             f"source {model.file_type}, {model.file_size / scale:,.2f} {unit}",
+             f"source {model.file_type}, {format_size(model.file_size)}",
              "",
              f"{'quant':<22} {'size ' + unit:>10} {'size ' + binary_unit:>10} {'bytes':>17} "
              f"{'bpw':>6} {'experts bpw':>12}  imatrix"]
@@ -187,8 +186,9 @@ def render_estimate_table(model: ModelInfo, rows: list[dict], problems: list[str
             lines.append("")  # baselines below the profiles
         previous_apex = is_apex
         routed = f"{row['routed_bpw']:.2f}" if row["routed_bpw"] is not None else "-"
-        lines.append(f"{row['name']:<22} {row['total_bytes'] / scale:>10,.2f} "
-                     f"{row['total_bytes'] / binary_scale:>10,.2f} {row['total_bytes']:>17,} "
+        lines.append(f"{row['name']:<22} {format_size_figure(row['total_bytes'], scale):>10} "
+                     f"{format_size_figure(row['total_bytes'], binary_scale):>10} "
+                     f"{row['total_bytes']:>17,} "
                      f"{row['bits_per_weight']:>6.2f} {routed:>12}  {row['imatrix'] or '-'}")
     lines += ["", "bpw: bits per weight over every tensor; experts bpw: routed experts only",
               "imatrix: required = llama-quantize refuses these types without one; "
@@ -218,7 +218,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"{plan.origin}: {format_gb(plan.total_bytes())} = {format_gib(plan.total_bytes())} "
+    print(f"{plan.origin}: {format_size(plan.total_bytes())} = {format_size(plan.total_bytes(), binary=True)} "
           f"({plan.total_bytes():,} bytes), {plan.bits_per_weight():.2f} bits per weight")
     for role, bpw in data["bits_per_weight_by_role"].items():
         print(f"  {role:<24} {bpw:6.2f} bpw")

@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from apex_gui.commands.arguments import add_force, check_inputs, check_model_file, check_model_header
+from apex_gui.commands.arguments import (add_force, check_inputs, check_model_file, check_model_header,
+                                         float_in_range)
 from apex_gui.core.jobs.quantize import command_line
 from apex_gui.core.units import format_size, parse_size
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "--vram at --ctx. Writes an ordinary tensor-type file.")
     opt.add_argument("model", help="the source GGUF")
     opt.add_argument("--budget", metavar="SIZE",
-                     help="largest output file: bytes, or with a unit (15.5MB, 21GiB)")
+                     help="largest output file, with its unit: 15.5MB, 21GiB, 15500000B")
     opt.add_argument("--sensitivity", metavar="FILE",
                      help="a table from apex-studio sensitivity (default: measure it now)")
     opt.add_argument("--imatrix", metavar="FILE",
@@ -73,11 +74,8 @@ def _add_measure_options(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_budget(text: str) -> int:
-    """``15500000`` (bytes), ``15.5MB``, ``21GiB``."""
-    stripped = text.strip()
-    if stripped.isdigit():
-        return int(stripped)
-    return parse_size(stripped)
+    """``15.5MB``, ``21GiB``, ``15500000B`` (:func:`apex_gui.core.units.parse_size`)."""
+    return parse_size(text, "--budget")
 
 
 def _progress(stage: str, fraction: float, eta: float | None) -> None:
@@ -140,12 +138,18 @@ def run_optimize(args: argparse.Namespace) -> int:
     from apex_gui.core.quality.optimizer import optimize, optimize_for_fit
     from apex_gui.core.quality.sensitivity import SensitivityTable
 
+    from apex_gui.commands.recommend import machine_from_args
+
     fit_target = bool(args.vram or args.gpu)
     if args.experts_in_ram and not fit_target:
         raise ValueError("--experts-in-ram goes with a fit target (--gpu / --vram)")
     if bool(args.budget) == fit_target:
         raise ValueError("give either --budget SIZE or a fit target (--gpu / --vram), not "
                          "both and not neither")
+    # Sizes and the margin are read before any measuring: a typo costs no sensitivity run.
+    budget = parse_budget(args.budget) if args.budget else None
+    float_in_range(args.margin, "--margin", 0, 2.0**30, "the MiB kept free on each GPU")
+    machine = machine_from_args(args) if fit_target else None
     model_path = check_model_file(args.model)
     check_inputs([(args.imatrix, "--imatrix", None), (args.sensitivity, "--sensitivity", None)])
     model = open_model(model_path)
@@ -157,16 +161,15 @@ def run_optimize(args: argparse.Namespace) -> int:
         from apex_gui.core.fit.context_memory import ContextSettings
         from apex_gui.core.units import MiB
 
-        from apex_gui.commands.recommend import DEFAULT_CTX, machine_from_args
+        from apex_gui.commands.recommend import DEFAULT_CTX
 
-        machine = machine_from_args(args)
         n_ctx = args.ctx or min(DEFAULT_CTX, model.context_length or DEFAULT_CTX)
         ctx = ContextSettings(n_ctx=n_ctx, type_k=args.kv_type, type_v=args.kv_type)
         result, fit = optimize_for_fit(model, table, machine, ctx,
                                        margin=int(args.margin * MiB), imatrix=args.imatrix,
                                        experts_in_ram=args.experts_in_ram)
     else:
-        result = optimize(model, table, parse_budget(args.budget), args.imatrix)
+        result = optimize(model, table, budget, args.imatrix)
     plan = result.plan
     if args.output:
         write_text_output(args.output, plan.tensor_type_file_text(), force=args.force,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from dataclasses import replace
 from typing import Any
 
@@ -11,13 +12,13 @@ from apex_gui.commands.rpc import add_rpc_option, checked_workers, probe_dict
 from apex_gui.core.fit.context_memory import (
     DEFAULT_MARGIN, DEFAULT_UBATCH, KV_CACHE_TYPES, ContextSettings, ModelGeometry,
 )
-from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.device_spec import marketed_size_note, parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.fit.recommend import (
-    Recommendation, file_candidate, profile_candidates, recommend,
+    Recommendation, file_candidate, recommend, tier_candidates,
 )
 from apex_gui.core.fit.placement import FitResult, MachineMemory
-from apex_gui.core.units import GB, MiB, format_gb, parse_size
+from apex_gui.core.units import MiB, format_size, parse_size
 
 #: The context planned for when --ctx is not given (shortened to a model's training context).
 DEFAULT_CTX = 8192
@@ -78,11 +79,8 @@ def _manual_vram(values: list[str]) -> list[GpuDevice]:
             raise ValueError(f"--vram {value!r} gives no size; give one like 24GB or "
                              "24GB,24GB for two GPUs")
         for part in (p.strip() for p in value.split(",") if p.strip()):
-            size = parse_size(part)
-            if size <= 0:
-                raise ValueError(f"--vram {part}: the memory size must be more than zero")
-            label = part if not part.replace(".", "", 1).isdigit() else f"{part} GB"
-            devices.append(replace(template, name=f"Manual {label}", total_bytes=size,
+            size = parse_size(part, "--vram")
+            devices.append(replace(template, name=f"Manual {part}", total_bytes=size,
                                    free_bytes=size))
     return devices
 
@@ -92,7 +90,10 @@ def machine_from_args(args: argparse.Namespace) -> MachineMemory:
     detected; RAM from --ram, else detected."""
     manual = _manual_vram(args.vram)
     for spec in args.gpu:
-        manual.extend(parse_device_spec(spec))
+        try:
+            manual.extend(parse_device_spec(spec))
+        except ValueError as error:
+            raise ValueError(f"--gpu: {error}") from None
     if args.add_detected and not manual:
         raise ValueError("--add-detected adds the devices of --gpu or --vram; give one of them")
     if manual and not args.add_detected:
@@ -104,7 +105,7 @@ def machine_from_args(args: argparse.Namespace) -> MachineMemory:
         if args.ram is None:
             ram = probe_system().available_bytes
             # Planning for another machine with this one's RAM would mislead quietly.
-            notes = (f"System RAM is this machine's ({format_gb(ram, 1)} available); pass "
+            notes = (f"System RAM is this machine's ({format_size(ram)} available); pass "
                      "--ram SIZE to plan for another machine.",)
     else:
         from apex_gui.core.fit.hardware import snapshot
@@ -116,8 +117,10 @@ def machine_from_args(args: argparse.Namespace) -> MachineMemory:
             # The probe's note says "planning for CPU only", which the added devices undo.
             notes = ("No NVIDIA GPU detected here; planning for the devices given by hand.",)
     if args.ram is not None:
-        ram = parse_size(args.ram)
-    return MachineMemory(tuple(devices), ram, tuple(notes))
+        ram = parse_size(args.ram, "--ram")
+    # "--vram 24GB" is 22.4 GiB, less than a card sold as 24GB: say so where it may matter.
+    typed = [note for text in [*args.vram, *args.gpu] if (note := marketed_size_note(text))]
+    return MachineMemory(tuple(devices), ram, (*notes, *typed[:1]))
 
 
 def hardware_dict(snap: HardwareSnapshot) -> dict[str, Any]:
@@ -159,11 +162,11 @@ def run_hardware(args: argparse.Namespace) -> int:
         print("GPUs: none detected")
     for g in snap.gpus:
         kind = " (MIG instance)" if g.is_mig else " (unified memory)" if g.unified_memory else ""
-        print(f"GPU {g.index}: {g.name}{kind}: {format_gb(g.free_bytes)} free of "
-              f"{format_gb(g.total_bytes)}" + (f", driver {g.driver_version}"
+        print(f"GPU {g.index}: {g.name}{kind}: {format_size(g.free_bytes)} free of "
+              f"{format_size(g.total_bytes)}" + (f", driver {g.driver_version}"
                                                if g.driver_version else ""))
-    print(f"System RAM: {format_gb(snap.system.available_bytes)} available of "
-          f"{format_gb(snap.system.total_bytes)}")
+    print(f"System RAM: {format_size(snap.system.available_bytes)} available of "
+          f"{format_size(snap.system.total_bytes)}")
     print(f"CPU cores: {snap.cpu_cores_physical or '?'} physical, {snap.cpu_cores_logical} logical")
     for note in snap.notes:
         print(f"note: {note}")
@@ -180,6 +183,7 @@ def result_dict(result: FitResult) -> dict[str, Any]:
     return {
         "profile": result.candidate.key,
         "label": result.candidate.label,
+        "needs_imatrix": result.candidate.needs_imatrix,
         "file_bytes": result.candidate.file_bytes,
         "verdict": result.verdict.name.lower(),
         "flags": result.flags,
@@ -217,6 +221,7 @@ def recommendation_dict(rec: Recommendation, mmproj_bytes: int = 0) -> dict[str,
         "rpc_workers": list(rec.machine.rpc_workers),
         "machines_needed": rec.machines_needed,
         "quality_basis": rec.quality_basis,
+        "rule": rec.rule,
         "quality_note": rec.quality_note,
         "kld": {key: {"kld_mean": f.kld, "basis": f.basis, "source": f.source}
                 for key, f in rec.quality.items()},
@@ -229,11 +234,12 @@ def format_table(rec: Recommendation) -> str:
     rows = []
     for r in rec.results:
         mark = "*" if r is rec.recommended else ""
-        headroom = (f"{r.headroom_bytes / GB:.1f} GB ({r.headroom_share:.0%}, {r.headroom.value})"
+        headroom = (f"{format_size(r.headroom_bytes)} ({r.headroom_share:.0%}, {r.headroom.value})"
                     if r.headroom.value != "none" else "none")
         figure = rec.quality.get(r.candidate.key)
         kld = f"{figure.kld:.4g} ({figure.basis})" if figure else "-"
-        rows.append((mark, r.candidate.label, format_gb(r.candidate.file_bytes, 1),
+        label = r.candidate.label + (" (needs imatrix)" if r.candidate.needs_imatrix else "")
+        rows.append((mark, label, format_size(r.candidate.file_bytes),
                      r.verdict.value, r.flags, headroom,
                      str(r.max_context) if r.max_context else "-", kld))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -244,13 +250,13 @@ def format_table(rec: Recommendation) -> str:
 
 def _describe_machine(machine: MachineMemory) -> str:
     if not machine.gpus:
-        return f"CPU only, {format_gb(machine.ram_available)} RAM available"
-    gpus = ", ".join(f"{g.name} ({format_gb(g.free_bytes, 1)} free"
+        return f"CPU only, {format_size(machine.ram_available)} RAM available"
+    gpus = ", ".join(f"{g.name} ({format_size(g.free_bytes)} free"
                      f"{', unified' if g.unified_memory else ''})" for g in machine.gpus)
     if machine.unified:
         # The pool is the system RAM: a second RAM figure would be counted twice by readers.
         return f"{gpus}; one pool shared with the CPU"
-    return f"{gpus}; {format_gb(machine.ram_available)} RAM available"
+    return f"{gpus}; {format_size(machine.ram_available)} RAM available"
 
 
 def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
@@ -260,7 +266,7 @@ def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
     if ctx.use_mtp:
         parts.append("MTP speculative decoding")
     if mmproj_bytes:
-        parts.append(f"vision projector {format_gb(mmproj_bytes, 1)}")
+        parts.append(f"vision projector {format_size(mmproj_bytes)}")
     return ", ".join(parts)
 
 
@@ -328,7 +334,8 @@ def run_recommend(args: argparse.Namespace) -> int:
         from apex_gui.core.fit.cluster import machine_with_workers
 
         machine = machine_with_workers(machine, checked_workers(args.rpc)[1])
-    candidates = [file_candidate(model)] if args.as_is else profile_candidates(model)
+    # The tiers the window's Hardware & tiers ranks: the same input gives the same answer.
+    candidates = [file_candidate(model)] if args.as_is else tier_candidates(model)
     rec = recommend(geom, candidates, machine, ctx, margin=int(args.margin * MiB),
                     mmproj_bytes=mmproj_bytes, mmproj_path=args.mmproj,
                     quality=_quality_figures(args, model, candidates))
@@ -340,6 +347,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     print(f"Memory: {_describe_machine(machine)}")
     print()
     print(format_table(rec))
+    print(textwrap.fill(rec.rule.replace("★", "*"), width=100))
     print()
     if rec.recommended is not None:
         best = rec.recommended
@@ -352,8 +360,8 @@ def run_recommend(args: argparse.Namespace) -> int:
             # Across workers each device's own headroom matters: a worker is a whole machine.
             for gpu, usage in zip(rec.machine.gpus, best.estimate.devices):
                 print(f"  {gpu.name}: layers {len(usage.layers)}, needs "
-                      f"{format_gb(usage.total, 1)} of {format_gb(gpu.free_bytes, 1)} free, "
-                      f"headroom {format_gb(gpu.free_bytes - usage.total, 1)}")
+                      f"{format_size(usage.total)} of {format_size(gpu.free_bytes)} free, "
+                      f"headroom {format_size(gpu.free_bytes - usage.total)}")
     for note in rec.notes:
         print(f"note: {note}")
     return 0

@@ -27,15 +27,19 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 @contextlib.contextmanager
 def stop_signals_cancel(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGHUP (``kill``, a closed terminal) cancel the run: the runner stops the
-    tool politely and deletes its partial output, where Python's default would exit at once
-    and leave the tool running on, orphaned, with a ``.partial`` file behind. The handler only
-    sets ``stop``: an exception raised at an arbitrary point could land inside Popen."""
+    """SIGTERM, SIGHUP and SIGINT (``kill``, a closed terminal, Ctrl-C) cancel the run: the
+    runner stops the tool politely and deletes its partial output, where Python's default
+    would exit at once and leave the tool running on, orphaned, with a ``.partial`` file
+    behind. The handler only sets ``stop``: an exception raised at an arbitrary point could
+    land inside Popen, or inside the output queue's lock (a KeyboardInterrupt there hung the
+    command with a tool printing without end). A SIGINT ignored at start stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers; callers there handle their own
         return
     wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
               if s is not None]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        wanted.append(signal.SIGINT)
     previous = {s: signal.signal(s, lambda number, frame: stop.set()) for s in wanted}
     try:
         yield

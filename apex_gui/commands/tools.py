@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from apex_gui.core.jobs.devices import DEVICE_TOOLS, DeviceListing, list_devices
 from apex_gui.core.jobs.tools import (
     GPU_BUILD_HINT, REQUIRED_TOOLS, LlamaTools, missing_tool_message,
 )
@@ -18,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="smoke-test the tools on this CPU (a few seconds): quantize a tiny "
                              "model, run perplexity on it with and without repacking, start "
                              "every tool; exit 1 when one is broken")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="with --check: seconds each tool run may take before it counts as "
+                             "hung (default 120; each takes about one)")
     parser.set_defaults(func=run)
 
 
@@ -27,18 +31,42 @@ def run(args: argparse.Namespace) -> int:
     folder = args.llama_cpp_dir or load_settings().llama_cpp_dir or None
     tools = LlamaTools(folder)
     if args.check:
-        return _check(tools, args.json)
+        from apex_gui.core.jobs.tools_check import RUN_TIME_LIMIT_S
+
+        limit = args.time_limit if args.time_limit is not None else RUN_TIME_LIMIT_S
+        if not 0 < limit < 10**6:  # also refuses nan and inf
+            raise ValueError(f"--time-limit {args.time_limit:g} is not a number of seconds "
+                             "between 0 and 1000000; give e.g. --time-limit 60")
+        return _check(tools, args.json, limit)
     report = tools.report()
+    listings = _device_listings(tools, report)
     if args.json:
-        print(json.dumps([{"tool": r.name, "executable": r.executable,
-                           "path": str(r.path) if r.path else None, "origin": r.origin,
-                           "version": r.version} for r in report], indent=2))
+        rows = []
+        for r in report:
+            row = {"tool": r.name, "executable": r.executable,
+                   "path": str(r.path) if r.path else None, "origin": r.origin,
+                   "version": r.version}
+            if r.name in listings:
+                row["gpu_backends"] = list(listings[r.name].backends)
+                row["devices"] = [d.__dict__ for d in listings[r.name].devices]
+                row["devices_error"] = listings[r.name].error
+            rows.append(row)
+        print(json.dumps(rows, indent=2))
     else:
         width = max(len(r.executable) for r in report)
         for r in report:
             where = f"{r.path}  [{r.origin}, {r.version or 'version unknown'}]" if r.found \
                 else "MISSING"
             print(f"{r.executable:<{width}}  {where}")
+        shown: set[object] = set()
+        for name, listing in listings.items():
+            if id(listing) in shown:
+                continue
+            shown.add(id(listing))
+            users = [r.executable for r in report if listings.get(r.name) is listing]
+            print(f"\nDevices seen by {', '.join(users)} ({listing.folder}):")
+            for line in listing.lines():
+                print(f"  {line}")
         missing = [r for r in report if not r.found and r.name in REQUIRED_TOOLS]
         if missing:
             print()
@@ -49,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(not r.found and r.name in REQUIRED_TOOLS for r in report) else 0
 
 
-def _check(tools: LlamaTools, as_json: bool) -> int:
+def _check(tools: LlamaTools, as_json: bool, time_limit_s: float) -> int:
     from apex_gui.core.jobs.tools_check import run_tools_check
 
-    report = run_tools_check(tools)
+    report = run_tools_check(tools, time_limit_s=time_limit_s)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0 if report.ok else 1
@@ -65,3 +93,17 @@ def _check(tools: LlamaTools, as_json: bool) -> int:
     variant = f"; CPU variant {report.cpu_variant}" if report.cpu_variant else ""
     print(f"\n{report.summary()} (checked in {report.seconds:.1f} s{variant})")
     return 0 if report.ok else 1
+
+
+def _device_listings(tools: LlamaTools, report: list) -> dict[str, DeviceListing]:  # type: ignore[type-arg]
+    """The devices each tool that runs models sees: one ``--list-devices`` per tools folder."""
+    by_folder: dict[object, DeviceListing] = {}
+    listings: dict[str, DeviceListing] = {}
+    for location in report:
+        if location.name not in DEVICE_TOOLS or location.path is None:
+            continue
+        folder = location.path.parent
+        if folder not in by_folder:
+            by_folder[folder] = list_devices(tools, location.name)
+        listings[location.name] = by_folder[folder]
+    return listings

@@ -11,8 +11,6 @@ every core, and two at once would only split them.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,11 +18,16 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import (QCoreApplication, QEvent, QObject, QProcess, QProcessEnvironment,
                             QTimer, Signal)
 
+from apex_gui.core.jobs.child_process import (
+    SIGKILL, SIGTERM, cpu_seconds, own_group_command, signal_group,
+)
 from apex_gui.core.jobs.pipeline import Pipeline
+from apex_gui.core.jobs.crashes import crash_retry_for
+from apex_gui.core.jobs.monitor import JobMonitor, RunLimits, RunWatch
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import (
-    MAX_ATTEMPTS, PROGRESS_INTERVAL_S, TERMINATE_TIMEOUT_S, JobMonitor, JobOutcome, JobStatus,
-    PreparedRun, conclude_run, crash_retry_for, failed_before_start, prepare_run,
+    MAX_ATTEMPTS, PROGRESS_INTERVAL_S, TERMINATE_TIMEOUT_S, JobOutcome, JobStatus, PreparedRun,
+    conclude_run, failed_before_start, prepare_run,
 )
 from apex_gui.core.jobs.specs import JobError, ToolJob
 from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
@@ -42,19 +45,7 @@ class _Entry:
     attempts: int = 0
     produced: list = field(default_factory=list)
     retry_note: str | None = None  # why this run repeats one that crashed
-
-
-def dies_with_this_process(argv: Sequence[str]) -> tuple[str, list[str]]:
-    """Program and arguments that start ``argv`` so the tool dies when this process does.
-
-    QProcess cannot set PR_SET_PDEATHSIG in the child from Python; util-linux's ``setpriv``
-    (on every Debian/Ubuntu system) sets it and then executes the tool in the same process,
-    so a window that is killed leaves no llama.cpp tool running on. Elsewhere: as given.
-    """
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    if setpriv is None:
-        return argv[0], list(argv[1:])
-    return setpriv, ["--pdeathsig", "KILL", "--", *argv]
+    stop_reason: str | None = None  # why the queue stopped the run (time limit, RPC stall)
 
 
 class JobQueue(QObject):
@@ -73,10 +64,16 @@ class JobQueue(QObject):
 
     def __init__(self, tools: LlamaTools | None = None, store: RunStore | None = None,
                  parent: QObject | None = None,
-                 terminate_timeout_s: float = TERMINATE_TIMEOUT_S) -> None:
+                 terminate_timeout_s: float = TERMINATE_TIMEOUT_S,
+                 limits: RunLimits = RunLimits()) -> None:
         super().__init__(parent)
         self.tools = tools or LlamaTools()
         self.store = store
+        #: Each run's time limit and RPC stall watch (see RunLimits).
+        self.limits = limits
+        self._watch: RunWatch | None = None
+        self._pid = 0
+        self._grouped = False  # the running tool leads a process group of its own
         self._entries: dict[int, _Entry] = {}
         self._next_id = 1
         self._current: _Entry | None = None
@@ -90,6 +87,9 @@ class JobQueue(QObject):
         self._kill_timer.setSingleShot(True)
         self._kill_timer.setInterval(int(terminate_timeout_s * 1000))
         self._kill_timer.timeout.connect(self._kill_current)
+        self._limits_timer = QTimer(self)
+        self._limits_timer.setInterval(500)
+        self._limits_timer.timeout.connect(self._check_limits)
         self._schedule = QTimer(self)
         self._schedule.setSingleShot(True)
         self._schedule.setInterval(0)
@@ -141,10 +141,7 @@ class JobQueue(QObject):
             self._schedule.start()
         elif entry.state == "running" and not entry.cancel_requested:
             entry.cancel_requested = True
-            if self._process is not None and \
-                    self._process.state() != QProcess.ProcessState.NotRunning:
-                self._process.terminate()
-                self._kill_timer.start()
+            self._terminate_current()
 
     def cancel_all(self) -> None:
         for job_id, entry in list(self._entries.items()):
@@ -159,7 +156,7 @@ class JobQueue(QObject):
         process = self._process
         if process is not None and process.state() != QProcess.ProcessState.NotRunning:
             if not process.waitForFinished(timeout_ms):
-                process.kill()
+                self._kill_current()
                 process.waitForFinished(timeout_ms)
             # The done-handler ran inside waitForFinished and scheduled the process's
             # deletion; carry it out now, while this queue and the Python callables connected
@@ -208,13 +205,17 @@ class JobQueue(QObject):
         entry.attempts += 1
         self._current, self._prepared = entry, prepared
         self._monitor = JobMonitor(entry.job)
+        self._watch = RunWatch(entry.job, self.limits)
+        entry.stop_reason = None
         process = QProcess(self)
         process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         environment = QProcessEnvironment()
         for key, value in prepared.env.items():
             environment.insert(key, value)
         process.setProcessEnvironment(environment)
-        program, arguments = dies_with_this_process(prepared.argv)
+        # Its own process group (a wrapper script's children get the signals too), and
+        # SIGKILL when this process dies: a killed window leaves no tool running on.
+        program, arguments, self._grouped = own_group_command(prepared.argv)
         process.setProgram(program)
         process.setArguments(arguments)
         process.readyReadStandardOutput.connect(lambda p=process: self._read_output(p))
@@ -226,7 +227,30 @@ class JobQueue(QObject):
         self._last_progress = 0.0
         if entry.attempts == 1 and entry.retry_note is None:
             self.jobStarted.emit(entry.job_id)
+        self._pid = 0
         process.start()
+        self._limits_timer.start()
+
+    def _check_limits(self) -> None:
+        """Stop a run past its time limit, or one stalled on an RPC worker (see RunWatch)."""
+        entry, watch = self._current, self._watch
+        if entry is None or watch is None or entry.cancel_requested or entry.stop_reason:
+            return
+        if not self._pid and self._process is not None:
+            self._pid = int(self._process.processId())  # 0 until it has started
+        pid = self._pid
+        reason = watch.reason_to_stop(lambda: cpu_seconds(pid) if pid else None)
+        if reason is not None:
+            entry.stop_reason = reason
+            self._terminate_current()
+
+    def _terminate_current(self) -> None:
+        process = self._process
+        if process is None or process.state() == QProcess.ProcessState.NotRunning:
+            return
+        if not (self._grouped and self._pid and signal_group(self._pid, SIGTERM)):
+            process.terminate()
+        self._kill_timer.start()
 
     def _read_output(self, process: QProcess) -> None:
         if process is not self._process or self._monitor is None or self._current is None:
@@ -234,6 +258,8 @@ class JobQueue(QObject):
         data = bytes(process.readAllStandardOutput().data())
         if not data:
             return
+        if self._watch is not None:
+            self._watch.output()
         text, changed = self._monitor.feed_bytes(data)
         if text:
             self.jobOutput.emit(self._current.job_id, text)
@@ -250,6 +276,9 @@ class JobQueue(QObject):
         assert entry is not None and prepared is not None and monitor is not None
         self._read_output(process)
         self._kill_timer.stop()
+        self._limits_timer.stop()
+        if self._grouped and self._pid:
+            signal_group(self._pid, SIGKILL)  # whatever the tool started and left behind
         self._process = None
         start_error = None
         if process.error() == QProcess.ProcessError.FailedToStart:
@@ -265,16 +294,22 @@ class JobQueue(QObject):
             exit_code = -signal_number if signal_number else None
         else:
             exit_code = process.exitCode()
-        killed = crashed and not entry.cancel_requested
+        killed = crashed and not entry.cancel_requested and entry.stop_reason is None
         outcome = conclude_run(prepared, monitor, exit_code,
                                signal_number=signal_number if killed else None,
                                crashed=killed, cancelled=entry.cancel_requested,
                                store=self.store, start_error=start_error,
-                               retry_note=entry.retry_note)
+                               retry_note=entry.retry_note, stopped=entry.stop_reason,
+                               last_attempt=entry.attempts >= MAX_ATTEMPTS)
+        # The Python callables go now: a deferred delete run after this queue's wrapper is
+        # gone would call into freed objects (a segfault after a test's end).
+        for signal in (process.readyReadStandardOutput, process.finished,
+                       process.errorOccurred):
+            signal.disconnect()
         process.deleteLater()
-        self._current = self._prepared = self._monitor = None
-        retry = (crash_retry_for(outcome, self.tools) if not entry.cancel_requested
-                 else None)
+        self._current = self._prepared = self._monitor = self._watch = None
+        retry = (crash_retry_for(outcome, self.tools)
+                 if not entry.cancel_requested and entry.stop_reason is None else None)
         if retry is not None:
             # Run it again without the code path that crashed (see crash_retry_for).
             entry.job, entry.retry_note = retry
@@ -304,4 +339,5 @@ class JobQueue(QObject):
     def _kill_current(self) -> None:
         if self._process is not None and \
                 self._process.state() != QProcess.ProcessState.NotRunning:
-            self._process.kill()
+            if not (self._grouped and self._pid and signal_group(self._pid, SIGKILL)):
+                self._process.kill()

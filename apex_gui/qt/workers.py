@@ -54,6 +54,10 @@ class CancelToken:
     def cancel(self) -> None:
         self._event.set()
 
+    def is_set(self) -> bool:
+        """As ``threading.Event``: the job runner stops its tool when this turns true."""
+        return self._event.is_set()
+
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
             raise Cancelled()

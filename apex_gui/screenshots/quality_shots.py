@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from apex_gui.core.units import format_size
+
 QUALITY_VIEWS = ("sensitivity-overlay", "results-curve", "fit-dialog", "fit-result")
 
 
@@ -74,7 +76,7 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
 
     budget = plan_from_profile(plan.model, get_profile(budget_profile)).total_bytes()
     dialog = window.open_fit_dialog()
-    dialog.size_edit.setText(f"{budget / 1e6:.2f} MB")
+    dialog.size_edit.setText(format_size(budget))
     shoot("fit-dialog", dialog)
     dialog.run_fit()
     wait(dialog.fitted, 60_000)

@@ -167,21 +167,16 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
             wait(panels.hardware.recommendationChanged)
             settle(600)
             shoot("hardware", window)
-            panels.hardware.manual_edit.setText("")
             window.center_tabs.setCurrentIndex(0)
-            # Memory per device at 4k..128k context, for the same model on the same card.
+            # Memory per device at 4k..128k context, for the same model on the same card:
+            # the Memory tab follows the set-up of Hardware & tiers.
             if "memory" in wanted:
                 window.switch_profile("compact")
-                from apex_gui.core.fit.device_spec import parse_device_spec
-                from apex_gui.core.fit.hardware import snapshot as probe
-                machine = probe()
-                card = parse_device_spec("RTX 4090 24GB")
-                from dataclasses import replace as dc_replace
-                window.memory_view.set_hardware(dc_replace(machine, gpus=tuple(card)))
                 window.right_tabs.setCurrentWidget(window.memory_view)
-                settle(500)
+                settle(600)
                 shoot("memory", window)
                 window.right_tabs.setCurrentIndex(0)
+            panels.hardware.manual_edit.setText("")
             if "tensors" in wanted or "metadata" in wanted:
                 window.center_tabs.setCurrentWidget(window.tensor_table)
                 window.tensor_table.search.setText("blk.10. exps")

@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 
 from apex_gui.core.fit.hardware import GpuDevice
-from apex_gui.core.units import GiB
+from apex_gui.core.units import GB, GiB, canonical_unit, format_size, parse_size
 
 
 def _card(name: str, gib: int, unified: bool = False) -> GpuDevice:
@@ -68,14 +68,12 @@ _CARD_ALIASES: dict[str, str] = {
     "dgxspark": "DGX Spark 128GB unified",
 }
 
-_UNIT_BYTES: dict[str, int] = {
-    "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-
 # "x" followed by a letter is part of a name ("7900 XTX"), not a count.
 _COUNT_RE = re.compile(r"^\s*(\d+)\s*[x×*](?![a-z])\s*", re.IGNORECASE)
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([mgt]i?b)\s*$", re.IGNORECASE)
+# A size ends the item: "24GB", "RTX 3090 20 GiB"; a unit letter alone ("24G") is caught too,
+# to be refused with the two units it could mean.
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)\s*$", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"^\s*\d+(?:\.\d*)?\s*$")
 _UNIFIED_RE = re.compile(r"\bunified(?:\s+memory)?\b", re.IGNORECASE)
 _VENDOR_WORDS_RE = re.compile(r"\b(?:nvidia|geforce|amd|radeon|tesla)\b", re.IGNORECASE)
 _MAX_COUNT = 64
@@ -121,9 +119,8 @@ def find_common_card(name: str) -> GpuDevice | None:
     return by_base[0] if by_base else None
 
 
-def _format_size(number: str, unit: str) -> str:
-    canonical = {u: u.upper().replace("IB", "iB") for u in _UNIT_BYTES}
-    return f"{number} {canonical[unit.lower()]}"
+def _typed_size_label(number: str, unit: str) -> str:
+    return f"{number} {canonical_unit(unit)}"
 
 
 def _parse_one(item: str, first_index: int) -> list[GpuDevice]:
@@ -147,23 +144,27 @@ def _parse_one(item: str, first_index: int) -> list[GpuDevice]:
 
     if size_match:
         number, unit = size_match.group(1), size_match.group(2)
-        total = round(float(number) * _UNIT_BYTES[unit.lower()])
-        if total <= 0:
-            raise ValueError(
-                f'"{item.strip()}": the memory size must be more than zero; {_ACCEPTED_FORMS}'
-            )
+        try:
+            total = parse_size(size_match.group(0))
+        except ValueError as error:
+            raise ValueError(f"{error}; {_ACCEPTED_FORMS}") from None
         # A listed card named with its own marketed size ("RTX 4060 Ti 16 GB") is that card,
         # with its real capacity; any other size is taken literally in the stated unit.
         card = find_common_card(f"{name} {number}gb") if name else None
         if card is not None and unit.lower() in ("gb", "gib"):
             template = replace(card, unified_memory=card.unified_memory or unified)
         else:
-            label = name or f"Manual {_format_size(number, unit)}"
+            label = name or f"Manual {_typed_size_label(number, unit)}"
             if unified and not name:
                 label += " unified"
             template = _manual_device(0, label, total, unified)
     elif name:
         card = find_common_card(name)
+        if card is None and _NUMBER_RE.match(name):
+            try:
+                parse_size(name)  # raises: "16" names no card and has no unit
+            except ValueError as error:
+                raise ValueError(f"{error}; {_ACCEPTED_FORMS}") from None
         if card is None:
             raise ValueError(
                 f'Unknown card "{name}": give its memory, e.g. "{name} 24 GB", or use a listed '
@@ -174,6 +175,27 @@ def _parse_one(item: str, first_index: int) -> list[GpuDevice]:
         raise ValueError(f'"{item.strip()}" names no card and no memory size; {_ACCEPTED_FORMS}')
 
     return [replace(template, index=first_index + n) for n in range(count)]
+
+
+_DECIMAL_GB_RE = re.compile(r"(?:^|[,;+x×*]\s*)(\d+)\s*GB\s*(?:unified)?\s*(?=$|[,;+])",
+                             re.IGNORECASE)
+
+
+def marketed_size_note(text: str) -> str:
+    """A sentence when a size typed in GB is what cards are sold as ("24 GB"): those cards
+    have that many GiB, so "24 GB" and "RTX 4090 24GB" are different memories (and may get
+    different tiers). Empty otherwise."""
+    for match in _DECIMAL_GB_RE.finditer(text):
+        number = int(match.group(1))
+        cards = [card.name for card in COMMON_CARDS
+                 if card.total_bytes == number * GiB and not card.unified_memory]
+        if cards:
+            listed = ", ".join(cards[:3]) + (", ..." if len(cards) > 3 else "")
+            return (f"{number} GB is {format_size(number * GB, binary=True)}; cards sold as "
+                    f"\"{number}GB\" ({listed}) have {number} GiB "
+                    f"({format_size(number * GiB)}): type {number}GiB or the card's name to "
+                    "plan for one.")
+    return ""
 
 
 def parse_device_spec(text: str) -> list[GpuDevice]:

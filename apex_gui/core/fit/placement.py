@@ -18,6 +18,7 @@ from enum import Enum
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Placement
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.fit.memory import MemoryEstimate, WeightTable, estimate_memory
+from apex_gui.core.units import format_size
 
 #: Headroom share of a device at which a fit counts as comfortable.
 COMFORTABLE_SHARE = 0.10
@@ -85,7 +86,7 @@ def usable_by_one_process(
     chosen = max(migs, key=lambda g: g.free_bytes)
     kept = tuple(g for g in gpus if not g.is_mig or g is chosen)
     note = (f"{len(migs)} MIG instances found, but one llama.cpp process can use only one: "
-            f"planning for {chosen.name} ({chosen.free_bytes / 1e9:.1f} GB free); start "
+            f"planning for {chosen.name} ({format_size(chosen.free_bytes)} free); start "
             f"llama-server with CUDA_VISIBLE_DEVICES={chosen.uuid} to use it.")
     return kept, (note,)
 
@@ -99,6 +100,8 @@ class Candidate:
     tensor_bytes: Mapping[str, int]
     file_bytes: int
     path: str
+    #: Its types need an importance matrix (IQ1/IQ2 experts), which the user may not have.
+    needs_imatrix: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,19 @@ The fit ladder says which tiers load and how; among those with the best verdict 
 comfortable headroom, the recommendation takes the one with the lowest KL divergence. The
 figure comes, in order of trust, from a measurement of this model's quant (the run store),
 from a prediction (measured sensitivity of this model, :mod:`apex_gui.core.quality`), or from
-the KL means published on the APEX model cards (Qwen3.5-35B-A3B, the one model they were
-measured on). All candidates are compared on one kind of figure, so a measured 0.004 on a
-small model never competes with a published 0.0088 on a 35B one.
+the KL means published on the APEX model cards, which apply only to the model they were
+measured on (Qwen3.5-35B-A3B, its quants and shape twins): on another model they would rank
+tiers by figures of a different network. All candidates are compared on one kind of figure.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apex_gui.core.fit.placement import FitResult, Headroom
+from apex_gui.core.fit.placement import FitResult
 
 #: Mean KL divergence against F16 published on the Qwen3.5-35B-A3B APEX model card
 #: (/work/shared/reference/apex-method.md, "Published results"). Profiles without a figure
@@ -25,6 +26,10 @@ PUBLISHED_KLD: dict[str, float] = {
     "compact": 0.0469, "i-compact": 0.0332, "mini": 0.0870,
 }
 PUBLISHED_SOURCE = "published KL mean (APEX card, Qwen3.5-35B-A3B)"
+#: The model the published figures were measured on: its architecture and trunk depth, or
+#: its name (a fine-tune or quant named after it).
+PUBLISHED_MODEL = ("qwen35moe", 40)
+PUBLISHED_NAME = "qwen3.5-35b-a3b"
 
 #: Kinds of figure, most trusted first.
 BASES: tuple[str, ...] = ("measured", "predicted", "published")
@@ -46,6 +51,12 @@ class QualityChoice:
     result: FitResult | None
     basis: str | None
     note: str | None
+
+
+def published_applies(architecture: str, n_layer: int, name: str = "") -> bool:
+    """The published KL means describe this model: Qwen3.5-35B-A3B by shape or by name."""
+    named = PUBLISHED_NAME in re.sub(r"[\s_]+", "-", name.lower())
+    return (architecture, n_layer) == PUBLISHED_MODEL or named
 
 
 def published_figures(keys: Iterable[str], *, with_imatrix: bool = False) -> dict[str, QualityFigure]:
@@ -112,14 +123,13 @@ def _basis_for(eligible: Sequence[FitResult],
     return None, []
 
 
-def choose_by_quality(usable: Sequence[FitResult], default: FitResult | None,
+def choose_by_quality(eligible: Sequence[FitResult],
                       figures: Mapping[str, QualityFigure]) -> QualityChoice:
-    """Among the tiers with the best verdict that fit comfortably (and the default pick,
-    whatever its headroom), the one with the lowest KL divergence."""
-    if default is None:
+    """Among tiers that fit equally well (in tier order), the one with the lowest KL
+    divergence; the first when no kind of figure covers them."""
+    if not eligible:
         return QualityChoice(None, None, None)
-    eligible = [r for r in usable if r.verdict is default.verdict
-                and (r is default or r.headroom is Headroom.COMFORTABLE)]
+    default = eligible[0]
     basis, ranked = _basis_for(eligible, figures)
     if basis is None or default not in ranked and len(ranked) < 2:
         return QualityChoice(default, None, None)
@@ -128,6 +138,6 @@ def choose_by_quality(usable: Sequence[FitResult], default: FitResult | None,
     others = ", ".join(f"{r.candidate.label} {figures[r.candidate.key].kld:.4g}"
                        for r in ranked if r is not best)
     note = (f"Ranked by {basis} KL divergence: {best.candidate.label} {figure.kld:.4g} is "
-            "the lowest among the tiers that fit comfortably"
+            "the lowest among the tiers that fit as well"
             + (f" ({others})" if others else "") + f"; source: {figure.source}.")
     return QualityChoice(best, basis, note)

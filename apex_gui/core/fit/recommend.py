@@ -11,10 +11,15 @@ For each candidate (a profile's plan, or any per-tensor byte table) the ladder i
 Without a GPU the check is against system RAM alone (CPU only). Unified-memory devices
 (DGX Spark, Apple) share one pool with the host, so host allocations count against it.
 
-The recommended tier is the highest-quality candidate (candidates come in quality order)
-whose best outcome is (a); failing that, the highest-quality candidate with the best split.
-Among the candidates with that outcome and comfortable headroom, the one with the lowest KL
-divergence then wins (measured, predicted or published: :mod:`apex_gui.core.fit.quality_rank`).
+One rule picks the recommended tier (:data:`RULE`, printed with every table): the best
+outcome, (a) before (b) before (c) before CPU only, among the tiers whose types need no
+importance matrix; tiers that do (IQ1/IQ2 experts: Mini, Nano, Micro) only when no other tier
+loads at all. Among the tiers with that outcome, the lowest KL divergence known for this model
+wins (measured, predicted, or the published figures when this is the model they were measured
+on: :mod:`apex_gui.core.fit.quality_rank`), else the first in tier order; where headroom is
+the whole story (full GPU, CPU only) a tight fit competes only as the first in tier order,
+while a tight (b) or (c) takes one more layer off the GPU to loosen. More memory only adds
+tiers to an outcome, so the answer for an outcome never gets worse.
 Headroom is the smallest free space left on any GPU (or in RAM for CPU only):
 comfortable at >= 10 % of that device, tight below, none when it does not fit.
 """
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from apex_gui.core.fit.buildable import buildable_profiles
 from apex_gui.core.fit.cluster import explicit_split, machines_needed
 from apex_gui.core.fit.context_memory import (
     DEFAULT_MARGIN, DEFAULT_UBATCH, ContextSettings, ModelGeometry, Placement, pad256,
@@ -36,8 +42,10 @@ from apex_gui.core.fit.placement import (
     Verdict, best_outcome, expert_layer_count, fits_machine, gpu_slack, largest_where,
     verdict_uses_gpu,
 )
-from apex_gui.core.fit.quality_rank import choose_by_quality, published_figures
+from apex_gui.core.fit.quality_rank import choose_by_quality, published_applies, published_figures
 from apex_gui.core.jobs.run_options import rpc_args
+from apex_gui.core.plan.profiles import builtin_profiles
+from apex_gui.core.units import format_size
 
 if TYPE_CHECKING:
     from apex_gui.core.fit.quality_rank import QualityFigure
@@ -45,13 +53,26 @@ if TYPE_CHECKING:
     from apex_gui.core.plan.profiles import Profile
 
 __all__ = [
+    "RULE",
+    "RULE_SHORT",
     "Recommendation",
     "evaluate",
     "file_candidate",
     "profile_candidates",
     "recommend",
     "server_command",
+    "tier_candidates",
 ]
+
+#: The rule in one line, for a table with little room (the whole :data:`RULE` on hover).
+RULE_SHORT = ("★ = the best fit among the tiers that need no importance matrix, then the "
+              "lowest KL divergence known for this model")
+#: How the star is chosen, in the words the table shows under it.
+RULE = ("★ = among the tiers that need no importance matrix (Mini, Nano and Micro, which do, "
+        "only when no other tier loads), those with the best fit (full GPU, then experts in "
+        "RAM, partial offload, CPU only); of these the lowest KL divergence known for this "
+        "model (a full-GPU fit with tight headroom competes only as the first in tier order), "
+        "else the first in tier order. More memory never gives a worse tier for the same fit.")
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -69,6 +90,7 @@ class Recommendation:
     quality: Mapping[str, QualityFigure] = field(default_factory=dict)
     quality_basis: str | None = None
     quality_note: str | None = None
+    rule: str = RULE
 
 
 def _headroom(estimate: MemoryEstimate, machine: MachineMemory, verdict: Verdict,
@@ -88,6 +110,12 @@ def _headroom(estimate: MemoryEstimate, machine: MachineMemory, verdict: Verdict
     else:
         band = Headroom.TIGHT
     return left, share, band
+
+
+def _headroom_decides(fit: FitResult) -> bool:
+    """Full GPU and CPU only: the model is where it is, and headroom is all the room left. With
+    experts in RAM or partial offload, one more layer off the GPU buys headroom."""
+    return fit.verdict in (Verdict.FULL_GPU, Verdict.CPU_ONLY)
 
 
 def _max_context(inputs: FitInputs, ctx: ContextSettings, verdict: Verdict,
@@ -162,7 +190,7 @@ def evaluate(geom: ModelGeometry, candidate: Candidate, machine: MachineMemory,
         notes.append("try a smaller tier, a shorter context (-c) or a quantized KV cache "
                      "(-ctk q8_0 -ctv q8_0)")
     if verdict is Verdict.EXPERTS_IN_RAM or verdict is Verdict.PARTIAL:
-        notes.append(f"{estimate.host.weights / 1e9:.1f} GB of weights stay in system RAM")
+        notes.append(f"{format_size(estimate.host.weights)} of weights stay in system RAM")
     if machine.rpc_workers and verdict_uses_gpu(verdict):
         remote = sum(len(usage.layers) for gpu, usage in zip(machine.gpus, estimate.devices)
                      if gpu.source == "rpc")
@@ -190,16 +218,28 @@ def recommend(geom: ModelGeometry, candidates: Sequence[Candidate], machine: Mac
     results = tuple(evaluate(geom, c, machine, ctx, margin=margin, mmproj_bytes=mmproj_bytes,
                              mmproj_path=mmproj_path) for c in candidates)
     usable = [r for r in results if r.verdict is not Verdict.DOES_NOT_FIT]
-    best = min(usable, key=lambda r: r.verdict.rank, default=None)
-    # min() keeps the first of equal rank: the highest-quality candidate with the best verdict;
-    # among the tiers with that verdict that fit comfortably, the lowest KL divergence wins.
-    figures = published_figures(c.key for c in candidates) if quality is None else quality
-    choice = choose_by_quality(usable, best, figures)
+    # RULE: tiers that need an importance matrix compete only when no other tier loads; then
+    # the best fit class, and in it the lowest KL divergence (else the first in tier order).
+    pool = [r for r in usable if not r.candidate.needs_imatrix] or usable
+    best_rank = min((r.verdict.rank for r in pool), default=None)
+    same = [r for r in pool if r.verdict.rank == best_rank]
+    eligible = [r for index, r in enumerate(same)
+                if index == 0 or r.headroom is Headroom.COMFORTABLE or not _headroom_decides(r)]
+    if quality is None:
+        applies = published_applies(geom.architecture, geom.n_layer)
+        figures = published_figures(c.key for c in candidates) if applies else {}
+    else:
+        figures = dict(quality)
+    choice = choose_by_quality(eligible, figures)
     best = choice.result
     notes = list(machine.notes)
+    if best is not None and best.candidate.needs_imatrix:
+        notes.append(f"{best.candidate.label} needs an importance matrix (its IQ types do): "
+                     "the Run tab makes one from the bundled calibration set before it "
+                     "quantizes, or run `apex-studio imatrix` first.")
     if not machine.gpus:
         notes.append("No GPU: CPU only, checked against available system RAM "
-                     f"({machine.ram_available / 1e9:.1f} GB).")
+                     f"({format_size(machine.ram_available)}).")
     machines = None
     if best is None and results:
 
@@ -238,7 +278,19 @@ def profile_candidates(model: ModelInfo, profiles: Iterable[Profile] | None = No
         candidates.append(Candidate(
             key=profile.key, label=profile.label, tensor_bytes=plan.tensor_bytes_map(),
             file_bytes=plan.total_bytes(),
-            path=str(folder / quant_file_name(model.path, profile.label))))
+            path=str(folder / quant_file_name(model.path, profile.label)),
+            needs_imatrix=plan.needs_imatrix()))
+    return candidates
+
+
+def tier_candidates(model: ModelInfo, out_dir: str | Path | None = None) -> list[Candidate]:
+    """What Hardware & tiers and ``apex-studio recommend`` rank, the same in both: the APEX
+    tiers as they can be built (a plain tier whose types need an importance matrix is its
+    I-variant, byte for byte: one row), and an already quantized file first, as it is."""
+    tiers = [p for p in builtin_profiles().values() if p.tier]
+    candidates = profile_candidates(model, buildable_profiles(model, tiers), out_dir)
+    if not model.is_full_precision:
+        candidates.insert(0, file_candidate(model))
     return candidates
 
 

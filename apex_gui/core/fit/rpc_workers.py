@@ -39,6 +39,7 @@ from apex_gui.core.jobs.parsers import (
     RPC_CONNECT_FAILED, RPC_HANDSHAKE_FAILED, RPC_LOST, RPC_RESOLVE_FAILED, RPC_UNSUPPORTED, RPC_VERSION_MISMATCH, rpc_protocol_text,
 )
 from apex_gui.core.jobs.run_options import rpc_args
+from apex_gui.core.units import MiB, format_size
 
 if TYPE_CHECKING:
     from apex_gui.core.jobs.tools import LlamaTools
@@ -71,8 +72,6 @@ DEFAULT_RPC_PORT = 50052
 MAX_RPC_SERVERS = 16
 #: Seconds a probe may take: a reachable worker answers in well under one.
 PROBE_TIMEOUT_S = 8.0
-
-MiB = 1024**2
 
 
 class RpcWorkerError(ValueError):
@@ -250,7 +249,7 @@ class WorkerProbe:
         if not self.reachable:
             return self.error or f"RPC worker {self.worker}: unreachable"
         devices = ", ".join(
-            f"{d.name} {d.free_bytes / 1e9:.1f} GB free of {d.total_bytes / 1e9:.1f} GB"
+            f"{d.name} {format_size(d.free_bytes)} free of {format_size(d.total_bytes)}"
             for d in self.devices)
         return f"RPC worker {self.worker}: {devices or 'no devices'}"
 

@@ -110,6 +110,10 @@ class ImatrixInfo:
     covered_tensors: tuple[str, ...]
 
 
+#: ``file_type`` of a full-precision source (see :attr:`ModelInfo.is_full_precision`).
+FULL_PRECISION_FILE_TYPES = frozenset({"F32", "F16", "BF16", "unknown"})
+
+
 @dataclass
 class ModelInfo:
     """Everything the app knows about one GGUF file (or one set of split shards)."""
@@ -192,6 +196,13 @@ class ModelInfo:
         if isinstance(value, int):
             return FILE_TYPE_NAMES.get(value, f"type {value}")
         return "unknown"
+
+    @property
+    def is_full_precision(self) -> bool:
+        """A source to quantize, not a quant: F32, F16, BF16, or no ``general.file_type``
+        at all (many converted files), which llama-quantize takes without
+        ``--allow-requantize``."""
+        return self.file_type in FULL_PRECISION_FILE_TYPES
 
     # --- tensors --------------------------------------------------------------------
     def tensor(self, name: str) -> TensorInfo:

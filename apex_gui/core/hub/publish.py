@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from apex_gui.core.units import format_size
+
 __all__ = [
     "HF_MAX_FILE_BYTES",
     "Account",
@@ -158,8 +160,8 @@ def upload_plan(repo_id: str, files: Sequence[tuple[str | os.PathLike[str], str]
             return
         if size > HF_MAX_FILE_BYTES:
             problems.append(
-                f"{local.name} is {size / 1e9:.1f} GB; the Hub takes at most "
-                f"{HF_MAX_FILE_BYTES / 1e9:.0f} GB per file: split it with `llama-gguf-split "
+                f"{local.name} is {format_size(size)}; the Hub takes at most "
+                f"{format_size(HF_MAX_FILE_BYTES)} per file: split it with `llama-gguf-split "
                 "--split --split-max-size 45G` and upload the shards")
         items.append(UploadItem(name, size, local_path=local))
 

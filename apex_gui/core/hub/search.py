@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from apex_gui.core.hub.download import (HubError, bound_http_timeouts,
                                         check_reachable, endpoint, transport_errors,
                                         unanswered)
+from apex_gui.core.units import GiB, format_size
 
-GiB = 1024**3
 #: kept free on a GPU beside the weights (KV cache and compute of a short context)
 GPU_MARGIN = 1 * GiB
 
@@ -71,11 +71,11 @@ def fit_badge(file_bytes: int | None, gpu_free: Iterable[int], ram_available: in
         return "?", "the Hub did not give the file's size"
     vram = sum(gpu_free)
     if vram and file_bytes + GPU_MARGIN <= vram:
-        return "GPU", f"{file_bytes / 1e9:.1f} GB of weights fit the {vram / 1e9:.1f} GB free on the GPU(s)"
+        return "GPU", f"{format_size(file_bytes)} of weights fit the {format_size(vram)} free on the GPU(s)"
     if vram and file_bytes + GPU_MARGIN <= vram + ram_available:
-        return "GPU + RAM", (f"{file_bytes / 1e9:.1f} GB: more than the GPU's {vram / 1e9:.1f} GB free; "
+        return "GPU + RAM", (f"{format_size(file_bytes)}: more than the GPU's {format_size(vram)} free; "
                              "runs with experts in RAM (--n-cpu-moe)")
     if file_bytes + GPU_MARGIN <= ram_available:
-        return "RAM", f"{file_bytes / 1e9:.1f} GB fit the {ram_available / 1e9:.1f} GB of RAM (CPU only)"
-    return "too big", (f"{file_bytes / 1e9:.1f} GB: more than this machine's "
-                       f"{(vram + ram_available) / 1e9:.1f} GB of GPU and RAM")
+        return "RAM", f"{format_size(file_bytes)} fit the {format_size(ram_available)} of RAM (CPU only)"
+    return "too big", (f"{format_size(file_bytes)}: more than this machine's "
+                       f"{format_size(vram + ram_available)} of GPU and RAM")

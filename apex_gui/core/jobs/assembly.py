@@ -11,6 +11,7 @@ from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_pa
 from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
 from apex_gui.core.jobs.run_options import RunOptions
+from apex_gui.core.units import format_size
 
 
 def output_name(model: Any, label: str) -> str:
@@ -114,6 +115,6 @@ def check_free_space(folder: Path, needed: int) -> None:
     except OSError:
         return  # an unreadable folder is reported by the job that writes into it
     if needed > free:
-        raise ValueError(f"the quants need {needed / 1e9:.1f} GB but {folder} has only "
-                         f"{free / 1e9:.1f} GB free: choose another output folder or fewer "
+        raise ValueError(f"the quants need {format_size(needed)} but {folder} has only "
+                         f"{format_size(free)} free: choose another output folder or fewer "
                          "profiles")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from apex_gui.core.files.fingerprint import content_fingerprint
 from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.calibration import file_digest
 from apex_gui.core.jobs.progress import (
@@ -14,10 +16,11 @@ from apex_gui.core.jobs.progress import (
     TaskProgressReader,
 )
 from apex_gui.core.jobs.specs import (
-    CHARS_PER_TOKEN_UPPER_BOUND, MODEL_INPUT, JobError, JobInput, JobVerdict, ToolJob,
-    completed_chunks, estimate_tokens, generic_failure, last_error_lines, lost_output,
-    too_few_tokens_message,
+    MODEL_INPUT, JobInput, JobVerdict, ToolJob, completed_chunks, generic_failure,
+    last_error_lines, lost_output, same_file, too_few_tokens_message,
 )
+from apex_gui.core.jobs.text_tokens import check_text_tokens
+from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import data_dir
 
 TEXT_INPUT = JobInput("text", "evaluation text")
@@ -42,39 +45,34 @@ def _perplexity_verdict(exit_code: int, log: str, text: Path, context: int,
     return JobVerdict(False, generic_failure("llama-perplexity", exit_code, log))
 
 
-def text_head(path: Path, what: str, context: int) -> str:
-    """As much of a text as the length check needs (never the whole of a huge file, a FIFO
-    or a device): at most 4 bytes a character for 2 * context tokens."""
-    from apex_gui.core.files.inputs import TEXT_CAP_BYTES, InputFileError, check_input_file
-
-    try:
-        check_input_file(path, what, TEXT_CAP_BYTES)
-    except InputFileError as error:
-        raise JobError(str(error)) from None
-    with open(path, "rb") as handle:
-        head = handle.read(4 * 2 * context * CHARS_PER_TOKEN_UPPER_BOUND)
-    return head.decode("utf-8", errors="replace")
-
-
-def _check_text_length(text: Path, context: int) -> None:
-    """Refuse an evaluation text that certainly has fewer than 2 * context tokens: the tool
-    would exit 0 having computed nothing."""
-    content = text_head(text, "evaluation text", context)
-    if estimate_tokens(content) < 2 * context:
-        raise JobError(
-            f"the evaluation text {text} is too short: about {estimate_tokens(content)} tokens "
-            f"(estimated from {len(content)} characters) but a context of {context} needs at "
-            f"least {2 * context}; give a longer text or lower the context (--ctx)")
+def _check_text_length(text: Path, context: int, model: Path, produced: list[Path],
+                       tools: LlamaTools | None) -> None:
+    """Refuse an evaluation text with fewer than 2 * context tokens: the tool would exit 0
+    having computed nothing. Counted with the model's vocabulary when the model is there."""
+    check_text_tokens(text, "evaluation text", context,
+                      None if any(same_file(model, p) for p in produced) else model, tools,
+                      fix="give a longer text or lower the context")
 
 
 def _model_identity(model: Path) -> str:
-    """Path, size and modification time: a re-converted model gets new reference logits."""
-    stat = model.stat()
-    return f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    """The model's content, not its path or time: the same model copied, moved or touched
+    keeps its reference logits (hours of work on a large model); a re-converted one does not."""
+    return content_fingerprint([model])
 
 
 #: ``--kl-divergence-base`` files start with this magic, then int32 n_ctx, n_vocab, n_chunk.
 KLD_BASE_MAGIC = b"_logits_"
+
+
+def reference_logits_header(path: Path) -> tuple[int, int, int] | None:
+    """(n_ctx, n_vocab, n_chunk) from a ``--kl-divergence-base`` file, None without a
+    complete header; OSError when it cannot be read."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(KLD_BASE_MAGIC) + 12)
+    if len(head) < len(KLD_BASE_MAGIC) + 12 or not head.startswith(KLD_BASE_MAGIC):
+        return None
+    n_ctx, n_vocab, n_chunk = struct.unpack("<iii", head[len(KLD_BASE_MAGIC):])
+    return n_ctx, n_vocab, n_chunk
 
 
 def reference_logits_problem(written: Path) -> str | None:
@@ -84,17 +82,14 @@ def reference_logits_problem(written: Path) -> str | None:
     header, ``n_chunk * n_ctx`` int32 tokens, then for each chunk the last ``n_ctx - 1 -
     n_ctx / 2`` tokens' log-probabilities as ``2 * ((n_vocab + 1) / 2) + 4`` uint16 values.
     """
-    import struct
-
     try:
         size = written.stat().st_size
-        with open(written, "rb") as handle:
-            head = handle.read(len(KLD_BASE_MAGIC) + 12)
+        header = reference_logits_header(written)
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
-    if len(head) < len(KLD_BASE_MAGIC) + 12 or not head.startswith(KLD_BASE_MAGIC):
+    if header is None:
         return f"no complete logits header in its {size} bytes"
-    n_ctx, n_vocab, n_chunk = struct.unpack("<iii", head[len(KLD_BASE_MAGIC):])
+    n_ctx, n_vocab, n_chunk = header
     if n_ctx <= 0 or n_vocab <= 0 or n_chunk <= 0:
         return f"invalid header: n_ctx {n_ctx}, n_vocab {n_vocab}, n_chunk {n_chunk}"
     values_per_token = 2 * ((n_vocab + 1) // 2) + 4
@@ -146,8 +141,8 @@ class ReferenceLogitsJob(ToolJob):
                 "--kl-divergence-base", str(self.partial_output())]
         return [*args, *self._context_args(self.context, self.chunks)]
 
-    def check_details(self, produced: list[Path]) -> None:
-        _check_text_length(self.text, self.context)
+    def check_details(self, produced: list[Path], tools: LlamaTools | None) -> None:
+        _check_text_length(self.text, self.context, self.model, produced, tools)
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         # llama-perplexity exits 0 even when it computed nothing: the final line decides, or
@@ -157,6 +152,10 @@ class ReferenceLogitsJob(ToolJob):
 
     def output_problem(self, written: Path) -> str | None:
         return reference_logits_problem(written)
+
+    def output_results(self, written: Path) -> dict[str, Any]:
+        header = reference_logits_header(written)
+        return {} if header is None else {"chunks": header[2]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,8 +177,8 @@ class PerplexityJob(ToolJob):
         args = ["-m", str(self.model), "-f", str(self.text), "--no-escape"]
         return [*args, *self._context_args(self.context, self.chunks)]
 
-    def check_details(self, produced: list[Path]) -> None:
-        _check_text_length(self.text, self.context)
+    def check_details(self, produced: list[Path], tools: LlamaTools | None) -> None:
+        _check_text_length(self.text, self.context, self.model, produced, tools)
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         return _perplexity_verdict(exit_code, log, self.text, self.context, "")
@@ -223,8 +222,21 @@ class KLDivergenceJob(ToolJob):
                                   f"{scored} tokens and KL divergence statistics need 100: use "
                                   "more chunks (--chunks), a longer text or a larger --ctx")
         if exit_code == 0 and log.strip() and not last_error_lines(log):
-            return lost_output("llama-perplexity --kl-divergence")
+            return lost_output("llama-perplexity --kl-divergence",
+                               self._from_rows(log, total))
         return JobVerdict(False, generic_failure("llama-perplexity --kl-divergence", exit_code, log))
+
+    def _from_rows(self, log: str, total: int | None) -> JobVerdict | None:
+        """The mean KLD of the per-chunk table's last row, when it is the last chunk: the
+        verdict once every run allowed lost the closing statistics (5 decimals, no max)."""
+        rows = [row for row in map(parsers.parse_kld_running, log.splitlines()) if row]
+        if not total or not rows or rows[-1][0] != total:
+            return None
+        _, ppl, kld, error = rows[-1]
+        return JobVerdict(True, f"KLD mean {kld:.5f} (from the per-chunk table: the closing "
+                                "statistics were lost at exit on every run)",
+                          {"kld_mean": kld, "kld_mean_error": error, "ppl": ppl,
+                           "from_statistics": False})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,9 +25,11 @@ class LineSplitter:
     a progress parser can still read it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int | None = None) -> None:
         self.pending = ""
         self._after_cr = False
+        #: A line longer than this is returned in pieces of this length (None: no limit).
+        self.max_line = max_line
 
     def feed(self, text: str) -> list[str]:
         """Add ``text``; return the lines it completed (without their terminators)."""
@@ -36,6 +38,10 @@ class LineSplitter:
         self._after_cr = text.endswith("\r")
         parts = re.split(r"\r\n|\r|\n", self.pending + text)
         self.pending = parts.pop()
+        if self.max_line is not None and len(self.pending) > self.max_line:
+            while len(self.pending) > self.max_line:
+                parts.append(self.pending[:self.max_line])
+                self.pending = self.pending[self.max_line:]
         return parts
 
     def flush(self) -> list[str]:
@@ -245,6 +251,23 @@ class KLDivergenceStats:
         than 100 scored tokens none of the blocks is printed, so a log with the mean but not
         that line lost its tail (llama.cpp issue 22142)."""
         return self.kld_mean is not None and self.same_top_p is not None
+
+
+_KLD_RUNNING = re.compile(r"^\s*(\d+)\s+([-\d.naif]+)\s+±\s+[-\d.naif]+\s+[-\d.naif]+\s+±\s+"
+                          r"[-\d.naif]+\s+([-\d.naif]+)\s+±\s+([-\d.naif]+)")
+
+
+def parse_kld_running(line: str) -> tuple[int, float, float, float] | None:
+    """(chunk, running PPL, running mean KLD, its error) from a per-chunk row of the KL
+    divergence table (5 decimals: the closing statistics have 6)."""
+    match = _KLD_RUNNING.match(line)
+    if not match:
+        return None
+    try:
+        return (int(match.group(1)), float(match.group(2)), float(match.group(3)),
+                float(match.group(4)))
+    except ValueError:
+        return None
 
 
 def parse_kld_chunk_row(line: str) -> int | None:

@@ -14,6 +14,7 @@ from apex_gui.core.jobs.evaluations import (
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
 from apex_gui.core.jobs.run_options import RunOptions, option_names
 from apex_gui.core.jobs.specs import JobError, ToolJob, same_file
+from apex_gui.core.jobs.tools import LlamaTools
 
 
 JOB_TYPES: dict[str, type[ToolJob]] = {cls.kind: cls for cls in (
@@ -102,12 +103,12 @@ class Pipeline:
                 out.append(step.job.output())  # type: ignore[arg-type]
         return out
 
-    def check(self) -> list[tuple[str, str]]:
+    def check(self, tools: LlamaTools | None = None) -> list[tuple[str, str]]:
         """Every step's problems known before anything runs, as (key, message)."""
         problems = []
         for step in self.steps:
             try:
-                step.job.check(self.produced_before(step.key))
+                step.job.check(self.produced_before(step.key), tools)
             except JobError as error:
                 problems.append((step.key, str(error)))
         return problems

@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 from typing import TYPE_CHECKING
 
+from apex_gui.core.gguf.reader import read_header
 from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED
 from apex_gui.core.jobs import parsers
-from apex_gui.core.jobs.evaluations import text_head
 from apex_gui.core.jobs.progress import ChunkProgressReader, ProgressReader, TensorProgressReader
 from apex_gui.core.jobs.run_options import RunOptions
+from apex_gui.core.jobs.text_tokens import check_text_tokens
+from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.jobs.specs import (
-    MODEL_INPUT, JobError, JobInput, JobVerdict, ToolJob, completed_chunks, estimate_tokens,
-    generic_failure, gguf_output_problem, too_few_tokens_message,
+    MODEL_INPUT, JobError, JobInput, JobVerdict, ToolJob, completed_chunks, generic_failure,
+    gguf_output_problem, gguf_tensor_totals, same_file, too_few_tokens_message,
 )
 from apex_gui.core.settings import data_dir
 
@@ -51,15 +53,12 @@ class ImatrixJob(ToolJob):
                 "-o", str(self.partial_output()), "--output-format", "gguf", "--no-escape"]
         return [*args, *self._context_args(self.context, self.chunks)]
 
-    def check_details(self, produced: list[Path]) -> None:
-        text = text_head(self.calibration, "calibration text", self.context)
-        needed = 2 * self.context
-        if estimate_tokens(text) < needed:
-            raise JobError(
-                f"the calibration text {self.calibration} is too short: about "
-                f"{max(estimate_tokens(text), 0)} tokens (estimated from {len(text)} characters) "
-                f"but an importance matrix with a context of {self.context} needs at least "
-                f"{needed}; add text (or use the bundled calibration set) or lower the context")
+    def check_details(self, produced: list[Path], tools: LlamaTools | None) -> None:
+        model = None if any(same_file(self.model, p) for p in produced) else self.model
+        check_text_tokens(self.calibration, "calibration text", self.context, model, tools,
+                          purpose="for an importance matrix", context_flag="--imatrix-ctx",
+                          fix="add text (or use the bundled calibration set) or lower the "
+                              "context")
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         # llama-imatrix exits 1 on a too-short text and saves the file from the main thread
@@ -76,13 +75,17 @@ class ImatrixJob(ToolJob):
                 results = {"calibration_ppl": final.ppl, "calibration_ppl_error": final.error}
             elif values:
                 results = {"calibration_ppl": values[-1][1]}
-            if values:
-                results["chunks"] = values[-1][0]
             return JobVerdict(True, f"importance matrix written to {self.output_path}", results)
         return JobVerdict(False, generic_failure("llama-imatrix", exit_code, log))
 
     def output_problem(self, written: Path) -> str | None:
         return gguf_output_problem(written)
+
+    def output_results(self, written: Path) -> dict[str, Any]:
+        # The chunks the matrix was computed over, as the file records them (the log's
+        # last chunk line can be lost at exit; under load it was, and 2 chunks read as 1).
+        count = read_header(written).get("imatrix.chunk_count")
+        return {"chunks": count} if isinstance(count, int) else {}
 
 
 def needed_imatrix_types(tensor_type_file: Path | None, base_type: str) -> set[str]:
@@ -141,7 +144,7 @@ class QuantizeJob(ToolJob):
         type_file.parent.mkdir(parents=True, exist_ok=True)
         plan.write_tensor_type_file(type_file)
         embedding, output_type = plan.special_types()
-        profile = plan.profile.key if plan.profile else plan.origin
+        profile = plan.profile_key
         chosen_imatrix = imatrix or plan.imatrix
         # The quant's header carries the imatrix path and counts: size the plan with them.
         predicted = plan.total_bytes_for(str(chosen_imatrix) if chosen_imatrix else None)
@@ -180,7 +183,7 @@ class QuantizeJob(ToolJob):
             return self.needs_imatrix
         return bool(needed_imatrix_types(self.tensor_type_file, self.base_type))
 
-    def check_details(self, produced: list[Path]) -> None:
+    def check_details(self, produced: list[Path], tools: LlamaTools | None) -> None:
         if self.base_type.upper() not in FTYPE_DEFAULT_TYPE:
             raise JobError(f"{self.base_type!r} is not a llama-quantize type; use one of "
                            f"{', '.join(FTYPE_DEFAULT_TYPE)}")
@@ -215,12 +218,9 @@ class QuantizeJob(ToolJob):
                 f"llama-quantize refused: {summary.needs_imatrix_tensor} is planned as "
                 f"{summary.needs_imatrix_type or 'an IQ type'}, which needs an importance matrix;"
                 " give one with --imatrix FILE (or --imatrix auto), or pick a K-quant for it"))
-        if exit_code == 0 and summary.quant_mib is not None:
-            results: dict[str, Any] = {
-                "model_mib": summary.model_mib, "model_bpw": summary.model_bpw,
-                "quant_mib": summary.quant_mib, "quant_bpw": summary.quant_bpw,
-                "fallback_tensors": summary.fallback_count,
-            }
+        if exit_code == 0:
+            # Sizes come from the written file (output_results); the runner has checked it.
+            results: dict[str, Any] = {"fallback_tensors": summary.fallback_count}
             if self.predicted_bytes is not None:
                 results["predicted_bytes"] = self.predicted_bytes
             return JobVerdict(True, f"quantized to {self.output_path}", results)
@@ -228,6 +228,16 @@ class QuantizeJob(ToolJob):
 
     def output_problem(self, written: Path) -> str | None:
         return gguf_output_problem(written)
+
+    def output_results(self, written: Path) -> dict[str, Any]:
+        # Sizes as llama-quantize's summary lines give them, from the two files' tensor
+        # tables (the same sums, at full precision).
+        results: dict[str, Any] = {}
+        for prefix, path in (("model", self.source), ("quant", written)):
+            data_bytes, weights = gguf_tensor_totals(path)
+            results[f"{prefix}_mib"] = data_bytes / 2**20
+            results[f"{prefix}_bpw"] = 8 * data_bytes / weights if weights else None
+        return results
 
     def title(self) -> str:
         what = self.profile or self.base_type

@@ -8,11 +8,9 @@ way in the window and on the command line.
 
 from __future__ import annotations
 
-import codecs
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -23,30 +21,30 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
+from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
+from apex_gui.core.jobs.device_placement import parse_device_use
 from apex_gui.core.jobs.parsers import rpc_failure_message
-from apex_gui.core.jobs.parsers import LineSplitter, parse_loaded_cpu_variant
+from apex_gui.core.jobs.crashes import crash_retry_for, killed_message
+from apex_gui.core.jobs.child_process import (
+    SIGKILL, SIGTERM, cpu_seconds, own_group_options, signal_group,
+)
+from apex_gui.core.jobs.monitor import CancelFlag, JobMonitor, RunLimits, RunWatch
 from apex_gui.core.jobs.pipeline import Pipeline
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from apex_gui.core.jobs.specs import JobError, ToolJob
-from apex_gui.core.jobs.tools import (
-    TOOL_NAMES, LlamaTools, ToolNotFoundError, cpu_variants, expected_cpu_variant,
-)
+from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
 #: Seconds between terminate() and kill() when a job is cancelled.
 TERMINATE_TIMEOUT_S = 5.0
+#: Seconds the output may stay open after the tool exited before what holds it is killed.
+ORPHAN_OUTPUT_GRACE_S = 2.0
 #: Progress callbacks at most this often (the output can be thousands of lines a second).
 PROGRESS_INTERVAL_S = 0.1
 #: Runs of a job whose result lines llama.cpp's logger dropped at exit (about one run in five
 #: on tiny models, rarer on big ones): four attempts leave well under 1% unlucky.
 MAX_ATTEMPTS = 4
-#: Signals of a tool that crashed (as opposed to one stopped from outside): worth one run
-#: without the code path that crashed.
-CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in
-                          ("SIGSEGV", "SIGILL", "SIGBUS", "SIGABRT", "SIGFPE")
-                          if hasattr(signal, name))
 #: Free space below this in an output's folder, right after a failed or incomplete write,
 #: means the disk filled up (the tools write in blocks of a few MiB at most).
 DISK_FULL_MARGIN_BYTES = 16 * 2**20
@@ -85,80 +83,6 @@ class JobOutcome:
         return max(0.0, self.ended - self.started)
 
 
-class JobMonitor:
-    """Per-run bookkeeping: decoded log, lines, progress, ETA. Knows nothing of processes."""
-
-    def __init__(self, job: ToolJob, clock: Callable[[], float] = time.monotonic) -> None:
-        self.job = job
-        self._clock = clock
-        self.started = clock()
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._splitter = LineSplitter()
-        self._chunks: list[str] = []
-        self.reader = job.new_progress()
-        self._first_progress: tuple[float, float] | None = None  # (time, fraction): ETA base
-
-    @property
-    def progress(self) -> Progress:
-        return self.reader.progress
-
-    def feed_bytes(self, data: bytes) -> tuple[str, bool]:
-        """Decode a chunk of raw output (a UTF-8 sequence may be split across chunks)."""
-        text = self._decoder.decode(data)
-        return text, self.feed_text(text)
-
-    def feed_text(self, text: str) -> bool:
-        """Add decoded output; True when the progress changed."""
-        if not text:
-            return False
-        self._chunks.append(text)
-        changed = False
-        for line in self._splitter.feed(text):
-            changed |= self.reader.feed_line(line)
-        if self._splitter.pending:
-            changed |= self.reader.peek(self._splitter.pending)
-        return changed
-
-    def finish(self) -> None:
-        """End of output: flush the decoder and the last unterminated line."""
-        tail = self._decoder.decode(b"", final=True)
-        if tail:
-            self._chunks.append(tail)
-            self._splitter.feed(tail)
-        for line in self._splitter.flush():
-            self.reader.feed_line(line)
-
-    @property
-    def log(self) -> str:
-        if len(self._chunks) > 1:
-            self._chunks = ["".join(self._chunks)]
-        return self._chunks[0] if self._chunks else ""
-
-    def elapsed(self) -> float:
-        return self._clock() - self.started
-
-    def eta_seconds(self) -> float | None:
-        """Remaining seconds at the rate since the first progress report; None until there
-        are two reports to go by.
-
-        Measured from the first report, not from the start: loading the model (a minute
-        for a big one) is not part of the per-chunk rate, and counting it made the first
-        ETA of an imatrix run three times the tool's own estimate (19m55s against 6.4 min).
-        """
-        fraction = self.progress.fraction
-        now = self._clock()
-        if not fraction or fraction <= 0.0:
-            return None
-        first = self._first_progress
-        if first is None:
-            self._first_progress = (now, fraction)
-            return None
-        first_time, first_fraction = first
-        if fraction <= first_fraction or now <= first_time:
-            return None
-        return (now - first_time) * (1.0 - fraction) / (fraction - first_fraction)
-
-
 @dataclass(frozen=True)
 class PreparedRun:
     """A checked job, ready to start."""
@@ -184,10 +108,12 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
     :func:`conclude_run`: two runs writing one output cannot mix their files.
     Raises :class:`JobError` or :class:`ToolNotFoundError` with a message naming the fix.
     """
-    job.check(produced)
+    job.check(produced, tools)
     # The one place a job meets the standing options (settings, flags, the stored tools
     # check): the window, the command line and the probes all start jobs through here.
     job = job.with_options(job.options.over(tools.run_options().for_tool(job.tool)))
+    if tools.placer is not None and job.options.placement is None:
+        job = tools.placer(job)  # on the devices, as the recommendation's memory model says
     argv = job.argv(tools)
     output, partial, lock = job.output(), job.partial_output(), None
     if output is not None and partial is not None:
@@ -226,35 +152,17 @@ def _disk_full(folder: Path) -> str | None:
             "or choose another output folder, then run it again")
 
 
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _killed_message(tool: str, signal_number: int | None) -> str:
-    name = f"{signal_name(signal_number)} ({signal_number})" if signal_number else "a signal"
-    if signal_number in (getattr(signal, "SIGSEGV", None), getattr(signal, "SIGABRT", None),
-                         getattr(signal, "SIGBUS", None), getattr(signal, "SIGILL", None)):
-        # Not "re-download it": the model is often a quant this app just made.
-        return (f"{tool} crashed ({name}); the log above shows how far it got. Check that its "
-                "input model is complete (a download may be cut short; a quant made here can "
-                "be made again) and that this llama.cpp build supports its architecture "
-                "(`apex-studio tools`); no output was kept")
-    return (f"{tool} was stopped from outside by {name} before it finished. If you did not "
-            "stop it, the system probably ran out of memory (the out-of-memory killer sends "
-            "SIGKILL): close other programs, use fewer threads, or run on a machine with more "
-            "RAM; no output was kept")
-
-
 def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | None, *,
                  signal_number: int | None = None, crashed: bool = False,
                  cancelled: bool = False, store: RunStore | None = None,
-                 start_error: str | None = None, retry_note: str | None = None) -> JobOutcome:
+                 start_error: str | None = None, retry_note: str | None = None,
+                 stopped: str | None = None, last_attempt: bool = False) -> JobOutcome:
     """Judge a finished process; keep its output (rename) or delete the partial file; record.
 
     ``signal_number``/``crashed``: the process died from a signal (number known or not).
+    ``stopped``: why APEX Studio stopped it (a time limit, a stalled RPC worker).
+    ``last_attempt``: no run follows when the result lines are lost: the verdict's fallback
+    (figures printed before them) stands.
     ``retry_note``: why this run is a retry (a crash before it); the message and the stored
     results say so.
     """
@@ -268,13 +176,17 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
         status, message = JobStatus.FAILED, f"{tool} could not be started: {start_error}"
     elif cancelled:
         status, message = JobStatus.CANCELLED, "cancelled; no output was kept"
+    elif stopped is not None:
+        status, message = JobStatus.FAILED, stopped
     elif signal_number is not None or crashed:
         # A lost RPC worker aborts the tool: say which worker rather than "the tool crashed".
         status, message = JobStatus.FAILED, (
             rpc_failure_message(log, job.options.rpc_workers, signal_number)
-            or _killed_message(tool, signal_number))
+            or killed_message(tool, signal_number, log))
     else:
         verdict = job.verdict(exit_code if exit_code is not None else -1, log)
+        if verdict.output_lost and last_attempt and verdict.fallback is not None:
+            verdict = verdict.fallback
         status = JobStatus.SUCCEEDED if verdict.succeeded else JobStatus.FAILED
         message, results = verdict.message, dict(verdict.results)
         output_lost = verdict.output_lost
@@ -285,7 +197,8 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
             # Renamed only if it is still the file that was checked (no other writer).
             problem = move_into_place(partial, output, seen)
         if problem is None:
-            results.setdefault("output_bytes", output.stat().st_size)
+            # What the file records wins over what the log said (the log may lose lines).
+            results.update(_file_results(job, output))
         else:
             # The tools do not check their last writes: on a full disk they exit 0 with a
             # truncated file, which must never be renamed into place.
@@ -306,6 +219,9 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
     if retry_note is not None:
         message = f"{message} ({retry_note})"
         results["crash_retry"] = retry_note
+    if job.options.placement is not None:
+        # Where it ran, as the tool itself reports it (the plan is in the job's description).
+        results.update(parse_device_use(log).to_results())
     ended = time.time()
     if store is not None and prepared.run_id is not None:
         try:
@@ -318,38 +234,13 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
                       prepared.run_id, output_lost, signal_number=signal_number)
 
 
-def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, str] | None:
-    """The job to run after ``outcome`` crashed, without the path that crashed, and a note.
-
-    On AMX / AVX-512 Xeons the repacked kernels of this llama.cpp build crash on quantized
-    models; without repacking (then, for a portable build, on a lower CPU variant) the same
-    run works. None when the outcome was no crash or nothing is left to avoid.
-    """
-    if outcome.signal_number not in CRASH_SIGNALS:
-        return None
-    if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):
-        return None  # a worker was lost: running again here would not bring it back
-    variant = parse_loaded_cpu_variant(outcome.log) or _loaded_variant(outcome.job, tools)
-    fallback = outcome.job.crash_fallback(variant)
-    if fallback is None:
-        return None
-    job, how = fallback
-    tool = TOOL_NAMES.get(outcome.job.tool, outcome.job.tool)
-    where = f" in its {variant} CPU variant" if variant else ""
-    note = (f"{tool} crashed ({signal_name(outcome.signal_number)}){where}; APEX Studio ran "
-            f"it again {how}")
-    return job, note
-
-
-def _loaded_variant(job: ToolJob, tools: LlamaTools) -> str | None:
-    """The CPU variant a portable build loads for ``job`` on this CPU (release builds do not
-    log it), or None for a single-variant build."""
+def _file_results(job: ToolJob, output: Path) -> dict[str, Any]:
+    """The output's size and the results the job reads from it (none if it is unreadable:
+    it was checked a moment ago, so that is another process's doing)."""
     try:
-        folder = tools.path(job.tool).parent
-    except ToolNotFoundError:
-        return None
-    remaining = [v for v in cpu_variants(folder) if v not in job.options.skip_cpu_variants]
-    return expected_cpu_variant(remaining)
+        return {"output_bytes": output.stat().st_size, **job.output_results(output)}
+    except (OSError, ValueError):  # GGUFError is a ValueError
+        return {}
 
 
 def _output_problem(job: ToolJob, written: Path) -> str | None:
@@ -404,9 +295,10 @@ def _pump(stream: Any, chunks: queue.Queue[bytes | None]) -> None:
 
 def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | None = None, *,
             on_progress: ProgressCallback | None = None, on_output: OutputCallback | None = None,
-            cancel: threading.Event | None = None, produced: Iterable[Path] = (),
+            cancel: CancelFlag | None = None, produced: Iterable[Path] = (),
             pipeline: str | None = None, terminate_timeout: float = TERMINATE_TIMEOUT_S,
-            max_attempts: int = MAX_ATTEMPTS, crash_retry: bool = True) -> JobOutcome:
+            max_attempts: int = MAX_ATTEMPTS, crash_retry: bool = True,
+            limits: RunLimits = RunLimits()) -> JobOutcome:
     """Run one job to the end and return its outcome; never raises for a failed job.
 
     ``cancel``: set it (from another thread) to stop the job politely: terminate, then kill
@@ -414,6 +306,8 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
     whose result lines were lost is repeated, up to ``max_attempts`` runs in all. A tool that
     crashes is run again without the crashing code path (:func:`crash_retry_for`) unless
     ``crash_retry`` is off; ``tools.run_options()`` are the options every run starts with.
+    ``limits``: each run's time limit and RPC stall watch (a run past them is stopped and
+    fails with the reason).
     """
     tools = tools or LlamaTools()
     produced = list(produced)
@@ -421,7 +315,8 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
     note: str | None = None
     while True:
         outcome = _run_once(job, tools, store, on_progress, on_output, cancel, produced,
-                            pipeline, terminate_timeout, note)
+                            pipeline, terminate_timeout, limits, note,
+                            last_attempt=attempt >= max_attempts)
         retry = crash_retry_for(outcome, tools) if crash_retry else None
         if retry is not None:
             job, note = retry
@@ -438,24 +333,30 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
 
 def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
               on_progress: ProgressCallback | None, on_output: OutputCallback | None,
-              cancel: threading.Event | None, produced: list[Path], pipeline: str | None,
-              terminate_timeout: float, retry_note: str | None = None) -> JobOutcome:
+              cancel: CancelFlag | None, produced: list[Path], pipeline: str | None,
+              terminate_timeout: float, limits: RunLimits,
+              retry_note: str | None = None, last_attempt: bool = False) -> JobOutcome:
     try:
         prepared = prepare_run(job, tools, store, produced, pipeline)
     except (JobError, ToolNotFoundError) as error:
         return failed_before_start(job, str(error), store, pipeline=pipeline)
+    job = prepared.job
     monitor = JobMonitor(job)
-    chunks: queue.Queue[bytes | None] = queue.Queue()
+    watch = RunWatch(job, limits)
+    # Bounded: a tool printing faster than it is read waits on its pipe, not on our memory.
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
     cancelled = False
+    stopped: str | None = None
     interrupted: BaseException | None = None
     last_report = 0.0
+    exited_at: float | None = None
     try:
-        # The tool gets SIGKILL if this process dies (a SIGKILLed CLI, an out-of-memory
-        # kill): an orphan would write on to a partial file no one renames or deletes.
+        # Its own process group (a wrapper script's children get the signals too); SIGKILL
+        # if this process dies (a SIGKILLed CLI, an out-of-memory kill): an orphan would
+        # write on to a partial file no one renames or deletes.
         process = subprocess.Popen(prepared.argv, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=prepared.env, bufsize=0,
-                                   preexec_fn=child_dies_with_parent())
+                                   env=prepared.env, bufsize=0, **own_group_options())
     except OSError as error:
         return conclude_run(prepared, monitor, None, store=store, start_error=str(error))
     # From here on an interruption (Ctrl-C) must stop the child and remove its partial
@@ -468,12 +369,23 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
             if cancel is not None and cancel.is_set() and not cancelled:
                 cancelled = True
                 _stop(process, terminate_timeout)
+            if stopped is None and not cancelled:
+                stopped = watch.reason_to_stop(lambda: cpu_seconds(process.pid))
+                if stopped is not None:
+                    _stop(process, terminate_timeout)
             try:
                 data = chunks.get(timeout=0.1)
             except queue.Empty:
+                # The tool is gone but its output is still open: something it started holds
+                # it (a wrapper script's child). That group is ended, or the run never would.
+                if process.poll() is not None:
+                    exited_at = exited_at or time.monotonic()
+                    if time.monotonic() - exited_at >= ORPHAN_OUTPUT_GRACE_S:
+                        signal_group(process.pid, SIGKILL)
                 continue
             if data is None:
                 break
+            watch.output()
             text, changed = monitor.feed_bytes(data)
             if on_output is not None and text:
                 on_output(text)
@@ -494,23 +406,30 @@ def _run_once(job: ToolJob, tools: LlamaTools, store: RunStore | None,
         process.stdout.close()  # type: ignore[union-attr]
     if on_progress is not None and not cancelled:
         on_progress(monitor.progress, monitor.eta_seconds())
-    signal_number = -exit_code if exit_code < 0 and not cancelled else None
+    signal_number = -exit_code if exit_code < 0 and not cancelled and stopped is None else None
     outcome = conclude_run(prepared, monitor, exit_code, signal_number=signal_number,
-                           cancelled=cancelled, store=store, retry_note=retry_note)
+                           cancelled=cancelled, store=store, retry_note=retry_note,
+                           stopped=stopped, last_attempt=last_attempt)
     if interrupted is not None:
         raise interrupted
     return outcome
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Terminate politely, kill if it does not exit within ``timeout``."""
+    """Terminate the tool's process group politely, kill it if the tool does not exit within
+    ``timeout``."""
     if process.poll() is not None:
+        signal_group(process.pid, SIGKILL)  # what it started and left behind
         return
-    process.terminate()
+    if not signal_group(process.pid, SIGTERM):
+        process.terminate()
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        if not signal_group(process.pid, SIGKILL):
+            process.kill()
+    else:
+        signal_group(process.pid, SIGKILL)
 
 
 StepCallback = Callable[[str, ToolJob], None]
@@ -522,13 +441,14 @@ def run_pipeline(pipeline: Pipeline, tools: LlamaTools | None = None,
                  store: RunStore | None = None, *, on_step: StepCallback | None = None,
                  on_progress: StepProgressCallback | None = None,
                  on_done: StepDoneCallback | None = None,
-                 cancel: threading.Event | None = None) -> dict[str, JobOutcome]:
+                 cancel: CancelFlag | None = None,
+                 limits: RunLimits = RunLimits()) -> dict[str, JobOutcome]:
     """Run every step in order; a step whose dependency did not succeed is skipped with the
     reason. Problems known before anything runs (a too-short text, a missing imatrix) fail
     their step at once, so an hour of quantizing is not spent before a doomed evaluation."""
     tools = tools or LlamaTools()
     pipeline_id = uuid.uuid4().hex[:12]
-    early = dict(pipeline.check())
+    early = dict(pipeline.check(tools))
     outcomes: dict[str, JobOutcome] = {}
     for step in pipeline.steps:
         blocked = [k for k in step.after if not outcomes[k].succeeded]
@@ -547,7 +467,8 @@ def run_pipeline(pipeline: Pipeline, tools: LlamaTools | None = None,
                 on_step(step.key, step.job)
             report = (lambda p, eta, key=step.key: on_progress(key, p, eta)) if on_progress else None
             outcome = run_job(step.job, tools, store, on_progress=report, cancel=cancel,
-                              produced=pipeline.produced_before(step.key), pipeline=pipeline_id)
+                              produced=pipeline.produced_before(step.key), pipeline=pipeline_id,
+                              limits=limits)
         outcomes[step.key] = outcome
         if on_done is not None:
             on_done(step.key, outcome)

@@ -28,11 +28,6 @@ from apex_gui.core.jobs.tools import LlamaTools, child_environment
 PARTIAL_SUFFIX = ".partial"
 #: Flags that make llama-imatrix / llama-perplexity output plain and parseable.
 PLAIN_LOG_FLAGS = ("--no-log-prefix", "--log-colors", "off")
-#: Characters per token assumed when estimating a text's token count before a run. Real
-#: tokenizers give 3-5 characters per token on English and code; 6 under-counts on purpose,
-#: so the early check only refuses texts that are certainly too short. The tool's own
-#: message re-checks with the exact count.
-CHARS_PER_TOKEN_UPPER_BOUND = 6
 #: Tools whose output goes through llama.cpp's asynchronous common logger.
 ASYNC_LOG_TOOLS = frozenset({"imatrix", "perplexity"})
 
@@ -44,11 +39,6 @@ class JobError(Exception):
 def partial_path(output: Path) -> Path:
     """The temporary name a job writes ``output`` under until it is complete."""
     return output.with_name(output.name + PARTIAL_SUFFIX)
-
-
-def estimate_tokens(text: str) -> int:
-    """A deliberately low token count for ``text`` (see CHARS_PER_TOKEN_UPPER_BOUND)."""
-    return len(text) // CHARS_PER_TOKEN_UPPER_BOUND
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -76,6 +66,15 @@ def check_readable_model(path: Path, what: str = "model") -> None:
                        "re-convert it") from None
     except OSError as error:
         raise JobError(f"{what} {path} cannot be read ({error})") from None
+
+
+def gguf_tensor_totals(path: Path) -> tuple[int, int]:
+    """(tensor data bytes, weights) of a GGUF, from its tensor table: what llama-quantize's
+    "model size" and "quant size" lines report in MiB and bits per weight."""
+    from apex_gui.core.gguf.reader import read_header
+
+    tensors = read_header(path).tensors
+    return sum(t.nbytes for t in tensors), sum(t.n_elements for t in tensors)
 
 
 def gguf_output_problem(written: Path) -> str | None:
@@ -122,12 +121,16 @@ class JobVerdict:
     #: The tool exited normally but its result lines were lost (see ToolJob.env): running
     #: it again is the fix, and the runner does so a few times before giving up.
     output_lost: bool = False
+    #: What to conclude instead when the last run allowed lost them too: the figures the
+    #: lines printed before them carry (a running mean), said as such.
+    fallback: JobVerdict | None = None
 
 
-def lost_output(tool: str) -> JobVerdict:
+def lost_output(tool: str, fallback: JobVerdict | None = None) -> JobVerdict:
     return JobVerdict(False, (
         f"{tool} exited normally but its final result lines never arrived (llama.cpp's logger "
-        "can drop its last lines at exit, issue 22142): run the job again"), output_lost=True)
+        "can drop its last lines at exit, issue 22142): run the job again"), output_lost=True,
+        fallback=fallback)
 
 
 def completed_chunks(log: str) -> tuple[int | None, list[tuple[int, float]]]:
@@ -270,6 +273,8 @@ class ToolJob:
         if self.options.rpc_workers:
             # A lost worker aborts the tool; ggml would first try to attach a debugger.
             env.setdefault("GGML_NO_BACKTRACE", "1")
+        if self.options.placement is not None:
+            env.update(self.options.placement.environment())
         return env
 
     def _context_args(self, context: int, chunks: int | None = None) -> list[str]:
@@ -279,12 +284,13 @@ class ToolJob:
         return ["-c", str(context), *chunk_args, *PLAIN_LOG_FLAGS]
 
     # Before and after.
-    def check(self, produced: Iterable[Path] = ()) -> None:
+    def check(self, produced: Iterable[Path] = (), tools: LlamaTools | None = None) -> None:
         """Raise :class:`JobError` when the job would fail for a reason known in advance:
         an input missing or unreadable, an output that is also an input, then the job's own
         :meth:`check_details`.
 
         ``produced`` lists files an earlier pipeline step will create: they need not exist yet.
+        ``tools``: where known, checks may run a tool (llama-tokenize counts a text's tokens).
         """
         produced = list(produced)
         for read in self.reads:
@@ -294,9 +300,9 @@ class ToolJob:
         output = self.output()
         if output is not None:
             check_output(output, self.inputs())
-        self.check_details(produced)
+        self.check_details(produced, tools)
 
-    def check_details(self, produced: list[Path]) -> None:
+    def check_details(self, produced: list[Path], tools: LlamaTools | None) -> None:
         """The job's own checks once its files are known to be there (JobError)."""
 
     def new_progress(self) -> ProgressReader:
@@ -313,6 +319,12 @@ class ToolJob:
         this before it renames the file into place.
         """
         return None
+
+    def output_results(self, written: Path) -> dict[str, Any]:
+        """Results the finished output file records (read by the runner once the file is in
+        place; they replace what the log said). The log is for progress: llama.cpp's
+        logger can drop lines at exit, the file cannot."""
+        return {}
 
     # Description.
     def title(self) -> str:

@@ -121,12 +121,20 @@ class ProfileMatch:
     profile: Profile
     differing_share: float  # share of tensor bytes whose type differs
     differences: dict[str, tuple[str, str]]  # name -> (file's type, profile's type)
+    #: Other profiles that plan exactly these types on this model (on a shallow model the
+    #: edge bands meet: Quality and Balanced are one plan at 12 layers), and its depth.
+    same_plan: tuple[Profile, ...] = ()
+    n_layer: int = 0
 
     @property
     def exact(self) -> bool:
         return not self.differences
 
     def describe(self) -> str:
+        if self.exact and self.same_plan:
+            labels = " = ".join(p.label for p in (self.profile, *self.same_plan))
+            return (f"APEX {labels} (exact match: the profiles are one plan on this "
+                    f"{self.n_layer}-layer model)")
         if self.exact:
             return f"APEX {self.profile.label} (exact match)"
         return (f"closest: APEX {self.profile.label}, {len(self.differences)} tensors "
@@ -155,4 +163,8 @@ def detect_profile(model: ModelInfo) -> list[ProfileMatch]:
         share = sum(model.tensor(n).nbytes for n in differences) / total if total else 0.0
         matches.append(ProfileMatch(profile, share, differences))
     matches.sort(key=lambda m: (m.differing_share, len(m.differences)))
+    exact = [m for m in matches if m.exact]
+    if len(exact) > 1:
+        matches[0] = dataclasses.replace(matches[0], same_plan=tuple(m.profile for m in exact[1:]),
+                                         n_layer=model.n_layer)
     return matches

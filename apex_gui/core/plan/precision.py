@@ -69,11 +69,23 @@ class PlanProblem:
 
 
 @dataclass(frozen=True)
+class PlanName:
+    """What a plan is called: in the window (``origin``), in file names (``file_label``) and,
+    in a sentence, what it is (``note``; empty: the profile's description says it)."""
+
+    origin: str
+    file_label: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class PlanChange:
-    """One edit (or undo/redo of it): tensor name -> (old type, new type)."""
+    """One edit (or undo/redo of it): tensor name -> (old type, new type); an edit that makes
+    the plan another one (the optimizer's) also renames it: (name before, name after)."""
 
     changes: dict[str, tuple[str, str]]
     description: str
+    rename: tuple[PlanName, PlanName] | None = None
 
 
 class PrecisionPlan(PlanSize):
@@ -87,6 +99,8 @@ class PrecisionPlan(PlanSize):
         self.base_type = base_type.upper()
         self.profile = profile
         self.origin = origin or (profile.label if profile else "custom")
+        self.file_label = profile.label if profile else "Custom"
+        self.note = ""
         self.imatrix: str | None = None  # path of the importance matrix to quantize with
         self.types: dict[str, str] = {}
         self.quantizable = {t.name for t in model.tensors if is_quantizable(t.name, t.shape)}
@@ -158,8 +172,10 @@ class PrecisionPlan(PlanSize):
             return None
         return self._commit(changes, description or f"set {len(changes)} tensors to {new_type}")
 
-    def set_tensor_types(self, types: Mapping[str, str], description: str = "") -> PlanChange | None:
-        """Set individual tensors (one undo step)."""
+    def set_tensor_types(self, types: Mapping[str, str], description: str = "",
+                         rename: PlanName | None = None) -> PlanChange | None:
+        """Set individual tensors (one undo step); ``rename``: the plan becomes another one
+        (the optimizer's), named so until the step is undone."""
         changes = {}
         for name, type_name in types.items():
             new_type = ggml_type(type_name).name
@@ -167,12 +183,38 @@ class PrecisionPlan(PlanSize):
                 changes[name] = (self.types[name], new_type)
         if not changes:
             return None
-        return self._commit(changes, description or f"set {len(changes)} tensors")
+        return self._commit(changes, description or f"set {len(changes)} tensors", rename)
 
-    def _commit(self, changes: dict[str, tuple[str, str]], description: str) -> PlanChange:
+    @property
+    def name(self) -> PlanName:
+        return PlanName(self.origin, self.file_label, self.note)
+
+    def edits_since_named(self) -> int:
+        """Edits on top of what the plan's name says (a profile, or the optimizer's plan)."""
+        for count, change in enumerate(reversed(self._undo)):
+            if change.rename is not None:
+                return count
+        return len(self._undo)
+
+    def output_label(self) -> str:
+        """The label of the file this plan makes (``Quality``, ``Quality-edited``,
+        ``Optimized-3.50MB``): what the name says, and whether it was edited since."""
+        return self.file_label + ("-edited" if self.edits_since_named() else "")
+
+    @property
+    def profile_key(self) -> str:
+        """The profile's key while the plan is exactly that profile's, else what the plan is
+        called: a quant of an edited or optimized plan is not a measurement of the profile."""
+        if self.profile is not None and not self._undo:
+            return self.profile.key
+        return self.origin
+
+    def _commit(self, changes: dict[str, tuple[str, str]], description: str,
+                rename: PlanName | None = None) -> PlanChange:
         """Check, apply and file the changes as one undo step, then tell the listeners."""
         self._check_writable(changes)
-        change = PlanChange(changes, description)
+        change = PlanChange(changes, description,
+                            (self.name, rename) if rename is not None else None)
         self._apply(change, forward=True)
         self._undo.append(change)
         self._redo.clear()
@@ -235,6 +277,9 @@ class PrecisionPlan(PlanSize):
         return change
 
     def _apply(self, change: PlanChange, forward: bool) -> None:
+        if change.rename is not None:
+            name = change.rename[1 if forward else 0]
+            self.origin, self.file_label, self.note = name.origin, name.file_label, name.note
         for name, (old, new) in change.changes.items():
             self.types[name] = new if forward else old
             before = self._bytes[name]

@@ -83,6 +83,9 @@ class Profile:
     dense_ffn: BandedType | None = None  # None: the shared experts' edge type
     mtp: str = "edge"  # "edge" (one more edge layer) or a type name
     builtin: bool = True
+    #: An APEX tier ranked on Hardware & tiers and by ``recommend``; false for variants
+    #: offered only as plans (the Trinity card's gradient).
+    tier: bool = True
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -205,6 +208,7 @@ def parse_profile(data: dict[str, Any], source: str, builtin: bool = False) -> P
         dense_ffn=_banded(data["dense_ffn"], f"{source}: dense_ffn") if "dense_ffn" in data else None,
         mtp=mtp,
         builtin=builtin,
+        tier=_flag(data.get("tier", True), f"{source}: tier"),
         source=source,
         raw=data,
     )
@@ -339,6 +343,9 @@ def quant_file_name(source: str | Path, label: str) -> str:
     """``<source stem>-APEX-<Label>.gguf``, the published naming (``Model-F16.gguf`` with
     I-Quality -> ``Model-APEX-I-Quality.gguf``)."""
     stem = Path(source).name.removesuffix(".gguf")
+    # A quant's own name already says "-APEX-<Label>": another plan of it replaces that
+    # label instead of adding a second ("...-APEX-I-Balanced-APEX-Balanced.gguf").
+    stem = re.sub(r"-APEX-[A-Za-z0-9.+-]+$", "", stem)
     for suffix in _PRECISION_SUFFIXES:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]

@@ -6,14 +6,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from apex_gui.core.fit.quality_rank import (
-    QualityFigure, measured_figures, merge_figures, predicted_figures, published_figures,
+    QualityFigure, measured_figures, merge_figures, predicted_figures, published_applies,
+    published_figures,
 )
 
 
 def quality_figures(model: Any, keys: Iterable[str], *, table: Any = None, store: Any = None,
                     with_imatrix: bool = False) -> dict[str, QualityFigure]:
     """Every figure known for these profiles of ``model``: measured (run store), predicted
-    (sensitivity ``table``), published; the most trusted per profile."""
+    (sensitivity ``table``), published (only for the model it was measured on); the most
+    trusted per profile."""
     from apex_gui.core.plan.precision import plan_from_profile
     from apex_gui.core.plan.profiles import all_profiles
 
@@ -28,5 +30,8 @@ def quality_figures(model: Any, keys: Iterable[str], *, table: Any = None, store
         profiles = all_profiles()
         plans = {k: plan_from_profile(model, profiles[k]) for k in wanted if k in profiles}
         layers.append(predicted_figures(plans, table))
-    layers.append(published_figures(wanted, with_imatrix=with_imatrix))
+    names = " ".join(str(model.metadata.get(key, "")) for key in
+                     ("general.name", "general.basename", "general.base_model.0.name"))
+    if published_applies(model.architecture, model.n_layer, names):
+        layers.append(published_figures(wanted, with_imatrix=with_imatrix))
     return merge_figures(*layers)

@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from apex_gui.core.jobs.progress import Progress, ProgressReader
 from apex_gui.core.jobs.specs import MODEL_INPUT, JobInput, JobVerdict, ToolJob
@@ -90,10 +90,9 @@ class SensitivityJob(ToolJob):
         for found in _WROTE.finditer(log):
             pass
         if exit_code == 0 and found is not None:
+            # The counts come from the table itself (output_results).
             return JobVerdict(True, f"{found.group(2)} tensors x {found.group(3)} types, "
-                                 f"{found.group(4)} KL probes",
-                           {"tensors": int(found.group(2)), "types": int(found.group(3)),
-                            "probes": int(found.group(4))})
+                                 f"{found.group(4)} KL probes")
         lines = [line for line in log.replace("\r", "\n").splitlines()
                  if line.strip() and not line.lstrip().startswith("[")]
         reason = lines[-1].strip() if lines else f"exit code {exit_code}"
@@ -107,3 +106,10 @@ class SensitivityJob(ToolJob):
         except (ValueError, KeyError, OSError) as error:
             return f"{written.name} is not a complete sensitivity table: {error}"
         return None
+
+    def output_results(self, written: Path) -> dict[str, Any]:
+        from apex_gui.core.quality.sensitivity import SensitivityTable
+
+        table = SensitivityTable.load(written)
+        return {"tensors": len(table.errors), "types": len(table.candidates),
+                "probes": len(table.probes)}

@@ -26,7 +26,7 @@ from apex_gui.core.report.card_facts import (
     card_file_name, describe_profile,
 )
 from apex_gui.core.report.results import QuantResult, compare_ppl, results_to_markdown
-from apex_gui.core.units import format_gb_figure
+from apex_gui.core.units import format_params, format_size
 
 if TYPE_CHECKING:
     from apex_gui.core.plan.profiles import Profile
@@ -67,9 +67,7 @@ def _front_matter(inputs: CardInputs) -> list[str]:
 
 
 def _params(count: int) -> str:
-    if count >= 1e9:
-        return f"~{count / 1e9:.0f}B" if count >= 1e10 else f"~{count / 1e9:.1f}B"
-    return f"~{count / 1e6:.0f}M"
+    return f"~{format_params(count)}"
 
 
 def _architecture(facts: ModelFacts) -> list[str]:
@@ -123,7 +121,7 @@ def _files_table(inputs: CardInputs) -> list[str]:
              "|" + "---|" * len(header)]
     for file in inputs.files:
         row = measured[file.file_name]
-        cells = [f"`{file.file_name}`", file.label, _size_text(file.size_bytes)]
+        cells = [f"`{file.file_name}`", file.label, format_size(file.size_bytes)]
         if show_ppl:
             cells.append(f"{row.ppl.value:.3f}" if row and row.ppl else "--")
         if tg:
@@ -138,14 +136,6 @@ def _files_table(inputs: CardInputs) -> list[str]:
         lines += ["", "I-variants use the same per-tensor plan as their base profile plus an "
                       "importance matrix, so each pair has the same size."]
     return lines + [""]
-
-
-def _size_text(size: int) -> str:
-    if size >= 1e9:
-        return f"{size / 1e9:.1f} GB"
-    if size >= 1e6:
-        return f"{size / 1e6:.0f} MB"
-    return f"{size / 1e3:.0f} KB"
 
 
 def _methods(inputs: CardInputs) -> list[str]:
@@ -204,7 +194,7 @@ def _benchmarks(inputs: CardInputs) -> list[str]:
         lines += ["### Reading the numbers", "", *notes, ""]
     size_only = [r for r in inputs.results if not r.measured and r.size_bytes]
     if size_only:
-        sizes = ", ".join(f"{r.label} {format_gb_figure(r.size_bytes)} GB" for r in size_only)
+        sizes = ", ".join(f"{r.label} {format_size(r.size_bytes)}" for r in size_only)
         lines += [f"For scale, uniform quants of this model would weigh: {sizes} (sizes from "
                   "`llama-quantize --dry-run`; not measured).", ""]
     return lines
@@ -271,10 +261,10 @@ def _hardware(inputs: CardInputs) -> list[str]:
              "", "| File | Size | Verdict | Headroom | Max context | Flags |",
              "|---|---|---|---|---|---|"]
     for file, fit in rows:
-        headroom = (f"{fit.headroom_bytes / 1e9:.1f} GB ({fit.headroom.value})"
+        headroom = (f"{format_size(fit.headroom_bytes)} ({fit.headroom.value})"
                     if fit.verdict.name != "DOES_NOT_FIT" else "--")
         max_ctx = f"{fit.max_context:,}" if fit.max_context else "--"
-        lines.append(f"| `{file.file_name}` | {_size_text(file.size_bytes)} | "
+        lines.append(f"| `{file.file_name}` | {format_size(file.size_bytes)} | "
                      f"{fit.verdict.value} | {headroom} | {max_ctx} | `{fit.flags}` |")
     lines += ["", "Routed experts tolerate system RAM well (only a few fire per token): "
                   "`--n-cpu-moe N` keeps those of the first N layers on the CPU while attention, "

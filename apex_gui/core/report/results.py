@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from apex_gui.core.jobs.run_store import RunRecord, RunStore
-from apex_gui.core.units import format_gb_figure
+from apex_gui.core.units import format_size_figure, size_unit
 
 __all__ = [
     "ACCURACY_LABELS",
@@ -453,7 +453,8 @@ def results_to_markdown(rows: Sequence[QuantResult], *, with_errors: bool = True
     """A Markdown table like the seed cards' "Core Metrics" (size-only rows marked so)."""
     accuracy, speed = _accuracy_names(rows), _speed_names(rows)
     speed = [s for s in speed if "+" not in s]
-    header = ["Quantization", "Size (GB)", "PPL", "KL mean", "KL max", "KL 99.9%",
+    unit, unit_bytes = size_unit(max((r.size_bytes for r in rows if r.size_bytes), default=None))
+    header = ["Quantization", f"Size ({unit})", "PPL", "KL mean", "KL max", "KL 99.9%",
               *accuracy, *(f"{s} (t/s)" for s in speed)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -464,7 +465,7 @@ def results_to_markdown(rows: Sequence[QuantResult], *, with_errors: bool = True
                           else replace(row.kld_mean, error=None), 4)
         if row.kind == "reference" and row.kld_mean is None:
             kld = "--"
-        cells = [label, format_gb_figure(row.size_bytes), ppl, kld, _md_number(row.kld_max),
+        cells = [label, format_size_figure(row.size_bytes, unit_bytes), ppl, kld, _md_number(row.kld_max),
                  _md_number(row.kld_p999)]
         for name in accuracy:
             m = row.accuracy.get(name)

@@ -29,24 +29,20 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QPalette
 from PySide6.QtWidgets import (
-    QAbstractItemView, QApplication, QCheckBox, QComboBox, QGroupBox, QHBoxLayout, QHeaderView,
-    QLabel, QLineEdit, QMenu, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QToolButton,
-    QVBoxLayout, QWidget,
+    QAbstractItemView, QApplication, QCheckBox, QComboBox, QFrame, QGroupBox, QHBoxLayout,
+    QHeaderView, QLabel, QLineEdit, QMenu, QPushButton, QScrollArea, QSpinBox, QTableWidget,
+    QTableWidgetItem, QToolButton, QVBoxLayout, QWidget,
 )
 
 from apex_gui.core.fit import hardware
-from apex_gui.core.fit.buildable import buildable_profiles
 from apex_gui.core.fit.cluster import machine_with_workers
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry
 from apex_gui.core.fit.device_spec import COMMON_CARDS, parse_device_spec
 from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
-from apex_gui.core.fit.recommend import (
-    Recommendation, file_candidate, profile_candidates, recommend,
-)
+from apex_gui.core.fit.recommend import RULE_SHORT, Recommendation, recommend, tier_candidates
 from apex_gui.core.fit.placement import Candidate, FitResult, Headroom, MachineMemory, Verdict
 from apex_gui.core.fit.rpc_workers import WorkerProbe
-from apex_gui.core.plan.profiles import builtin_profiles
-from apex_gui.core.units import format_gb_or_mb
+from apex_gui.core.units import format_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 from apex_gui.views.hardware.hardware_probing import HardwareProbing
 from apex_gui.views.hardware.memory_bar import MemoryBar, VERDICT_COLOURS
@@ -55,11 +51,12 @@ from apex_gui.views.hardware.rpc_workers_box import RpcWorkersBox
 __all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
-FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
 CONTEXT_STEP = 1024
 COLUMNS = ("Tier", "Size", "Verdict", "Headroom", "Max context", "Flags", "KL mean")
 #: The extra row with the optimizer's plan for the set-up (when sensitivities are known).
 BEST_PLAN_LABEL = "Best plan for this set-up"
+#: After a tier whose types need an importance matrix (as the Run tab's list says it).
+IMATRIX_MARK = " · needs an imatrix"
 
 
 def _profile_key(fit: FitResult) -> str:
@@ -193,7 +190,8 @@ class HardwarePanel(HardwareProbing, QWidget):
 
         # Layout.
         top = QHBoxLayout()
-        top.addWidget(QLabel("Detected on this machine"))
+        self.devices_heading = QLabel("Detected on this machine")
+        top.addWidget(self.devices_heading)
         top.addStretch(1)
         top.addWidget(self.refresh_button)
         self.bars_layout.addLayout(top)
@@ -220,15 +218,30 @@ class HardwarePanel(HardwareProbing, QWidget):
         command_row.addWidget(self.copy_button)
         command_row.addWidget(self.apply_button)
 
-        layout = QVBoxLayout(self)
+        # The page scrolls when the window is short (1024x700, 2x scaling): squeezed below
+        # its minimum, the memory box drew its lines over each other.
+        body = QWidget()
+        scroll = QScrollArea()
+        scroll.setObjectName("hardwareScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        # At least four tier rows on screen, whatever the window's height.
+        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height()
+                                    + 4 * self.table.verticalHeader().defaultSectionSize() + 4)
+        layout = QVBoxLayout(body)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.bars_box)
-        layout.addWidget(self.rpc_box)
         layout.addLayout(settings)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.summary)
         layout.addWidget(QLabel("llama-server command for the selected tier:"))
         layout.addLayout(command_row)
+        # Other machines joined over RPC: rarer than the tiers, so below them.
+        layout.addWidget(self.rpc_box)
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -345,7 +358,7 @@ class HardwarePanel(HardwareProbing, QWidget):
                 # No probe yet: assume the devices are all there is, with RAM for the host side.
                 ram = max(sum(d.total_bytes for d in manual), 16 * 10**9)
             # Typed devices stand for another machine, but its RAM is unknown: say whose.
-            note = (f"System RAM is this machine's ({ram / 1e9:.1f} GB available); experts "
+            note = (f"System RAM is this machine's ({format_size(ram)} available); experts "
                     "placed in RAM assume that much.")
             return MachineMemory(tuple(manual), ram, (note,))
         if snapshot is None:
@@ -358,7 +371,7 @@ class HardwarePanel(HardwareProbing, QWidget):
         if machine is None:
             return ""
         if not machine.gpus:
-            return f"CPU only, {machine.ram_available / 1e9:.0f} GB RAM available"
+            return f"CPU only, {format_size(machine.ram_available)} RAM available"
         names: dict[str, int] = {}
         for gpu in machine.gpus:
             names[gpu.name] = names.get(gpu.name, 0) + 1
@@ -390,14 +403,8 @@ class HardwarePanel(HardwareProbing, QWidget):
         def fit(token: CancelToken) -> tuple[list[Candidate], Recommendation, Any]:
             from apex_gui.views.hardware.quality_rows import best_plan_for, figures_for
 
-            candidates = cached
-            if candidates is None:
-                # Only tiers buildable as shown: Mini = I-Mini (both need an imatrix) is one row.
-                candidates = profile_candidates(
-                    model, buildable_profiles(model, builtin_profiles().values()))
-                if str(getattr(model, "file_type", "unknown")) not in FULL_PRECISION:
-                    # An already quantized file: first, does *this file* fit as it is?
-                    candidates.insert(0, file_candidate(model))
+            # The tiers `apex-studio recommend` ranks, so both give the same answer.
+            candidates = cached if cached is not None else tier_candidates(model)
             token.raise_if_cancelled()
             geometry = ModelGeometry.from_model(model)
             known, figures = figures_for(model, candidates, table)
@@ -455,9 +462,11 @@ class HardwarePanel(HardwareProbing, QWidget):
             is_best = fit is recommended
             is_plan = fit is self.best_fit
             kl_text, kl_tip = kl_cell(recommendation, fit, self.best_plan if is_plan else None)
-            cells = [("★ " if is_best else "") + (BEST_PLAN_LABEL if is_plan else
-                                                  fit.candidate.label),
-                     format_gb_or_mb(fit.candidate.file_bytes), verdict_text(fit),
+            label = BEST_PLAN_LABEL if is_plan else fit.candidate.label
+            if fit.candidate.needs_imatrix and not is_plan:
+                label += IMATRIX_MARK
+            cells = [("★ " if is_best else "") + label,
+                     format_size(fit.candidate.file_bytes), verdict_text(fit),
                      self._headroom_text(fit),
                      f"{fit.max_context:,}" if fit.max_context else "--", fit.flags, kl_text]
             for column, text in enumerate(cells):
@@ -474,18 +483,24 @@ class HardwarePanel(HardwareProbing, QWidget):
                 if is_best:
                     item.setFont(bold)
                     item.setBackground(highlight)
-                    item.setToolTip("Recommended: the highest-quality tier with the best fit")
+                    item.setToolTip(recommendation.rule)
                 self.table.setItem(row, column, item)
         if recommended is not None:
             fit = recommended
+            ranked = recommendation.quality_note or (
+                "No KL divergence is known for this model (none measured, no sensitivity "
+                "table, and the published figures are of another model): tiers in tier order.")
+            needs = " ".join(n for n in recommendation.notes if "needs an importance matrix" in n)
             self.summary.setText(
                 f"Recommended: <b>{fit.candidate.label}</b> ({verdict_text(fit)}, "
                 f"{self._headroom_text(fit)} headroom) at {recommendation.context.n_ctx:,} "
-                f"tokens on {self.hardware_label()}."
-                + (f"<br>{recommendation.quality_note}" if recommendation.quality_note else ""))
+                f"tokens on {self.hardware_label()}." + (f" {needs}" if needs else "")
+                + f"<br>{ranked}<br><small>{RULE_SHORT} (hover for the whole rule)</small>")
+            self.summary.setToolTip(recommendation.rule)
             self.table.selectRow(recommendation.results.index(fit))
         else:
             self.summary.setText(" ".join(recommendation.notes) or "No tier fits.")
+            self.summary.setToolTip(recommendation.rule)
             self.table.selectRow(0)
         self.recommendationChanged.emit(recommendation)
 
@@ -493,7 +508,7 @@ class HardwarePanel(HardwareProbing, QWidget):
     def _headroom_text(fit: FitResult) -> str:
         if fit.verdict is Verdict.DOES_NOT_FIT or fit.headroom is Headroom.NONE:
             return "none"
-        return f"{format_gb_or_mb(fit.headroom_bytes)} ({fit.headroom.value})"
+        return f"{format_size(fit.headroom_bytes)} ({fit.headroom.value})"
 
     def selected_fit(self) -> FitResult | None:
         if self.recommendation is None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.device_spec import marketed_size_note, parse_device_spec
+from apex_gui.core.units import format_size
 from apex_gui.qt.workers import Task
 from apex_gui.views.hardware.memory_bar import MemoryBar
 
@@ -45,7 +46,9 @@ class HardwareProbing:
             # The parser's message lists every known card and form (a paragraph): the label
             # keeps its first clause so typing does not make the panel jump; the rest is
             # in the tooltip and the "Common cards" menu.
-            short = self.manual_error.split(" (", 1)[0].split("; ", 1)[0]
+            short = self.manual_error.split("; ", 1)[0]
+            if len(short) > 110:
+                short = short.split(" (", 1)[0]
             if short != self.manual_error:
                 short += " (hover for the accepted forms, or pick from Common cards)"
             self.manual_status.setText(short)
@@ -53,12 +56,14 @@ class HardwareProbing:
             self.manual_status.setStyleSheet("color: #e03131;")
             return
         total = sum(d.total_bytes for d in devices)
+        memory = f"{format_size(total)} ({format_size(total, binary=True)})"
         if self.add_detected_check.isChecked():
-            self.manual_status.setText(f"Planning for the detected GPUs plus {len(devices)} "
-                                       f"device(s) of {total / 2**30:.0f} GiB in all.")
+            status = (f"Planning for the detected GPUs plus {len(devices)} device(s) of "
+                      f"{memory} in all.")
         else:
-            self.manual_status.setText(f"Planning for {len(devices)} device(s), "
-                                       f"{total / 2**30:.0f} GiB in all (not this machine).")
+            status = f"Planning for {len(devices)} device(s), {memory} in all (not this machine)."
+        note = marketed_size_note(text)
+        self.manual_status.setText(f"{status} {note}" if note else status)
         self.manual_status.setStyleSheet("")
 
     def _show_devices(self) -> None:
@@ -71,6 +76,14 @@ class HardwareProbing:
         snapshot = self._snapshot
         manual = self.manual_devices()
         devices = manual if manual is not None else (list(snapshot.gpus) if snapshot else [])
+        # The heading says whose devices the bars are: typed ones are not this machine's.
+        if manual is None:
+            self.devices_heading.setText("Detected on this machine")
+        elif self.add_detected_check.isChecked():
+            self.devices_heading.setText("Detected on this machine, plus the devices typed below")
+        else:
+            self.devices_heading.setText("Planning for the devices typed below (not this "
+                                         "machine)")
         # Workers first, in the order llama.cpp lists devices (the fit's devices line up).
         for probe in self.rpc_probes:
             for remote in probe.devices:
@@ -91,4 +104,7 @@ class HardwareProbing:
             self.bars_container.addWidget(ram)
             self.bars.append(ram)
             self.notes_label.setText("\n".join(snapshot.notes))
-            self.notes_label.setVisible(bool(snapshot.notes))
+            # The probe's notes are about this machine ("no GPU: CPU only"): beside devices
+            # typed in its place they contradicted the heading.
+            replaced = manual is not None and not self.add_detected_check.isChecked()
+            self.notes_label.setVisible(bool(snapshot.notes) and not replaced)

@@ -7,7 +7,7 @@ from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from apex_gui.core.fit.placement import Verdict
-from apex_gui.core.units import format_gb_or_mb
+from apex_gui.core.units import format_size
 
 
 VERDICT_COLOURS = {
@@ -43,9 +43,9 @@ class MemoryBar(QWidget):
     def text(self) -> str:
         free = self.total - self.used
         # A card sold as "24GB" has 24 GiB = 25.8 GB: say both, so the name and the number agree.
-        text = f"{self.name}: {format_gb_or_mb(free)} free of {format_gb_or_mb(self.total)} ({self.total / 2**30:.0f} GiB)"
+        text = f"{self.name}: {format_size(free)} free of {format_size(self.total)} ({format_size(self.total, binary=True)})"
         if self.need is not None:
-            text += f" · tier needs {format_gb_or_mb(self.need)}"
+            text += f" · tier needs {format_size(self.need)}"
         return text
 
     def _update_tooltip(self) -> None:

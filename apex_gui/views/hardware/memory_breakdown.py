@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 from apex_gui.core.fit.breakdown import MemoryBreakdown, contexts_for, memory_breakdown
 from apex_gui.core.fit.context_memory import ContextSettings, ModelGeometry, Placement
-from apex_gui.core.units import format_gb
+from apex_gui.core.units import format_size, format_size_figure, size_unit
 
 OVER_COLOUR = QColor("#f4c7c3")
 
@@ -30,6 +30,7 @@ class MemoryBreakdownView(QWidget):
         self.setObjectName("memoryBreakdown")
         self._plan: Any = None
         self._snapshot: Any = None
+        self._machine: Any = None  # Hardware & tiers' set-up (typed or picked devices)
         self.breakdown: MemoryBreakdown | None = None
         self.cpu_moe = QSpinBox()
         self.cpu_moe.setObjectName("breakdownCpuMoe")
@@ -67,30 +68,45 @@ class MemoryBreakdownView(QWidget):
         self._snapshot = snapshot
         self._debounce.start()
 
+    def set_machine(self, machine: Any) -> None:
+        """The set-up Hardware & tiers fits to (its devices, typed or picked, and RAM); it
+        takes the place of the probe, so this tab and the fit table speak of one machine."""
+        self._machine = machine
+        self._debounce.start()
+
     def refresh(self) -> None:
         plan = self._plan
         if plan is None:
             return
         model = plan.model
-        snapshot = self._snapshot
-        gpus = [(g.name, g.free_bytes) for g in snapshot.gpus] if snapshot is not None else []
-        ram = snapshot.system.available_bytes if snapshot is not None else 0
+        snapshot, machine = self._snapshot, self._machine
+        if machine is not None:
+            gpus = [(g.name, g.free_bytes) for g in machine.gpus]
+            ram = machine.ram_available
+        else:
+            gpus = [(g.name, g.free_bytes) for g in snapshot.gpus] if snapshot is not None else []
+            ram = snapshot.system.available_bytes if snapshot is not None else 0
         geometry = ModelGeometry.from_model(model)
         contexts = contexts_for(model.context_length)
         self.breakdown = breakdown = memory_breakdown(
             geometry, plan.tensor_bytes_map(), ContextSettings(), contexts, gpus, ram,
             Placement(n_cpu_moe=self.cpu_moe.value()))
         self._show(breakdown)
-        where = (", ".join(f"{name} ({format_gb(free, 1)} free)" for name, free in gpus)
+        where = (", ".join(f"{name} ({format_size(free)} free)" for name, free in gpus)
                  if gpus else "no GPU: everything in RAM")
+        if machine is not None:
+            where += ", the set-up of Hardware & tiers"
         self.note.setText(f"{plan.origin}: f16 KV cache, flash attention, one sequence; {where}"
-                          f"{f', {format_gb(ram, 1)} RAM available' if ram else ''}. "
+                          f"{f', {format_size(ram)} RAM available' if ram else ''}. "
                           "The same estimate as the Hardware & tiers fit table.")
 
     def _show(self, breakdown: MemoryBreakdown) -> None:
         # Narrow enough for the side panel: a device is a spanning title row, the context
-        # columns hold decimal GB (the unit is in the header).
-        headers = ["GB", *(context_label(n) for n in breakdown.contexts)]
+        # columns hold one decimal unit, named in the header (MB for the demo: "0.00 GB"
+        # on every cell said nothing).
+        unit, unit_bytes = size_unit(max((max(row.bytes_per_context, default=0)
+                                          for row in breakdown.rows), default=0))
+        headers = [unit, *(context_label(n) for n in breakdown.contexts)]
         self.table.clear()
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
@@ -113,9 +129,9 @@ class MemoryBreakdownView(QWidget):
                 part = QTableWidgetItem(f"  {row.component}")
                 self.table.setItem(r, 0, part)
                 for c, (n_ctx, value) in enumerate(zip(breakdown.contexts, row.bytes_per_context)):
-                    item = QTableWidgetItem(f"{value / 1e9:.2f}")
+                    item = QTableWidgetItem(format_size_figure(value, unit_bytes))
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                    item.setToolTip(f"{format_gb(value)} ({value:,} bytes) at {n_ctx:,} tokens")
+                    item.setToolTip(f"{format_size(value)} ({value:,} bytes) at {n_ctx:,} tokens")
                     if row.component == "total":
                         item.setFont(bold)
                         part.setFont(bold)
@@ -123,7 +139,7 @@ class MemoryBreakdownView(QWidget):
                             item.setBackground(QBrush(OVER_COLOUR))
                             item.setForeground(QBrush(QColor("#000000")))
                             capacity = breakdown.capacities[device]
-                            item.setToolTip(f"{format_gb(value)}: more than the {format_gb(capacity)} "
+                            item.setToolTip(f"{format_size(value)}: more than the {format_size(capacity)} "
                                             f"free on {device}")
                     self.table.setItem(r, 1 + c, item)
                 r += 1

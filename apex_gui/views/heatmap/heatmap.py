@@ -23,7 +23,7 @@ from apex_gui.core.plan.precision import Cell, PrecisionPlan
 from apex_gui.core.plan.profiles import Profile
 from apex_gui.views.heatmap.heatmap_geometry import (
     BASE_CELL_HEIGHT, BASE_CELL_WIDTH, COLUMN_HEADER_HEIGHT, CellState, GROUP_GAP,
-    HeatmapGeometry, MAX_ZOOM, MIN_ZOOM, ROW_HEADER_WIDTH, STRIP_GAP, cell_order,
+    HeatmapGeometry, MAX_ZOOM, MIN_ZOOM, ROW_HEADER_WIDTH, STRIP_GAP, cell_order, cells_text,
 )
 from apex_gui.views.heatmap.heatmap_paint import HeatmapPainting
 from apex_gui.views.heatmap.heatmap_tooltips import HeatmapTooltips
@@ -325,7 +325,8 @@ class PrecisionHeatmap(HeatmapTooltips, HeatmapPainting, QAbstractScrollArea):
         chosen = type_name or self.brush_type
         editable = [c for c in self.selection() if self._states[c].editable]
         change = self._plan.set_cells(editable, chosen,
-                                      f"set {len(editable)} selected cells to {chosen}")
+                                      f"set {len(editable)} selected "
+                                      f"{'cell' if len(editable) == 1 else 'cells'} to {chosen}")
         if change is not None:
             self.editMade.emit(change.description)
         return change is not None
@@ -400,11 +401,15 @@ class PrecisionHeatmap(HeatmapTooltips, HeatmapPainting, QAbstractScrollArea):
         if self._stroke and self._plan is not None:
             cells, self._stroke = self._stroke, []
             change = self._plan.set_cells(cells, self.brush_type,
-                                          f"paint {len(cells)} cells {self.brush_type}")
+                                          f"paint {cells_text(len(cells))} {self.brush_type}")
             if change is not None:
                 self.editMade.emit(change.description)
             self.viewport().update()
         self._stroke = []
+
+    def hovered_cell(self) -> Cell | None:
+        """The cell under the mouse, if any."""
+        return self._hovered
 
     def leaveEvent(self, event: QEvent) -> None:
         if self._hovered is not None:

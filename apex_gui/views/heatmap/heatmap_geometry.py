@@ -172,6 +172,11 @@ def wrapped_label(label: str, metrics: QFontMetrics, width: int) -> str:
     return metrics.elidedText(label, Qt.TextElideMode.ElideRight, width)
 
 
+def cells_text(count: int) -> str:
+    """``1 cell``, ``3 cells``: how edits and selections are counted in messages."""
+    return f"{count} cell" if count == 1 else f"{count} cells"
+
+
 def cell_order(cell: Cell) -> tuple[int, str]:
     return (-1 if cell[0] is None else cell[0], cell[1])
 

@@ -9,48 +9,59 @@ measured sensitivity (the Run tab's "Sensitivity" job, or ``apex-studio sensitiv
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFormLayout, QLabel,
                                QLineEdit, QRadioButton, QVBoxLayout, QWidget)
 
-from apex_gui.core.units import parse_size, readable_size
+from apex_gui.core.plan.precision import PlanName
+from apex_gui.core.units import format_size, parse_size
 from apex_gui.qt.workers import CancelToken, Task
 
-__all__ = ["FitToBudgetDialog", "apply_optimized_plan", "parse_budget_text"]
+__all__ = ["FitToBudgetDialog", "apply_optimized_plan"]
 
 NO_SENSITIVITY = ("No sensitivity measured for {name}: run \"Sensitivity\" in the Run tab "
                   "(or apex-studio sensitivity MODEL -o {stem}.sensitivity.json beside it), "
                   "then fit again.")
 
 
-def parse_budget_text(text: str) -> int:
-    """``15.5MB``, ``21GiB`` or plain bytes; a clear error otherwise."""
-    stripped = text.strip()
-    if not stripped:
-        raise ValueError("Give a size, e.g. 15.5MB or 21GiB")
-    try:
-        value = int(stripped) if stripped.isdigit() else parse_size(stripped)
-    except ValueError:
-        raise ValueError(f"{stripped!r} is not a size; write it like 15.5MB or 21GiB") from None
-    if value <= 0:
-        raise ValueError("The size must be more than zero")
-    return value
+def kld_text(value: float, digits: int = 2) -> str:
+    """A KL divergence with ``digits`` significant digits in plain decimals: ``0.000090``,
+    not ``9e-05`` (people compare these by eye)."""
+    if value <= 0 or not math.isfinite(value):
+        return f"{value:g}"
+    return f"{value:.{max(digits - 1 - math.floor(math.log10(value)), 0)}f}"
 
 
-def apply_optimized_plan(window: Any, result: Any, what: str) -> bool:
-    """Put the optimizer's types into the window's plan as one undoable edit."""
+def optimized_plan_name(what: str, tag: str, result: Any, before: str) -> PlanName:
+    """The optimizer's plan, named so everywhere (panel, Run tab, file names): what it was fitted
+    to, its predicted KL divergence, and what Reset returns to."""
+    kld = kld_text(result.predicted_kld)
+    slug = re.sub(r"[^A-Za-z0-9.+]+", "-", tag).strip("-")
+    return PlanName(
+        origin=f"{what} (KLD {kld})", file_label=f"Optimized-{slug}",
+        note=f"The optimizer's plan ({what}): the type of each tensor chosen for the least "
+             f"predicted KL divergence, {kld}, from the measured sensitivity. Ctrl+Z returns "
+             f"to {before}.")
+
+
+def apply_optimized_plan(window: Any, result: Any, what: str, tag: str) -> bool:
+    """Put the optimizer's types into the window's plan as one undoable edit that names the
+    plan the optimizer's (``tag``: the budget or set-up in a file name)."""
     plan = getattr(window, "current_plan", None)
     if plan is None or result.plan.model.path != plan.model.path:
         return False
     types = {name: result.plan.types[name] for name in result.plan.types
              if plan.is_quantizable(name)}
     change = plan.set_tensor_types(
-        types, f"{what}: predicted KLD {result.predicted_kld:.4g}")
+        types, f"{what}: predicted KLD {kld_text(result.predicted_kld, 3)}",
+        rename=optimized_plan_name(what, tag, result, plan.origin))
     window.statusBar().showMessage(
-        f"{what}: {readable_size(plan.total_bytes())}, predicted KLD "
-        f"{result.predicted_kld:.4g} (Ctrl+Z returns to the plan before)"
+        f"{what}: {format_size(plan.total_bytes())}, predicted KLD "
+        f"{kld_text(result.predicted_kld, 3)} (Ctrl+Z returns to the plan before)"
         if change is not None else f"{what}: the plan already is the optimizer's", 10000)
     return True
 
@@ -71,9 +82,9 @@ class FitToBudgetDialog(QDialog):
         self.result: Any = None
         plan = window.current_plan
         self.size_radio = QRadioButton("File size")
-        self.size_edit = QLineEdit(readable_size(plan.total_bytes()).replace(" ", "")
+        self.size_edit = QLineEdit(format_size(plan.total_bytes()).replace(" ", "")
                                    if plan is not None else "")
-        self.size_edit.setPlaceholderText("15.5MB, 21GiB")
+        self.size_edit.setPlaceholderText("15.5MB, 21GiB (a unit is needed)")
         self.size_edit.setToolTip("The largest file the plan may make (exact, as written by "
                                   "llama-quantize)")
         self.setup_radio = QRadioButton("Loads fully on the set-up of Hardware && tiers")
@@ -84,6 +95,9 @@ class FitToBudgetDialog(QDialog):
         group.addButton(self.size_radio)
         group.addButton(self.setup_radio)
         self.size_radio.setChecked(True)
+        # Typing a size is what one opens this for: the field has the keyboard, text selected.
+        self.size_edit.setFocus()
+        self.size_edit.selectAll()
         self.status = QLabel("The optimizer picks a type per tensor that minimises the "
                              "predicted KL divergence.")
         self.status.setWordWrap(True)
@@ -114,11 +128,12 @@ class FitToBudgetDialog(QDialog):
         margin = 0
         if self.size_radio.isChecked():
             try:
-                budget = parse_budget_text(self.size_edit.text())
+                budget = parse_size(self.size_edit.text(), "File size")
             except ValueError as error:
                 self._fail(str(error))
                 return None
-            what = f"Fit to {readable_size(budget)}"
+            what = f"Fit to {format_size(budget)}"
+            tag = format_size(budget).replace(" ", "")
         else:
             hardware = self._hardware
             machine = hardware.machine()
@@ -126,6 +141,7 @@ class FitToBudgetDialog(QDialog):
             rec = hardware.recommendation
             margin = rec.margin if rec is not None else 1 << 30
             what = f"Fit to {hardware.hardware_label()}"
+            tag = hardware.hardware_label()
         table = getattr(self._hardware, "sensitivity", None)
         imatrix = plan.imatrix
 
@@ -147,14 +163,14 @@ class FitToBudgetDialog(QDialog):
         self.status.setText("Optimizing…")
         task = window.workers.submit("fit to budget", work)
         self._task = task
-        task.finished.connect(lambda result: self._done(result, what))
+        task.finished.connect(lambda result: self._done(result, what, tag))
         task.failed.connect(lambda error: self._fail(str(error)))
         return task
 
-    def _done(self, result: Any, what: str) -> None:
+    def _done(self, result: Any, what: str, tag: str) -> None:
         self._task = None
         self.fit_button.setEnabled(True)
-        if not apply_optimized_plan(self._window, result, what):
+        if not apply_optimized_plan(self._window, result, what, tag):
             self._fail("The model changed while optimizing; fit again.")
             return
         self.result = result
@@ -165,6 +181,8 @@ class FitToBudgetDialog(QDialog):
         self._task = None
         self.fit_button.setEnabled(True)
         self.status.setText(message)
+        # A wrapped message of three lines in a dialog sized for one: grow to show it whole.
+        self.adjustSize()
         self.failed.emit(message)
 
     def reject(self) -> None:

@@ -11,6 +11,7 @@ from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QPushButton,
                                QVBoxLayout, QWidget)
 
+from apex_gui.core.jobs.assembly import uses_imatrix
 from apex_gui.core.jobs.quantize import quantize_argv
 from apex_gui.core.plan.precision import PrecisionPlan
 from apex_gui.core.plan.profiles import quant_file_name
@@ -19,15 +20,16 @@ from apex_gui.core.plan.profiles import quant_file_name
 def export_commands(plan: PrecisionPlan, tensor_type_file: Path) -> tuple[str, str | None]:
     """(llama-quantize command, llama-imatrix command or None) for an exported plan.
 
-    A plan that needs an importance matrix but has none gets a placeholder path next to the
-    model, and the command that writes it: a command that would fail is never shown alone.
+    A plan that needs an importance matrix (IQ types) or whose profile is an I-variant
+    (I-Compact is Compact's plan made with one), but has none, gets a placeholder path next to
+    the model and the command that writes it: a command that would fail, or make another
+    quant than the one named, is never shown alone.
     """
     model_path = plan.model.path
-    label = plan.profile.label if plan.profile else "Custom"
-    output = model_path.with_name(quant_file_name(model_path, label))
+    output = model_path.with_name(quant_file_name(model_path, plan.output_label()))
     imatrix = plan.imatrix
     imatrix_command: str | None = None
-    if imatrix is None and plan.needs_imatrix():
+    if imatrix is None and uses_imatrix(plan):
         imatrix = model_path.with_name(f"{model_path.name.removesuffix('.gguf')}.imatrix.gguf")
         imatrix_command = shlex.join(["llama-imatrix", "-m", str(model_path), "-f", "CALIBRATION.txt",
                                       "-o", str(imatrix)])
@@ -50,9 +52,10 @@ class ExportedDialog(QDialog):
         heading.setWordWrap(True)
         layout.addWidget(heading)
         if imatrix:
-            note = QLabel("Some tensors use types that need an importance matrix: make it first with "
-                          "llama-imatrix (replace CALIBRATION.txt with your text), or use the Run "
-                          "panel, which does both.")
+            why = ("Some tensors use types that need an importance matrix" if plan.needs_imatrix()
+                   else f"{plan.file_label} is made with an importance matrix")
+            note = QLabel(f"{why}: make it first with llama-imatrix (replace CALIBRATION.txt "
+                          "with your text), or use the Run panel, which does both.")
             note.setObjectName("imatrixNote")
             note.setWordWrap(True)
             layout.addWidget(note)

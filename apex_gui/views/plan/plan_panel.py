@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QRect, QSize, Qt, Signal
-from PySide6.QtGui import (QColor, QFont, QGuiApplication, QIcon, QPainter, QPaintEvent, QPalette,
-                           QPixmap)
+from PySide6.QtCore import QRect, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPaintEvent, QPalette, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QComboBox, QFormLayout,
                                QFrame, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
@@ -25,8 +24,9 @@ from apex_gui.core.fit.hardware import GpuDevice, HardwareSnapshot
 from apex_gui.core.gguf.types import PLAN_TYPES, ggml_type
 from apex_gui.core.plan.precision import PlanProblem, PrecisionPlan
 from apex_gui.core.plan.profiles import Profile, shallow_model_note
-from apex_gui.core.units import GB, GiB, format_gb, readable_size
+from apex_gui.core.units import format_size
 from apex_gui.views import style
+from apex_gui.views.plan.quiet_note import QuietNote
 
 PROBLEMS_SHOWN = 300  # a 400B plan can list thousands; the count says how many are hidden
 
@@ -35,6 +35,10 @@ def type_swatch(type_name: str, size: int = 14) -> QIcon:
     pixmap = QPixmap(size, size)
     pixmap.fill(style.bpw_colour(ggml_type(type_name).bits_per_weight))
     return QIcon(pixmap)
+
+#: The profile picker's item for a plan an edit renamed (the optimizer's plan).
+NAMED_PLAN = "__named__"
+
 
 
 class TypePalette(QWidget):
@@ -93,14 +97,14 @@ class FitBar(QWidget):
 
     def set_values(self, title: str, used: int, capacity: int, overflow: bool = False) -> None:
         self.title, self.used, self.capacity, self.overflow = title, used, capacity, overflow
-        self.setToolTip(f"{title}: {format_gb(used)} of {format_gb(capacity)} used by the weights")
+        self.setToolTip(f"{title}: {format_size(used)} of {format_size(capacity)} used by the weights")
         self.update()
 
     def sizeHint(self) -> QSize:
         return QSize(260, 22)
 
     def text(self) -> str:
-        return f"{self.title}: {self.used / GB:.1f} / {self.capacity / GB:.1f} GB"
+        return f"{self.title}: {format_size(self.used, like=self.capacity)} / {format_size(self.capacity)}"
 
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
@@ -142,30 +146,6 @@ def place_weights(weights: int, devices: list[GpuDevice],
         placed.append((device, taken))
         remaining -= taken
     return placed, remaining, remaining <= system_available
-
-
-class QuietNote(QLabel):
-    """Secondary text in the theme's placeholder colour, kept right across theme switches.
-
-    A style sheet's ``palette(placeholder-text)`` is resolved once: after a switch to the dark
-    theme the note stayed light-theme grey on a dark background."""
-
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(text, parent)
-        self._recolour()
-
-    def _recolour(self) -> None:
-        wanted = QGuiApplication.palette().color(QPalette.ColorRole.PlaceholderText)
-        palette = self.palette()
-        if palette.color(QPalette.ColorRole.WindowText) != wanted:  # setPalette re-enters
-            palette.setColor(QPalette.ColorRole.WindowText, wanted)
-            self.setPalette(palette)
-
-    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt naming
-        # A widget with a palette of its own hears of a theme switch as PaletteChange.
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
-            self._recolour()
-        super().changeEvent(event)
 
 
 class PlanPanel(QWidget):
@@ -401,16 +381,41 @@ class PlanPanel(QWidget):
         self._baseline_label = baseline_label
         if plan is not None:
             self._unsubscribe = plan.subscribe(lambda _change: self.refresh())
-        profile = plan.profile if plan is not None else None
+        self.refresh()
+
+    def _show_name(self, plan: PrecisionPlan | None) -> None:
+        """The plan's own name and note when an edit made it another plan (the optimizer's),
+        else the profile's: the panel never calls the optimizer's plan "Quality"."""
+        combo = self.profile_combo
+        named = combo.findData(NAMED_PLAN)
+        self._updating = True
+        if plan is not None and plan.note:
+            if named < 0:
+                combo.insertItem(0, plan.origin, NAMED_PLAN)
+                named = 0
+            combo.setItemText(named, plan.origin)
+            combo.setItemData(named, plan.note, Qt.ItemDataRole.ToolTipRole)
+            combo.setCurrentIndex(named)
+        elif named >= 0:
+            combo.removeItem(named)
+            key = plan.profile.key if plan is not None and plan.profile is not None else "stored"
+            combo.setCurrentIndex(max(combo.findData(key), 0))
+        self._updating = False
+        if plan is None:
+            # Left as it is: hiding the note before the first model is shown left it too
+            # short (clipped) once it reappeared in the scroll area.
+            return
+        profile = plan.profile
         note = profile.description if profile is not None else ""
-        if profile is not None and plan is not None:
+        if profile is not None:
             # Band depths are layer counts: on a shallow model say which types go unused.
             shallow = shallow_model_note(profile, plan.model.n_layer)
             if shallow:
                 note = f"{note.rstrip('.')}. {shallow}" if note else shallow
+        if plan.note:
+            note = plan.note
         self.profile_note.setText(note)
-        self.profile_note.setVisible(bool(self.profile_note.text()))
-        self.refresh()
+        self.profile_note.setVisible(bool(note))
 
     def detach(self) -> None:
         if self._unsubscribe is not None:
@@ -436,6 +441,7 @@ class PlanPanel(QWidget):
     # --- refresh ----------------------------------------------------------------------------
     def refresh(self) -> None:
         plan = self._plan
+        self._show_name(plan)
         self.reset_button.setEnabled(plan is not None)
         self.save_button.setEnabled(plan is not None)
         if plan is None:
@@ -446,17 +452,19 @@ class PlanPanel(QWidget):
             self._refresh_fit()
             return
         total = plan.total_bytes()
-        self.size_label.setText(readable_size(total))
+        self.size_label.setText(format_size(total))
         # Model cards quote GiB under the name "GB" (Trinity Quality "219 GB" = 235 GB):
         # show both so a user can compare with a card.
-        binary = f"{total / GiB:.2f} GiB" if total >= GiB else f"{total / 2**20:.2f} MiB"
+        binary = format_size(total, binary=True)
         self.bytes_label.setText(f"{total:,}  ({binary})")
         self.bpw_label.setText(f"{plan.bits_per_weight():.3f}")
-        if self._baseline_bytes:
+        if self._baseline_bytes and total == self._baseline_bytes:
+            self.change_label.setText(f"none (0 bytes) vs {self._baseline_label}")
+        elif self._baseline_bytes:
             delta = total - self._baseline_bytes
             share = delta / self._baseline_bytes
             sign = "+" if delta > 0 else ""
-            self.change_label.setText(f"{sign}{readable_size(delta, 3, like=total)} ({sign}{delta:,} bytes, "
+            self.change_label.setText(f"{sign}{format_size(delta, like=total)} ({sign}{delta:,} bytes, "
                                       f"{sign}{share:.2%}) vs {self._baseline_label}")
         else:
             self.change_label.setText("-")
@@ -467,7 +475,7 @@ class PlanPanel(QWidget):
         self.role_table.setRowCount(len(rows))
         for row, (role, nbytes) in enumerate(rows):
             self.role_table.setItem(row, 0, QTableWidgetItem(role.value))
-            size_item = QTableWidgetItem(readable_size(nbytes, 3 if nbytes < 10 * GB else 2))
+            size_item = QTableWidgetItem(format_size(nbytes))
             size_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             size_item.setToolTip(f"{nbytes:,} bytes")
             self.role_table.setItem(row, 1, size_item)
@@ -557,15 +565,15 @@ class PlanPanel(QWidget):
         elif in_ram == 0:
             where = "the weights fit in GPU memory (add KV cache and buffers before you rely on it)"
         else:
-            where = f"{format_gb(in_ram)} of weights spill to system RAM"
+            where = f"{format_size(in_ram)} of weights spill to system RAM"
         if not fits:
-            where = (f"does not fit: {format_gb(weights)} of weights, "
-                     f"{format_gb(sum(t for _, t in placed) + system_available)} of memory")
+            where = (f"does not fit: {format_size(weights)} of weights, "
+                     f"{format_size(sum(t for _, t in placed) + system_available)} of memory")
         self.fit_summary.setText(where)
 
     # --- user choices ---------------------------------------------------------------------
     def _profile_activated(self, index: int) -> None:
-        if not self._updating:
+        if not self._updating and self.profile_combo.itemData(index) != NAMED_PLAN:
             self.profileRequested.emit(str(self.profile_combo.itemData(index)))
 
     def _diff_activated(self, index: int) -> None:

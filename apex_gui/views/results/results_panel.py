@@ -58,7 +58,7 @@ class ResultsTableModel(QAbstractTableModel):
         self.rows: list[QuantResult] = []
         self._accuracy: list[str] = []
         self._speed: list[str] = []
-        self.size_unit, self.size_scale = "GB", 1e9
+        self.size_unit, self.size_scale = size_unit(None)
 
     def set_rows(self, rows: Sequence[QuantResult]) -> None:
         self.beginResetModel()
@@ -154,8 +154,8 @@ class ResultsPlot(pg.PlotWidget):
         self.y_label = y_label
         self.setTitle(title)
         # GB or MB by the largest file (use_size_unit), never an SI prefix ("mGB").
-        self.size_scale = 1e9
-        self.setLabel("bottom", "size (GB)")
+        self.size_scale = 1
+        self.use_size_unit(None)
         for axis in ("bottom", "left"):
             self.getAxis(axis).enableAutoSIPrefix(False)
         self.setLabel("left", y_label)
@@ -315,8 +315,9 @@ class ResultsPanel(QWidget):
         self.card_button = QPushButton("Model card && publish…")
         self.card_button.setToolTip("Write a README in the style of the APEX model cards from "
                                     "these results, and upload the quants to Hugging Face")
+        # The summary above the buttons: beside them, at 2x scaling it wrapped to five lines.
         buttons = QHBoxLayout()
-        buttons.addWidget(self.summary, 1)
+        buttons.addStretch(1)
         for button in (self.refresh_button, self.csv_button, self.markdown_button,
                        self.card_button):
             buttons.addWidget(button)
@@ -329,8 +330,11 @@ class ResultsPanel(QWidget):
         splitter.setSizes([280, 420])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.summary)
         layout.addLayout(buttons)
         layout.addWidget(splitter, 1)
+        # A plot needs some height to be read (its axis labels ran into each other).
+        self.plots.setMinimumHeight(180)
 
         self.refresh_button.clicked.connect(self.refresh)
         self.csv_button.clicked.connect(self._choose_csv)
@@ -344,7 +348,7 @@ class ResultsPanel(QWidget):
         """The source model (ModelInfo): its file is the reference row, its facts go on the card."""
         self._model = model
         path = getattr(model, "path", None)
-        self._reference = str(path) if path is not None and not _is_quantized(model) else None
+        self._reference = str(path) if path is not None and model.is_full_precision else None
         self.refresh()
 
     def set_reference(self, path: str | os.PathLike[str] | None) -> None:
@@ -468,8 +472,3 @@ class ResultsPanel(QWidget):
             if self.rows:
                 self.refresh()
         super().changeEvent(event)
-
-
-def _is_quantized(model: Any) -> bool:
-    """A quantized file is not a reference; "unknown" (no general.file_type) counts as full."""
-    return str(getattr(model, "file_type", "unknown")) not in ("F32", "F16", "BF16", "unknown")

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QSystemTrayIcon, QTableWidget, QToolButton, QVBoxLayout, QWidget,
 )
 
+from apex_gui.core.files.task_files import check_task_file
 from apex_gui.core.fit.rpc_workers import parse_workers
 from apex_gui.core.jobs.assembly import RunRequest, check_free_space, pipeline_for
 from apex_gui.core.jobs.pipeline import Pipeline
@@ -46,9 +47,6 @@ __all__ = [
 ]
 
 CURRENT_PLAN_KEY = "__current_plan__"
-#: source file types llama-quantize takes without --allow-requantize ("unknown": no
-#: general.file_type key, as in many converted files)
-FULL_PRECISION = ("F32", "F16", "BF16", "unknown")
 #: llama-imatrix chunks read by default: ~50k tokens, the APEX calibration size
 DEFAULT_IMATRIX_CHUNKS = 100
 
@@ -73,6 +71,7 @@ class RunPanel(RunQueueRows, QWidget):
         self._settings = settings
         self._replace_box: QMessageBox | None = None  # open while asking to replace quants
         self._rows: dict[int, int] = {}  # job id -> table row
+        self.run_headings: list[int] = []  # table rows naming the model of the run below
         self._logs: dict[int, list[str]] = {}
         self._titles: dict[int, str] = {}
         #: the steps of the run now shown in the status line: reset when a start finds the
@@ -91,8 +90,7 @@ class RunPanel(RunQueueRows, QWidget):
         # Importance matrix.
         # Its token count depends on the model's tokenizer (about 50k with a real one, five
         # times more with the demo's byte-level one): say what is fixed, the size of the text.
-        self.calibration_bundled = QRadioButton("Bundled calibration set (chat, code, "
-                                                "reasoning, tool calls; 200 kB of text)")
+        self.calibration_bundled = QRadioButton("Bundled calibration set (200 kB)")
         self.calibration_bundled.setChecked(True)
         self.calibration_custom = QRadioButton("My files:")
         self.calibration_files = QLineEdit()
@@ -105,10 +103,11 @@ class RunPanel(RunQueueRows, QWidget):
         # button was also clicked, and the run silently used the bundled set.
         self.calibration_files.textEdited.connect(
             lambda text: self.calibration_custom.setChecked(True) if text.strip() else None)
-        self.calibration_bundled.setToolTip("The bundled, diverse calibration text (no "
-                                            "Wikipedia): what the APEX I-variants use")
+        self.calibration_bundled.setToolTip("The bundled, diverse calibration text: chat, "
+                                            "code, reasoning and tool calls, 200 kB, no "
+                                            "Wikipedia; what the APEX I-variants use")
         self.calibration_custom.setToolTip("Your own text files, joined in order")
-        imatrix_box = QGroupBox("Importance matrix (for I-profiles)")
+        imatrix_box = QGroupBox("Importance matrix (I-profiles)")
         imatrix_layout = QVBoxLayout(imatrix_box)
         imatrix_layout.addWidget(self.calibration_bundled)
         custom_row = QHBoxLayout()
@@ -121,8 +120,9 @@ class RunPanel(RunQueueRows, QWidget):
         self.imatrix_chunks.setRange(0, 100_000)
         self.imatrix_chunks.setValue(DEFAULT_IMATRIX_CHUNKS)
         self.imatrix_chunks.setSpecialValueText("all of the text")
-        self.imatrix_chunks.setSuffix(" chunks of 512 tokens")
-        self.imatrix_chunks.setToolTip("llama-imatrix --chunks: how much of the text to read. "
+        self.imatrix_chunks.setSuffix(" chunks")
+        self.imatrix_chunks.setToolTip("llama-imatrix --chunks (512 tokens each): how much of "
+                                       "the text to read. "
                                        "100 chunks is about the APEX calibration size; 0 reads "
                                        "it all (the demo model's tokenizer makes 541 chunks of "
                                        "the bundled set: about 10 minutes on 2 cores)")
@@ -134,10 +134,11 @@ class RunPanel(RunQueueRows, QWidget):
         # Evaluation.
         self.eval_file = FileField("bundled quick text (a sanity check, not wikitext-2)",
                                     "Evaluation text (e.g. wiki.test.raw)")
-        self.kl_box = QCheckBox("KL divergence against the source (also gives PPL)")
+        self.kl_box = QCheckBox("KL divergence (and PPL)")
         self.kl_box.setChecked(True)
-        self.kl_box.setToolTip("llama-perplexity --kl-divergence against the source's "
-                               "logits (saved once per text and context)")
+        self.kl_box.setToolTip("KL divergence against the source, with perplexity: "
+                               "llama-perplexity --kl-divergence against the source's logits "
+                               "(saved once per text and context)")
         self.ppl_box = QCheckBox("Perplexity")
         self.ppl_box.setToolTip("llama-perplexity on the evaluation text")
         self.eval_context = QSpinBox()
@@ -149,22 +150,21 @@ class RunPanel(RunQueueRows, QWidget):
         self.winogrande_file = FileField("optional: winogrande-debiased-eval.csv",
                                           "Winogrande data")
         self.mc_file = FileField("optional: mmlu / arc / truthfulqa .bin", "Multiple-choice data")
-        self.bench_box = QCheckBox("Speed (llama-bench pp512 / tg128)")
-        self.bench_box.setToolTip("llama-bench prompt processing and generation speed, "
-                                  "on this machine's build of llama.cpp")
+        self.bench_box = QCheckBox("Speed (llama-bench)")
+        self.bench_box.setToolTip("llama-bench prompt processing and generation speed "
+                                  "(pp512 / tg128), on this machine's build of llama.cpp")
         eval_box = QGroupBox("Evaluation")
         eval_form = QFormLayout(eval_box)
         eval_form.addRow("Text", self.eval_file)
-        checks = QHBoxLayout()
+        checks = QVBoxLayout()  # one above the other: side by side they widened the pane
         checks.addWidget(self.kl_box)
         checks.addWidget(self.ppl_box)
-        checks.addStretch(1)
-        eval_form.addRow("", checks)
+        eval_form.addRow(checks)
         eval_form.addRow("Context", self.eval_context)
         eval_form.addRow("HellaSwag", self.hellaswag_file)
         eval_form.addRow("Winogrande", self.winogrande_file)
         eval_form.addRow("Multiple choice", self.mc_file)
-        eval_form.addRow("", self.bench_box)
+        eval_form.addRow(self.bench_box)
 
         # Output and start.
         default_out = getattr(settings, "output_dir", "") or ""
@@ -182,9 +182,10 @@ class RunPanel(RunQueueRows, QWidget):
         out_row.addWidget(self.start_button)
 
         # Queue and log.
-        self.table = QTableWidget(0, 5)
+        self.table = QTableWidget(0, 6)
         self.table.setObjectName("runQueue")
-        self.table.setHorizontalHeaderLabels(["Step", "Status", "Progress", "ETA", "Message"])
+        self.table.setHorizontalHeaderLabels(["Step", "Status", "Progress", "ETA", "Message",
+                                              "Devices"])
         self.table.verticalHeader().hide()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -200,9 +201,11 @@ class RunPanel(RunQueueRows, QWidget):
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(5, QHeaderView.ResizeMode.Interactive)
         header.setMinimumSectionSize(40)
         self.table.setColumnWidth(0, 120)
         self.table.setColumnWidth(2, 90)
+        self.table.setColumnWidth(5, 150)
         self.log_view = QPlainTextEdit()
         self.log_view.setObjectName("runLog")
         self.log_view.setReadOnly(True)
@@ -237,7 +240,6 @@ class RunPanel(RunQueueRows, QWidget):
         choices_layout.addWidget(self.profile_list)
         choices_layout.addWidget(imatrix_box)
         choices_layout.addWidget(eval_box)
-        choices_layout.addLayout(out_row)
         choices_layout.addStretch(1)
         watch = QSplitter(Qt.Orientation.Vertical)
         watch.addWidget(self.table)
@@ -266,7 +268,10 @@ class RunPanel(RunQueueRows, QWidget):
         splitter.setSizes([300, 600])  # the queue gets the room: its columns must show
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(splitter)
+        layout.addWidget(splitter, 1)
+        # Start sits below both panes, never inside the scrolled choices: at 1024x700 and at
+        # 2x scaling it was off-screen until one scrolled sideways or dragged the splitter.
+        layout.addLayout(out_row)
 
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel_selected)
@@ -301,7 +306,7 @@ class RunPanel(RunQueueRows, QWidget):
         plan = self._plan
         if plan is not None and (plan.profile is None or plan.can_undo()):
             item = QListWidgetItem(f"Current plan ({plan.origin}"
-                                   f"{', edited' if plan.can_undo() else ''})")
+                                   f"{', edited' if plan.edits_since_named() else ''})")
             item.setData(KEY_ROLE, CURRENT_PLAN_KEY)
             self._add_checkable(item, CURRENT_PLAN_KEY in checked)
         for key, profile in all_profiles().items():
@@ -339,9 +344,8 @@ class RunPanel(RunQueueRows, QWidget):
         model = self._model
         if model is None:
             raise ValueError("open the full-precision (F16/BF16) model first")
-        file_type = str(getattr(model, "file_type", "unknown"))
-        if file_type not in FULL_PRECISION:
-            raise ValueError(f"{Path(model.path).name} is already quantized ({file_type}): "
+        if not model.is_full_precision:
+            raise ValueError(f"{Path(model.path).name} is already quantized ({model.file_type}): "
                              "open the F16/BF16 model it was made from to quantize")
         keys = self.checked_keys()
         if not keys:
@@ -351,8 +355,7 @@ class RunPanel(RunQueueRows, QWidget):
         for key in keys:
             if key == CURRENT_PLAN_KEY:
                 plans.append(self._plan)
-                labels.append("custom" if self._plan.profile is None
-                              else f"{self._plan.profile.label}-edited")
+                labels.append(self._plan.output_label())
             else:
                 profile: Profile = profiles[key]
                 plans.append(plan_from_profile(model, profile))
@@ -363,6 +366,13 @@ class RunPanel(RunQueueRows, QWidget):
                                 for p in self.calibration_files.text().split(";") if p.strip())
             if not calibration:
                 raise ValueError("choose calibration files, or use the bundled set")
+        # A wrong task file runs to "exit 0, no score": say what is wrong before anything runs.
+        for kind, field in (("hellaswag", self.hellaswag_file),
+                            ("winogrande", self.winogrande_file),
+                            ("multiple-choice", self.mc_file)):
+            task_file = field.path()
+            if task_file is not None:
+                check_task_file(kind, task_file)
         output = self.output_dir.path() or Path(model.path).parent
         check_free_space(output, sum(plan.total_bytes() for plan in plans))
         # The Hardware & tiers panel's worker list (settings); a bad entry refuses the run.
@@ -398,14 +408,15 @@ class RunPanel(RunQueueRows, QWidget):
             return None
         if not self.queue.is_busy():
             self._batch = []
+        self._add_run_heading(Path(request.model.path).name, len(pipeline.steps))
         ids = self.queue.add_pipeline(pipeline)
         for key, job_id in ids.items():
             self._add_row(job_id, key, pipeline.step(key).job.title())
         self._batch.extend(ids.values())
-        first = self._rows.get(next(iter(ids.values()))) if ids else None
-        if first is not None:
-            # New steps land at the bottom: bring them into view, not the earlier run's rows.
-            self.table.scrollToItem(self.table.item(first, 0))
+        # New steps land at the bottom: bring them into view (from their heading), not the
+        # earlier run's rows.
+        self.table.scrollToItem(self.table.item(self.run_headings[-1], 0),
+                                QAbstractItemView.ScrollHint.PositionAtTop)
         self._update_status()
         self.imatrix_note = self._imatrix_note(request, pipeline)
         if self.imatrix_note:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import QProgressBar, QTableWidgetItem
 
+from apex_gui.core.jobs.device_placement import PLACEMENT_TOOLS
 from apex_gui.core.jobs.runner import JobOutcome, JobStatus
 
 
@@ -18,6 +20,19 @@ LOG_BLOCKS = 20_000
 
 STATUS_TEXT = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed",
                JobStatus.CANCELLED: "cancelled", JobStatus.SKIPPED: "skipped"}
+
+
+#: The column that shows where each step runs (the device plan of its placement).
+DEVICES_COLUMN = 5
+
+
+def device_plan(job: Any) -> str:
+    """Where a step runs: its placement's plan, "CPU" for tools that load no model onto
+    devices (quantize), "" before the run has been placed."""
+    placement = job.options.placement
+    if placement is not None:
+        return placement.describe()
+    return "CPU" if job.tool not in PLACEMENT_TOOLS else ""
 
 
 # --- widgets --------------------------------------------------------------------------------
@@ -36,6 +51,22 @@ def _format_eta(seconds: float | None) -> str:
 
 class RunQueueRows:
     """The Run panel's queue table: a row per step with its progress, status and log: a part of RunPanel, which derives from it."""
+
+    def _add_run_heading(self, model_name: str, steps: int) -> None:
+        """A spanning row above a run's steps naming its model: runs of earlier models stay
+        in the table, and each says what it was about."""
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        when = time.strftime("%H:%M")
+        heading = QTableWidgetItem(f"{model_name} · {steps} step(s) · started {when}")
+        heading.setFlags(Qt.ItemFlag.ItemIsEnabled)  # not selectable: it is no step
+        font = heading.font()
+        font.setBold(True)
+        heading.setFont(font)
+        heading.setToolTip(f"The steps below are a run on {model_name}")
+        self.table.setItem(row, 0, heading)
+        self.table.setSpan(row, 0, 1, self.table.columnCount())
+        self.run_headings.append(row)
 
     def _add_row(self, job_id: int, key: str, title: str) -> None:
         row = self.table.rowCount()
@@ -56,6 +87,7 @@ class RunQueueRows:
         self.table.setCellWidget(row, 2, bar)
         self.table.setItem(row, 3, QTableWidgetItem(""))
         self.table.setItem(row, 4, QTableWidgetItem(""))
+        self.table.setItem(row, DEVICES_COLUMN, QTableWidgetItem(""))
 
     def _bar(self, job_id: int) -> QProgressBar | None:
         row = self._rows.get(job_id)
@@ -68,13 +100,14 @@ class RunQueueRows:
             item = self.table.item(row, column)
             if item is not None:
                 item.setText(text)
-                if column == 4:
+                if column in (4, DEVICES_COLUMN):
                     item.setToolTip(text)
 
     def _job_started(self, job_id: int) -> None:
         if job_id not in self._rows:
             self._add_row(job_id, self.queue.job(job_id).kind, self.queue.job(job_id).title())
         self._set(job_id, 1, "running")
+        self._set(job_id, DEVICES_COLUMN, device_plan(self.queue.job(job_id)))
         bar = self._bar(job_id)
         if bar is not None:
             bar.setRange(0, 0)  # busy until the tool says how much there is
@@ -114,6 +147,7 @@ class RunQueueRows:
         if job_id not in self._rows:
             self._add_row(job_id, outcome.job.kind, outcome.job.title())
         self._set(job_id, 1, STATUS_TEXT.get(outcome.status, outcome.status.value))
+        self._set(job_id, DEVICES_COLUMN, device_plan(outcome.job))
         self._set(job_id, 3, "")
         self._set(job_id, 4, outcome.message)
         if not outcome.succeeded and outcome.message:

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHB
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from apex_gui.core.hub import download as hub, search as hub_search
-from apex_gui.core.units import format_gb
+from apex_gui.core.units import format_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 
 EXAMPLE_REPO = "mudler/Qwen3.5-35B-A3B-APEX-GGUF"
@@ -179,7 +179,7 @@ class HubDownloadDialog(QDialog):
         for row, remote in enumerate(files):
             name = remote.name if not remote.shards else f"{remote.name} ({len(remote.shards)} shards)"
             self.table.setItem(row, 0, QTableWidgetItem(name))
-            size = QTableWidgetItem(format_gb(remote.size) if remote.size is not None else "?")
+            size = QTableWidgetItem(format_size(remote.size) if remote.size is not None else "?")
             size.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(row, 1, size)
             badge, why = hub_search.fit_badge(remote.size, self._gpu_free(), self._ram())
@@ -239,7 +239,7 @@ class HubDownloadDialog(QDialog):
 
         def download(token: CancelToken) -> Path:
             def report(name: str, done: int, total: int | None) -> None:
-                token.progress(done / total if total else 0.0, f"{name}: {format_gb(done)}")
+                token.progress(done / total if total else 0.0, f"{name}: {format_size(done)}")
             return hub.download_gguf(repo, remote, cancelled=lambda: token.cancelled,
                                      progress=report)
 

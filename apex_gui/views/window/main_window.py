@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QResizeEvent
 from PySide6.QtWidgets import (
     QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
     QTabWidget, QVBoxLayout, QWidget,
@@ -27,12 +27,13 @@ from apex_gui.core.plan.precision import PrecisionPlan, plan_from_gguf, plan_fro
 from apex_gui.core.plan.profiles import Profile
 from apex_gui.core.settings import (Settings, add_recent_file, cache_dir, config_dir,
                                     load_settings, save_settings)
-from apex_gui.core.units import readable_size
+from apex_gui.core.units import format_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 from apex_gui.views import style
 from apex_gui.views.heatmap.bits_legend import BitsLegend
 from apex_gui.views.plan.export_dialog import ExportedDialog
 from apex_gui.views.heatmap.heatmap import PrecisionHeatmap
+from apex_gui.views.heatmap.heatmap_geometry import cells_text
 from apex_gui.views.window.main_window_compare import PlanComparison
 from apex_gui.views.window.main_window_dialogs import WindowDialogs
 from apex_gui.views.window.main_window_menus import MainWindowMenus
@@ -40,7 +41,7 @@ from apex_gui.views.window.main_window_profiles import ProfileActions
 from apex_gui.views.hardware.memory_breakdown import MemoryBreakdownView
 from apex_gui.views.window.model_info import ModelInfoView
 from apex_gui.views.window.model_loading import (
-    DEFAULT_PROFILE, LoadedModel, PANEL_AREAS, is_quantized, load_model, open_error_message,
+    DEFAULT_PROFILE, LoadedModel, PANEL_AREAS, load_model, open_error_message,
 )
 from apex_gui.views.plan.plan_panel import PlanPanel
 from apex_gui.views.heatmap.tensor_browser import MetadataBrowser, TensorTable
@@ -86,6 +87,9 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         self._state_timer.setInterval(0)
         self._state_timer.timeout.connect(self._update_title)
         self._state_timer.timeout.connect(self._update_actions)
+        # The hover text shows the cell's type: after a paint stroke under the mouse it must
+        # follow the edit, not wait for the mouse to leave the cell.
+        self._state_timer.timeout.connect(lambda: self._hovered(self.heatmap.hovered_cell()))
         self._build_ui()
         self._build_actions()
         self._restore_geometry()
@@ -229,8 +233,9 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         if demo.note:
             self.statusBar().showMessage(demo.note, 15000)
         profile_key = self._profile_key  # read here: the worker never touches the window
+        # Remembered like any file: Open recent finds the demo again.
         self._start_load("the demo model", lambda token: load_model(
-            demo.path, profile_key, token), remember=False)
+            demo.path, profile_key, token), remember=True, path=demo.path)
 
     def open_model_file(self, path: str | Path) -> None:
         """Open a GGUF off the GUI thread; the heatmap follows when it is read."""
@@ -320,7 +325,7 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         self.profile_matches = loaded.matches
         detected = loaded.matches[0].profile if loaded.matches else None
         self._detected_plan = loaded.detected_plan
-        stored_label = f"As stored in {model.path.name}" if is_quantized(model) else None
+        stored_label = f"As stored in {model.path.name}" if not model.is_full_precision else None
         self.plan_panel.set_profiles(loaded.profiles, loaded.profile_key, stored_label)
         self.plan_panel.set_detected(f"Detected: {loaded.matches[0].describe()}" if loaded.matches else "")
         self.model_info.setHtml(loaded.summary_html)
@@ -404,7 +409,7 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
     def _edit_made(self, description: str) -> None:
         if self.current_plan is not None:
             self.statusBar().showMessage(
-                f"{description}: now {readable_size(self.current_plan.total_bytes())} (Ctrl+Z undoes it)", 5000)
+                f"{description}: now {format_size(self.current_plan.total_bytes())} (Ctrl+Z undoes it)", 5000)
 
     def _brush_changed(self, type_name: str) -> None:
         self.heatmap.brush_type = type_name
@@ -415,7 +420,8 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
     def _selection_changed(self, cells: list) -> None:  # type: ignore[type-arg]
         self.plan_panel.set_selection_size(len(cells), self.heatmap.brush_type)
         if cells:
-            self.statusBar().showMessage(f"{len(cells)} cells selected: pick a type and press Enter", 4000)
+            self.statusBar().showMessage(f"{cells_text(len(cells))} selected: pick a type and "
+                                         "press Enter", 4000)
 
     def _hovered(self, cell: object) -> None:
         plan = self.current_plan
@@ -443,7 +449,11 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         plan = self.current_plan
         if plan is None:
             return False
-        suggested = plan.model.path.with_name(f"{plan.model.path.stem}.tensor-types.txt")
+        folder = plan.model.path.parent
+        if folder.is_relative_to(cache_dir()):
+            # The demo lives in the app's cache: the user's file goes where they keep theirs.
+            folder = Path(self.settings.output_dir or Path.home()).expanduser()
+        suggested = folder / f"{plan.model.path.stem}.tensor-types.txt"
         path, _ = QFileDialog.getSaveFileName(self, "Export tensor-type file", str(suggested),
                                               "Text files (*.txt);;All files (*)")
         if not path:
@@ -547,6 +557,10 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
         # leaves 540 logical pixels): the map keeps its rows readable.
         self.resizeDocks([self.bottom_dock], [max(100, min(170, height // 5))],
                          Qt.Orientation.Vertical)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.fit_toolbar()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self.keep_edits_prompt("Quitting") or not all(guard() for guard in self._close_guards):

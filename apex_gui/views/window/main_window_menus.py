@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import QToolButton
 
 from apex_gui.views import style
 
@@ -148,11 +149,38 @@ class MainWindowMenus:
                        self.zoom_out_action, self.zoom_fit_action, None, self.export_action,
                        self.settings_action):
             toolbar.addSeparator() if action is None else toolbar.addAction(action)
-        for action in (self.zoom_in_action, self.zoom_out_action, self.zoom_fit_action,
-                       self.undo_action, self.redo_action):
-            button = toolbar.widgetForAction(action)
-            if button is not None:
-                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)  # type: ignore[attr-defined]
+        self.main_toolbar = toolbar
+        self._icon_only_actions = {self.zoom_in_action, self.zoom_out_action,
+                                   self.zoom_fit_action, self.undo_action, self.redo_action}
+        # Short names on the toolbar (the menus keep the full ones): at 1024 px the long ones
+        # pushed Export and Fit to budget behind the toolbar's ">>".
+        self.download_action.setIconText("Download")
+        self.reset_action.setIconText("Reset")
+        self.export_action.setIconText("Export")
+        self.fit_toolbar()
+
+    def fit_toolbar(self) -> None:
+        """Every toolbar action stays on screen: buttons with an icon drop their text when the
+        toolbar would otherwise hide actions behind its ">>" (a narrow window, 2x scaling)."""
+        toolbar = self.main_toolbar
+        buttons = [toolbar.widgetForAction(a) for a in toolbar.actions()]
+        textual = [b for a, b in zip(toolbar.actions(), buttons)
+                   if isinstance(b, QToolButton) and not a.icon().isNull()
+                   and a not in self._icon_only_actions]
+        for action, button in zip(toolbar.actions(), buttons):
+            if isinstance(button, QToolButton) and button not in textual:
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly
+                                          if action.icon().isNull()
+                                          else Qt.ToolButtonStyle.ToolButtonIconOnly)
+        for button in textual:
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        spacing = toolbar.layout().spacing() if toolbar.layout() is not None else 0
+        margins = toolbar.contentsMargins()
+        needed = (sum(b.sizeHint().width() + spacing for b in buttons if b is not None)
+                  + margins.left() + margins.right() + 12)  # 12: the handle's room
+        if needed > self.width():  # type: ignore[attr-defined]
+            for button in textual:
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
 
     # --- recent files, drag and drop --------------------------------------------------------
     def _fill_recent_menu(self) -> None:

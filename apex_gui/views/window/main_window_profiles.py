@@ -11,8 +11,7 @@ from apex_gui.core.plan.precision import plan_from_gguf, plan_from_profile
 from apex_gui.core.plan.profiles import (
     ProfileError, all_profiles, get_profile, save_user_profile, user_profiles,
 )
-from apex_gui.core.units import readable_size
-from apex_gui.views.window.model_loading import is_quantized
+from apex_gui.core.units import format_size
 
 
 class ProfileActions:
@@ -28,7 +27,7 @@ class ProfileActions:
                 "Switch profile?", "Switching the profile starts a new plan: your edits to the "
                 "current one are dropped. Export it first (Ctrl+S) to keep them."):
             self.plan_panel.set_profiles(all_profiles(), plan.profile.key if plan.profile else None,
-                                         f"As stored in {model.path.name}" if is_quantized(model) else None)
+                                         f"As stored in {model.path.name}" if not model.is_full_precision else None)
             return
         try:
             if key == "stored":
@@ -47,7 +46,7 @@ class ProfileActions:
         if self.reference_plan is not None:
             self._update_diff_summary()
             self.heatmap.set_reference(self.reference_plan, self.heatmap.reference_label)
-        self.statusBar().showMessage(f"Plan: {new_plan.origin}, {readable_size(new_plan.total_bytes())}", 6000)
+        self.statusBar().showMessage(f"Plan: {new_plan.origin}, {format_size(new_plan.total_bytes())}", 6000)
 
     def reset_to_profile(self) -> None:
         """Every cell back to the profile's (or the file's) type, as one undoable step."""
@@ -82,7 +81,7 @@ class ProfileActions:
         current = plan.profile.key if plan.profile else None
         model = plan.model
         self.plan_panel.set_profiles(all_profiles(), current,
-                                     f"As stored in {model.path.name}" if is_quantized(model) else None)
+                                     f"As stored in {model.path.name}" if not model.is_full_precision else None)
         self._edits_kept = True
         problems = user_profiles()[1]
         message = f"Saved profile {label} to {path}"

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QTextBrowser, QWidget
 from apex_gui.core.gguf.model import FileKind, ModelInfo
 from apex_gui.core.gguf.summary import summary_dict
 from apex_gui.core.plan.detect import ProfileMatch
-from apex_gui.core.units import format_params, format_size, readable_size
+from apex_gui.core.units import format_params, format_size
 
 
 class ModelInfoView(QTextBrowser):
@@ -37,7 +37,7 @@ def render_summary_html(model: ModelInfo, matches: list[ProfileMatch] | None = N
         ("Kind", escape(info["file_kind"])),
         ("Name", escape(model.name)),
         ("Architecture", escape(model.architecture)),
-        ("File size", f"{readable_size(model.file_size)} ({model.file_size:,} bytes), "
+        ("File size", f"{format_size(model.file_size)} ({model.file_size:,} bytes), "
                       f"{len(model.tensors)} tensors"),
     ]
     if model.file_kind is FileKind.MODEL:

@@ -17,7 +17,6 @@ from apex_gui.views.window.model_info import render_summary_html
 
 
 DEFAULT_PROFILE = "quality"
-UNQUANTIZED_FILE_TYPES = {"F32", "F16", "BF16", "unknown"}
 PANEL_AREAS = ("right", "bottom", "center")
 
 
@@ -38,10 +37,6 @@ class LoadedModel:
     metadata_rows: list[MetadataRow] = field(default_factory=list)
 
 
-def is_quantized(model: ModelInfo) -> bool:
-    return model.file_type not in UNQUANTIZED_FILE_TYPES
-
-
 def load_model(path: Path, profile_key: str, token: CancelToken) -> LoadedModel:
     """Open a GGUF and build its first plan (runs on a worker thread; Qt-free)."""
     started = time.perf_counter()
@@ -55,7 +50,7 @@ def load_model(path: Path, profile_key: str, token: CancelToken) -> LoadedModel:
     # thread only hands finished objects to the widgets (a 400B model stays smooth).
     matches: list[ProfileMatch] = []
     detected_plan: PrecisionPlan | None = None
-    if is_quantized(model):
+    if not model.is_full_precision:
         token.progress(0.5, "detecting the profile")
         plan = plan_from_gguf(model)
         baseline = plan_from_gguf(model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from apex_gui.core.fit.job_placement import JobPlacer
 from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import save_settings
@@ -31,10 +32,6 @@ class InstalledPanels:
     store: RunStore
 
 
-def _is_full_precision(model: Any) -> bool:
-    return str(getattr(model, "file_type", "unknown")) in ("F32", "F16", "BF16", "unknown")
-
-
 def install_panels(window: Any, *, store: RunStore | None = None,
                    queue: JobQueue | None = None, probe_hardware: bool = True) -> InstalledPanels:
     """Create the three panels, add them to ``window`` and connect the signals.
@@ -52,7 +49,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         store.mark_interrupted()  # runs a previous session left "running" ended with it
     except RunStoreError as error:  # locked by another program: they are marked next time
         window.statusBar().showMessage(str(error), 15_000)
-    tools = LlamaTools.for_settings(settings)
+    tools = placed_tools(settings, window)
     queue = queue or JobQueue(tools, store, parent=window)
 
     hardware = HardwarePanel(window.current_model, workers=window.workers,
@@ -71,7 +68,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
 
     def size_baselines(model: Any) -> None:
         results.set_baselines([])
-        if model is None or not _is_full_precision(model):
+        if model is None or not model.is_full_precision:
             return
         from apex_gui.core.jobs.baselines import baselines
 
@@ -115,7 +112,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     def settings_changed(new: Any) -> None:
         # The queue looks tools up when a job starts: the next job uses the folder just
         # chosen, a running one keeps its process.
-        queue.tools = LlamaTools.for_settings(new)
+        queue.tools = placed_tools(new, window)
         hardware.set_context(getattr(new, "context_length", 8192),
                              getattr(new, "kv_cache_type", "f16"))
         run.set_default_output_dir(getattr(new, "output_dir", "") or "")
@@ -145,6 +142,11 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     hardware.applyProfileRequested.connect(apply_profile)
     hardware.recommendationChanged.connect(
         lambda rec: results.set_recommendation(rec, hardware.hardware_label()))
+    memory_view = getattr(window, "memory_view", None)
+    if memory_view is not None:
+        # The Memory tab speaks of the set-up the fit table is for, typed devices included.
+        hardware.recommendationChanged.connect(lambda rec: memory_view.set_machine(
+            rec.machine if rec is not None else None))
     run.jobFinished.connect(lambda _outcome: results.refresh())
 
     def close_guard() -> bool:
@@ -164,3 +166,16 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     if window.current_model is not None:
         size_baselines(window.current_model)
     return InstalledPanels(hardware, run, results, queue, store)
+
+
+def placed_tools(settings: Any, window: Any) -> LlamaTools:
+    """The tools as set up, each job placed on the devices by the memory model when it starts
+    (or on the CPU with the "CPU only" setting). The tools' device list (``--list-devices``,
+    up to a second with a Vulkan backend) is read now on a worker, so the first job does not
+    wait for it on the GUI thread."""
+    tools = LlamaTools.for_settings(settings)
+    placer = JobPlacer(tools)
+    tools.placer = placer
+    if tools.locate("perplexity").path is not None:
+        window.workers.submit("list the tools' devices", lambda _token: placer.listing())
+    return tools

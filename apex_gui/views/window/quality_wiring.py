@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFormLayout, QLabel, QToolBar
 
-from apex_gui.views.plan.budget_dialog import FitToBudgetDialog, apply_optimized_plan
+from apex_gui.views.plan.budget_dialog import FitToBudgetDialog, apply_optimized_plan, kld_text
 from apex_gui.views.heatmap.sensitivity_overlay import DamageLegend, SensitivityOverlay
 
 __all__ = ["QualityState", "install_quality"]
@@ -131,7 +131,7 @@ class QualityState(QObject):
             self.kld_label.setToolTip("The plan uses a type the sensitivity table did not "
                                       "measure; measure it among the candidate types")
         else:
-            self.kld_label.setText(f"{value:.4g}")
+            self.kld_label.setText(kld_text(value, 3))
             self.kld_label.setToolTip("Predicted mean KL divergence against the source "
                                       "model (measured sensitivity, per-tensor damages added)")
         overlay = self.window.heatmap.overlay
@@ -237,7 +237,8 @@ def install_quality(window: Any, hardware: Any, queue: Any = None,
         result = hardware.best_plan
         if result is None:
             return
-        if apply_optimized_plan(window, result, f"Best plan for {hardware.hardware_label()}"):
+        if apply_optimized_plan(window, result, f"Best plan for {hardware.hardware_label()}",
+                                hardware.hardware_label()):
             tabs = getattr(window, "center_tabs", None)
             if tabs is not None:
                 tabs.setCurrentIndex(0)
@@ -265,6 +266,8 @@ def install_quality(window: Any, hardware: Any, queue: Any = None,
             view_menu.addAction(extra)
     if toolbar is not None:
         toolbar.addAction(state.overlay_action)
+        if hasattr(window, "fit_toolbar"):
+            window.fit_toolbar()  # the two new buttons may not fit a narrow window
     if window.current_model is not None:
         state._model_changed(window.current_model)
     return action

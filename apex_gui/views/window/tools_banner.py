@@ -75,8 +75,10 @@ def install_tools_check(window: Any, tools: LlamaTools) -> ToolsCheckBanner:
         if tools.locate("quantize").path is None:
             return  # the Run panel already says how to install them
         banner.recheck_button.setEnabled(False)
+        # The token cancels the check when the window closes: a hung tool is stopped, not
+        # waited for (the window stayed alive after Ctrl+Q).
         task = window.workers.submit("check llama.cpp tools",
-                                     lambda _token: run_tools_check(tools))
+                                     lambda token: run_tools_check(tools, cancel=token))
         task.finished.connect(banner.show_report)
         task.failed.connect(lambda error: window.statusBar().showMessage(
             f"Could not check the llama.cpp tools: {error}", 10_000))
