@@ -13,7 +13,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_campaign.py"
 #: Surfaces whose findings another branch fixes (sensitivity tables, not merged yet):
-#: their cases are in the campaign; this list goes once those branches are merged.
+#: its cases are in the campaign; this list goes once that branch is merged.
 FIXED_ELSEWHERE = ("sensitivity tables",)
 
 
@@ -69,7 +69,7 @@ def test_every_sub_command_has_a_case(campaign: ModuleType, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_the_campaign_finds_nothing(campaign: ModuleType, tmp_path: Path) -> None:
-    """Every surface fixed on this branch, at quick sizes (several minutes)."""
+    """Every surface whose fixes are here, at quick sizes (several minutes)."""
     run = campaign.Campaign(tmp_path, full=False)
     wanted = [s for s in campaign.surfaces() if s not in FIXED_ELSEWHERE]
     tallies = run.run_all(campaign.groups_of(wanted))
