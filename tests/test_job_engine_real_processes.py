@@ -180,8 +180,8 @@ def test_a_full_data_folder_refuses_the_run_with_the_database_named(small_disk, 
                                   options=RunOptions(threads=2)), llama_tools, store)
     store.close()
     assert outcome.status is JobStatus.FAILED and outcome.exit_code is None
-    assert f"the run history {small_disk / 'runs.sqlite'} failed" in outcome.message
-    assert "disk is full" in outcome.message and "free some space" in outcome.message
+    assert f"the disk of the run history {small_disk / 'runs.sqlite'} is full" in outcome.message
+    assert "free some space" in outcome.message
     assert not output.exists()
 
 
