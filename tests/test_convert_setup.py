@@ -116,3 +116,21 @@ def test_a_random_qwen3moe_checkpoint_converts_to_its_tensors(tiny_qwen3moe: Pat
         assert np.array_equal(np.asarray(converted[name].data, dtype=np.float32).ravel(),
                               np.asarray(tensor.data, dtype=np.float32).ravel()), name
     assert GGUFReader(output).fields["general.architecture"].contents() == "qwen3moe"
+
+
+def test_a_converter_killed_by_a_signal_is_not_blamed_on_a_cpu_variant(tmp_path: Path) -> None:
+    """The converter is Python, not a llama.cpp tool: a crash is reported, never retried on
+    another CPU variant (the lookup of a variant once raised KeyError for it)."""
+    import signal
+
+    from apex_gui.core.convert.job import ConvertJob
+    from apex_gui.core.jobs.crashes import crash_retry_for
+    from apex_gui.core.jobs.runner import JobOutcome, JobStatus
+    from apex_gui.core.jobs.tools import LlamaTools
+
+    job = ConvertJob(checkpoint=tmp_path / "ckpt", output_path=tmp_path / "out.gguf",
+                     converter=tmp_path)
+    for crash in (signal.SIGILL, signal.SIGSEGV):
+        outcome = JobOutcome(job=job, status=JobStatus.FAILED, message="crashed",
+                             exit_code=-crash, signal_number=crash)
+        assert crash_retry_for(outcome, LlamaTools()) is None

@@ -44,3 +44,25 @@ def test_window_turns_a_checkpoint_folder_into_quants_and_resumes(
     assert [e["event"] for e in journal if e["step"] == "convert"] == ["started", "done",
                                                                        "reused"]
     dialog.close()
+
+
+@pytest.mark.gui
+def test_an_error_inside_a_step_ends_the_run_with_its_message(
+        qtbot: QtBot, demo_window, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever waits for the run (a user, a test) hears that it ended, with the error."""
+    import apex_gui.views.window.hf_pipeline_dialog as dialog_module
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the step's own code failed")
+
+    monkeypatch.setattr(dialog_module, "run_source_pipeline", broken)
+    checkpoint = export_demo(tmp_path / "demo-qwen2moe")
+    dialog = demo_window.show_hub_pipeline_dialog()
+    dialog.source_edit.setText(str(checkpoint))
+    dialog.profiles_edit.setText("mini")
+    dialog.output_edit.setText(str(tmp_path / "work"))
+    with qtbot.waitSignal(dialog.finishedWith, timeout=60_000) as done:
+        dialog.start_button.click()
+    assert "the step's own code failed" in done.args[0]
+    assert "the step's own code failed" in dialog.status_label.text()
+    qtbot.waitUntil(lambda: dialog.start_button.isEnabled())

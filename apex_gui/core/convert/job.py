@@ -9,7 +9,6 @@ each is its own file.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -45,11 +44,11 @@ class ConvertJob(ToolJob):
     pre_tokenizer: str = ""
     python: str = ""  # the interpreter with the converter's needs; "" = this one
 
+    #: The checkpoint is a folder: it is checked, with its weights, in check_details.
+    writes: ClassVar[str] = "output_path"
+
     def inputs(self) -> tuple[Path, ...]:
         return (self.checkpoint,)
-
-    def output(self) -> Path:
-        return self.output_path
 
     def args(self) -> list[str]:
         flags = ["--mmproj"] if self.mmproj else []
@@ -71,7 +70,7 @@ class ConvertJob(ToolJob):
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def check(self, produced: Iterable[Path] = ()) -> None:
+    def check_details(self, produced: list[Path], tools: LlamaTools | None) -> None:
         if self.output_type not in OUTPUT_TYPES:
             raise JobError(f"output type {self.output_type!r}: choose one of "
                            f"{', '.join(OUTPUT_TYPES)}")

@@ -91,7 +91,6 @@ def place_model(model_path: Path, listing: DeviceListing, ctx: ContextSettings, 
         machine = machine_with_workers(machine, probes)
     result = evaluate(geom, candidate, machine, ctx, margin=margin)
     verdict, placement = result.verdict, result.placement
-    names = [g.name.split(" ")[0] for g in machine.gpus]
     local = [d.name for d in devices]
     # --device only when some listed device is left out (a duplicate Vulkan view of a CUDA
     # card): naming them all would only repeat llama.cpp's own choice.

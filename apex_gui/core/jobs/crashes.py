@@ -104,6 +104,8 @@ def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, st
         return None  # a failed check of llama.cpp's own fails the same on every variant
     if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):
         return None  # a worker was lost: running again here would not bring it back
+    if outcome.job.tool not in TOOL_NAMES:
+        return None  # not a llama.cpp tool (the Python converter): no CPU variant to avoid
     variant = parse_loaded_cpu_variant(outcome.log) or _loaded_variant(outcome.job, tools)
     # Only an illegal instruction is a variant's doing; another crash stops after --no-repack.
     fallback = outcome.job.crash_fallback(

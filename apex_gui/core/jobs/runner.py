@@ -203,10 +203,15 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
             # The tools do not check their last writes: on a full disk they exit 0 with a
             # truncated file, which must never be renamed into place.
             status, results = JobStatus.FAILED, {}
-            cause = _disk_full(partial.parent) or (
-                "the write failed: check that the folder is writable and the disk healthy")
-            message = (f"{tool} exited normally but its output {output.name} is incomplete "
-                       f"({problem}); {cause}; no output was kept")
+            message = _incomplete_output_message(tool, output, partial, problem)
+    elif status is JobStatus.FAILED and exit_code == 0 and output is not None \
+            and partial is not None and partial.is_file():
+        # The log lost its result lines, but the file the tool wrote is the better witness:
+        # a truncated one means the write failed (a full disk), which no rerun mends.
+        problem = _output_problem(job, partial)
+        if problem is not None:
+            output_lost = False
+            message = _incomplete_output_message(tool, output, partial, problem)
     elif status is JobStatus.FAILED and exit_code is not None and exit_code > 0 \
             and output is not None and partial is not None and partial.is_file():
         # llama-quantize says only "iostream error" when a write fails: name the cause.
@@ -232,6 +237,13 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
         prepared.lock.release()
     return JobOutcome(job, status, message, exit_code, results, log, prepared.started, ended,
                       prepared.run_id, output_lost, signal_number=signal_number)
+
+
+def _incomplete_output_message(tool: str, output: Path, partial: Path, problem: str) -> str:
+    cause = _disk_full(partial.parent) or (
+        "the write failed: check that the folder is writable and the disk healthy")
+    return (f"{tool} exited normally but its output {output.name} is incomplete ({problem}); "
+            f"{cause}; no output was kept")
 
 
 def _file_results(job: ToolJob, output: Path) -> dict[str, Any]:

@@ -212,7 +212,7 @@ class HubPipelineDialog(QDialog):
         task = self._workers.submit(description, function)
         self._task = task
         task.finished.connect(on_done)
-        task.failed.connect(lambda error: self._set_status(str(error), problem=True))
+        task.failed.connect(self._failed)
         task.progress.connect(self._progress)
         task.done.connect(self._task_done)
         self._update_buttons()
@@ -232,6 +232,13 @@ class HubPipelineDialog(QDialog):
         self.finishedWith.emit(line)
         if ok:
             self.quantsReady.emit(self._work_dir)
+
+    def _failed(self, error: object) -> None:
+        # An error inside a step (not a failed tool, which ends the run with its message):
+        # the run is over all the same, and whoever waits for it must hear so.
+        line = f"Stopped by an error: {error}"
+        self._set_status(line, problem=True)
+        self.finishedWith.emit(line)
 
     def _task_done(self) -> None:
         if self._task is not None and self._task.cancelled:
