@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.gguf.types import UnknownTypeError, ggml_type
+from apex_gui.core.jobs.child_process import own_group_options, signal_group
 from apex_gui.core.jobs.parsers import parse_tensor_progress
 from apex_gui.core.jobs.tools import LlamaTools, child_environment
 from apex_gui.core.plan.precision import PrecisionPlan
@@ -24,8 +28,20 @@ from apex_gui.core.settings import cache_dir
 
 BASELINE_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "IQ2_M")
 
+#: How often a running dry run looks at its cancel flag.
+CANCEL_POLL_S = 0.2
+
+
 class BaselineError(RuntimeError):
     """llama-quantize could not size a baseline; the message says why and what to do."""
+
+
+class BaselineCancelled(Exception):
+    """The sizing was cancelled (the window closed, another model was opened)."""
+
+
+def _never() -> bool:
+    return False
 
 
 def parse_dry_run(text: str) -> dict[str, str]:
@@ -56,8 +72,10 @@ def _cache_key(model: ModelInfo, quant_type: str) -> str:
 
 
 def baseline_plan(model: ModelInfo, quant_type: str, tools: LlamaTools | None = None,
-                  timeout: float = 120.0) -> PrecisionPlan:
-    """The plan llama-quantize would apply for a uniform ``quant_type`` (cached per file)."""
+                  timeout: float = 120.0,
+                  cancelled: Callable[[], bool] = _never) -> PrecisionPlan:
+    """The plan llama-quantize would apply for a uniform ``quant_type`` (cached per file);
+    :class:`BaselineCancelled` as soon as ``cancelled()`` turns true."""
     quant_type = quant_type.upper()
     cache_file = cache_dir() / "baselines" / f"{_cache_key(model, quant_type)}.json"
     types: dict[str, str] | None = None
@@ -67,44 +85,65 @@ def baseline_plan(model: ModelInfo, quant_type: str, tools: LlamaTools | None = 
         except (OSError, ValueError):
             types = None
     if types is None:
-        types = _ask_llama_quantize(model, quant_type, tools or LlamaTools(), timeout)
+        types = _ask_llama_quantize(model, quant_type, tools or LlamaTools(), timeout, cancelled)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_text(json.dumps(types), encoding="utf-8")
     return PrecisionPlan(model, types, quant_type, origin=f"llama.cpp {quant_type}")
 
 
 def _ask_llama_quantize(model: ModelInfo, quant_type: str, tools: LlamaTools,
-                        timeout: float) -> dict[str, str]:
+                        timeout: float, cancelled: Callable[[], bool]) -> dict[str, str]:
     exe = tools.path("quantize")
     with tempfile.TemporaryDirectory(prefix="apex-dry-run-") as scratch:
         argv = [str(exe), "--dry-run", "--allow-requantize", str(model.path),
                 str(Path(scratch) / "never-written.gguf"), quant_type, "1"]
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                                  timeout=timeout, env=child_environment())
-        except subprocess.TimeoutExpired:
-            raise BaselineError(f"llama-quantize --dry-run on {model.path} took over "
-                                f"{timeout:.0f} s; is the file on a slow disk?") from None
-    output = proc.stdout + proc.stderr
+        returncode, output = _run_dry(argv, model, timeout, cancelled)
     types = parse_dry_run(output)
-    if proc.returncode != 0 or len(types) != len(model.tensors):
+    if returncode != 0 or len(types) != len(model.tensors):
         last = [line for line in output.splitlines() if line.strip()][-3:]
         raise BaselineError(
             f"llama-quantize --dry-run could not size {quant_type} for {model.path} "
-            f"(exit {proc.returncode}, {len(types)} of {len(model.tensors)} tensors): "
+            f"(exit {returncode}, {len(types)} of {len(model.tensors)} tensors): "
             + " | ".join(last) + ". This llama.cpp build may not support the architecture "
             f"{model.architecture!r}; point Settings at a newer build.")
     return types
 
 
+def _run_dry(argv: list[str], model: ModelInfo, timeout: float,
+             cancelled: Callable[[], bool]) -> tuple[int, str]:
+    """(exit code, merged output) of one dry run, stopped (its whole process group) on a
+    timeout or as soon as ``cancelled()``: a hung tool must not keep the window from quitting."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                            env=child_environment(), **own_group_options())
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            output, _ = proc.communicate(timeout=CANCEL_POLL_S)
+            return proc.returncode, output
+        except subprocess.TimeoutExpired:
+            stop = cancelled()
+            if not stop and time.monotonic() < deadline:
+                continue
+            signal_group(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+            if stop:
+                raise BaselineCancelled() from None
+            raise BaselineError(f"llama-quantize --dry-run on {model.path} took over "
+                                f"{timeout:.0f} s; is the file on a slow disk?") from None
+
+
 def baselines(model: ModelInfo, quant_types: tuple[str, ...] = BASELINE_TYPES,
-              tools: LlamaTools | None = None) -> tuple[list[Baseline], list[str]]:
-    """Sized baselines and one message per baseline that could not be sized."""
+              tools: LlamaTools | None = None,
+              cancelled: Callable[[], bool] = _never) -> tuple[list[Baseline], list[str]]:
+    """Sized baselines and one message per baseline that could not be sized
+    (:class:`BaselineCancelled` when ``cancelled()`` turns true)."""
     found: list[Baseline] = []
     problems: list[str] = []
     for quant_type in quant_types:
         try:
-            plan = baseline_plan(model, quant_type, tools)
+            plan = baseline_plan(model, quant_type, tools, cancelled=cancelled)
         except (BaselineError, OSError) as error:
             problems.append(str(error))
             continue

@@ -72,7 +72,8 @@ def install_panels(window: Any, *, store: RunStore | None = None,
             return
         from apex_gui.core.jobs.baselines import baselines
 
-        task = window.workers.submit("size baselines", lambda _token: baselines(model, tools=tools))
+        task = window.workers.submit("size baselines", lambda token: baselines(
+            model, tools=tools, cancelled=lambda: token.cancelled))
         task.finished.connect(lambda found, m=model: results.set_baselines(found[0])
                               if window.current_model is m else None)
 
