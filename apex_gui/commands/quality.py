@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import threading
 import time
@@ -115,15 +116,16 @@ def _prepare(args: argparse.Namespace, model_path: Path) -> tuple[Any, list[str]
     return settings, workers
 
 
-def _measure(args: argparse.Namespace, settings: Any) -> Any:
+def _measure(args: argparse.Namespace, settings: Any) -> tuple[Any, Any, float]:
     """Run the measurement with the projection stated first; SIGTERM, SIGHUP and Ctrl-C
     stop it with its scratch folder removed and what it finished kept for a resume."""
     from apex_gui.core.jobs.tools import LlamaTools
     from apex_gui.core.quality.projection import ensure_speed
     from apex_gui.core.quality.scratch import scratch_root
     from apex_gui.core.quality.sensitivity import SensitivityCancelled, measure_sensitivity
+    from apex_gui.core.settings import load_settings
 
-    tools = LlamaTools()
+    tools = LlamaTools.for_settings(load_settings())
     ensure_speed(tools, args.work_dir)
     projection = settings.projection()
     print(projection.summary(str(scratch_root(args.work_dir))), file=sys.stderr, flush=True)
@@ -143,14 +145,28 @@ def _measure(args: argparse.Namespace, settings: Any) -> Any:
               "from there", file=sys.stderr)
         raise KeyboardInterrupt from None
     print(file=sys.stderr)
-    print(f"measured in {time.monotonic() - started:.0f} s (projected "
-          f"{projection.seconds:.0f} s)", file=sys.stderr)
-    return table
+    seconds = time.monotonic() - started
+    print(f"measured in {seconds:.0f} s (projected {projection.seconds:.0f} s)", file=sys.stderr)
+    return table, projection, seconds
+
+
+def _peak_rss(who: int) -> int:
+    """Peak resident memory in bytes (Linux reports KiB) of this process or its children."""
+    return resource.getrusage(who).ru_maxrss * 1024
+
+
+def _remove_stale_scratch(args: argparse.Namespace) -> None:
+    """Scratch folders of measurements that were killed (their owner is gone) go first."""
+    from apex_gui.core.quality.scratch import remove_stale, scratch_root
+
+    for folder in remove_stale(scratch_root(args.work_dir)):
+        print(f"removed {folder}, left by a measurement that was killed", file=sys.stderr)
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
     from apex_gui.core.files.outputs import OutputLock, check_output, write_text_output
 
+    _remove_stale_scratch(args)
     model_path = check_model_file(args.model)
     check_inputs([(args.imatrix, "--imatrix", None), (args.text, "--text", None)])
     sources = [(model_path, "source model"), (args.imatrix, "importance matrix"),
@@ -160,7 +176,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     check_output(args.output, force=args.force, sources=sources)
     settings, _workers = _prepare(args, model_path)
     with OutputLock(args.output):
-        table = _measure(args, settings)
+        table, projection, seconds = _measure(args, settings)
     write_text_output(args.output, json.dumps(table.to_json(), indent=1, allow_nan=False) + "\n",
                       force=args.force, sources=sources)
     if args.json:
@@ -168,7 +184,12 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                           "candidates": list(table.candidates), "kind_scale": table.kind_scale,
                           "floor": table.floor, "response": table.response,
                           "probes": table.probes, "timings": table.timings,
-                          "settings": table.settings}, indent=2, allow_nan=False))
+                          "settings": table.settings, "seconds": seconds,
+                          "projected_seconds": projection.seconds,
+                          "projected_scratch_bytes": projection.scratch_bytes,
+                          "peak_rss_bytes": _peak_rss(resource.RUSAGE_SELF),
+                          "tools_peak_rss_bytes": _peak_rss(resource.RUSAGE_CHILDREN)},
+                         indent=2, allow_nan=False))
         return 0
     worst = sorted((p for p in table.probes if p["key"].startswith("kind:")),
                    key=lambda p: -p["kld_mean"])[:3]
@@ -193,6 +214,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     from apex_gui.core.quality.optimizer import (BudgetTooSmall, optimize, optimize_for_fit,
                                                  smallest_possible_bytes)
 
+    _remove_stale_scratch(args)
     fit_target = bool(args.vram or args.gpu)
     if args.experts_in_ram and not fit_target:
         raise ValueError("--experts-in-ram goes with a fit target (--gpu / --vram)")
@@ -221,7 +243,7 @@ def run_optimize(args: argparse.Namespace) -> int:
                     f"a budget of {budget:,} bytes is too small for {model.path.name}: the "
                     f"smallest plan of the candidate types is {least:,} bytes "
                     f"({format_size(least)}); nothing was measured")
-        table = _measure(args, settings)
+        table = _measure(args, settings)[0]
     fit = None
     if fit_target:
         from apex_gui.core.fit.context_memory import ContextSettings

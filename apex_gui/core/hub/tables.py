@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING
 
-from apex_gui.core.hub.download import API_TIMEOUT_S, HubError, check_reachable, validate_repo_id
+from apex_gui.core.hub.download import (API_TIMEOUT_S, HubError, check_reachable, endpoint,
+                                        validate_repo_id)
 from apex_gui.core.quality.table import TABLE_CAP_BYTES, SensitivityTable
 from apex_gui.core.units import format_size
 
@@ -41,9 +43,19 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
     return validate_repo_id(match.group("repo")), match.group("rev"), match.group("file")
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What the Hub client raises when the network fails: OSErrors and its HTTP client's
+    transport errors (not OSErrors)."""
+    try:
+        import httpx2  # the HTTP client of huggingface_hub 2.x
+    except ImportError:
+        return (OSError,)
+    return (OSError, httpx2.TransportError)
+
+
 def download_table(spec: str, token: str | None = None) -> Path:
     """The table file of ``hf://OWNER/REPO/FILE`` in the Hub cache (downloaded if needed)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
@@ -52,14 +64,15 @@ def download_table(spec: str, token: str | None = None) -> Path:
         check_reachable()
     except HubError as error:
         raise TableDownloadError(str(error)) from None
+    hub = endpoint()  # HF_ENDPOINT, or what the window set: the client's own is fixed at import
     try:
-        meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=revision), token=token,
-                                    timeout=API_TIMEOUT_S)
+        url = f"{hub.rstrip('/')}/{repo_id}/resolve/{quote(revision or 'main', safe='')}/{quote(name)}"
+        meta = get_hf_file_metadata(url, token=token, timeout=API_TIMEOUT_S, endpoint=hub)
         if meta.size is not None and meta.size > TABLE_CAP_BYTES:
             raise TableDownloadError(f"{spec} is {format_size(meta.size)}, more than a sensitivity table "
                            f"can be ({format_size(TABLE_CAP_BYTES)}); check the file name")
         local = hf_hub_download(repo_id, name, revision=revision, token=token,
-                                etag_timeout=API_TIMEOUT_S)
+                                etag_timeout=API_TIMEOUT_S, endpoint=hub)
     except GatedRepoError:
         raise TableDownloadError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
                        "(`hf auth login`) so the token is found") from None
@@ -70,9 +83,10 @@ def download_table(spec: str, token: str | None = None) -> Path:
         raise TableDownloadError(f"{spec}: {repo_id} has no file {name}; check the path") from None
     except HfHubHTTPError as error:
         raise TableDownloadError(f"{spec}: the Hub answered an error ({error})") from None
-    except OSError as error:
-        raise TableDownloadError(f"{spec} could not be downloaded ({error}); check the network and the "
-                       "free disk space of the Hugging Face cache (HF_HOME)") from None
+    except _network_errors() as error:
+        raise TableDownloadError(f"{spec} could not be downloaded ({error or type(error).__name__}); "
+                                 "check the network and the free disk space of the Hugging "
+                                 "Face cache (HF_HOME)") from None
     return Path(str(local))
 
 

@@ -136,13 +136,17 @@ def _inverse(points: list[tuple[float, float]], measured: float) -> float:
 
 def fit_calibration(errors: Mapping[str, Mapping[str, float]], energy: Mapping[str, float],
                     effective: Mapping[str, Mapping[str, str]], probes: list[Probe],
-                    measured: Mapping[str, float]) -> Calibration:
+                    measured: Mapping[str, float], *, use_floor: bool = True,
+                    use_response: bool = True) -> Calibration:
     """Scales, floor and response from the probes' measured mean KLD (``measured`` by key).
 
     ``effective[type][tensor]`` is the type llama-quantize wrote for that tensor when asked
     for ``type`` (the row-length fallback). Probes that measured nothing above the tool's
-    resolution leave their kind at the smallest scale seen.
+    resolution leave their kind at the smallest scale seen. ``use_floor`` / ``use_response``
+    off fit the simpler calibrations the benchmark compares against.
     """
+    probes = [p for p in probes if (use_floor or p.key != "all-high")
+              and (use_response or p.key != "all-low")]
     terms = _Terms(errors, energy, effective)
     per_kind = [p for p in probes if p.key.startswith("kind:")]
     kinds = sorted({p.kinds[0] for p in per_kind})

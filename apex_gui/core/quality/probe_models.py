@@ -13,13 +13,13 @@ probe-type quant once; each probe costs nothing but its evaluation.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from apex_gui.core.gguf.reader import GGUF_MAGIC, GGUFHeader, metadata_spans, read_header
 from apex_gui.core.quality.scratch import stop_if_cancelled
@@ -65,47 +65,66 @@ class TensorSource:
                 self.located[entry.name] = _Located(header, index)
 
 
+def copy_range(source: int, out: BinaryIO, offset: int, nbytes: int) -> None:
+    """Copy ``nbytes`` at ``offset`` of the file ``source`` (a descriptor) to ``out``: in the
+    kernel where it can (no copy in this process's memory), else in bounded reads."""
+    out.flush()
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < nbytes:
+                step = os.copy_file_range(source, out.fileno(), nbytes - done, offset + done)
+                if step <= 0:
+                    break
+                done += step
+        except OSError:
+            pass  # another file system, an old kernel: copy it ourselves
+        out.seek(0, os.SEEK_END)
+    while done < nbytes:
+        chunk = os.pread(source, min(_COPY_CHUNK, nbytes - done), offset + done)
+        if not chunk:
+            raise OSError(f"unexpected end of file after {offset + done} bytes")
+        out.write(chunk)
+        done += len(chunk)
+
+
 def write_shard(target: Path, kv_blob: bytes, kv_count: int, names: Sequence[str],
                 source: TensorSource, alignment: int,
                 cancel: threading.Event | None = None) -> None:
     """One GGUF file holding ``names`` (copied byte for byte from ``source``)."""
     entries = [source.located[name] for name in names]
     tmp = target.with_name(f".{target.name}.part")
-    with open(tmp, "wb") as out:
-        out.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(entries), kv_count))
-        out.write(kv_blob)
-        offset = 0
-        offsets = []
-        for located in entries:
-            entry = located.header.tensors[located.index]
-            out.write(_gguf_string(entry.name) + struct.pack("<I", len(entry.shape))
-                      + struct.pack("<" + "Q" * len(entry.shape), *entry.shape)
-                      + struct.pack("<IQ", entry.type_id, offset))
-            offsets.append(offset)
-            offset += -(-entry.nbytes // alignment) * alignment
-        out.write(b"\0" * (-out.tell() % alignment))
-        data_start = out.tell()
-        views: dict[Path, tuple[object, mmap.mmap]] = {}
-        try:
+    descriptors: dict[Path, int] = {}
+    try:
+        with open(tmp, "wb") as out:
+            out.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(entries), kv_count))
+            out.write(kv_blob)
+            offset = 0
+            offsets = []
+            for located in entries:
+                entry = located.header.tensors[located.index]
+                out.write(_gguf_string(entry.name) + struct.pack("<I", len(entry.shape))
+                          + struct.pack("<" + "Q" * len(entry.shape), *entry.shape)
+                          + struct.pack("<IQ", entry.type_id, offset))
+                offsets.append(offset)
+                offset += -(-entry.nbytes // alignment) * alignment
+            out.write(b"\0" * (-out.tell() % alignment))
+            data_start = out.tell()
             for located, at in zip(entries, offsets):
                 stop_if_cancelled(cancel)
                 header = located.header
                 entry = header.tensors[located.index]
-                if header.path not in views:
-                    handle = open(header.path, "rb")
-                    views[header.path] = (handle, mmap.mmap(handle.fileno(), 0,
-                                                            access=mmap.ACCESS_READ))
-                view = views[header.path][1]
+                if header.path not in descriptors:
+                    descriptors[header.path] = os.open(header.path, os.O_RDONLY)
                 out.write(b"\0" * (data_start + at - out.tell()))
-                base = header.data_offset + entry.offset
-                for start in range(0, entry.nbytes, _COPY_CHUNK):
-                    out.write(view[base + start: base + min(entry.nbytes, start + _COPY_CHUNK)])
+                copy_range(descriptors[header.path], out, header.data_offset + entry.offset,
+                           entry.nbytes)
             out.write(b"\0" * (-out.tell() % alignment))
-        finally:
-            for handle, view in views.values():
-                view.close()
-                handle.close()  # type: ignore[attr-defined]
-    os.replace(tmp, target)
+        os.replace(tmp, target)
+    finally:
+        for descriptor in descriptors.values():
+            os.close(descriptor)
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -142,9 +161,9 @@ def write_probe_shards(source_paths: Sequence[Path], low_path: Path,
     folder.mkdir(parents=True, exist_ok=True)
     first = read_header(source_paths[0])
     spans = [s for s in metadata_spans(first.path) if not s[0].startswith("split.")]
-    with open(first.path, "rb") as handle, \
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        metadata = b"".join(view[start:end] for _key, start, end in spans)
+    with open(first.path, "rb") as handle:
+        metadata = b"".join(os.pread(handle.fileno(), end - start, start)
+                            for _key, start, end in spans)
     high_source = TensorSource(source_paths)
     low_source = TensorSource([low_path])
     in_groups = {name for members in groups.values() for name in members}

@@ -4,7 +4,7 @@ A quantized file and its source are read tensor by tensor with the ``gguf`` pack
 dequantizers, and the error is weighted by the importance matrix where one is given (per
 expert for ``*_exps``): for a row ``w`` and its quantized ``q`` the output error is about
 ``sum_j imatrix_j * (w_j - q_j)^2``. Only one matrix (one expert of a merged expert tensor)
-is in memory at a time.
+is in memory at a time, resident pages included.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import struct
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
+from apex_gui.core.gguf.reader import TensorEntry, read_header
 from apex_gui.core.quality.scratch import stop_if_cancelled
 
 
@@ -66,28 +65,37 @@ def _read_legacy_imatrix(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def dequantized_slices(tensor: Any) -> Iterable[np.ndarray]:
-    """The tensor as float32, one 2-D slice (one expert) at a time."""
+def dequantized_slices(path: Path, entry: TensorEntry, data_offset: int) -> Iterable[np.ndarray]:
+    """A tensor of a GGUF file as float32, one 2-D matrix (one expert) at a time.
+
+    Each matrix is read with one positioned read: memory (resident too) stays at one matrix,
+    where a memory map of the file would keep every page it touched resident."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    data = tensor.data
-    qtype = GGMLQuantizationType(int(tensor.tensor_type))
-    # Merged expert tensors come one expert at a time: memory stays at one expert's floats.
-    slices: Iterable[np.ndarray]
-    if data.ndim == 3:
-        slices = (data[i] for i in range(data.shape[0]))
-    elif data.ndim > 3:
-        slices = (part for part in data.reshape(-1, *data.shape[-2:]))
-    else:
-        slices = [data]
-    for part in slices:
-        if qtype.name == "F32":
-            yield np.asarray(part, dtype=np.float32)
-        elif qtype.name == "F16":
-            yield np.asarray(part).astype(np.float32)
-        else:
-            yield dequantize(np.asarray(part), qtype).astype(np.float32, copy=False)
+    rows = entry.shape[1] if len(entry.shape) > 1 else 1
+    matrices = 1
+    for dim in entry.shape[2:]:
+        matrices *= dim
+    matrix_bytes = entry.nbytes // matrices
+    qtype = GGMLQuantizationType(entry.type_id)
+    with open(path, "rb") as handle:
+        for index in range(matrices):
+            raw = np.fromfile(handle, dtype=np.uint8, count=matrix_bytes,
+                              offset=data_offset + entry.offset + index * matrix_bytes
+                              - handle.tell())
+            part = raw.reshape(rows, matrix_bytes // rows)
+            if qtype.name == "F32":
+                yield part.view(np.float32)
+            elif qtype.name == "F16":
+                yield part.view(np.float16).astype(np.float32)
+            else:
+                yield dequantize(part, qtype).astype(np.float32, copy=False)
+
+
+def _tensors(path: Path) -> tuple[dict[str, TensorEntry], int]:
+    header = read_header(path)
+    return {t.name: t for t in header.tensors}, header.data_offset
 
 
 def _column_weights(weights: np.ndarray | None, index: int, width: int) -> np.ndarray | None:
@@ -100,17 +108,16 @@ def weighted_errors(source: Path, quantized: Path, names: Iterable[str],
                     imatrix: dict[str, np.ndarray] | None,
                     cancel: threading.Event | None = None) -> dict[str, float]:
     """Sum over rows of ``sum_j imatrix_j (w_j - q_j)^2`` for each named tensor."""
-    import gguf
-
-    src = {t.name: t for t in gguf.GGUFReader(source, "r").tensors}
-    qnt = {t.name: t for t in gguf.GGUFReader(quantized, "r").tensors}
+    src, src_start = _tensors(source)
+    qnt, qnt_start = _tensors(quantized)
     out: dict[str, float] = {}
     for name in names:
         stop_if_cancelled(cancel)
         weights = imatrix.get(name) if imatrix else None
         total = 0.0
-        for index, (w, q) in enumerate(zip(dequantized_slices(src[name]),
-                                           dequantized_slices(qnt[name]), strict=True)):
+        for index, (w, q) in enumerate(zip(dequantized_slices(source, src[name], src_start),
+                                           dequantized_slices(quantized, qnt[name], qnt_start),
+                                           strict=True)):
             diff2 = np.square(w - q, dtype=np.float32)
             column = _column_weights(weights, index, diff2.shape[-1])
             if column is not None:
@@ -126,15 +133,13 @@ def weight_energy(source: Path, names: Iterable[str], imatrix: dict[str, np.ndar
     """Summed squared weights of each named tensor, times the mean importance of its
     columns where an imatrix is given: what the activation-quantization noise of a
     quantized weight is multiplied by (in the units of :func:`weighted_errors`)."""
-    import gguf
-
-    src = {t.name: t for t in gguf.GGUFReader(source, "r").tensors}
+    src, src_start = _tensors(source)
     out: dict[str, float] = {}
     for name in names:
         stop_if_cancelled(cancel)
         weights = imatrix.get(name) if imatrix else None
         total = 0.0
-        for index, w in enumerate(dequantized_slices(src[name])):
+        for index, w in enumerate(dequantized_slices(source, src[name], src_start)):
             energy = float(np.square(w, dtype=np.float32).sum())
             column = _column_weights(weights, index, w.shape[-1])
             total += energy * (float(column.mean()) if column is not None else 1.0)

@@ -15,7 +15,6 @@ expects every tensor of the architecture.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import struct
 import threading
@@ -26,6 +25,7 @@ from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.gguf.reader import GGUF_MAGIC, metadata_spans, read_header
 from apex_gui.core.gguf.types import ggml_type, tensor_bytes
 from apex_gui.core.plan.precision import is_quantizable
+from apex_gui.core.quality.probe_models import copy_range
 from apex_gui.core.quality.scratch import stop_if_cancelled
 
 #: Share of each matrix's rows sampled on models of ordinary size.
@@ -39,8 +39,6 @@ MIN_ROWS_PER_MATRIX = 32
 MAX_ROWS_PER_TENSOR = 4096
 #: Rows kept per expert at least, when the cap above divides the rows among many experts.
 MIN_ROWS_PER_EXPERT = 4
-#: Copied per read while writing the sample (bounds memory for a tensor kept whole).
-_COPY_CHUNK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -119,12 +117,12 @@ def write_row_sample(model: ModelInfo, target: Path,
             entries.append((entry, shape, index, offset, sampled))
             offset += -(-nbytes // alignment) * alignment
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    descriptors = [os.open(path, os.O_RDONLY) for path in model.paths]
     try:
-        with open(tmp, "wb") as out, _Sources(model.paths) as sources:
+        with open(tmp, "wb") as out:
             out.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(entries), len(spans)))
-            source_view = sources.view(0)
-            for _key, start, end in spans:
-                out.write(source_view[start:end])
+            out.write(b"".join(os.pread(descriptors[0], end - start, start)
+                               for _key, start, end in spans))
             for entry, shape, _index, data_offset, _sampled in entries:
                 out.write(_gguf_string(entry.name) + struct.pack("<I", len(shape))
                           + struct.pack("<" + "Q" * len(shape), *shape)
@@ -134,46 +132,21 @@ def write_row_sample(model: ModelInfo, target: Path,
             for entry, shape, index, data_offset, sampled in entries:
                 stop_if_cancelled(cancel)
                 out.write(b"\0" * (data_start + data_offset - out.tell()))
-                view = sources.view(index)
                 base = headers[index].data_offset + entry.offset
                 if sampled is None:
-                    for at in range(0, entry.nbytes, _COPY_CHUNK):
-                        out.write(view[base + at: base + min(entry.nbytes, at + _COPY_CHUNK)])
+                    copy_range(descriptors[index], out, base, entry.nbytes)
                     continue
-                row_bytes = entry.nbytes // (sampled.rows * math.prod(entry.shape[2:]))
+                matrices = math.prod(entry.shape[2:])
+                row_bytes = entry.nbytes // (sampled.rows * matrices)
                 picks = row_indices(sampled.rows, sampled.kept)
-                for matrix in range(math.prod(entry.shape[2:])):
+                for matrix in range(matrices):
                     start = base + matrix * sampled.rows * row_bytes
-                    out.write(b"".join(view[start + r * row_bytes: start + (r + 1) * row_bytes]
-                                       for r in picks))
+                    out.write(b"".join(os.pread(descriptors[index], row_bytes,
+                                                start + row * row_bytes) for row in picks))
             out.write(b"\0" * (-out.tell() % alignment))
         os.replace(tmp, target)
-    except BaseException:
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)
         tmp.unlink(missing_ok=True)
-        raise
     return plan
-
-
-class _Sources:
-    """The model's shards, mapped read-only for the duration of a copy."""
-
-    def __init__(self, paths: tuple[Path, ...]) -> None:
-        self._paths = paths
-        self._handles: list[object] = []
-        self._views: list[mmap.mmap] = []
-
-    def __enter__(self) -> _Sources:
-        for path in self._paths:
-            handle = open(path, "rb")
-            self._handles.append(handle)
-            self._views.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-        return self
-
-    def view(self, index: int) -> mmap.mmap:
-        return self._views[index]
-
-    def __exit__(self, *_exc: object) -> None:
-        for view in self._views:
-            view.close()
-        for handle in self._handles:
-            handle.close()  # type: ignore[attr-defined]
