@@ -37,6 +37,7 @@ def create_application(argv: Sequence[str] = ()):  # type: ignore[no-untyped-def
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
+    from apex_gui.qt.gui_thread_gc import pin_garbage_collection_to_gui_thread
     from apex_gui.views import style
 
     app = QApplication.instance()
@@ -50,6 +51,7 @@ def create_application(argv: Sequence[str] = ()):  # type: ignore[no-untyped-def
     app.setOrganizationName("apex-studio")
     app.setDesktopFileName("apex-studio")
     app.setWindowIcon(style.icon("apex-studio"))
+    pin_garbage_collection_to_gui_thread()  # for the application's whole life
     return app
 
 

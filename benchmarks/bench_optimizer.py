@@ -41,6 +41,7 @@ from apex_gui.core.plan.profiles import builtin_profiles  # noqa: E402
 from apex_gui.core.quality.optimizer import optimize  # noqa: E402
 from apex_gui.core.quality.sensitivity import measure_sensitivity  # noqa: E402
 from apex_gui.core.quality.table import SensitivityTable  # noqa: E402
+from apex_gui.core.jobs.run_options import RunOptions  # noqa: E402
 from apex_gui.core.jobs.runner import run_job  # noqa: E402
 from apex_gui.core.jobs.tools import LlamaTools  # noqa: E402
 
@@ -84,7 +85,8 @@ def run(job: Any, tools: LlamaTools, what: str) -> dict[str, Any]:
 
 def measure(quant: Path, reference: Path, ctx: int, tools: LlamaTools) -> float:
     results = run(KLDivergenceJob(model=quant, reference_logits=reference, context=ctx,
-                                  no_repack=True), tools, f"KL divergence of {quant.name}")
+                                  options=RunOptions(no_repack=True)), tools,
+                  f"KL divergence of {quant.name}")
     return float(results["kld_mean"])
 
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    tools = LlamaTools(no_repack=True)
+    tools = LlamaTools(options=RunOptions(no_repack=True))
     work = args.out or Path(tempfile.mkdtemp(prefix="apex-bench-opt-"))
     work.mkdir(parents=True, exist_ok=True)
     model = open_model(args.model)

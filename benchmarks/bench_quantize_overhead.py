@@ -35,6 +35,7 @@ from apex_gui.core.jobs.quantize import QuantizeJob  # noqa: E402
 from apex_gui.core.gguf.model import open_model  # noqa: E402
 from apex_gui.core.plan.precision import plan_from_profile  # noqa: E402
 from apex_gui.core.plan.profiles import get_profile  # noqa: E402
+from apex_gui.core.jobs.run_options import RunOptions  # noqa: E402
 from apex_gui.core.jobs.run_store import RunStore  # noqa: E402
 from apex_gui.core.jobs.runner import run_job  # noqa: E402
 from apex_gui.core.fixtures.synthetic import ( # noqa: E402
@@ -61,7 +62,8 @@ def main() -> int:
             os.environ[f"APEX_STUDIO_{name}_DIR"] = str(work / name.lower())
         model = write_synthetic_model(work / "bench-f16.gguf", BENCH_SPEC)
         plan = plan_from_profile(open_model(model), get_profile(args.profile))
-        job = QuantizeJob.from_plan(plan, work / "job.gguf", threads=args.threads)
+        job = QuantizeJob.from_plan(plan, work / "job.gguf",
+                                    options=RunOptions(threads=args.threads))
         tools = LlamaTools()
         store = RunStore()
         bare_output = work / "bare.gguf"

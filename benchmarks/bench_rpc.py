@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apex_gui.core.fit.rpc_local import LocalRpcWorker  # noqa: E402
 from apex_gui.core.jobs.quantize import ImatrixJob  # noqa: E402
 from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.run_options import RunOptions  # noqa: E402
 from apex_gui.core.jobs.specs import ToolJob
 from apex_gui.core.jobs.runner import run_job  # noqa: E402
 from apex_gui.core.fixtures.synthetic import ( # noqa: E402
@@ -67,9 +68,10 @@ def main() -> int:
                         + "\n")
         jobs = {
             "perplexity": PerplexityJob(model=model, text=text, context=256, chunks=args.chunks,
-                                        threads=args.threads),
+                                        options=RunOptions(threads=args.threads)),
             "imatrix": ImatrixJob(model=model, calibration=text, output_path=folder / "i.gguf",
-                                  context=256, chunks=args.chunks, threads=args.threads),
+                                  context=256, chunks=args.chunks,
+                                  options=RunOptions(threads=args.threads)),
         }
         with LocalRpcWorker(tools, threads=args.threads) as a, \
                 LocalRpcWorker(tools, threads=args.threads) as b:
@@ -79,8 +81,10 @@ def main() -> int:
                 # weights are repacked), one process with --no-repack (what a worker's CPU
                 # device computes: rpc-server offers plain buffers only), two workers.
                 variants = {"one process": job,
-                            "one process --no-repack": replace(job, no_repack=True),
-                            "two loopback workers": replace(job, rpc_workers=endpoints)}
+                            "one process --no-repack": job.with_options(
+                                replace(job.options, no_repack=True)),
+                            "two loopback workers": job.with_options(
+                                replace(job.options, rpc_workers=endpoints))}
                 times: dict[str, list[float]] = {k: [] for k in variants}
                 results: dict[str, dict[str, object]] = {}
                 for _ in range(args.runs):

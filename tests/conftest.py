@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from pathlib import Path
@@ -47,6 +48,18 @@ def no_leaked_threads_or_processes():
         process.kill()
     assert not still, f"test leaked threads: {still}"
     assert not leaked, f"test leaked child processes: {[p.pid for p in leaked]}"
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_on_the_main_thread():
+    """Once a window has pinned collection to the GUI thread (apex_gui/qt/gui_thread_gc.py),
+    automatic collection stays off for the session; collect here, on the main thread, after
+    each test, so tests without an event loop do not pile up garbage."""
+    yield
+    if not gc.isenabled():
+        from apex_gui.qt.gui_thread_gc import collect_due_generations
+
+        collect_due_generations()
 
 
 @pytest.fixture(scope="session")

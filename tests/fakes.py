@@ -43,7 +43,20 @@ with open({calls!r}, "a") as calls:
 if {mode!r} == "always" or ({mode!r} == "repack" and "--no-repack" not in sys.argv) \\
         or ({mode!r} == "variant" and loaded == best):
     os.kill(os.getpid(), signal.{signal})
-sys.stdout.write(Path({log!r}).read_text())
+log = {log!r}
+if "--kl-divergence" in sys.argv:
+    log = {kld_log!r}
+elif "--kl-divergence-base" in sys.argv:
+    # Reference logits: a file as long as its header promises (n_ctx 128, a byte
+    # vocabulary, one chunk), as the runner checks before keeping it.
+    import struct
+    n_ctx, n_vocab, n_chunk = 128, 259, 1
+    values = 2 * ((n_vocab + 1) // 2) + 4
+    size = n_chunk * n_ctx * 4 + n_chunk * (n_ctx - 1 - n_ctx // 2) * values * 2
+    base = sys.argv[sys.argv.index("--kl-divergence-base") + 1]
+    Path(base).write_bytes(b"_logits_" + struct.pack("<iii", n_ctx, n_vocab, n_chunk)
+                           + bytes(size))
+sys.stdout.write(Path(log).read_text())
 sys.stdout.flush()
 '''
 
@@ -71,15 +84,18 @@ def crashing_perplexity(folder: Path, mode: str = "repack", signal: str = "SIGSE
     - ``mode="variant"``: whenever the ``best`` CPU variant is beside it (a variant whose
       code crashes on this CPU), whatever the flags;
     - ``mode="always"``: every time.
-    ``variants``: empty ``libggml-cpu-NAME.so`` files to lay beside it, as a portable build
-    has. Each call's arguments are appended to ``folder/calls.txt``.
+    Otherwise it prints a recorded perplexity log; with ``--kl-divergence`` a recorded KL
+    divergence log; with ``--kl-divergence-base FILE`` alone it also writes FILE (reference
+    logits of a complete size). ``variants``: empty ``libggml-cpu-NAME.so`` files to lay
+    beside it, as a portable build has. Each call's arguments are appended to
+    ``folder/calls.txt``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     for name in variants:
         (folder / f"libggml-cpu-{name}.so").write_bytes(b"")
     return _write_script(folder / "llama-perplexity", _PERPLEXITY.format(
         python=sys.executable, best=repr(best), calls=str(folder / "calls.txt"), mode=mode,
-        signal=signal, log=str(LOGS / "perplexity.log")))
+        signal=signal, log=str(LOGS / "perplexity.log"), kld_log=str(LOGS / "kld.log")))
 
 
 def copying_quantize(folder: Path) -> Path:

@@ -12,6 +12,7 @@ import pytest
 
 from apex_gui.core.jobs.evaluations import PerplexityJob
 from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobStatus, run_job
 from apex_gui.core.jobs.tools import LlamaTools
@@ -26,7 +27,8 @@ def text(tmp_path, text_words):
 
 
 def _job(model, text) -> PerplexityJob:
-    return PerplexityJob(model=model, text=text, context=128, chunks=2, threads=2)
+    return PerplexityJob(model=model, text=text, context=128, chunks=2,
+                         options=RunOptions(threads=2))
 
 
 def test_a_crash_without_no_repack_is_retried_once_and_recorded(tmp_path, tiny_qwen2moe, text):
@@ -37,7 +39,7 @@ def test_a_crash_without_no_repack_is_retried_once_and_recorded(tmp_path, tiny_q
     outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder), store, on_output=seen.append)
     assert outcome.status is JobStatus.SUCCEEDED, outcome.message
     assert outcome.results["ppl"] == pytest.approx(279.2694)
-    assert outcome.job.no_repack
+    assert outcome.job.options.no_repack
     note = outcome.results["crash_retry"]
     assert "SIGSEGV" in note and "--no-repack" in note and "sapphirerapids" not in note
     assert "[APEX Studio] llama-perplexity crashed (SIGSEGV" in "".join(seen)
@@ -64,7 +66,7 @@ def test_without_crash_retry_the_crash_is_the_outcome(tmp_path, tiny_qwen2moe, t
 def test_no_repack_setting_passes_the_flag_from_the_first_run(tmp_path, tiny_qwen2moe, text):
     folder = tmp_path / "bin"
     crashing_perplexity(folder)
-    outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder, no_repack=True))
+    outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder, options=RunOptions(no_repack=True)))
     assert outcome.succeeded and "crash_retry" not in outcome.results
     assert [("--no-repack" in line) for line in calls(folder)] == [True]
 
@@ -75,7 +77,7 @@ def test_a_crashing_cpu_variant_is_skipped_for_the_next_best(tmp_path, tiny_qwen
                         variants=("haswell", "sapphirerapids", "x64"))
     outcome = run_job(_job(tiny_qwen2moe, text), LlamaTools(folder))
     assert outcome.status is JobStatus.SUCCEEDED, outcome.message
-    assert outcome.job.skip_cpu_variants == ("sapphirerapids",)
+    assert outcome.job.options.skip_cpu_variants == ("sapphirerapids",)
     assert "SIGILL" in outcome.results["crash_retry"]
     assert "sapphirerapids" in outcome.results["crash_retry"]
     # First run as built, then --no-repack (still the crashing variant), then without it.
@@ -97,7 +99,7 @@ def test_quantize_has_no_repack_flag_and_is_not_changed(tmp_path, tiny_qwen2moe)
     copying_quantize(folder)
     job = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf", base_type="Q4_K_M")
     assert job.without_repack() is job
-    argv = job.argv(LlamaTools(folder, no_repack=True))
+    argv = job.with_options(RunOptions(no_repack=True)).argv(LlamaTools(folder))
     assert "--no-repack" not in argv
 
 
@@ -120,8 +122,9 @@ def test_tools_check_finds_a_crashing_repack_path_and_remembers_it(tmp_path):
     assert "--no-repack" in report.summary()
     assert known_check(LlamaTools(folder)) == report
     # Every later run of this build on this CPU keeps weights as stored from the start.
-    assert LlamaTools.for_settings(Settings(llama_cpp_dir=str(folder))).no_repack
-    assert not LlamaTools.for_settings(Settings(llama_cpp_dir=str(tmp_path / "other"))).no_repack
+    assert LlamaTools.for_settings(Settings(llama_cpp_dir=str(folder))).run_options().no_repack
+    elsewhere = LlamaTools.for_settings(Settings(llama_cpp_dir=str(tmp_path / "other")))
+    assert not elsewhere.run_options().no_repack
 
 
 def test_tools_check_names_a_broken_tool_and_its_fix_on_the_command_line(tmp_path, capsys):

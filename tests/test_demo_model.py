@@ -21,6 +21,7 @@ from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.calibration import quick_eval_text
 from apex_gui.core.jobs.evaluations import KLDivergenceJob, PerplexityJob, ReferenceLogitsJob
 from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.runner import run_job
 from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import get_profile
@@ -67,7 +68,7 @@ def test_a_missing_bundle_opens_the_random_stand_in_and_says_so(
 
 def _kld_mean(model: Path, reference: Path, tools) -> float:  # type: ignore[no-untyped-def]
     outcome = run_job(KLDivergenceJob(model=model, reference_logits=reference, context=CONTEXT,
-                                      chunks=CHUNKS, threads=2), tools)
+                                      chunks=CHUNKS, options=RunOptions(threads=2)), tools)
     assert outcome.succeeded, outcome.message
     return float(outcome.results["kld_mean"])
 
@@ -76,20 +77,20 @@ def test_the_demo_quality_figures_are_real(llama_tools, tmp_path: Path) -> None:
     """F16 perplexity far below the vocabulary; every quant loses something, more as it shrinks."""
     text = quick_eval_text()
     ppl = run_job(PerplexityJob(model=BUNDLED, text=text, context=CONTEXT, chunks=CHUNKS,
-                                threads=2), llama_tools)
+                                options=RunOptions(threads=2)), llama_tools)
     assert ppl.succeeded, ppl.message
     estimate = parsers.parse_final_estimate(ppl.log)
     assert estimate is not None and estimate.ppl < VOCAB_SIZE / 10, estimate
 
     reference = tmp_path / "reference.kld"
     made = run_job(ReferenceLogitsJob(model=BUNDLED, text=text, context=CONTEXT, chunks=CHUNKS,
-                                      output_path=reference, threads=2), llama_tools)
+                                      output_path=reference, options=RunOptions(threads=2)), llama_tools)
     assert made.succeeded, made.message
     model = open_model(BUNDLED)
     jobs = [QuantizeJob(source=BUNDLED, output_path=tmp_path / "q8_0.gguf", base_type="Q8_0",
-                        threads=2)]
+                        options=RunOptions(threads=2))]
     jobs += [QuantizeJob.from_plan(plan_from_profile(model, get_profile(key)),
-                                   tmp_path / f"{key}.gguf", threads=2)
+                                   tmp_path / f"{key}.gguf", options=RunOptions(threads=2))
              for key in ("balanced", "quality", "compact", "mini")]
     measured: list[tuple[int, float, str]] = []
     for job in jobs:

@@ -31,6 +31,7 @@ import pytest
 from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.evaluations import ReferenceLogitsJob, reference_logits_problem
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobStatus, run_job
 from apex_gui.core.jobs.specs import JobError, ToolJob, JobVerdict
@@ -94,7 +95,7 @@ def test_free_space_is_checked_against_the_plans_exact_size(small_disk, tiny_qwe
                                                             llama_tools):
     plan = plan_from_profile(open_model(tiny_qwen2moe), get_profile("quality"))
     output = small_disk / "quality.gguf"
-    job = QuantizeJob.from_plan(plan, output, threads=2)
+    job = QuantizeJob.from_plan(plan, output, options=RunOptions(threads=2))
     predicted = job.predicted_bytes
     assert predicted == plan.total_bytes()
 
@@ -121,7 +122,7 @@ def test_disk_full_while_quantizing_leaves_no_partial_file(small_disk, tiny_qwen
     """No plan size to check against: llama-quantize itself runs out of space mid-write."""
     leave_free(small_disk, 256 * 1024)
     output = small_disk / "q4.gguf"
-    job = QuantizeJob(source=tiny_qwen2moe, output_path=output, base_type="Q4_K_M", threads=2)
+    job = QuantizeJob(source=tiny_qwen2moe, output_path=output, base_type="Q4_K_M", options=RunOptions(threads=2))
     outcome = run_job(job, llama_tools, RunStore())
     assert outcome.status is JobStatus.FAILED and outcome.exit_code == 1
     assert f"the disk holding {small_disk} is full" in outcome.message
@@ -138,7 +139,7 @@ def test_a_truncated_imatrix_is_never_kept(small_disk, tiny_qwen2moe, llama_tool
     leave_free(small_disk, 8 * 1024)
     output = small_disk / "imatrix.gguf"
     job = ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=output, context=128,
-                     chunks=2, threads=2)
+                     chunks=2, options=RunOptions(threads=2))
     outcome = run_job(job, llama_tools, RunStore())
     assert outcome.exit_code == 0  # the tool did not notice
     assert outcome.status is JobStatus.FAILED
@@ -154,7 +155,7 @@ def test_truncated_reference_logits_are_not_cached(small_disk, tiny_qwen2moe, ll
     leave_free(small_disk, 64 * 1024)
     output = small_disk / "reference.kld"
     job = ReferenceLogitsJob(model=tiny_qwen2moe, text=text, output_path=output, context=128,
-                             chunks=4, threads=2)
+                             chunks=4, options=RunOptions(threads=2))
     outcome = run_job(job, llama_tools, RunStore())
     assert outcome.exit_code == 0 and outcome.status is JobStatus.FAILED
     assert "reference.kld is incomplete (truncated:" in outcome.message
@@ -176,7 +177,7 @@ def test_a_full_data_folder_refuses_the_run_with_the_database_named(small_disk, 
     leave_free(small_disk, 0)
     output = tmp_path / "q.gguf"
     outcome = run_job(QuantizeJob(source=tiny_qwen2moe, output_path=output, base_type="Q4_K_M",
-                                  threads=2), llama_tools, store)
+                                  options=RunOptions(threads=2)), llama_tools, store)
     store.close()
     assert outcome.status is JobStatus.FAILED and outcome.exit_code is None
     assert f"the run history {small_disk / 'runs.sqlite'} failed" in outcome.message
@@ -292,7 +293,7 @@ def test_qt_queue_shutdown_stops_a_child_that_ignores_terminate(qtbot, tmp_path,
     gc.collect()
     after = JobQueue(llama_tools, RunStore())
     after.add(QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "after.gguf",
-                          base_type="Q4_K_M", threads=2))
+                          base_type="Q4_K_M", options=RunOptions(threads=2)))
     with qtbot.waitSignal(after.allFinished, timeout=30_000) as done:
         pass
     assert done.args == [0] and (tmp_path / "after.gguf").is_file()
@@ -586,10 +587,10 @@ def test_kl_divergence_over_too_few_tokens_says_so(tiny_qwen2moe, tmp_path, llam
     text = tmp_path / "text.txt"
     text.write_text(words(800))
     reference = run_job(ReferenceLogitsJob(model=tiny_qwen2moe, text=text, context=128, chunks=1,
-                                           output_path=tmp_path / "ref.kld", threads=2),
+                                           output_path=tmp_path / "ref.kld", options=RunOptions(threads=2)),
                         llama_tools)
     assert reference.succeeded, reference.message
     outcome = run_job(KLDivergenceJob(model=tiny_qwen2moe, reference_logits=tmp_path / "ref.kld",
-                                      context=128, threads=2), llama_tools)
+                                      context=128, options=RunOptions(threads=2)), llama_tools)
     assert outcome.status is JobStatus.FAILED and outcome.attempts == 1
     assert "score only 63 tokens" in outcome.message and "--chunks" in outcome.message

@@ -8,6 +8,7 @@ import pytest
 
 from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobStatus
 from apex_gui.core.jobs.tools import LlamaTools
@@ -36,7 +37,7 @@ def test_a_quantize_job_runs_with_progress_and_all_done(qtbot, queue, tiny_qwen2
     events = collect(queue)
     output = tmp_path / "q.gguf"
     job_id = queue.add(QuantizeJob(source=tiny_qwen2moe, output_path=output, base_type="Q4_K_M",
-                                   threads=2))
+                                   options=RunOptions(threads=2)))
     with qtbot.waitSignal(queue.allFinished, timeout=30_000) as done:
         pass
     assert done.args == [0]
@@ -54,7 +55,7 @@ def test_cancelling_the_running_job_terminates_it_and_leaves_no_output(qtbot, qu
     folder = tmp_path / "out"
     folder.mkdir()
     job_id = queue.add(QuantizeJob(source=deep_model, output_path=folder / "c.gguf",
-                                   base_type="Q4_K_M", threads=2))
+                                   base_type="Q4_K_M", options=RunOptions(threads=2)))
     queue.jobProgress.connect(lambda i, p, eta: queue.cancel(i))
     with qtbot.waitSignal(queue.jobFinished, timeout=30_000) as finished:
         pass
@@ -70,9 +71,9 @@ def test_a_failed_step_skips_its_dependants_and_says_why(qtbot, queue, tiny_qwen
     short = tmp_path / "short.txt"
     short.write_text("far too short\n")
     imatrix = ImatrixJob(model=tiny_qwen2moe, calibration=short, output_path=tmp_path / "i.gguf",
-                         context=128, threads=2)
+                         context=128, options=RunOptions(threads=2))
     quantize = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf",
-                           base_type="Q4_K_M", imatrix=imatrix.output_path, threads=2)
+                           base_type="Q4_K_M", imatrix=imatrix.output_path, options=RunOptions(threads=2))
     events = collect(queue)
     ids = queue.add_pipeline(Pipeline.from_jobs([("imatrix", imatrix), ("quantize", quantize)]))
     with qtbot.waitSignal(queue.allFinished, timeout=30_000) as done:
@@ -105,12 +106,12 @@ def test_imatrix_quantize_and_kl_divergence_pipeline_in_the_queue(qtbot, queue, 
     text = tmp_path / "text.txt"
     text.write_text(text_words(500))
     imatrix = ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=tmp_path / "i.gguf",
-                         context=128, chunks=2, threads=2)
+                         context=128, chunks=2, options=RunOptions(threads=2))
     quantize = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf",
-                           base_type="Q4_K_M", imatrix=imatrix.output_path, threads=2,
+                           base_type="Q4_K_M", imatrix=imatrix.output_path, options=RunOptions(threads=2),
                            profile="q4")
     options = EvaluationOptions(reference=tiny_qwen2moe, text=text, context=128, chunks=4)
-    ids = queue.add_pipeline(build_pipeline([quantize], imatrix, options, threads=2))
+    ids = queue.add_pipeline(build_pipeline([quantize], imatrix, options))
     with qtbot.waitSignal(queue.allFinished, timeout=60_000) as done:
         pass
     assert done.args == [0], {k: queue.outcome(i).message for k, i in ids.items()}
@@ -133,7 +134,7 @@ def test_a_tool_killed_from_outside_fails_with_the_cause(qtbot, queue, deep_mode
 
     queue.jobOutput.connect(kill_the_tool)
     queue.add(QuantizeJob(source=deep_model, output_path=folder / "k.gguf", base_type="Q4_K_M",
-                          threads=2))
+                          options=RunOptions(threads=2)))
     with qtbot.waitSignal(queue.jobFinished, timeout=30_000) as finished:
         pass
     outcome = finished.args[1]

@@ -15,6 +15,7 @@ from apex_gui.core.jobs.evaluations import (
 )
 from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline, job_from_dict
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.specs import JobError, partial_path
 
@@ -43,7 +44,7 @@ def test_quantize_argv_writes_the_partial_name_and_never_uses_a_shell(tiny_qwen2
     types.write_text("^blk\\.0\\.ffn_up_exps\\.weight$=q5_k\n")
     job = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "out.gguf", base_type="Q4_K_M",
                       tensor_type_file=types, imatrix=tmp_path / "im.gguf",
-                      token_embedding_type="q4_k", output_tensor_type="q6_k", threads=2)
+                      token_embedding_type="q4_k", output_tensor_type="q6_k", options=RunOptions(threads=2))
     argv = job.argv(llama_tools)
     assert Path(argv[0]).name == "llama-quantize"
     assert argv[1:] == ["--tensor-type-file", str(types), "--token-embedding-type", "q4_k",
@@ -65,7 +66,7 @@ def test_child_environment_drops_llama_arg_variables(monkeypatch, tiny_qwen2moe,
 
 def test_imatrix_and_perplexity_flags(tiny_qwen2moe, text, tmp_path):
     imatrix = ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=tmp_path / "i.gguf",
-                         context=128, chunks=2, threads=2)
+                         context=128, chunks=2, options=RunOptions(threads=2))
     args = imatrix.args()
     for flag in ("--no-escape", "--no-log-prefix", "--output-format"):
         assert flag in args
@@ -204,7 +205,7 @@ def test_a_model_that_fails_to_load_silently_gets_an_actionable_message(tiny_qwe
 
 def test_job_round_trips_through_its_json_spec(tiny_qwen2moe, text, tmp_path):
     job = ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=tmp_path / "i.gguf",
-                     context=128, chunks=3, threads=2)
+                     context=128, chunks=3, options=RunOptions(threads=2))
     spec = json.loads(json.dumps(job.to_dict()))
     assert spec["kind"] == "imatrix"
     assert job_from_dict(spec) == job

@@ -14,6 +14,7 @@ import pytest
 from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.pipeline import EvaluationOptions, build_pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import run_pipeline
 from apex_gui.core.plan.precision import plan_from_profile
@@ -62,12 +63,12 @@ def test_imatrix_i_quant_perplexity_and_kld_stored(three_layer_model, text, tmp_
     plan = plan_from_profile(open_model(three_layer_model), i_mini_for_three_layers())
     assert plan.needs_imatrix()
     imatrix = ImatrixJob(model=three_layer_model, calibration=text,
-                         output_path=tmp_path / "imatrix.gguf", context=128, chunks=4, threads=2)
+                         output_path=tmp_path / "imatrix.gguf", context=128, chunks=4, options=RunOptions(threads=2))
     quant = QuantizeJob.from_plan(plan, tmp_path / "three-i-mini.gguf",
-                                  imatrix=imatrix.output_path, threads=2)
+                                  imatrix=imatrix.output_path, options=RunOptions(threads=2))
     options = EvaluationOptions(reference=three_layer_model, text=text, context=128, chunks=4,
                                 kl_divergence=True, perplexity=True)
-    pipeline = build_pipeline([quant], imatrix, options, threads=2)
+    pipeline = build_pipeline([quant], imatrix, options)
     assert [s.key for s in pipeline.steps] == ["imatrix", "reference", "i-mini:quantize",
                                                "i-mini:kld", "i-mini:ppl"]
     store = RunStore()

@@ -77,11 +77,11 @@ def test_the_run_panel_runs_imatrix_and_evaluations_across_the_settings_workers(
     panel.output_dir.edit.setText(str(tmp_path / "out"))
     panel.set_checked_profiles(["i-mini"])
     request = panel.request()
-    assert request.rpc_workers == ("127.0.0.1:50052", "192.168.1.20:50052")
+    assert request.options.rpc_workers == ("127.0.0.1:50052", "192.168.1.20:50052")
     pipeline = pipeline_for(request)
-    spread = {s.key: s.job.rpc_workers for s in pipeline.steps}
-    assert spread["imatrix"] == request.rpc_workers
-    assert spread["i-mini:kld"] == request.rpc_workers
+    spread = {s.key: s.job.options.rpc_workers for s in pipeline.steps}
+    assert spread["imatrix"] == request.options.rpc_workers
+    assert spread["i-mini:kld"] == request.options.rpc_workers
     assert spread["i-mini:quantize"] == ()
     settings.rpc_workers = "10.0.0.2"
     with pytest.raises(ValueError, match="has no port"):

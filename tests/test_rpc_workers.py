@@ -17,7 +17,7 @@ from apex_gui.core.fit.placement import MachineMemory, Verdict
 from apex_gui.core.fit.rpc_local import bind_warning, parse_server_banner
 from apex_gui.core.fit.rpc_workers import (
     AddressScope, RemoteDevice, RpcWorker, RpcWorkerError, WorkerProbe, classify_host,
-    parse_list_devices, parse_probe_output, parse_worker, parse_workers, rpc_args,
+    parse_list_devices, parse_probe_output, parse_worker, parse_workers,
     worker_warnings,
 )
 from apex_gui.core.gguf.model import open_model
@@ -25,6 +25,7 @@ from apex_gui.core.jobs.evaluations import KLDivergenceJob, PerplexityJob
 from apex_gui.core.jobs.parsers import rpc_failure_message
 from apex_gui.core.jobs.pipeline import Pipeline, job_from_dict
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions, rpc_args
 from apex_gui.core.jobs.specs import JobError
 
 LOGS = Path(__file__).parent / "logs"
@@ -43,7 +44,8 @@ def test_worker_lists_parse_in_order_with_commas_or_spaces():
     workers = parse_workers("192.168.1.20:50052, gpu-box.lan:50053 127.0.0.1:1")
     assert workers == (RpcWorker("192.168.1.20", 50052), RpcWorker("gpu-box.lan", 50053),
                        RpcWorker("127.0.0.1", 1))
-    assert rpc_args(workers) == ["--rpc", "192.168.1.20:50052,gpu-box.lan:50053,127.0.0.1:1"]
+    assert rpc_args([w.endpoint for w in workers]) == [
+        "--rpc", "192.168.1.20:50052,gpu-box.lan:50053,127.0.0.1:1"]
     assert rpc_args([]) == []
 
 
@@ -197,14 +199,14 @@ def test_evaluation_jobs_pass_workers_and_quantize_refuses_them(tiny_qwen2moe, t
     text.write_text("x " * 4000)
     workers = ("127.0.0.1:50052", "192.168.1.20:50052")
     imatrix = ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=tmp_path / "i.gguf",
-                         rpc_workers=workers)
+                         options=RunOptions(rpc_workers=workers))
     argv = imatrix.argv(llama_tools)
     assert argv[-2:] == ["--rpc", "127.0.0.1:50052,192.168.1.20:50052"]
     assert imatrix.env()["GGML_NO_BACKTRACE"] == "1"
     local = ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=tmp_path / "i.gguf")
     assert "--rpc" not in local.argv(llama_tools) and "GGML_NO_BACKTRACE" not in local.env({})
     quantize = QuantizeJob(source=tiny_qwen2moe, output_path=tmp_path / "q.gguf",
-                           base_type="Q4_K_M", rpc_workers=workers)
+                           base_type="Q4_K_M", options=RunOptions(rpc_workers=workers))
     with pytest.raises(JobError, match="quantize jobs run locally only"):
         quantize.argv(llama_tools)
 
@@ -218,11 +220,11 @@ def test_a_pipeline_runs_its_evaluations_across_workers_and_the_spec_keeps_them(
              ("ppl", PerplexityJob(model=tmp_path / "q.gguf", text=text)),
              ("kld", KLDivergenceJob(model=tmp_path / "q.gguf",
                                      reference_logits=tmp_path / "r.kld"))]
-    spread = Pipeline.from_jobs(steps).with_rpc_workers(["10.0.0.2:50052"])
+    spread = Pipeline.from_jobs(steps).with_options(RunOptions(rpc_workers=("10.0.0.2:50052",)))
     by_key = {s.key: s for s in spread.steps}
-    assert by_key["imatrix"].job.rpc_workers == ("10.0.0.2:50052",)
-    assert by_key["ppl"].job.rpc_workers == by_key["kld"].job.rpc_workers == ("10.0.0.2:50052",)
-    assert by_key["quantize"].job.rpc_workers == ()
+    workers = {key: step.job.options.rpc_workers for key, step in by_key.items()}
+    assert workers["imatrix"] == workers["ppl"] == workers["kld"] == ("10.0.0.2:50052",)
+    assert workers["quantize"] == ()
     assert by_key["quantize"].after == ("imatrix",)  # dependencies survive
     spec = by_key["imatrix"].job.to_dict()
     assert spec["rpc_workers"] == ("10.0.0.2:50052",)

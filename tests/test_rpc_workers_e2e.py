@@ -16,6 +16,7 @@ from apex_gui.core.fit.rpc_workers import RpcWorker, probe_workers
 from apex_gui.core.jobs.evaluations import PerplexityJob
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.quantize import ImatrixJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobStatus, run_job
 from apex_gui.core.jobs.specs import partial_path
@@ -69,9 +70,10 @@ def test_imatrix_and_perplexity_across_two_workers_equal_one_process(model, tmp_
     # device's plain buffers only, while a local CPU with AMX repacks some F16 weights into
     # its own layout and rounds differently (PPL 282.8215 against 282.8199 on this model).
     local_imatrix = ImatrixJob(model=model, calibration=text, output_path=tmp_path / "one.gguf",
-                               context=CONTEXT, chunks=4, threads=1, no_repack=True)
-    spread_imatrix = replace(local_imatrix, output_path=tmp_path / "rpc.gguf", no_repack=False,
-                             rpc_workers=endpoints)
+                               context=CONTEXT, chunks=4,
+                               options=RunOptions(threads=1, no_repack=True))
+    spread_imatrix = replace(local_imatrix, output_path=tmp_path / "rpc.gguf",
+                             options=RunOptions(threads=1, rpc_workers=endpoints))
     one = run_job(local_imatrix, llama_tools, store)
     spread = run_job(spread_imatrix, llama_tools, store)
     assert one.succeeded, one.message
@@ -84,11 +86,11 @@ def test_imatrix_and_perplexity_across_two_workers_equal_one_process(model, tmp_
         # equal_nan: the ".stats" rows keep NaN in the slots llama-imatrix leaves unset.
         assert np.array_equal(values, remote_entries[name], equal_nan=True), name
 
-    local_ppl = PerplexityJob(model=model, text=text, context=CONTEXT, chunks=4, threads=1,
-                              no_repack=True)
+    local_ppl = PerplexityJob(model=model, text=text, context=CONTEXT, chunks=4,
+                              options=RunOptions(threads=1, no_repack=True))
     one = run_job(local_ppl, llama_tools, store)
-    spread = run_job(replace(local_ppl, no_repack=False, rpc_workers=endpoints), llama_tools,
-                     store)
+    spread = run_job(local_ppl.with_options(RunOptions(threads=1, rpc_workers=endpoints)),
+                     llama_tools, store)
     assert one.succeeded and spread.succeeded, (one.message, spread.message)
     assert round(spread.results["ppl"], 4) == round(one.results["ppl"], 4)
     # The run store says which workers took part (and that the local runs had none).
@@ -105,7 +107,7 @@ def test_a_worker_killed_mid_run_fails_clearly_keeps_nothing_and_the_next_run_wo
     endpoints = tuple(w.worker.endpoint for w in workers)
     output = tmp_path / "imatrix.gguf"
     job = ImatrixJob(model=model, calibration=text, output_path=output, context=CONTEXT,
-                     threads=1, rpc_workers=endpoints)
+                     options=RunOptions(threads=1, rpc_workers=endpoints))
     victim = workers[1]
 
     def kill_after_first_chunk(progress: Progress, _eta: float | None) -> None:
@@ -123,7 +125,8 @@ def test_a_worker_killed_mid_run_fails_clearly_keeps_nothing_and_the_next_run_wo
     # The survivor serves the next client; with a fresh second worker the run completes.
     with LocalRpcWorker(llama_tools, threads=1) as fresh:
         again = replace(job, calibration=text_file(tmp_path, 1200), chunks=3,
-                        rpc_workers=(workers[0].worker.endpoint, fresh.worker.endpoint))
+                        options=RunOptions(threads=1, rpc_workers=(workers[0].worker.endpoint,
+                                                                   fresh.worker.endpoint)))
         second = run_job(again, llama_tools, store)
     assert second.succeeded, second.message
     assert output.is_file() and not partial_path(output).exists()

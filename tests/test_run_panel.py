@@ -174,7 +174,7 @@ def test_pipeline_for_reuses_a_cached_imatrix(tmp_path: Path, tiny_qwen2moe: Pat
     plans = (plan_from_profile(model, get_profile("i-mini")),
              plan_from_profile(model, get_profile("compact")))
     request = RunRequest(model=model, plans=plans, output_dir=tmp_path / "o",
-                         kl_divergence=True, threads=1)
+                         kl_divergence=True)
     keys = [s.key for s in pipeline_for(request).steps]
     assert keys[:2] == ["imatrix", "reference"]
     assert keys[2:] == ["i-mini:quantize", "i-mini:kld", "compact:quantize", "compact:kld"]

@@ -12,13 +12,14 @@ import pytest
 from apex_gui.core.jobs.evaluations import PerplexityJob
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobStatus, run_job
 from apex_gui.core.jobs.tools import LlamaTools
 
 
 def quantize_job(source: Path, output: Path, **kw) -> QuantizeJob:
-    return QuantizeJob(source=source, output_path=output, base_type="Q4_K_M", threads=2, **kw)
+    return QuantizeJob(source=source, output_path=output, base_type="Q4_K_M", options=RunOptions(threads=2), **kw)
 
 
 def test_quantize_runs_reports_progress_and_renames_the_output(tiny_qwen2moe, tmp_path,
@@ -103,7 +104,7 @@ def test_the_tools_own_imatrix_refusal_leaves_no_partial_file(tiny_qwen2moe, tmp
     folder.mkdir()
     output = folder / "iq2.gguf"
     job = QuantizeJob(source=tiny_qwen2moe, output_path=output, base_type="IQ2_S",
-                      needs_imatrix=False, threads=2)
+                      needs_imatrix=False, options=RunOptions(threads=2))
     outcome = run_job(job, llama_tools)
     assert outcome.status is JobStatus.FAILED and outcome.exit_code == 1
     assert "blk.0.attn_k.weight" in outcome.message
@@ -115,7 +116,7 @@ def test_imatrix_then_perplexity_real_runs(tiny_qwen2moe, tmp_path, llama_tools,
     text.write_text(text_words(500))
     output = tmp_path / "imatrix.gguf"
     imatrix = run_job(ImatrixJob(model=tiny_qwen2moe, calibration=text, output_path=output,
-                                 context=128, chunks=2, threads=2), llama_tools)
+                                 context=128, chunks=2, options=RunOptions(threads=2)), llama_tools)
     assert imatrix.succeeded, imatrix.message
     from apex_gui.core.gguf.model import FileKind, open_model
     written = open_model(output)
@@ -123,6 +124,6 @@ def test_imatrix_then_perplexity_real_runs(tiny_qwen2moe, tmp_path, llama_tools,
     # The file, not the log, is the authority: llama.cpp's logger may drop the last lines.
     assert written.imatrix is not None and written.imatrix.chunk_count == 2
     ppl = run_job(PerplexityJob(model=tiny_qwen2moe, text=text, context=128, chunks=2,
-                                threads=2), llama_tools)
+                                options=RunOptions(threads=2)), llama_tools)
     assert ppl.succeeded, ppl.message
     assert 1.0 < ppl.results["ppl"] < 1000.0

@@ -160,3 +160,24 @@ def test_recommend_refuses_another_models_table_in_one_line(
                 "--sensitivity", str(saved), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "measured on another model" in done.stderr
+
+
+@pytest.mark.gui
+def test_the_tier_table_keeps_working_beside_a_malformed_table(qtbot, tmp_path: Path) -> None:
+    """``echo '[]' > demo.sensitivity.json`` once broke the Hardware & tiers table with
+    "'list' object has no attribute 'get'": now the tiers rank by the published figures."""
+    from apex_gui.core.fixtures.synthetic import DEMO_SPEC, write_synthetic_model
+    from apex_gui.views.hardware.hardware_panel import COLUMNS, HardwarePanel
+
+    path = write_synthetic_model(tmp_path / "demo.gguf", DEMO_SPEC)
+    (tmp_path / "demo.sensitivity.json").write_text("[]")
+    panel = HardwarePanel(open_model(path), snapshot=None, auto_probe=False,
+                          manual_devices="RTX 4090 24GB")
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.recommendationChanged, timeout=20_000,
+                          check_params_cb=lambda rec: rec is not None):
+        panel.show()
+    assert panel.table.rowCount() >= 4
+    row = panel.recommended_row()
+    assert panel.table.item(row, COLUMNS.index("KL mean")).text().endswith("(published)")
+    panel.shutdown()

@@ -16,6 +16,7 @@ import pytest
 from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.calibration import quick_eval_text
 from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.runner import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_llama_perplexity_equals_pytorch(llama_tools, tmp_path: Path) -> None:
     model_path = trained_model()
     text = quick_eval_text()
     outcome = run_job(PerplexityJob(model=model_path, text=text, context=CONTEXT,
-                                    no_repack=True), llama_tools)
+                                    options=RunOptions(no_repack=True)), llama_tools)
     assert outcome.succeeded, outcome.message
     estimate = parsers.parse_final_estimate(outcome.log)
     assert estimate is not None

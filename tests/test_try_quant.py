@@ -8,6 +8,7 @@ import pytest
 from gui_prompts import close_window
 from pytestqt.qtbot import QtBot
 
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.try_quant import CompletionJob, parse_completion_speed
 from apex_gui.core.settings import load_settings
 from apex_gui.views.window.main_window import MainWindow
@@ -23,7 +24,7 @@ def test_speed_parsed_from_a_recorded_llama_completion_log() -> None:
 
 
 def test_argv_is_plain_completion(llama_tools) -> None:  # type: ignore[no-untyped-def]
-    argv = CompletionJob(Path("m.gguf"), "Hi", 5, threads=2).argv(llama_tools)
+    argv = CompletionJob(Path("m.gguf"), "Hi", 5, options=RunOptions(threads=2)).argv(llama_tools)
     assert Path(argv[0]).name == "llama-completion"
     assert argv[argv.index("-p") + 1] == "Hi" and argv[argv.index("-n") + 1] == "5"
     assert "-no-cnv" in argv and "--no-display-prompt" in argv and argv[-2:] == ["-t", "2"]
@@ -126,7 +127,7 @@ def test_the_trained_demo_writes_readable_text(qtbot: QtBot, llama_tools) -> Non
     qtbot.addWidget(dialog)
     dialog.prompt_edit.setText("The three most important ideas in computer science are")
     # Greedy: a sampled byte may be one no character starts with (a U+FFFD of the model's own).
-    job = CompletionJob(demo, dialog.prompt_edit.text(), 40, threads=2, temperature=0)
+    job = CompletionJob(demo, dialog.prompt_edit.text(), 40, options=RunOptions(threads=2), temperature=0)
     with qtbot.waitSignal(dialog.finishedRun, timeout=120_000) as finished:
         dialog.generate(job)
     assert finished.args == [0], dialog.status.text()

@@ -32,6 +32,7 @@ from apex_gui.core.jobs.pipeline import (
 )
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.runner import JobOutcome
 from apex_gui.core.jobs.specs import ToolJob
 from apex_gui.core.plan.precision import PrecisionPlan
@@ -139,17 +140,14 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 # --- shared plumbing --------------------------------------------------------------------------
 
 
-def _threads(args: argparse.Namespace) -> int:
-    from apex_gui.core.settings import load_settings
-
-    return args.threads if args.threads else load_settings().effective_threads()
-
-
 def _tools(args: argparse.Namespace) -> LlamaTools:
+    """The tools and the options every run starts with: ``-t`` and ``--no-repack`` over the
+    settings (the stored tools-check finding is added as each job starts)."""
     from apex_gui.core.settings import load_settings
     from apex_gui.core.jobs.tools import LlamaTools
 
     return LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
+                                   threads=getattr(args, "threads", None),
                                    no_repack=getattr(args, "no_repack", False))
 
 
@@ -315,16 +313,17 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
     except RunStoreError as error:
         raise ValueError(str(error)) from None  # one line, exit code 2
     # --rpc: workers checked first (an unreachable one is named now, not after the load).
-    workers, probes = checked_workers(getattr(args, "rpc", None), _tools(args))
+    tools = _tools(args)
+    workers, probes = checked_workers(getattr(args, "rpc", None), tools)
     if workers:
-        pipeline = pipeline.with_rpc_workers(workers)
+        pipeline = pipeline.with_options(RunOptions(rpc_workers=tuple(workers)))
         notes = [*(notes or []), *(p.summary() for p in probes)]
     terminal = TerminalProgress(quiet=False)
     for note in notes or []:
         print(note, file=sys.stderr)
     stop = threading.Event()
     with _stop_signals_cancel(stop):
-        outcomes = run_pipeline(pipeline, _tools(args), store, on_step=terminal.step,
+        outcomes = run_pipeline(pipeline, tools, store, on_step=terminal.step,
                                 on_progress=terminal.update, on_done=terminal.done, cancel=stop)
     if args.json:
         print(json.dumps([_outcome_json(k, o) for k, o in outcomes.items()], indent=2,
@@ -341,15 +340,14 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
 # --- imatrix ----------------------------------------------------------------------------------
 
 
-def _imatrix_job(model: Path, args: argparse.Namespace, output: Path | None,
-                 threads: int) -> ImatrixJob:
+def _imatrix_job(model: Path, args: argparse.Namespace, output: Path | None) -> ImatrixJob:
     from apex_gui.core.jobs.calibration import imatrix_cache_path
 
     calibration = _calibration_text(args)
     target = output or imatrix_cache_path(model, calibration, args.imatrix_ctx,
                                           args.imatrix_chunks)
     return ImatrixJob(model=model, calibration=calibration, output_path=target,
-                      context=args.imatrix_ctx, chunks=args.imatrix_chunks, threads=threads)
+                      context=args.imatrix_ctx, chunks=args.imatrix_chunks)
 
 
 def _check_calibration_args(args: argparse.Namespace) -> None:
@@ -383,17 +381,17 @@ def run_imatrix(args: argparse.Namespace) -> int:
     _check_calibration_args(args)
     model = _checked_model(args.model)
     output = check_writable_output(args.output, args.force, _sources(args, model))
-    job = _imatrix_job(model, args, output, _threads(args))
+    job = _imatrix_job(model, args, output)
     return execute(Pipeline.from_jobs([("imatrix", job)]), args)
 
 
 # --- quantize ---------------------------------------------------------------------------------
 
 
-def _auto_imatrix(model: Path, args: argparse.Namespace, threads: int,
+def _auto_imatrix(model: Path, args: argparse.Namespace,
                   notes: list[str]) -> ImatrixJob | Path:
     """The cached importance matrix for this model and calibration, or the job making it."""
-    job = _imatrix_job(model, args, None, threads)
+    job = _imatrix_job(model, args, None)
     if job.output_path.is_file():
         notes.append(f"using the cached importance matrix {job.output_path}")
         return job.output_path
@@ -410,14 +408,13 @@ def _profile_plan(model: ModelInfo | Path, profile_name: str) -> PrecisionPlan:
     return plan_from_profile(source, get_profile(profile_name))
 
 
-def _quantize_job(plan: PrecisionPlan, output: Path, imatrix: Path | None,
-                  threads: int) -> QuantizeJob:
+def _quantize_job(plan: PrecisionPlan, output: Path, imatrix: Path | None) -> QuantizeJob:
     """The quantize job of a plan; ``imatrix`` is used when the plan wants one."""
     from apex_gui.core.jobs.assembly import uses_imatrix
 
     try:
-        job = QuantizeJob.from_plan(plan, output, imatrix=imatrix if uses_imatrix(plan) else None,
-                                    threads=threads)
+        job = QuantizeJob.from_plan(plan, output,
+                                    imatrix=imatrix if uses_imatrix(plan) else None)
     except OSError as error:  # the plan's tensor-type file goes to the data folder
         from apex_gui.core.settings import data_dir
 
@@ -439,7 +436,6 @@ def run_quantize(args: argparse.Namespace) -> int:
                                                        "--tensor-type-file")
         check_base_type(args.base_type)
     output = check_writable_output(args.output, args.force, _sources(args, model))
-    threads = _threads(args)
     notes: list[str] = []
     given = tool_path(args.imatrix) if args.imatrix and not auto else None
     imatrix_step: ImatrixJob | None = None
@@ -456,21 +452,20 @@ def run_quantize(args: argparse.Namespace) -> int:
                              "--imatrix FILE, or --imatrix auto to compute it from the "
                              "calibration set (cached for later runs)")
         if auto and wants:
-            found = _auto_imatrix(model, args, threads, notes)
+            found = _auto_imatrix(model, args, notes)
             imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
             imatrix_step = found if isinstance(found, ImatrixJob) else None
         elif auto:
             notes.append(f"profile {args.profile} needs no importance matrix; quantizing without")
-        job = _quantize_job(plan, output, imatrix_path, threads)
+        job = _quantize_job(plan, output, imatrix_path)
     else:
         imatrix_path = given
         if auto:
-            found = _auto_imatrix(model, args, threads, notes)
+            found = _auto_imatrix(model, args, notes)
             imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
             imatrix_step = found if isinstance(found, ImatrixJob) else None
         job = QuantizeJob(source=model, output_path=output, base_type=args.base_type.upper(),
-                          tensor_type_file=args.tensor_type_file, imatrix=imatrix_path,
-                          threads=threads)
+                          tensor_type_file=args.tensor_type_file, imatrix=imatrix_path)
     steps: list[tuple[str, ToolJob]] = [("imatrix", imatrix_step)] if imatrix_step else []
     steps.append(("quantize", job))
     return execute(Pipeline.from_jobs(steps), args, notes)
@@ -496,11 +491,11 @@ def _evaluation_options(args: argparse.Namespace, default_reference: Path | None
         bench_repetitions=args.bench_reps)
 
 
-def _reference_step(options: EvaluationOptions, threads: int) -> list[tuple[str, ToolJob]]:
+def _reference_step(options: EvaluationOptions) -> list[tuple[str, ToolJob]]:
     if not (options.kl_divergence and options.reference and options.text):
         return []
     job = ReferenceLogitsJob.cached(options.reference, options.text, options.context,
-                                    options.chunks, threads)
+                                    options.chunks)
     return [] if job.output_path.is_file() else [("reference", job)]
 
 
@@ -529,10 +524,10 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     _check_eval_args(args)
-    model, threads = check_model_file(args.model), _threads(args)
+    model = check_model_file(args.model)
     options = _evaluation_options(args, None, default_kld=True)
-    steps = _reference_step(options, threads)
-    steps += evaluation_jobs(model, options, threads, prefix=model.stem)
+    steps = _reference_step(options)
+    steps += evaluation_jobs(model, options, prefix=model.stem)
     return execute(Pipeline.from_jobs(steps), args)
 
 
@@ -551,7 +546,6 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     model = _checked_model(args.model, "source model")
     if args.imatrix and args.imatrix != "auto":
         check_inputs([(args.imatrix, "--imatrix", None)])
-    threads = _threads(args)
     keys = [k.strip() for k in args.profiles.split(",") if k.strip()]
     if not keys:
         raise ValueError("--profiles needs at least one profile key, e.g. quality,i-quality")
@@ -573,16 +567,16 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         wants = uses_imatrix(plan)
         if wants and imatrix_path is None:
             if args.imatrix == "auto":
-                found = _auto_imatrix(model, args, threads, notes)
+                found = _auto_imatrix(model, args, notes)
                 imatrix_job = found if isinstance(found, ImatrixJob) else None
                 imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
             else:
                 imatrix_path = tool_path(args.imatrix)
-        jobs.append(_quantize_job(plan, output, imatrix_path, threads))
+        jobs.append(_quantize_job(plan, output, imatrix_path))
     options = None
     evaluate = args.eval or args.kld or args.ppl or args.hellaswag or args.winogrande \
         or args.mc or args.bench
     if evaluate:
         options = _evaluation_options(args, model, default_kld=True)
-    pipeline = build_pipeline(jobs, imatrix_job, options, threads)
+    pipeline = build_pipeline(jobs, imatrix_job, options)
     return execute(pipeline, args, notes)

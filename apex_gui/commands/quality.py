@@ -125,7 +125,9 @@ def _measure(args: argparse.Namespace, settings: Any) -> tuple[Any, Any, float]:
     from apex_gui.core.quality.sensitivity import SensitivityCancelled, measure_sensitivity
     from apex_gui.core.settings import load_settings
 
-    tools = LlamaTools.for_settings(load_settings())
+    # The probes run as every job does: threads, --no-repack (setting or the stored tools
+    # check) from the one source of run options.
+    tools = LlamaTools.for_settings(load_settings(), threads=args.threads or None)
     ensure_speed(tools, args.work_dir)
     projection = settings.projection()
     print(projection.summary(str(scratch_root(args.work_dir))), file=sys.stderr, flush=True)

@@ -195,8 +195,6 @@ class JobQueue(QObject):
             self.allFinished.emit(failures)
 
     def _launch(self, entry: _Entry) -> None:
-        if self.tools.no_repack:
-            entry.job = entry.job.without_repack()
         try:
             prepared = prepare_run(entry.job, self.tools, self.store, entry.produced,
                                    entry.pipeline)
@@ -205,6 +203,7 @@ class JobQueue(QObject):
                                                     pipeline=entry.pipeline))
             self._schedule.start()
             return
+        entry.job = prepared.job  # with the tools' standing options, as it runs
         entry.state = "running"
         entry.attempts += 1
         self._current, self._prepared = entry, prepared

@@ -20,6 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtWidgets import QGraphicsItem
+
+from apex_gui.qt.gui_thread_gc import pin_garbage_collection_to_gui_thread
 
 # Progress is forwarded at most this often: a tight loop reporting every tensor would flood
 # the GUI thread's event queue and make the window stutter exactly when it should not.
@@ -63,33 +66,51 @@ class CancelToken:
             self._report(fraction, text)
 
 
+def qt_objects_captured(function: Callable[..., Any]) -> list[str]:
+    """Qt objects a worker function would reach directly: its bound ``self``, its defaults
+    and the variables it closes over (one level: what a lambda or nested def captures)."""
+    seen: list[Any] = []
+    bound = getattr(function, "__self__", None)
+    if bound is not None:
+        seen.append(bound)
+    code_owner = getattr(function, "__func__", function)
+    seen += list(getattr(code_owner, "__defaults__", None) or ())
+    for cell in getattr(code_owner, "__closure__", None) or ():
+        try:
+            seen.append(cell.cell_contents)
+        except ValueError:  # an empty cell (a variable assigned later)
+            continue
+    found = []
+    for value in seen:
+        owner = getattr(value, "__self__", None)  # a bound method of a widget
+        for candidate in (value, owner):
+            if isinstance(candidate, (QObject, QGraphicsItem)):
+                found.append(type(candidate).__name__)
+    return found
+
+
 class Task(QObject):
-    """One unit of work; its public signals are always delivered in the GUI thread."""
+    """One unit of work; its public signals are always delivered in the GUI thread.
+
+    A task never crosses into the worker thread: the worker reports through its pool (a
+    long-lived object), so the only Python objects a worker thread can release are the ones
+    it made itself. Releasing a Qt wrapper there would finalise it off the GUI thread.
+    """
 
     finished = Signal(object)  # the function's return value
     failed = Signal(object)  # the exception it raised (never for a cancelled task)
     progress = Signal(float, str)
     done = Signal()  # after finished/failed, or once a cancelled task has stopped
 
-    # Emitted from the worker thread; connected to this object's slots, which Qt queues
-    # into the thread the Task lives in (the GUI thread).
-    _result_from_thread = Signal(object)
-    _error_from_thread = Signal(object)
-    _progress_from_thread = Signal(float, str)
-    _stopped_from_thread = Signal()
-
     _serials = itertools.count()
 
-    def __init__(self, description: str, parent: QObject | None = None) -> None:
+    def __init__(self, description: str, token: CancelToken,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.description = description
         self.serial = next(Task._serials)  # submission order
-        self.token = CancelToken(self._progress_from_thread.emit)
+        self.token = token
         self.running = True
-        self._result_from_thread.connect(self._deliver_result)
-        self._error_from_thread.connect(self._deliver_error)
-        self._progress_from_thread.connect(self._deliver_progress)
-        self._stopped_from_thread.connect(self._deliver_done)
 
     def cancel(self) -> None:
         """Ask the function to stop; whatever it returns afterwards is dropped."""
@@ -99,46 +120,50 @@ class Task(QObject):
     def cancelled(self) -> bool:
         return self.token.cancelled
 
-    @Slot(object)
-    def _deliver_result(self, result: object) -> None:
-        if not self.token.cancelled:
-            self.finished.emit(result)
-
-    @Slot(object)
-    def _deliver_error(self, error: object) -> None:
-        if not self.token.cancelled:
-            self.failed.emit(error)
-
-    @Slot(float, str)
-    def _deliver_progress(self, fraction: float, text: str) -> None:
-        if not self.token.cancelled:
-            self.progress.emit(fraction, text)
-
-    @Slot()
-    def _deliver_done(self) -> None:
-        self.running = False
-        self.done.emit()
-
 
 class _TaskRunnable(QRunnable):
-    def __init__(self, task: Task, function: Callable[[CancelToken], Any]) -> None:
+    """Runs one function on a pool thread and reports through the pool's signals.
+
+    It holds the function only while it runs and drops it before saying it stopped: the GUI
+    thread keeps its own reference until then, so a closure over a widget is always released
+    on the GUI thread.
+    """
+
+    def __init__(self, serial: int, function: Callable[[CancelToken], Any], token: CancelToken,
+                 reports: _PoolReports) -> None:
         super().__init__()
         self.setAutoDelete(True)
-        self._task = task
-        self._function = function
+        self._serial = serial
+        self._function: Callable[[CancelToken], Any] | None = function
+        self._token = token
+        self._reports = reports
 
     def run(self) -> None:  # worker thread: only emit signals here
-        task = self._task
+        function, self._function = self._function, None
+        reports, serial = self._reports, self._serial
         try:
-            result = self._function(task.token)
+            assert function is not None
+            result = function(self._token)
         except Cancelled:
             pass
         except BaseException as error:  # noqa: BLE001 - every failure must reach the GUI
-            task._error_from_thread.emit(error)
+            reports.error.emit(serial, error)
+            del error
         else:
-            task._result_from_thread.emit(result)
+            reports.result.emit(serial, result)
+            del result
         finally:
-            task._stopped_from_thread.emit()
+            del function
+            reports.stopped.emit(serial)
+
+
+class _PoolReports(QObject):
+    """The signals workers emit; they live in the GUI thread, so slots run there."""
+
+    result = Signal(int, object)
+    error = Signal(int, object)
+    progress = Signal(int, float, str)
+    stopped = Signal(int)
 
 
 class WorkerPool(QObject):
@@ -150,9 +175,17 @@ class WorkerPool(QObject):
 
     def __init__(self, parent: QObject | None = None, max_threads: int = 4) -> None:
         super().__init__(parent)
+        # Workers allocate; the cyclic collector must never run on their threads.
+        pin_garbage_collection_to_gui_thread()
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(max_threads)
-        self._tasks: set[Task] = set()
+        self._reports = _PoolReports(self)
+        self._reports.result.connect(self._deliver_result)
+        self._reports.error.connect(self._deliver_error)
+        self._reports.progress.connect(self._deliver_progress)
+        self._reports.stopped.connect(self._deliver_stopped)
+        #: serial -> (task, function): kept here until the worker has let go of the function
+        self._running: dict[int, tuple[Task, Callable[[CancelToken], Any]]] = {}
         self._closed = False
         self._idle_switch_interval = sys.getswitchinterval()
 
@@ -160,11 +193,20 @@ class WorkerPool(QObject):
         """Start ``function(token)`` off the GUI thread; connect to the returned task's signals."""
         if self._closed:
             raise RuntimeError("the worker pool is shut down")
-        task = Task(description, self)
-        was_busy = bool(self._tasks)
-        self._tasks.add(task)
-        task.done.connect(lambda: self._forget(task))
-        self._pool.start(_TaskRunnable(task, function))
+        captured = qt_objects_captured(function)
+        if captured:
+            # Qt objects belong to the GUI thread: a worker must get plain data instead.
+            raise TypeError(f"the worker function for {description!r} captures Qt objects "
+                            f"({', '.join(captured)}); pass it the data it needs instead")
+        progress_signal = self._reports.progress
+        serial_box: list[int] = []
+        token = CancelToken(lambda fraction, text: progress_signal.emit(serial_box[0], fraction,
+                                                                        text))
+        task = Task(description, token, self)
+        serial_box.append(task.serial)
+        was_busy = bool(self._running)
+        self._running[task.serial] = (task, function)
+        self._pool.start(_TaskRunnable(task.serial, function, token, self._reports))
         if not was_busy:
             self._idle_switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(min(BUSY_SWITCH_INTERVAL_S, self._idle_switch_interval))
@@ -174,24 +216,51 @@ class WorkerPool(QObject):
 
     def task_descriptions(self) -> list[str]:
         """What the pool is doing, oldest first."""
-        return [t.description for t in sorted(self._tasks, key=lambda t: t.serial)]
+        return [task.description for _serial, (task, _f) in sorted(self._running.items())]
 
-    def _forget(self, task: Task) -> None:
-        if task in self._tasks:
-            # The task stays a child of the pool (freed with it): deleting it here, inside
-            # its own signal, or later with deleteLater while the pool may go first, crashes.
-            self._tasks.discard(task)
-            self.tasksChanged.emit(self.task_descriptions())
-            if not self._tasks:
-                sys.setswitchinterval(self._idle_switch_interval)
-                self.busyChanged.emit(False)
+    def _task(self, serial: int) -> Task | None:
+        entry = self._running.get(serial)
+        return entry[0] if entry is not None else None
+
+    @Slot(int, object)
+    def _deliver_result(self, serial: int, result: object) -> None:
+        task = self._task(serial)
+        if task is not None and not task.cancelled:
+            task.finished.emit(result)
+
+    @Slot(int, object)
+    def _deliver_error(self, serial: int, error: object) -> None:
+        task = self._task(serial)
+        if task is not None and not task.cancelled:
+            task.failed.emit(error)
+
+    @Slot(int, float, str)
+    def _deliver_progress(self, serial: int, fraction: float, text: str) -> None:
+        task = self._task(serial)
+        if task is not None and not task.cancelled:
+            task.progress.emit(fraction, text)
+
+    @Slot(int)
+    def _deliver_stopped(self, serial: int) -> None:
+        entry = self._running.pop(serial, None)
+        if entry is None:
+            return
+        task = entry[0]
+        # The task stays a child of the pool (freed with it): deleting it here, inside its
+        # own signal, or later with deleteLater while the pool may go first, crashes.
+        task.running = False
+        task.done.emit()
+        self.tasksChanged.emit(self.task_descriptions())
+        if not self._running:
+            sys.setswitchinterval(self._idle_switch_interval)
+            self.busyChanged.emit(False)
 
     @property
     def busy(self) -> bool:
-        return bool(self._tasks)
+        return bool(self._running)
 
     def cancel_all(self) -> None:
-        for task in list(self._tasks):
+        for task, _function in list(self._running.values()):
             task.cancel()
 
     def wait(self, timeout_ms: int = -1) -> bool:
@@ -203,7 +272,8 @@ class WorkerPool(QObject):
         self._closed = True
         self.cancel_all()
         finished = self._pool.waitForDone(timeout_ms)
-        if self._tasks:
+        if self._running:
             sys.setswitchinterval(self._idle_switch_interval)
-        self._tasks.clear()
+        if finished:
+            self._running.clear()  # every worker has let go: releasing here is safe
         return finished

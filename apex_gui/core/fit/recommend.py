@@ -37,6 +37,7 @@ from apex_gui.core.fit.placement import (
     verdict_uses_gpu,
 )
 from apex_gui.core.fit.quality_rank import choose_by_quality, published_figures
+from apex_gui.core.jobs.run_options import rpc_args
 
 if TYPE_CHECKING:
     from apex_gui.core.fit.quality_rank import QualityFigure
@@ -116,7 +117,7 @@ def server_command(path: str, ctx: ContextSettings, verdict: Verdict, placement:
     choice is 4 slots with a unified cache, which sizes memory differently)."""
     argv = ["llama-server", "-m", path, "-c", str(pad256(ctx.n_ctx))]
     if rpc_workers and verdict_uses_gpu(verdict):
-        argv += ["--rpc", ",".join(rpc_workers)]
+        argv += rpc_args(rpc_workers)
     if verdict is Verdict.CPU_ONLY or not verdict_uses_gpu(verdict):
         argv += ["-ngl", "0"]
     else:

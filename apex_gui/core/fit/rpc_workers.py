@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from apex_gui.core.jobs.parsers import (
     RPC_CONNECT_FAILED, RPC_HANDSHAKE_FAILED, RPC_LOST, RPC_RESOLVE_FAILED, RPC_UNSUPPORTED, RPC_VERSION_MISMATCH, rpc_protocol_text,
 )
+from apex_gui.core.jobs.run_options import rpc_args
 
 if TYPE_CHECKING:
     from apex_gui.core.jobs.tools import LlamaTools
@@ -60,7 +61,6 @@ __all__ = [
     "probe_argv",
     "probe_workers",
     "resolve_host",
-    "rpc_args",
     "worker_warnings",
     "workers_text",
 ]
@@ -153,12 +153,6 @@ def parse_workers(text: str | Iterable[str]) -> tuple[RpcWorker, ...]:
 def workers_text(workers: Sequence[RpcWorker]) -> str:
     """The list as ``--rpc`` takes it."""
     return ",".join(w.endpoint for w in workers)
-
-
-def rpc_args(workers: Sequence[RpcWorker] | Sequence[str]) -> list[str]:
-    """``["--rpc", "a:1,b:2"]``, or nothing for no workers."""
-    endpoints = [w.endpoint if isinstance(w, RpcWorker) else str(w) for w in workers]
-    return ["--rpc", ",".join(endpoints)] if endpoints else []
 
 
 # ----------------------------------------------------------------------------- safety
@@ -323,7 +317,7 @@ def probe_argv(tools: LlamaTools, worker: RpcWorker) -> list[str]:
     ``--rpc`` must come first: the options are applied in order and ``--list-devices``
     exits as soon as it is read.
     """
-    return [str(tools.path("perplexity")), "--rpc", worker.endpoint, "--list-devices"]
+    return [str(tools.path("perplexity")), *rpc_args([worker.endpoint]), "--list-devices"]
 
 
 def probe_environment() -> dict[str, str]:

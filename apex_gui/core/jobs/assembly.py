@@ -10,6 +10,7 @@ from typing import Any
 from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
 from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 
 
 def output_name(model: Any, label: str) -> str:
@@ -39,9 +40,10 @@ class RunRequest:
     multiple_choice: tuple[Path, ...] = ()
     tasks: int | None = None
     bench: bool = False
-    threads: int = 0
     labels: tuple[str, ...] = field(default=())  # file label per plan ("Quality", "custom")
-    rpc_workers: tuple[str, ...] = ()  # llama.cpp RPC workers for imatrix and evaluations
+    #: How this run's tools are started (RPC workers for imatrix and evaluations); what it
+    #: leaves unchosen comes from the queue's tools (settings, tools-check finding).
+    options: RunOptions = RunOptions()
 
     def needs_imatrix(self) -> bool:
         return any(uses_imatrix(plan) for plan in self.plans)
@@ -65,7 +67,7 @@ def pipeline_for(request: RunRequest) -> Pipeline:
             imatrix_path.parent.mkdir(parents=True, exist_ok=True)
             imatrix_job = ImatrixJob(model=Path(model.path), calibration=calibration,
                                      output_path=imatrix_path, context=request.imatrix_context,
-                                     chunks=request.imatrix_chunks, threads=request.threads)
+                                     chunks=request.imatrix_chunks)
     request.output_dir.mkdir(parents=True, exist_ok=True)
     quantize_jobs = []
     labels = request.labels or tuple(
@@ -73,7 +75,7 @@ def pipeline_for(request: RunRequest) -> Pipeline:
     for plan, label in zip(request.plans, labels):
         quantize_jobs.append(QuantizeJob.from_plan(
             plan, request.output_dir / output_name(model, label),
-            imatrix=imatrix_path if uses_imatrix(plan) else None, threads=request.threads))
+            imatrix=imatrix_path if uses_imatrix(plan) else None))
     text = None
     if request.kl_divergence or request.perplexity:
         text = request.eval_text or quick_eval_text()
@@ -83,8 +85,7 @@ def pipeline_for(request: RunRequest) -> Pipeline:
         perplexity=request.perplexity, hellaswag=request.hellaswag,
         winogrande=request.winogrande, multiple_choice=request.multiple_choice,
         tasks=request.tasks, bench=request.bench, bench_repetitions=2)
-    pipeline = build_pipeline(quantize_jobs, imatrix_job, evaluation, request.threads)
-    return pipeline.with_rpc_workers(request.rpc_workers) if request.rpc_workers else pipeline
+    return build_pipeline(quantize_jobs, imatrix_job, evaluation).with_options(request.options)
 
 
 def check_free_space(folder: Path, needed: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,11 +14,13 @@ from apex_gui.core.jobs.progress import (
     TaskProgressReader,
 )
 from apex_gui.core.jobs.specs import (
-    CHARS_PER_TOKEN_UPPER_BOUND, JobError, ToolJob, JobVerdict, check_output, completed_chunks,
-    exists_or_produced, generic_failure, last_error_lines, lost_output,
-    too_few_tokens_message, check_readable_file, estimate_tokens,
+    CHARS_PER_TOKEN_UPPER_BOUND, MODEL_INPUT, JobError, JobInput, JobVerdict, ToolJob,
+    completed_chunks, estimate_tokens, generic_failure, last_error_lines, lost_output,
+    too_few_tokens_message,
 )
 from apex_gui.core.settings import data_dir
+
+TEXT_INPUT = JobInput("text", "evaluation text")
 
 
 def _perplexity_verdict(exit_code: int, log: str, text: Path, context: int,
@@ -121,6 +122,11 @@ class ReferenceLogitsJob(ToolJob):
 
     tool: ClassVar[str] = "perplexity"
     kind: ClassVar[str] = "reference-logits"
+    reads: ClassVar[tuple[JobInput, ...]] = (JobInput("model", "reference model", model=True),
+                                             TEXT_INPUT)
+    writes: ClassVar[str] = "output_path"
+    subject: ClassVar[str] = "reference logits"
+    progress_reader: ClassVar[type[ProgressReader]] = ChunkProgressReader
 
     model: Path
     text: Path
@@ -129,31 +135,19 @@ class ReferenceLogitsJob(ToolJob):
     chunks: int | None = None
 
     @classmethod
-    def cached(cls, model: Path, text: Path, context: int = 512, chunks: int | None = None,
-               threads: int = 0) -> ReferenceLogitsJob:
+    def cached(cls, model: Path, text: Path, context: int = 512,
+               chunks: int | None = None) -> ReferenceLogitsJob:
         """The job whose output is the cache entry for these inputs."""
-        return cls(model=model, text=text, context=context, chunks=chunks, threads=threads,
+        return cls(model=model, text=text, context=context, chunks=chunks,
                    output_path=reference_logits_path(model, text, context, chunks))
-
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model, self.text)
-
-    def output(self) -> Path:
-        return self.output_path
 
     def args(self) -> list[str]:
         args = ["-m", str(self.model), "-f", str(self.text), "--no-escape",
                 "--kl-divergence-base", str(self.partial_output())]
         return [*args, *self._context_args(self.context, self.chunks)]
 
-    def check(self, produced: Iterable[Path] = ()) -> None:
-        exists_or_produced(self.model, list(produced), "reference model", model=True)
-        check_readable_file(self.text, "evaluation text")
+    def check_details(self, produced: list[Path]) -> None:
         _check_text_length(self.text, self.context)
-        check_output(self.output_path, self.inputs())
-
-    def new_progress(self) -> ProgressReader:
-        return ChunkProgressReader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         # llama-perplexity exits 0 even when it computed nothing: the final line decides, or
@@ -164,9 +158,6 @@ class ReferenceLogitsJob(ToolJob):
     def output_problem(self, written: Path) -> str | None:
         return reference_logits_problem(written)
 
-    def title(self) -> str:
-        return self.label or f"reference logits {self.model.name}"
-
 
 @dataclass(frozen=True, kw_only=True)
 class PerplexityJob(ToolJob):
@@ -174,32 +165,24 @@ class PerplexityJob(ToolJob):
 
     tool: ClassVar[str] = "perplexity"
     kind: ClassVar[str] = "perplexity"
+    reads: ClassVar[tuple[JobInput, ...]] = (MODEL_INPUT, TEXT_INPUT)
+    subject: ClassVar[str] = "perplexity"
+    progress_reader: ClassVar[type[ProgressReader]] = ChunkProgressReader
 
     model: Path
     text: Path
     context: int = 512
     chunks: int | None = None
 
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model, self.text)
-
     def args(self) -> list[str]:
         args = ["-m", str(self.model), "-f", str(self.text), "--no-escape"]
         return [*args, *self._context_args(self.context, self.chunks)]
 
-    def check(self, produced: Iterable[Path] = ()) -> None:
-        exists_or_produced(self.model, list(produced), "model", model=True)
-        check_readable_file(self.text, "evaluation text")
+    def check_details(self, produced: list[Path]) -> None:
         _check_text_length(self.text, self.context)
-
-    def new_progress(self) -> ProgressReader:
-        return ChunkProgressReader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         return _perplexity_verdict(exit_code, log, self.text, self.context, "")
-
-    def title(self) -> str:
-        return self.label or f"perplexity {self.model.name}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,27 +191,20 @@ class KLDivergenceJob(ToolJob):
 
     tool: ClassVar[str] = "perplexity"
     kind: ClassVar[str] = "kl-divergence"
+    reads: ClassVar[tuple[JobInput, ...]] = (MODEL_INPUT,
+                                             JobInput("reference_logits", "reference logits"))
+    subject: ClassVar[str] = "KL divergence"
+    progress_reader: ClassVar[type[ProgressReader]] = KLDivergenceProgressReader
 
     model: Path
     reference_logits: Path
     context: int = 512
     chunks: int | None = None
 
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model, self.reference_logits)
-
     def args(self) -> list[str]:
         args = ["-m", str(self.model), "--kl-divergence-base", str(self.reference_logits),
                 "--kl-divergence"]
         return [*args, *self._context_args(self.context, self.chunks)]
-
-    def check(self, produced: Iterable[Path] = ()) -> None:
-        produced = list(produced)
-        exists_or_produced(self.model, produced, "model", model=True)
-        exists_or_produced(self.reference_logits, produced, "reference logits", model=False)
-
-    def new_progress(self) -> ProgressReader:
-        return KLDivergenceProgressReader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         stats = parsers.parse_kl_divergence(log)
@@ -250,9 +226,6 @@ class KLDivergenceJob(ToolJob):
             return lost_output("llama-perplexity --kl-divergence")
         return JobVerdict(False, generic_failure("llama-perplexity --kl-divergence", exit_code, log))
 
-    def title(self) -> str:
-        return self.label or f"KL divergence {self.model.name}"
-
 
 @dataclass(frozen=True, kw_only=True)
 class _TaskJob(ToolJob):
@@ -262,27 +235,24 @@ class _TaskJob(ToolJob):
     flag: ClassVar[str] = ""
     data_flag: ClassVar[str] = "-f"
     result_key: ClassVar[str] = ""
+    progress_reader: ClassVar[type[ProgressReader]] = TaskProgressReader
 
     model: Path
     data: Path
     tasks: int | None = None  # None: all (HellaSwag: 400, as the published numbers)
     context: int = 512
 
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model, self.data)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Each task's data file and title are named after its result key.
+        super().__init_subclass__(**kwargs)
+        cls.reads = (MODEL_INPUT, JobInput("data", f"{cls.result_key} data file"))
+        cls.subject = cls.result_key
 
     def args(self) -> list[str]:
         args = ["-m", str(self.model), self.data_flag, str(self.data), self.flag]
         if self.tasks is not None:
             args += [f"{self.flag}-tasks", str(self.tasks)]
         return [*args, *self._context_args(self.context)]
-
-    def check(self, produced: Iterable[Path] = ()) -> None:
-        exists_or_produced(self.model, list(produced), "model", model=True)
-        check_readable_file(self.data, f"{self.result_key} data file")
-
-    def new_progress(self) -> ProgressReader:
-        return TaskProgressReader()
 
     def _score(self, log: str) -> parsers.TaskScore | None:
         raise NotImplementedError
@@ -303,9 +273,6 @@ class _TaskJob(ToolJob):
     def _finished_rows(self, log: str) -> bool:
         """Scoring started (so the final lines, not the input, are what went missing)."""
         return any(parsers.parse_task_row(line) is not None for line in log.splitlines())
-
-    def title(self) -> str:
-        return self.label or f"{self.result_key} {self.model.name}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,6 +334,8 @@ class BenchJob(ToolJob):
 
     tool: ClassVar[str] = "bench"
     kind: ClassVar[str] = "bench"
+    reads: ClassVar[tuple[JobInput, ...]] = (MODEL_INPUT,)
+    subject: ClassVar[str] = "speed"
 
     model: Path
     n_prompt: int = 512
@@ -374,18 +343,12 @@ class BenchJob(ToolJob):
     repetitions: int = 5
     n_gpu_layers: int | None = None
 
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model,)
-
     def args(self) -> list[str]:
         args = ["-m", str(self.model), "-p", str(self.n_prompt), "-n", str(self.n_gen),
                 "-r", str(self.repetitions), "-o", "jsonl"]
         if self.n_gpu_layers is not None:
             args += ["-ngl", str(self.n_gpu_layers)]
-        return [*args, *self._thread_args()]
-
-    def check(self, produced: Iterable[Path] = ()) -> None:
-        exists_or_produced(self.model, list(produced), "model", model=True)
+        return args
 
     def new_progress(self) -> ProgressReader:
         return BenchProgressReader(int(self.n_prompt > 0) + int(self.n_gen > 0))
@@ -401,6 +364,3 @@ class BenchJob(ToolJob):
             summary = ", ".join(f"{r.test} {r.tokens_per_second:.1f} t/s" for r in rows)
             return JobVerdict(True, summary, results)
         return JobVerdict(False, generic_failure("llama-bench", exit_code, log))
-
-    def title(self) -> str:
-        return self.label or f"speed {self.model.name}"

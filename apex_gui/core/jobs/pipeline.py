@@ -12,7 +12,8 @@ from apex_gui.core.jobs.evaluations import (
     WinograndeJob, reference_logits_path,
 )
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
-from apex_gui.core.jobs.specs import JobError, RPC_TOOLS, ToolJob, same_file
+from apex_gui.core.jobs.run_options import RunOptions, option_names
+from apex_gui.core.jobs.specs import JobError, ToolJob, same_file
 
 
 JOB_TYPES: dict[str, type[ToolJob]] = {cls.kind: cls for cls in (
@@ -25,9 +26,9 @@ def job_from_dict(spec: dict[str, Any]) -> ToolJob:
     cls = JOB_TYPES.get(spec.get("kind", ""))
     if cls is None:
         raise ValueError(f"unknown job kind {spec.get('kind')!r}; known: {', '.join(JOB_TYPES)}")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"options": RunOptions.from_fields(spec)}
     for f in fields(cls):
-        if f.name not in spec:
+        if f.name not in spec or f.name in option_names():
             continue
         value = spec[f.name]
         if value is not None and "Path" in str(f.type):
@@ -83,12 +84,13 @@ class Pipeline:
                 return step
         raise KeyError(key)
 
-    def with_rpc_workers(self, workers: Sequence[str]) -> Pipeline:
-        """The same steps, every one whose tool takes ``--rpc`` running across ``workers``."""
-        chosen = tuple(workers)
+    def with_options(self, options: RunOptions) -> Pipeline:
+        """The same steps, each run with ``options`` as far as its tool takes them (RPC
+        workers only where the tool takes ``--rpc``); a step's own choices stay."""
         return Pipeline(tuple(
-            replace(step, job=replace(step.job, rpc_workers=chosen))
-            if step.job.tool in RPC_TOOLS else step for step in self.steps))
+            replace(step, job=step.job.with_options(
+                step.job.options.over(options.for_tool(step.job.tool))))
+            for step in self.steps))
 
     def produced_before(self, key: str) -> list[Path]:
         """Outputs of the steps before ``key``: files that will exist by the time it runs."""
@@ -131,41 +133,39 @@ class EvaluationOptions:
     bench_repetitions: int = 5
 
 
-def evaluation_jobs(model: Path, options: EvaluationOptions, threads: int = 0,
+def evaluation_jobs(model: Path, options: EvaluationOptions,
                     prefix: str = "") -> list[tuple[str, ToolJob]]:
     """The evaluation steps for one model (the reference logits job is added separately)."""
     jobs: list[tuple[str, ToolJob]] = []
     name = prefix or model.stem
-    common = {"threads": threads}
     if options.kl_divergence and options.reference is not None and options.text is not None:
         ref = reference_logits_path(options.reference, options.text, options.context,
                                     options.chunks)
         jobs.append((f"{name}:kld", KLDivergenceJob(
-            model=model, reference_logits=ref, context=options.context, chunks=options.chunks,
-            **common)))
+            model=model, reference_logits=ref, context=options.context, chunks=options.chunks)))
     if options.perplexity and options.text is not None:
         jobs.append((f"{name}:ppl", PerplexityJob(model=model, text=options.text,
                                                   context=options.context,
-                                                  chunks=options.chunks, **common)))
+                                                  chunks=options.chunks)))
     task_args = {"tasks": options.tasks} if options.tasks is not None else {}
     if options.hellaswag is not None:
         jobs.append((f"{name}:hellaswag", HellaSwagJob(model=model, data=options.hellaswag,
-                                                       **task_args, **common)))
+                                                       **task_args)))
     if options.winogrande is not None:
         jobs.append((f"{name}:winogrande", WinograndeJob(model=model, data=options.winogrande,
-                                                         **task_args, **common)))
+                                                         **task_args)))
     for data in options.multiple_choice:
         jobs.append((f"{name}:mc:{data.stem}", MultipleChoiceJob(model=model, data=data,
-                                                                 **task_args, **common)))
+                                                                 **task_args)))
     if options.bench:
         jobs.append((f"{name}:bench", BenchJob(model=model, n_prompt=options.bench_prompt,
                                                n_gen=options.bench_gen,
-                                               repetitions=options.bench_repetitions, **common)))
+                                               repetitions=options.bench_repetitions)))
     return jobs
 
 
 def build_pipeline(quantize_jobs: Sequence[QuantizeJob], imatrix_job: ImatrixJob | None = None,
-                   evaluation: EvaluationOptions | None = None, threads: int = 0) -> Pipeline:
+                   evaluation: EvaluationOptions | None = None) -> Pipeline:
     """imatrix -> quantize each plan -> evaluate each quant, as one dependency graph.
 
     The reference logits are computed once (and skipped when the cache already has them);
@@ -177,7 +177,7 @@ def build_pipeline(quantize_jobs: Sequence[QuantizeJob], imatrix_job: ImatrixJob
     options = evaluation or EvaluationOptions(kl_divergence=False)
     if options.kl_divergence and options.reference is not None and options.text is not None:
         reference = ReferenceLogitsJob.cached(options.reference, options.text, options.context,
-                                              options.chunks, threads)
+                                              options.chunks)
         if not reference.output_path.is_file():
             jobs.append(("reference", reference))
     # Each quant is evaluated right after it is written: its numbers arrive early, and a
@@ -185,5 +185,5 @@ def build_pipeline(quantize_jobs: Sequence[QuantizeJob], imatrix_job: ImatrixJob
     for job in quantize_jobs:
         key = job.profile or job.output_path.stem
         jobs.append((f"{key}:quantize", job))
-        jobs += evaluation_jobs(job.output_path, options, threads, prefix=key)
+        jobs += evaluation_jobs(job.output_path, options, prefix=key)
     return Pipeline.from_jobs(jobs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,10 +14,10 @@ from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED
 from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.evaluations import text_head
 from apex_gui.core.jobs.progress import ChunkProgressReader, ProgressReader, TensorProgressReader
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.specs import (
-    JobError, ToolJob, JobVerdict, check_output, completed_chunks, exists_or_produced,
-    generic_failure, too_few_tokens_message, check_readable_file, check_readable_model,
-    estimate_tokens, gguf_output_problem,
+    MODEL_INPUT, JobError, JobInput, JobVerdict, ToolJob, completed_chunks, estimate_tokens,
+    generic_failure, gguf_output_problem, too_few_tokens_message,
 )
 from apex_gui.core.settings import data_dir
 
@@ -32,18 +31,17 @@ class ImatrixJob(ToolJob):
 
     tool: ClassVar[str] = "imatrix"
     kind: ClassVar[str] = "imatrix"
+    reads: ClassVar[tuple[JobInput, ...]] = (MODEL_INPUT,
+                                             JobInput("calibration", "calibration text"))
+    writes: ClassVar[str] = "output_path"
+    subject: ClassVar[str] = "imatrix"
+    progress_reader: ClassVar[type[ProgressReader]] = ChunkProgressReader
 
     model: Path
     calibration: Path
     output_path: Path
     context: int = 512
     chunks: int | None = None  # None: all the text
-
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model, self.calibration)
-
-    def output(self) -> Path:
-        return self.output_path
 
     def args(self) -> list[str]:
         # --no-escape: code in the calibration text keeps its backslashes (the default turns
@@ -53,11 +51,7 @@ class ImatrixJob(ToolJob):
                 "-o", str(self.partial_output()), "--output-format", "gguf", "--no-escape"]
         return [*args, *self._context_args(self.context, self.chunks)]
 
-    def check(self, produced: Iterable[Path] = ()) -> None:
-        produced = list(produced)
-        exists_or_produced(self.model, produced, "model", model=True)
-        check_readable_file(self.calibration, "calibration text")
-        check_output(self.output_path, self.inputs())
+    def check_details(self, produced: list[Path]) -> None:
         text = text_head(self.calibration, "calibration text", self.context)
         needed = 2 * self.context
         if estimate_tokens(text) < needed:
@@ -66,9 +60,6 @@ class ImatrixJob(ToolJob):
                 f"{max(estimate_tokens(text), 0)} tokens (estimated from {len(text)} characters) "
                 f"but an importance matrix with a context of {self.context} needs at least "
                 f"{needed}; add text (or use the bundled calibration set) or lower the context")
-
-    def new_progress(self) -> ProgressReader:
-        return ChunkProgressReader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         # llama-imatrix exits 1 on a too-short text and saves the file from the main thread
@@ -92,9 +83,6 @@ class ImatrixJob(ToolJob):
 
     def output_problem(self, written: Path) -> str | None:
         return gguf_output_problem(written)
-
-    def title(self) -> str:
-        return self.label or f"imatrix {self.model.name}"
 
 
 def needed_imatrix_types(tensor_type_file: Path | None, base_type: str) -> set[str]:
@@ -120,6 +108,11 @@ class QuantizeJob(ToolJob):
 
     tool: ClassVar[str] = "quantize"
     kind: ClassVar[str] = "quantize"
+    reads: ClassVar[tuple[JobInput, ...]] = (
+        JobInput("source", "source model", model=True),
+        JobInput("tensor_type_file", "tensor-type file"),
+        JobInput("imatrix", "importance matrix"))
+    writes: ClassVar[str] = "output_path"
 
     source: Path
     output_path: Path
@@ -136,8 +129,8 @@ class QuantizeJob(ToolJob):
     @classmethod
     def from_plan(cls, plan: PrecisionPlan, output: str | os.PathLike[str],
                   tensor_type_file: str | os.PathLike[str] | None = None,
-                  imatrix: str | os.PathLike[str] | None = None, threads: int = 0,
-                  label: str = "") -> QuantizeJob:
+                  imatrix: str | os.PathLike[str] | None = None,
+                  label: str = "", options: RunOptions = RunOptions()) -> QuantizeJob:
         """A job that applies ``plan`` to its model; writes the plan's tensor-type file
         (by default content-addressed under the data dir, so equal plans share it)."""
         text = plan.tensor_type_file_text()
@@ -159,14 +152,7 @@ class QuantizeJob(ToolJob):
                    output_tensor_type=output_type.lower() if output_type else None,
                    allow_requantize=plan.requantizes(),
                    predicted_bytes=predicted, needs_imatrix=plan.needs_imatrix(),
-                   profile=profile, threads=threads, label=label)
-
-    def inputs(self) -> tuple[Path, ...]:
-        extra = [p for p in (self.tensor_type_file, self.imatrix) if p is not None]
-        return (self.source, *extra)
-
-    def output(self) -> Path:
-        return self.output_path
+                   profile=profile, label=label, options=options)
 
     def args(self) -> list[str]:
         return self.quantize_args(self.partial_output())
@@ -185,8 +171,8 @@ class QuantizeJob(ToolJob):
         if self.imatrix is not None:
             args += ["--imatrix", str(self.imatrix)]
         args += [str(self.source), str(output), self.base_type]
-        if self.threads > 0:
-            args.append(str(self.threads))
+        if self.options.threads > 0:  # llama-quantize's thread count is its last argument
+            args.append(str(self.options.threads))
         return args
 
     def requires_imatrix(self) -> bool:
@@ -194,23 +180,16 @@ class QuantizeJob(ToolJob):
             return self.needs_imatrix
         return bool(needed_imatrix_types(self.tensor_type_file, self.base_type))
 
-    def check(self, produced: Iterable[Path] = ()) -> None:
-        produced = list(produced)
-        check_readable_model(self.source, "source model")
+    def check_details(self, produced: list[Path]) -> None:
         if self.base_type.upper() not in FTYPE_DEFAULT_TYPE:
             raise JobError(f"{self.base_type!r} is not a llama-quantize type; use one of "
                            f"{', '.join(FTYPE_DEFAULT_TYPE)}")
-        if self.tensor_type_file is not None:
-            check_readable_file(self.tensor_type_file, "tensor-type file")
-        if self.imatrix is not None:
-            exists_or_produced(self.imatrix, produced, "importance matrix", model=False)
-        elif self.requires_imatrix():
+        if self.imatrix is None and self.requires_imatrix():
             kinds = ", ".join(sorted(needed_imatrix_types(self.tensor_type_file, self.base_type)))
             raise JobError(
                 f"this plan uses types that need an importance matrix ({kinds or 'IQ1/IQ2/IQ3_XXS'})"
                 f"; give one with --imatrix FILE, let APEX Studio compute it (--imatrix auto), "
                 "or choose a profile without I-quants")
-        check_output(self.output_path, self.inputs())
         if self.predicted_bytes is not None:
             folder = self.output_path.parent if str(self.output_path.parent) else Path(".")
             probe = folder if folder.exists() else Path(folder.anchor or ".")
@@ -266,7 +245,8 @@ def quantize_argv(plan: PrecisionPlan, quantize_exe: str | Path, source: str | P
                       imatrix=Path(chosen) if chosen else None,
                       token_embedding_type=embedding.lower() if embedding else None,
                       output_tensor_type=output_type.lower() if output_type else None,
-                      allow_requantize=plan.requantizes(), threads=threads or 0)
+                      allow_requantize=plan.requantizes(),
+                      options=RunOptions(threads=threads or 0))
     return [str(quantize_exe), *job.quantize_args(Path(output))]
 
 

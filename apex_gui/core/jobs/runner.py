@@ -176,8 +176,8 @@ class PreparedRun:
 
 def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
                 produced: Iterable[Path] = (), pipeline: str | None = None) -> PreparedRun:
-    """Check the job, find its tool, lock its output, clear what dead runs left for it,
-    record the run as started.
+    """Check the job, give it the tools' standing options, find its tool, lock its output,
+    clear what dead runs left for it, record the run as started.
 
     The tool writes under a name unique to this run (the job's ``OUT.partial`` in its
     arguments is swapped for it), and the lock on the final name is held until
@@ -185,6 +185,9 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
     Raises :class:`JobError` or :class:`ToolNotFoundError` with a message naming the fix.
     """
     job.check(produced)
+    # The one place a job meets the standing options (settings, flags, the stored tools
+    # check): the window, the command line and the probes all start jobs through here.
+    job = job.with_options(job.options.over(tools.run_options().for_tool(job.tool)))
     argv = job.argv(tools)
     output, partial, lock = job.output(), job.partial_output(), None
     if output is not None and partial is not None:
@@ -268,7 +271,7 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
     elif signal_number is not None or crashed:
         # A lost RPC worker aborts the tool: say which worker rather than "the tool crashed".
         status, message = JobStatus.FAILED, (
-            rpc_failure_message(log, job.rpc_workers, signal_number)
+            rpc_failure_message(log, job.options.rpc_workers, signal_number)
             or _killed_message(tool, signal_number))
     else:
         verdict = job.verdict(exit_code if exit_code is not None else -1, log)
@@ -324,7 +327,7 @@ def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, st
     """
     if outcome.signal_number not in CRASH_SIGNALS:
         return None
-    if rpc_failure_message(outcome.log, outcome.job.rpc_workers, outcome.signal_number):
+    if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):
         return None  # a worker was lost: running again here would not bring it back
     variant = parse_loaded_cpu_variant(outcome.log) or _loaded_variant(outcome.job, tools)
     fallback = outcome.job.crash_fallback(variant)
@@ -345,7 +348,7 @@ def _loaded_variant(job: ToolJob, tools: LlamaTools) -> str | None:
         folder = tools.path(job.tool).parent
     except ToolNotFoundError:
         return None
-    remaining = [v for v in cpu_variants(folder) if v not in job.skip_cpu_variants]
+    remaining = [v for v in cpu_variants(folder) if v not in job.options.skip_cpu_variants]
     return expected_cpu_variant(remaining)
 
 
@@ -410,12 +413,10 @@ def run_job(job: ToolJob, tools: LlamaTools | None = None, store: RunStore | Non
     after ``terminate_timeout``. A KeyboardInterrupt does the same and is re-raised. A run
     whose result lines were lost is repeated, up to ``max_attempts`` runs in all. A tool that
     crashes is run again without the crashing code path (:func:`crash_retry_for`) unless
-    ``crash_retry`` is off; ``tools.no_repack`` makes every run keep weights as stored.
+    ``crash_retry`` is off; ``tools.run_options()`` are the options every run starts with.
     """
     tools = tools or LlamaTools()
     produced = list(produced)
-    if tools.no_repack:
-        job = job.without_repack()
     attempt = 1
     note: str | None = None
     while True:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.progress import ProgressReader
+from apex_gui.core.jobs.run_options import NO_REPACK_ARGS, RunOptions
 from apex_gui.core.jobs.tools import LlamaTools, child_environment
 
 
@@ -34,18 +35,6 @@ PLAIN_LOG_FLAGS = ("--no-log-prefix", "--log-colors", "off")
 CHARS_PER_TOKEN_UPPER_BOUND = 6
 #: Tools whose output goes through llama.cpp's asynchronous common logger.
 ASYNC_LOG_TOOLS = frozenset({"imatrix", "perplexity"})
-#: Tools that take ``--rpc`` workers (they evaluate a model; llama-quantize does not).
-RPC_TOOLS = frozenset({"imatrix", "perplexity", "bench"})
-#: How each tool that multiplies matrices is told to keep weights as stored instead of
-#: repacking them into the CPU's fastest layout. On AMX / AVX-512 Xeons the repacked (AMX)
-#: path of this llama.cpp build crashes on quantized models (SIGSEGV or SIGILL right after
-#: "llama threadpool init"); without repacking the same run computes the same numbers.
-NO_REPACK_ARGS: dict[str, tuple[str, ...]] = {
-    "imatrix": ("--no-repack",),
-    "perplexity": ("--no-repack",),
-    "completion": ("--no-repack",),
-    "bench": ("--repack", "0"),
-}
 
 
 class JobError(Exception):
@@ -181,30 +170,53 @@ def too_few_tokens_message(what: str, path: Path | None, log: str, context: int)
 # --- jobs -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class JobInput:
+    """A file a job reads: the field holding its path (None: not given), how messages name
+    it, and whether it is a GGUF model (its header is checked before the run)."""
+
+    field: str
+    what: str
+    model: bool = False
+
+
+#: The model most jobs run (``-m``).
+MODEL_INPUT = JobInput("model", "model", model=True)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ToolJob:
-    """Base of every job: one run of one llama.cpp tool."""
+    """Base of every job: one run of one llama.cpp tool.
+
+    A job class declares what it reads (``reads``), the field naming what it writes
+    (``writes``), what its title calls it (``subject``) and how its progress is read
+    (``progress_reader``); the files' checks, the title and the rest of the skeleton are
+    here, once. It adds its own arguments (``args``), judgement (``verdict``) and any
+    check beyond its files (``check_details``).
+    """
 
     tool: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    #: The files the job reads, in argument order; the first names the job in its title.
+    reads: ClassVar[tuple[JobInput, ...]] = ()
+    #: The field holding the file the job writes ("" for none).
+    writes: ClassVar[str] = ""
+    #: What the title calls the job: "perplexity" gives "perplexity MODEL.gguf".
+    subject: ClassVar[str] = ""
+    progress_reader: ClassVar[type[ProgressReader]] = ProgressReader
 
-    threads: int = 0  # 0: the tool's own default
     label: str = ""
-    #: Keep weights as stored (see NO_REPACK_ARGS); set by the crash retry or the user.
-    no_repack: bool = False
-    #: CPU backend variants (``sapphirerapids``...) the tool must not load: set when one
-    #: crashed, so the tool runs on the next best variant of a portable build.
-    skip_cpu_variants: tuple[str, ...] = ()
-    #: llama.cpp RPC workers (``host:port``) whose devices the tool splits layers across
-    #: (``--rpc``); only tools that evaluate a model take them (RPC_TOOLS).
-    rpc_workers: tuple[str, ...] = ()
+    #: How the tool is run here (threads, --no-repack, CPU variants, RPC workers): what the
+    #: job itself chose; the tools' standing options fill the rest when it starts.
+    options: RunOptions = RunOptions()
 
     # What the job reads and writes.
     def inputs(self) -> tuple[Path, ...]:
-        return ()
+        found = (getattr(self, read.field) for read in self.reads)
+        return tuple(path for path in found if path is not None)
 
     def output(self) -> Path | None:
-        return None
+        return getattr(self, self.writes) if self.writes else None
 
     def partial_output(self) -> Path | None:
         out = self.output()
@@ -217,37 +229,30 @@ class ToolJob:
 
     def argv(self, tools: LlamaTools) -> list[str]:
         """The full argument list; :class:`ToolNotFoundError` if the tool is missing."""
-        if self.skip_cpu_variants:
-            executable = tools.path_without_cpu_variants(self.tool, self.skip_cpu_variants)
-        else:
-            executable = tools.path(self.tool)
-        repack = NO_REPACK_ARGS.get(self.tool, ()) if self.no_repack else ()
-        return [str(executable), *self.args(), *repack, *self._rpc_args()]
-
-    def _rpc_args(self) -> list[str]:
-        if not self.rpc_workers:
-            return []
-        if self.tool not in RPC_TOOLS:
+        if self.options.rpc_workers and self.options.for_tool(self.tool) != self.options:
             raise JobError(f"{self.kind} jobs run locally only; remove the RPC workers "
-                           f"({', '.join(self.rpc_workers)}) from this step")
-        return ["--rpc", ",".join(self.rpc_workers)]
+                           f"({', '.join(self.options.rpc_workers)}) from this step")
+        executable = tools.executable(self.tool, self.options)
+        return [str(executable), *self.args(), *self.options.tool_args(self.tool)]
+
+    def with_options(self, options: RunOptions) -> ToolJob:
+        """This job run with ``options``."""
+        return self if options == self.options else replace(self, options=options)
 
     def without_repack(self) -> ToolJob:
         """This job keeping weights as stored, where its tool can be told to."""
-        return replace(self, no_repack=True) if self.tool in NO_REPACK_ARGS else self
+        if self.tool not in NO_REPACK_ARGS:
+            return self
+        return self.with_options(replace(self.options, no_repack=True))
 
     def crash_fallback(self, crashed_variant: str | None) -> tuple[ToolJob, str] | None:
-        """The same job without the code path that just crashed, and how it differs.
-
-        First without repacking (the AMX / repacked kernels); then, for a portable build,
-        without the CPU variant that was loaded. None when nothing is left to avoid.
-        """
-        if self.tool in NO_REPACK_ARGS and not self.no_repack:
-            return replace(self, no_repack=True), "without repacking the weights (--no-repack)"
-        if crashed_variant and crashed_variant not in self.skip_cpu_variants:
-            return (replace(self, skip_cpu_variants=(*self.skip_cpu_variants, crashed_variant)),
-                    f"on the next CPU variant below {crashed_variant}")
-        return None
+        """The same job without the code path that just crashed, and how it differs
+        (:meth:`RunOptions.crash_fallback`); None when nothing is left to avoid."""
+        fallback = self.options.crash_fallback(self.tool, crashed_variant)
+        if fallback is None:
+            return None
+        options, how = fallback
+        return self.with_options(options), how
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The child's environment: ours minus ``LLAMA_ARG_*`` (they set options silently).
@@ -262,29 +267,40 @@ class ToolJob:
         env = child_environment(base)
         if self.tool in ASYNC_LOG_TOOLS:
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        if self.rpc_workers:
+        if self.options.rpc_workers:
             # A lost worker aborts the tool; ggml would first try to attach a debugger.
             env.setdefault("GGML_NO_BACKTRACE", "1")
         return env
 
-    def _thread_args(self, flag: str = "-t") -> list[str]:
-        return [flag, str(self.threads)] if self.threads > 0 else []
-
     def _context_args(self, context: int, chunks: int | None = None) -> list[str]:
-        """The tail llama-imatrix and llama-perplexity runs share: context, chunks, threads
-        and plain log lines (the parsers read them without prefixes or colour codes)."""
+        """The tail llama-imatrix and llama-perplexity runs share: context, chunks and plain
+        log lines (the parsers read them without prefixes or colour codes)."""
         chunk_args = ["--chunks", str(chunks)] if chunks is not None else []
-        return ["-c", str(context), *chunk_args, *self._thread_args(), *PLAIN_LOG_FLAGS]
+        return ["-c", str(context), *chunk_args, *PLAIN_LOG_FLAGS]
 
     # Before and after.
     def check(self, produced: Iterable[Path] = ()) -> None:
-        """Raise :class:`JobError` when the job would fail for a reason known in advance.
+        """Raise :class:`JobError` when the job would fail for a reason known in advance:
+        an input missing or unreadable, an output that is also an input, then the job's own
+        :meth:`check_details`.
 
         ``produced`` lists files an earlier pipeline step will create: they need not exist yet.
         """
+        produced = list(produced)
+        for read in self.reads:
+            path = getattr(self, read.field)
+            if path is not None:
+                exists_or_produced(path, produced, read.what, read.model)
+        output = self.output()
+        if output is not None:
+            check_output(output, self.inputs())
+        self.check_details(produced)
+
+    def check_details(self, produced: list[Path]) -> None:
+        """The job's own checks once its files are known to be there (JobError)."""
 
     def new_progress(self) -> ProgressReader:
-        return ProgressReader()
+        return self.progress_reader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         raise NotImplementedError
@@ -300,12 +316,18 @@ class ToolJob:
 
     # Description.
     def title(self) -> str:
-        return self.label or self.kind
+        inputs = self.inputs()
+        if self.label or not self.subject or not inputs:
+            return self.label or self.kind
+        return f"{self.subject} {inputs[0].name}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (the run history stores it)."""
         spec: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
+            if f.name == "options":
+                spec.update(self.options.to_fields())  # flat, as the history always had them
+                continue
             value = getattr(self, f.name)
             # Absolute: a run started as `eval mini.gguf` and the same file opened in the
             # window must be recognised as one file in the history.

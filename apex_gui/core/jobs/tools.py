@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from apex_gui.core.jobs.tools_findings import known_check
+from apex_gui.core.jobs.run_options import RunOptions
 
 #: Tools the app drives, by the short name used across the code base.
 TOOL_NAMES: dict[str, str] = {
@@ -144,36 +144,48 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class LlamaTools:
-    """Resolved locations of every llama.cpp tool, found once and cached."""
+    """Resolved locations of every llama.cpp tool (found once and cached), and the options
+    every run with them starts with (:meth:`run_options`)."""
 
     def __init__(self, configured_dir: str | os.PathLike[str] | None = None, *,
-                 no_repack: bool = False) -> None:
+                 options: RunOptions = RunOptions(), stored_findings: bool = True) -> None:
         env_dir = os.environ.get(LLAMA_CPP_DIR_ENV)
         chosen = configured_dir or env_dir
         self.configured_dir: Path | None = Path(chosen).expanduser() if chosen else None
-        #: Every run keeps weights as stored (``--no-repack``): set by the user, or because
-        #: the tools check found the repacked path crashing on this CPU.
-        self.no_repack = no_repack
+        #: What the user set up for every run (settings and command-line flags).
+        self.options = options
+        #: Whether runs also follow the stored tools-check finding for this build.
+        self.stored_findings = stored_findings
         self._locations: dict[str, ToolLocation] = {}
 
     @classmethod
-    def for_settings(cls, settings: object, folder: str | None = None,
-                     no_repack: bool = False) -> LlamaTools:
-        """Tools as the user set them up: the configured folder, the ``--no-repack`` setting,
-        and what the last tools check of this build on this CPU found."""
+    def for_settings(cls, settings: object, folder: str | None = None, *,
+                     threads: int | None = None, no_repack: bool = False,
+                     rpc_workers: tuple[str, ...] = ()) -> LlamaTools:
+        """Tools as the user set them up: the configured folder (``folder`` first), and the
+        run options of :meth:`RunOptions.for_settings` (command-line flags over settings)."""
         chosen = folder or getattr(settings, "llama_cpp_dir", "") or None
-        tools = cls(chosen, no_repack=no_repack or bool(getattr(settings, "llama_no_repack",
-                                                                 False)))
-        if not tools.no_repack:
-            report = known_check(tools)
-            tools.no_repack = bool(report is not None and report.repack_broken)
-        return tools
+        return cls(chosen, options=RunOptions.for_settings(
+            settings, threads=threads, no_repack=no_repack, rpc_workers=rpc_workers))
 
-    def with_no_repack(self, no_repack: bool) -> LlamaTools:
-        """The same tools (locations shared) with ``no_repack`` set as given."""
-        twin = LlamaTools(self.configured_dir, no_repack=no_repack)
+    def run_options(self) -> RunOptions:
+        """The options every run with these tools starts with: the ones set up, plus the
+        stored tools-check finding (read now, so a check that ended after these tools were
+        set up still counts)."""
+        return self.options.with_findings(self) if self.stored_findings else self.options
+
+    def plain(self) -> LlamaTools:
+        """The same tools (locations shared) run as built: no standing options, no stored
+        finding (the tools check judges the build itself)."""
+        twin = LlamaTools(self.configured_dir, stored_findings=False)
         twin._locations = self._locations
         return twin
+
+    def executable(self, tool: str, options: RunOptions) -> Path:
+        """The tool's executable, from a folder without the CPU variants ``options`` skip."""
+        if options.skip_cpu_variants:
+            return self.path_without_cpu_variants(tool, options.skip_cpu_variants)
+        return self.path(tool)
 
     def locate(self, tool: str, probe_version: bool = False) -> ToolLocation:
         """Find one tool by short name (``quantize``) or executable name (``llama-quantize``)."""

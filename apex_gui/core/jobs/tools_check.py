@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.tools import (
     TOOL_NAMES, LlamaTools, child_environment, cpu_variants, expected_cpu_variant,
 )
@@ -82,13 +83,15 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
     checks: list[ToolCheck] = []
     repack_broken = False
     variant = None
-    plain = tools.with_no_repack(False)  # judge the build itself, not the user's setting
+    plain = tools.plain()  # judge the build itself, not the user's setting
     with tempfile.TemporaryDirectory(prefix="apex-tools-check-") as folder:
         source = write_synthetic_model(Path(folder) / "check-f16.gguf", TINY_QWEN2MOE)
         quant_tool_folder = plain.path("perplexity").parent
         quant = Path(folder) / "check-q4_k_m.gguf"
+        two_threads = RunOptions(threads=2)
         outcome = run_job(QuantizeJob(source=source, output_path=quant, base_type="Q4_K_M",
-                                      threads=2), plain, cancel=cancel, crash_retry=False)
+                                      options=two_threads), plain, cancel=cancel,
+                          crash_retry=False)
         if outcome.succeeded:
             checks.append(ToolCheck(TOOL_NAMES["quantize"], True, "quantized a tiny model to "
                                     "Q4_K_M"))
@@ -97,7 +100,8 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
                                     REBUILD_FIX))
         if outcome.succeeded:
             text = quick_eval_text()
-            job = PerplexityJob(model=quant, text=text, context=128, chunks=2, threads=2)
+            job = PerplexityJob(model=quant, text=text, context=128, chunks=2,
+                                options=two_threads)
             with_repack = run_job(job, plain, cancel=cancel, crash_retry=False)
             without = run_job(job.without_repack(), plain, cancel=cancel, crash_retry=False)
             variant = (parse_loaded_cpu_variant(with_repack.log)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.tools import LlamaTools
 
 DEFAULT_PROMPT = "The three most important ideas in computer science are"
@@ -63,26 +64,27 @@ class CompletionJob:
     prompt: str = DEFAULT_PROMPT
     n_predict: int = 48
     context: int = 512
-    threads: int = 0
     seed: int = 1
     #: None: llama.cpp's default sampling; 0: greedy (the same text on every run).
     temperature: float | None = None
-    #: Keep weights as stored: the repacked (AMX) kernels crash on quantized models on some
-    #: Xeons (see NO_REPACK_ARGS in the job specs).
-    no_repack: bool = False
+    #: What this run chose of the run options (a crash retry's --no-repack); the tools'
+    #: standing options fill the rest, as for every queued job.
+    options: RunOptions = RunOptions()
+
+    def run_options(self, tools: LlamaTools) -> RunOptions:
+        """The options this run starts with."""
+        return self.options.over(tools.run_options().for_tool("completion"))
 
     def argv(self, tools: LlamaTools) -> list[str]:
-        argv = [str(tools.path("completion")), "-m", str(self.model), "-p", self.prompt,
+        options = self.run_options(tools)
+        argv = [str(tools.executable("completion", options)), "-m", str(self.model),
+                "-p", self.prompt,
                 "-n", str(self.n_predict), "-c", str(self.context), "-s", str(self.seed),
                 # No chat loop, no warm-up run, only the new text on stdout: one short answer.
                 "-no-cnv", "--no-warmup", "--simple-io", "--no-display-prompt"]
-        if self.threads:
-            argv += ["-t", str(self.threads)]
         if self.temperature is not None:
             argv += ["--temp", f"{self.temperature:g}"]
-        if self.no_repack or tools.no_repack:
-            argv.append("--no-repack")
-        return argv
+        return [*argv, *options.tool_args("completion")]
 
 
 @dataclass(frozen=True)

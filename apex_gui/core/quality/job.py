@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from apex_gui.core.jobs.progress import Progress, ProgressReader
-from apex_gui.core.jobs.specs import ToolJob, JobVerdict
+from apex_gui.core.jobs.specs import MODEL_INPUT, JobInput, JobVerdict, ToolJob
 from apex_gui.core.jobs.tools import LlamaTools
 
 _PROGRESS = re.compile(r"\[\s*([\d.]+)%\]\s*([^\r\n\x1b]*)")
@@ -60,6 +60,11 @@ class SensitivityJob(ToolJob):
 
     tool: ClassVar[str] = "apex-studio sensitivity"
     kind: ClassVar[str] = "sensitivity"
+    reads: ClassVar[tuple[JobInput, ...]] = (MODEL_INPUT,
+                                             JobInput("imatrix", "importance matrix"))
+    writes: ClassVar[str] = "output_path"
+    subject: ClassVar[str] = "sensitivity of"
+    progress_reader: ClassVar[type[ProgressReader]] = SensitivityProgressReader
 
     model: Path
     output_path: Path
@@ -67,27 +72,18 @@ class SensitivityJob(ToolJob):
     context: int = 512
     chunks: int | None = None
 
-    def inputs(self) -> tuple[Path, ...]:
-        return (self.model,) + ((self.imatrix,) if self.imatrix else ())
-
-    def output(self) -> Path:
-        return self.output_path
-
     def args(self) -> list[str]:
         partial = self.partial_output()
         assert partial is not None
         extra = ["--imatrix", str(self.imatrix)] if self.imatrix else []
         chunks = ["--chunks", str(self.chunks)] if self.chunks else []
-        threads = ["--threads", str(self.threads)] if self.threads > 0 else []
+        threads = ["--threads", str(self.options.threads)] if self.options.threads > 0 else []
         return ["-m", "apex_gui", "sensitivity", str(self.model), "-o", str(partial),
                 "--probe-ctx", str(self.context), *chunks, *threads, *extra]
 
     def argv(self, tools: LlamaTools) -> list[str]:
         # The measurement is Python driving the tools: this interpreter runs it.
         return [sys.executable, *self.args()]
-
-    def new_progress(self) -> ProgressReader:
-        return SensitivityProgressReader()
 
     def verdict(self, exit_code: int, log: str) -> JobVerdict:
         found = None
@@ -111,6 +107,3 @@ class SensitivityJob(ToolJob):
         except (ValueError, KeyError, OSError) as error:
             return f"{written.name} is not a complete sensitivity table: {error}"
         return None
-
-    def title(self) -> str:
-        return self.label or f"sensitivity of {self.model.name}"

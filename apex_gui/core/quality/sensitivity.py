@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, TYPES
 from apex_gui.core.jobs.calibration import file_digest
 from apex_gui.core.jobs.evaluations import KLDivergenceJob, ReferenceLogitsJob
 from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.specs import JobError
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.plan.precision import PrecisionPlan, is_quantizable
@@ -99,6 +100,12 @@ class MeasurementSettings:
 
     def probes(self) -> list[Probe]:
         return plan_probes(self.kinds, self.candidates)
+
+    def options(self, evaluation: bool = False) -> RunOptions:
+        """What the measurement asks of a tool run (the tools' standing options fill in the
+        rest); the evaluations run across the RPC workers, llama-quantize locally."""
+        return RunOptions(threads=self.threads,
+                          rpc_workers=self.rpc_workers if evaluation else ())
 
     def key(self, fingerprint: str) -> str:
         """What the cache entry and the resume state are keyed by."""
@@ -370,7 +377,7 @@ class _Run:
             plan = _uniform_plan(sample, type_name, keep=unmeasured)
             quant = scratch / f"sample-{type_name}.gguf"
             job = QuantizeJob.from_plan(plan, quant, scratch / f"sample-{type_name}.txt",
-                                        imatrix=settings.imatrix, threads=settings.threads)
+                                        imatrix=settings.imatrix, options=settings.options())
             run_step(job, self.tools, self.cancel, f"llama-quantize of the row sample to {type_name}")
             self.clock.advance(f"reading back {type_name}")
             measured = weighted_errors(sample_path, quant,
@@ -396,8 +403,8 @@ class _Run:
             self.clock.advance("reference logits of the source model")
             reference = ProbeReferenceJob(
                 model=Path(settings.model.path), text=settings.text, context=settings.context,
-                chunks=settings.chunks, threads=settings.threads,
-                rpc_workers=settings.rpc_workers, output_path=scratch / "reference.kld")
+                chunks=settings.chunks, options=settings.options(evaluation=True),
+                output_path=scratch / "reference.kld")
             run_step(reference, self.tools, self.cancel, "llama-perplexity --kl-divergence-base")
             state.add_time("calibration_seconds", time.monotonic() - started)
             self.clock.advance("reference logits", self.projection.steps["reference"])
@@ -415,8 +422,7 @@ class _Run:
         # --no-repack: repacked kernels crash on some AMX CPUs with quantized weights.
         job = KLDivergenceJob(model=model_file, reference_logits=reference,
                               context=settings.context, chunks=settings.chunks,
-                              threads=settings.threads, rpc_workers=settings.rpc_workers,
-                              no_repack=True)
+                              options=replace(settings.options(evaluation=True), no_repack=True))
         value, exact = measure_kld(job, self.tools, self.cancel,
                                    f"llama-perplexity --kl-divergence ({probe.key} probe)")
         self.state.probes[probe.key] = {"type": probe.type_name, "kinds": list(probe.kinds),
@@ -429,7 +435,7 @@ class _Run:
         plan = _uniform_plan(settings.model, type_name)
         quant = scratch / f"all-{type_name}.gguf"
         job = QuantizeJob.from_plan(plan, quant, scratch / f"all-{type_name}.txt",
-                                    imatrix=settings.imatrix, threads=settings.threads)
+                                    imatrix=settings.imatrix, options=settings.options())
         run_step(job, self.tools, self.cancel, f"llama-quantize of the model to {type_name}")
         return quant
 

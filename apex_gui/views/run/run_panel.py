@@ -32,6 +32,7 @@ from apex_gui.core.fit.rpc_workers import parse_workers
 from apex_gui.core.jobs.assembly import RunRequest, check_free_space, pipeline_for
 from apex_gui.core.jobs.pipeline import Pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.plan.precision import plan_from_profile
 from apex_gui.core.plan.profiles import Profile, all_profiles
 from apex_gui.qt.job_queue import JobQueue
@@ -364,8 +365,8 @@ class RunPanel(RunQueueRows, QWidget):
                 raise ValueError("choose calibration files, or use the bundled set")
         output = self.output_dir.path() or Path(model.path).parent
         check_free_space(output, sum(plan.total_bytes() for plan in plans))
-        threads = self._settings.effective_threads() if self._settings is not None else 0
         # The Hardware & tiers panel's worker list (settings); a bad entry refuses the run.
+        # Threads and --no-repack come with the queue's tools when each job starts.
         workers = parse_workers(getattr(self._settings, "rpc_workers", "") or "")
         mc = self.mc_file.path()
         return RunRequest(
@@ -375,8 +376,8 @@ class RunPanel(RunQueueRows, QWidget):
             kl_divergence=self.kl_box.isChecked(), perplexity=self.ppl_box.isChecked(),
             eval_context=self.eval_context.value(), hellaswag=self.hellaswag_file.path(),
             winogrande=self.winogrande_file.path(), multiple_choice=(mc,) if mc else (),
-            bench=self.bench_box.isChecked(), threads=threads,
-            rpc_workers=tuple(w.endpoint for w in workers))
+            bench=self.bench_box.isChecked(),
+            options=RunOptions(rpc_workers=tuple(w.endpoint for w in workers)))
 
     # --- running ------------------------------------------------------------------------
     def start(self) -> dict[str, int] | None:

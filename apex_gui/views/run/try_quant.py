@@ -13,6 +13,7 @@ from PySide6.QtGui import QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 from apex_gui.core.jobs.try_quant import (DEFAULT_PROMPT, CompletionJob, CompletionText,
                                           parse_completion_speed, writes_spaces_as_spm_marks)
@@ -83,7 +84,8 @@ class TryQuantDialog(QDialog):
 
     def generate(self, job: CompletionJob | None = None, retried: str = "") -> None:
         job = job or CompletionJob(self.model, self.prompt_edit.text().strip() or DEFAULT_PROMPT,
-                                   self.tokens.value(), threads=self.threads)
+                                   self.tokens.value(),
+                                   options=RunOptions(threads=self.threads))
         self._job, self._retried = job, retried
         self._runs = self._runs + 1 if retried else 1
         try:
@@ -166,9 +168,10 @@ class TryQuantDialog(QDialog):
         job = self._job
         if job is None:
             return None
-        if status == QProcess.ExitStatus.CrashExit and not job.no_repack:
-            return replace(job, no_repack=True), ("llama-completion crashed; ran it again "
-                                                  "without repacking the weights (--no-repack)")
+        if status == QProcess.ExitStatus.CrashExit and not job.run_options(self.tools).no_repack:
+            return (replace(job, options=replace(job.options, no_repack=True)),
+                    "llama-completion crashed; ran it again without repacking the weights "
+                    "(--no-repack)")
         if (code == 0 and self.output.toPlainText() == job.prompt
                 and self._runs < RUNS_WHEN_TEXT_LOST):
             return job, "llama-completion's text was lost at exit; ran it again"

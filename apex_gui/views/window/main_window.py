@@ -228,13 +228,15 @@ class MainWindow(WindowDialogs, ProfileActions, PlanComparison, MainWindowMenus,
             return
         if demo.note:
             self.statusBar().showMessage(demo.note, 15000)
+        profile_key = self._profile_key  # read here: the worker never touches the window
         self._start_load("the demo model", lambda token: load_model(
-            demo.path, self._profile_key, token), remember=False)
+            demo.path, profile_key, token), remember=False)
 
     def open_model_file(self, path: str | Path) -> None:
         """Open a GGUF off the GUI thread; the heatmap follows when it is read."""
         file_path = Path(path).expanduser()
-        self._start_load(file_path.name, lambda token: load_model(file_path, self._profile_key, token),
+        profile_key = self._profile_key  # read here: the worker never touches the window
+        self._start_load(file_path.name, lambda token: load_model(file_path, profile_key, token),
                          remember=True, path=file_path)
 
     def has_unsaved_edits(self) -> bool:

@@ -65,10 +65,10 @@ class WindowDialogs:
             return None
         from apex_gui.core.jobs.tools import LlamaTools
 
-        # As the Run queue's tools: the configured folder, and --no-repack where the tools
-        # check found the repacked kernels crashing on this CPU.
+        # As the Run queue's tools: the configured folder and the run options (threads,
+        # --no-repack where the tools check found the repacked kernels crashing here).
         dialog = TryQuantDialog(self.current_model.path, LlamaTools.for_settings(self.settings),
-                                threads=self.settings.effective_threads(), parent=self)
+                                parent=self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         self.try_dialog = dialog
