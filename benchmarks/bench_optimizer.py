@@ -33,12 +33,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from apex_gui.core.jobs.evaluations import KLDivergenceJob, ReferenceLogitsJob  # noqa: E402
+from apex_gui.core.jobs.evaluations import KLDivergenceJob  # noqa: E402
 from apex_gui.core.jobs.quantize import QuantizeJob  # noqa: E402
 from apex_gui.core.gguf.model import open_model  # noqa: E402
 from apex_gui.core.plan.precision import plan_from_profile  # noqa: E402
 from apex_gui.core.plan.profiles import builtin_profiles  # noqa: E402
 from apex_gui.core.quality.optimizer import optimize  # noqa: E402
+from apex_gui.core.quality.probe_runs import (ProbeReferenceJob, SensitivityError,  # noqa: E402
+                                              measure_kld)
 from apex_gui.core.quality.sensitivity import measure_sensitivity  # noqa: E402
 from apex_gui.core.quality.table import SensitivityTable  # noqa: E402
 from apex_gui.core.jobs.run_options import RunOptions  # noqa: E402
@@ -84,10 +86,14 @@ def run(job: Any, tools: LlamaTools, what: str) -> dict[str, Any]:
 
 
 def measure(quant: Path, reference: Path, ctx: int, tools: LlamaTools) -> float:
-    results = run(KLDivergenceJob(model=quant, reference_logits=reference, context=ctx,
-                                  options=RunOptions(no_repack=True)), tools,
-                  f"KL divergence of {quant.name}")
-    return float(results["kld_mean"])
+    """Mean KLD of a quant (the running mean of the chunk table when llama.cpp's logger lost
+    the closing statistics in every try, as it does on a busy machine)."""
+    job = KLDivergenceJob(model=quant, reference_logits=reference, context=ctx,
+                          options=RunOptions(no_repack=True))
+    try:
+        return measure_kld(job, tools, None, f"KL divergence of {quant.name}")[0]
+    except SensitivityError as error:
+        raise SystemExit(str(error)) from None
 
 
 def predicted_from_file(table: Any, quant: Path) -> tuple[float, str]:
@@ -162,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                              report["sensitivity_seconds"])
         designs["2-chunk probes"] = sensitivity(2)
 
-    reference = ReferenceLogitsJob(model=args.model, text=args.text, context=args.ctx,
-                                   output_path=work / "reference.kld")
+    reference = ProbeReferenceJob(model=args.model, text=args.text, context=args.ctx,
+                                  output_path=work / "reference.kld")
     run(reference, tools, "reference logits")
 
     rows: list[dict[str, Any]] = []

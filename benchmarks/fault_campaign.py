@@ -16,7 +16,8 @@ outputs that are folders or in read-only folders; side inputs that are FIFOs, de
 huge; bad user profiles; flags out of range; a zero-expert header; hostile file names (12
 kinds); bad files through every command; mutated headers (through tests/test_fuzz_reader.py);
 SIGKILL and SIGTERM of a running CLI; two runs on one output; a full disk; a secret in the
-environment. The tool runs use the real llama.cpp tools when they are installed, else a
+environment; sensitivity tables (damaged, NaN, negative, another model's, huge) through
+recommend and optimize, refusals before any measuring, and a stopped sensitivity's scratch. The tool runs use the real llama.cpp tools when they are installed, else a
 stand-in ``llama-quantize`` (tests/stand_in_tools.py) that writes like one.
 
 Usage: ``.venv/bin/python benchmarks/fault_campaign.py [--full]`` (``--full``: 320 bad-file
@@ -503,10 +504,136 @@ class Campaign:
         if done is not None and (secret in done.stdout + done.stderr or secret.encode() in stored):
             self.tally.bad("sources_changed", "a secret in the environment", "leaked")
 
+
+    # --- sensitivity tables and the sensitivity / optimize commands ----------------------------
+    # (issue 20: findings 1, 6, 7, 8, 9 and the minor ones; issue 22: 11). Self-contained: the
+    # cases, their tables and the checks of $TMPDIR live here.
+
+    def _sensitivity_env(self, folder: Path) -> dict[str, str]:
+        """A private TMPDIR (scratch folders go there) and a recorded speed (no pilot)."""
+        import json as _json
+
+        temp = folder / "tmp"
+        temp.mkdir(exist_ok=True)
+        speed = self.home / "data" / "sensitivity-speed.json"
+        speed.write_text(_json.dumps({"quantize_bytes_per_s": 2e7, "readback_bytes_per_s": 6e7,
+                                      "eval_param_tokens_per_s": 4e10, "io_bytes_per_s": 4e8}))
+        return {"TMPDIR": str(temp)}
+
+    def _scratch_left(self, folder: Path) -> list[Path]:
+        return sorted((folder / "tmp").glob("apex-sensitivity-*"))
+
+    def sensitivity(self) -> None:
+        import json as _json
+
+        from apex_gui.core.gguf.model import open_model
+        from quality_tables import synthetic_table
+
+        folder = self.folder()
+        model = self.model_in(folder)
+        env = self._sensitivity_env(folder)
+        good = synthetic_table(open_model(model)).to_json()
+        name = next(iter(good["errors"]))
+        kind = next(iter(good["errors"][name]))
+        bad_tables = {"a list": "[]", "an empty object": "{}", "not JSON": "{oops",
+                      "an old format": _json.dumps({**good, "version": 1}),
+                      "deep nesting": "[" * 100_000}
+        for label, value in (("NaN", "NaN"), ("infinity", "Infinity"), ("a negative", "-0.5"),
+                             ("text", '"x"')):
+            spoiled = _json.loads(_json.dumps(good))
+            spoiled["errors"][name][kind] = 123456.75
+            bad_tables[f"{label} as an error"] = _json.dumps(spoiled).replace("123456.75", value)
+        other = _json.loads(_json.dumps(good))
+        other["fingerprint"] = "0" * 64
+        bad_tables["another model's table"] = _json.dumps(other)
+        for label, text in bad_tables.items():
+            beside = folder / "m.sensitivity.json"
+            beside.write_text(text)
+            self.run(f"recommend with {label} beside the model",
+                     ["recommend", "m.gguf", "--vram", "24GB", "--ram", "64GB"], folder,
+                     keep=[model, beside], expect=0, env=env)
+            self.run(f"recommend --sensitivity {label}",
+                     ["recommend", "m.gguf", "--vram", "24GB", "--ram", "64GB",
+                      "--sensitivity", "m.sensitivity.json"], folder, keep=[model, beside],
+                     env=env)
+            self.run(f"optimize --sensitivity {label}",
+                     ["optimize", "m.gguf", "--budget", "3MB", "--sensitivity",
+                      "m.sensitivity.json", "--json"], folder, keep=[model, beside], env=env)
+            beside.unlink()
+        (folder / "huge.json").write_bytes(b" " * (100 << 20))
+        self.run("optimize --sensitivity of 100 MB", ["optimize", "m.gguf", "--budget", "3MB",
+                                                      "--sensitivity", "huge.json"],
+                 folder, keep=[model], env=env)
+        (folder / "huge.json").unlink()
+        table = folder / "S.json"
+        table.write_text(_json.dumps(good))
+        text = folder / "cal.txt"
+        text.write_text("words of a probe text " * 400)
+        refusals = [
+            ["optimize", "m.gguf", "--budget", "3MB", "--sensitivity", "S.json", "-o", "S.json",
+             "--force"],
+            ["sensitivity", "m.gguf", "--text", "cal.txt", "-o", "cal.txt", "--force"],
+            ["sensitivity", "m.gguf", "-o", "s.json", "--chunks", "1", "--probe-ctx", "64"],
+            ["sensitivity", "m.gguf", "-o", "s.json", "--probe-ctx", "99999999999"],
+            ["sensitivity", "m.gguf", "-o", "s.json", "--chunks", "0"],
+            ["sensitivity", "m.gguf", "-o", "s.json", "--types", "NOPE"],
+            ["optimize", "m.gguf", "--budget", "16"],
+            ["optimize", "m.gguf", "--budget", "3MB", "--sensitivity", "hf://nobody"],
+        ]
+        for args in refusals:
+            done = self.run(" ".join(args), args, folder, keep=[model, table, text], env=env,
+                            deadline=30)  # refused before any work: seconds, not minutes
+            if done is not None and len([l for l in done.stderr.splitlines() if l.strip()]) != 1:
+                self.tally.bad("wrong_exit", " ".join(args), "not one line")
+            if self._scratch_left(folder):
+                self.tally.bad("partials_left", " ".join(args), "started a measurement")
+        for number in (signal.SIGTERM, signal.SIGKILL):
+            self._stopped_sensitivity(number)
+
+    def _stopped_sensitivity(self, number: int) -> None:
+        """Finding 1: a stopped sensitivity left a full quant of the model in $TMPDIR. Held
+        inside its first llama-quantize (the stand-in), then stopped; the next sensitivity
+        command (even a refused one) must leave no scratch folder behind."""
+        import psutil
+
+        folder = self.folder()
+        model = self.model_in(folder)
+        env = self._sensitivity_env(folder)
+        os.mkfifo(folder / "started")
+        os.mkfifo(folder / "go")
+        name = f"{signal.Signals(number).name} of a running sensitivity"
+        self.tally.tried += 1
+        run = subprocess.Popen(
+            [sys.executable, "-m", "apex_gui.cli", "sensitivity", "m.gguf", "-o", "s.json",
+             "--types", "Q4_K,Q8_0", "--probe-ctx", "128", "--chunks", "6"], cwd=folder,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**self.env, **env, "APEX_LLAMA_CPP_DIR": str(self.stand_in),
+                 "APEX_STANDIN_STARTED": str(folder / "started"),
+                 "APEX_STANDIN_GO": str(folder / "go")})
+        tool = psutil.Process(int((folder / "started").read_text()))
+        run.send_signal(number)
+        _, err = run.communicate(timeout=DEADLINE_S)
+        try:
+            tool.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            self.tally.bad("hangs", name, "llama-quantize ran on as an orphan")
+            tool.kill()
+        if "Traceback" in err:
+            self.tally.bad("tracebacks", name, err.strip().splitlines()[-1][:160])
+        if number == signal.SIGTERM and self._scratch_left(folder):
+            self.tally.bad("partials_left", name, "the scratch folder stayed")
+        self.run(f"the sensitivity command after a {signal.Signals(number).name}",
+                 ["sensitivity", "m.gguf", "-o", "t.json", "--chunks", "0"], folder,
+                 keep=[model], env=env)
+        if self._scratch_left(folder):
+            self.tally.bad("partials_left", name, "a dead run's scratch folder stayed")
+        if (folder / "s.json").exists():
+            self.tally.bad("partials_left", name, "s.json written")
+
     GROUPS: tuple[str, ...] = ("source_as_output", "existing_outputs", "folder_outputs",
                                "side_inputs", "bad_profiles", "flags", "hostile_names",
                                "bad_files", "mutated_headers", "kills", "concurrent", "full_disk",
-                               "secret")
+                               "secret", "sensitivity")
 
     def run_all(self, groups: Sequence[str] = GROUPS,
                 progress: Callable[[str], None] | None = None) -> Tally:

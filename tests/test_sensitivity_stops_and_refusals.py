@@ -177,11 +177,13 @@ def test_after_a_sigkill_the_next_command_removes_the_dead_runs_scratch(
     _gone(tool)
     (folder,) = _scratch(temp)
     assert json.loads((folder / OWNER_FILE).read_text())["pid"] == run.pid
+    assert (tmp_path / "s.json.lock").exists()  # the dead run's lock on its output
     done = _run(["sensitivity", str(tiny_qwen2moe), "-o", str(tmp_path / "t.json"),
                  "--chunks", "0"], temp)  # even a refused command cleans up first
     assert done.returncode == 2
     assert f"removed {folder}" in done.stderr
     assert _scratch(temp) == []
+    assert not list(tmp_path.glob("s.json*"))
 
 
 def test_a_live_runs_scratch_is_left_alone(blocked, tiny_qwen2moe: Path, temp: Path,

@@ -45,6 +45,7 @@ def test_a_saved_table_loads_back_and_matches_its_model(saved: Path, tiny_qwen2m
     ('{"version": 1}', "sensitivity format 1"),
     ("not json", "is not a sensitivity table"),
     ("", "is not a sensitivity table"),
+    ("[" * 100_000, "nests deeper than any table does"),
 ])
 def test_a_malformed_file_is_one_line(tmp_path: Path, content: str, says: str) -> None:
     path = tmp_path / "bad.json"

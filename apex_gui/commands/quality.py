@@ -116,7 +116,8 @@ def _prepare(args: argparse.Namespace, model_path: Path) -> tuple[Any, list[str]
     return settings, workers
 
 
-def _measure(args: argparse.Namespace, settings: Any) -> tuple[Any, Any, float]:
+def _measure(args: argparse.Namespace, settings: Any,
+             output: str | None = None) -> tuple[Any, Any, float]:
     """Run the measurement with the projection stated first; SIGTERM, SIGHUP and Ctrl-C
     stop it with its scratch folder removed and what it finished kept for a resume."""
     from apex_gui.core.jobs.tools import LlamaTools
@@ -137,7 +138,8 @@ def _measure(args: argparse.Namespace, settings: Any) -> tuple[Any, Any, float]:
         with _stop_signals_cancel(stop):
             table = measure_sensitivity(settings.model.path, settings=settings, tools=tools,
                                         on_progress=_progress, cancel=stop,
-                                        use_cache=not args.no_cache, work_dir=args.work_dir)
+                                        use_cache=not args.no_cache, work_dir=args.work_dir,
+                                        output=output)
     except KeyboardInterrupt:
         stop.set()
         raise
@@ -178,7 +180,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     check_output(args.output, force=args.force, sources=sources)
     settings, _workers = _prepare(args, model_path)
     with OutputLock(args.output):
-        table, projection, seconds = _measure(args, settings)
+        table, projection, seconds = _measure(args, settings, args.output)
     write_text_output(args.output, json.dumps(table.to_json(), indent=1, allow_nan=False) + "\n",
                       force=args.force, sources=sources)
     if args.json:

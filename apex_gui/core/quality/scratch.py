@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from apex_gui.core.files.outputs import clean_abandoned
+
 SCRATCH_PREFIX = "apex-sensitivity-"
 OWNER_FILE = "owner.json"
 #: A folder without an owner record counts as abandoned after this long untouched.
@@ -90,7 +92,8 @@ def is_stale(folder: Path, now: float | None = None) -> bool:
 
 
 def remove_stale(root: Path) -> list[Path]:
-    """Remove the scratch folders of dead runs under ``root``; returns what was removed."""
+    """Remove the scratch folders of dead runs under ``root``, and the lock and temporary
+    files each left on its output; returns the folders removed."""
     removed: list[Path] = []
     try:
         candidates = sorted(root.glob(SCRATCH_PREFIX + "*"))
@@ -98,23 +101,37 @@ def remove_stale(root: Path) -> list[Path]:
         return removed
     for folder in candidates:
         if folder.is_dir() and not folder.is_symlink() and is_stale(folder):
+            output = _owner(folder).get("output")
             shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(output, str) and output:
+                clean_abandoned(output)  # only when no live run holds its lock
             if not folder.exists():
                 removed.append(folder)
     return removed
 
 
+def _owner(folder: Path) -> dict[str, object]:
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
 @contextmanager
-def scratch_folder(work_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
-    """A fresh scratch folder with its owner recorded, removed however the block ends
-    (stale folders of dead runs are removed first)."""
+def scratch_folder(work_dir: str | os.PathLike[str] | None = None,
+                   output: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """A fresh scratch folder with its owner (and the output the run will write, whose lock
+    a killed run leaves) recorded, removed however the block ends; stale folders of dead
+    runs are removed first."""
     root = scratch_root(work_dir)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale(root)
     folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
     try:
         owner = {"pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()),
-                 "host": socket.gethostname(), "started": time.time()}
+                 "host": socket.gethostname(), "started": time.time(),
+                 "output": os.path.abspath(output) if output else ""}
         (folder / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
         yield folder
     finally:

@@ -264,8 +264,12 @@ def measure_sensitivity(
     cancel: threading.Event | None = None, use_cache: bool = True, resume: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     settings: MeasurementSettings | None = None,
+    output: str | os.PathLike[str] | None = None,
 ) -> SensitivityTable:
-    """Measure (or load from the cache, or finish a stopped run of) a model's table."""
+    """Measure (or load from the cache, or finish a stopped run of) a model's table.
+
+    ``output``: the file the caller will write the table to (its lock is cleaned up by the
+    next run if this one is killed)."""
     settings = settings or prepare_measurement(
         model_path, imatrix, text=text, context=context, chunks=chunks, candidates=candidates,
         threads=threads, rpc_workers=rpc_workers)
@@ -287,7 +291,7 @@ def measure_sensitivity(
     clock = _Clock(total=projection.seconds, callback=on_progress)
     run = _Run(settings, tools, state, clock, projection, cancel)
     try:
-        with scratch_folder(work_dir) as scratch:
+        with scratch_folder(work_dir, output) as scratch:
             run.errors(scratch)
             calibration = run.calibrate(scratch)
     except WorkCancelled:

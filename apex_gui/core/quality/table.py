@@ -279,6 +279,10 @@ def _read_json(path: Path) -> Any:
     data = read_bounded_bytes(path, "sensitivity table", TABLE_CAP_BYTES)
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise SensitivityFileError(f"{path} is not a sensitivity table (it nests deeper than "
+                                   "any table does); write one with apex-studio sensitivity "
+                                   "MODEL -o FILE") from None
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
         raise SensitivityFileError(f"{path} is not a sensitivity table ({error}); write one "
                                    "with apex-studio sensitivity MODEL -o FILE") from None
