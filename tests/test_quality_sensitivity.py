@@ -175,3 +175,31 @@ def test_imatrix_types_measured_where_llama_quantize_can_write_them(
     done = run_job(job, llama_tools)
     assert done.succeeded, done.message
     assert (tmp_path / "opt.gguf").stat().st_size == result.plan.total_bytes()
+
+
+def test_the_cost_is_stated_first_and_the_run_records_this_machines_speeds(
+        tiny_qwen2moe: Path, probe_text: Path, tmp_path: Path) -> None:
+    """The command says what it will cost before it starts (the first line, from a pilot on
+    a first run); afterwards the speeds its own steps showed are this machine's record."""
+    import json
+    import subprocess
+    import sys
+
+    from apex_gui.core.quality.projection import load_speed
+    from apex_gui.core.settings import data_dir
+
+    done = subprocess.run(
+        [sys.executable, "-m", "apex_gui", "sensitivity", str(tiny_qwen2moe), "-o",
+         str(tmp_path / "s.json"), "--types", ",".join(TYPES), "--probe-ctx", "128",
+         "--chunks", "6", "--text", str(probe_text), "--json"],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("projected: about ") and "scratch disk up to" in first, first
+    report = json.loads(done.stdout)
+    assert report["projected_seconds"] > 0 and report["projected_scratch_bytes"] > 0
+    speed = load_speed()
+    assert speed is not None and speed.source == "run"
+    recorded = json.loads((data_dir() / "sensitivity-speed.json").read_text())
+    assert all(recorded[k] > 0 for k in ("quantize_bytes_per_s", "readback_bytes_per_s",
+                                         "eval_param_tokens_per_s"))

@@ -38,8 +38,9 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
     """(repository id, revision or None, file path in the repository)."""
     match = _HUB_SPEC.match(spec)
     if not match or ".." in match.group("file").split("/"):
-        raise TableDownloadError(f"{spec} is not a file on the Hub; write hf://OWNER/REPO/FILE.json "
-                       "(hf://OWNER/REPO@REVISION/FILE.json for another revision)")
+        raise TableDownloadError(f"{spec} is not a file on the Hub; write "
+                                 "hf://OWNER/REPO/FILE.json (hf://OWNER/REPO@REVISION/FILE.json "
+                                 "for another revision)")
     return validate_repo_id(match.group("repo")), match.group("rev"), match.group("file")
 
 
@@ -65,28 +66,32 @@ def download_table(spec: str, token: str | None = None) -> Path:
     except HubError as error:
         raise TableDownloadError(str(error)) from None
     hub = endpoint()  # HF_ENDPOINT, or what the window set: the client's own is fixed at import
+    url = (f"{hub.rstrip('/')}/{repo_id}/resolve/{quote(revision or 'main', safe='')}/"
+           f"{quote(name)}")
     try:
-        url = f"{hub.rstrip('/')}/{repo_id}/resolve/{quote(revision or 'main', safe='')}/{quote(name)}"
         meta = get_hf_file_metadata(url, token=token, timeout=API_TIMEOUT_S, endpoint=hub)
         if meta.size is not None and meta.size > TABLE_CAP_BYTES:
-            raise TableDownloadError(f"{spec} is {format_size(meta.size)}, more than a sensitivity table "
-                           f"can be ({format_size(TABLE_CAP_BYTES)}); check the file name")
+            raise TableDownloadError(f"{spec} is {format_size(meta.size)}, more than a "
+                                     f"sensitivity table can be ({format_size(TABLE_CAP_BYTES)})"
+                                     "; check the file name")
         local = hf_hub_download(repo_id, name, revision=revision, token=token,
                                 etag_timeout=API_TIMEOUT_S, endpoint=hub)
     except GatedRepoError:
-        raise TableDownloadError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
-                       "(`hf auth login`) so the token is found") from None
+        raise TableDownloadError(f"{repo_id} is gated: accept its terms on huggingface.co and "
+                                 "log in (`hf auth login`) so the token is found") from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise TableDownloadError(f"{spec}: the repository {repo_id} was not found (or is private: log "
-                       "in with `hf auth login`)") from None
+        raise TableDownloadError(f"{spec}: the repository {repo_id} was not found (or is "
+                                 "private: log in with `hf auth login`)") from None
     except EntryNotFoundError:
-        raise TableDownloadError(f"{spec}: {repo_id} has no file {name}; check the path") from None
+        raise TableDownloadError(f"{spec}: {repo_id} has no file {name}; check the path") \
+            from None
     except HfHubHTTPError as error:
         raise TableDownloadError(f"{spec}: the Hub answered an error ({error})") from None
     except _network_errors() as error:
-        raise TableDownloadError(f"{spec} could not be downloaded ({error or type(error).__name__}); "
-                                 "check the network and the free disk space of the Hugging "
-                                 "Face cache (HF_HOME)") from None
+        raise TableDownloadError(f"{spec} could not be downloaded "
+                                 f"({error or type(error).__name__}); check the network and "
+                                 "the free disk space of the Hugging Face cache (HF_HOME)") \
+            from None
     return Path(str(local))
 
 

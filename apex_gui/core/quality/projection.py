@@ -4,8 +4,8 @@ Time comes from the model's shapes and this machine's measured speeds: llama-qua
 throughput (bytes of source per second at Q4_K, other types relative to it), the read-back
 throughput, and llama-perplexity's (active parameters times tokens per second). The speeds
 are kept in ``data_dir()/sensitivity-speed.json``: measured once by a few-second pilot on a
-small synthetic model, then corrected by every real measurement (the ratio of its real
-steps to their projection). Scratch disk is exact but for the reference logits' size.
+small synthetic model, then replaced by what every real measurement saw (its quantize runs,
+read-backs and evaluations, each timed). Scratch disk is exact but for rounding.
 """
 
 from __future__ import annotations
@@ -50,11 +50,10 @@ class MachineSpeed:
     readback_bytes_per_s: float  # source bytes per second, Q4_K
     eval_param_tokens_per_s: float  # active parameters x tokens per second
     io_bytes_per_s: float  # copying a file (page cache to disk)
-    errors_correction: float = 1.0  # real / projected, of the last real runs
-    calibration_correction: float = 1.0
-    measured: float = 0.0  # time.time() of the pilot
+    measured: float = 0.0  # time.time() of the measurement
+    source: str = "pilot"  # "pilot", or "run" (a real measurement's own steps)
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -72,12 +71,13 @@ def load_speed() -> MachineSpeed | None:
     """The recorded speeds, or None (never measured, or an unreadable record)."""
     try:
         data = json.loads(speed_path().read_text(encoding="utf-8"))
-        speed = MachineSpeed(**{k: float(v) for k, v in data.items()})
-    except (OSError, ValueError, TypeError):
+        speed = MachineSpeed(**{k: (str(v) if k == "source" else float(v))
+                                for k, v in data.items()
+                                if k in MachineSpeed.__dataclass_fields__})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
     values = [speed.quantize_bytes_per_s, speed.readback_bytes_per_s,
-              speed.eval_param_tokens_per_s, speed.io_bytes_per_s, speed.errors_correction,
-              speed.calibration_correction]
+              speed.eval_param_tokens_per_s, speed.io_bytes_per_s]
     if not all(math.isfinite(v) and v > 0 for v in values):
         return None
     return speed
@@ -91,21 +91,18 @@ def save_speed(speed: MachineSpeed) -> None:
     os.replace(tmp, target)
 
 
-def record_run(projected: Mapping[str, float], actual: Mapping[str, float]) -> None:
-    """Fold a finished run's real step times into the recorded corrections (half weight
-    each time: one odd run moves the next projection, it does not set it)."""
-    speed = load_speed()
-    if speed is None:
-        return
-    corrections = {}
-    for part, field_name in (("errors", "errors_correction"),
-                             ("calibration", "calibration_correction")):
-        guess, real = projected.get(part, 0.0), actual.get(part, 0.0)
-        old = getattr(speed, field_name)
-        if guess > 1.0 and real > 0:
-            corrections[field_name] = math.sqrt(old * old * real / guess)
-    if corrections:
-        save_speed(MachineSpeed(**{**speed.to_json(), **corrections}))
+def record_rates(observed: Mapping[str, list[float]]) -> None:
+    """Keep the speeds a real measurement saw (the median of each kind of step) as this
+    machine's; a kind it did not see keeps its recorded speed."""
+    speed = load_speed() or FALLBACK_SPEED
+    fields = {}
+    for name in ("quantize_bytes_per_s", "readback_bytes_per_s", "eval_param_tokens_per_s"):
+        values = sorted(v for v in observed.get(name, []) if math.isfinite(v) and v > 0)
+        if values:
+            fields[name] = values[len(values) // 2]
+    if fields:
+        save_speed(MachineSpeed(**{**speed.to_json(), **fields, "measured": time.time(),
+                                   "source": "run"}))
 
 
 @dataclass(frozen=True)
@@ -164,7 +161,25 @@ def _file_bytes(model: ModelInfo, type_name: str) -> int:
     return total
 
 
-def _eval_params(model: ModelInfo) -> int:
+def evaluation_seconds(model: ModelInfo, tokens: int, rates: MachineSpeed) -> float:
+    """One llama-perplexity run over ``tokens`` tokens of ``model``: start, load, compute."""
+    return (TOOL_START_S + model.file_size / rates.io_bytes_per_s
+            + eval_params(model) * tokens / rates.eval_param_tokens_per_s)
+
+
+def eval_rate(model: ModelInfo, tokens: int, seconds: float, io_bytes_per_s: float) -> float:
+    """The evaluation speed a run of ``seconds`` shows (active parameters x tokens / s)."""
+    compute = max(seconds - TOOL_START_S - model.file_size / io_bytes_per_s, seconds / 4)
+    return eval_params(model) * tokens / compute
+
+
+def quantize_rate(source_bytes: int, type_name: str, seconds: float) -> float:
+    """The Q4_K-equivalent quantize speed a run of ``seconds`` at ``type_name`` shows."""
+    return source_bytes * QUANTIZE_COST.get(type_name, 1.5) / max(seconds - TOOL_START_S,
+                                                                   seconds / 4)
+
+
+def eval_params(model: ModelInfo) -> int:
     """Parameters multiplied per token (the embedding is looked up, not multiplied)."""
     return max(1, model.active_params - sum(
         t.n_elements for t in model.tensors if t.role is TensorRole.EMBEDDING))
@@ -187,22 +202,20 @@ def project(model: ModelInfo, candidates: Iterable[str], probes: int, context: i
     steps: dict[str, float] = {"sample": sample / rates.io_bytes_per_s
                                + sample / rates.readback_bytes_per_s}
     for type_name in chosen:
-        steps[f"type:{type_name}"] = rates.errors_correction * (
+        steps[f"type:{type_name}"] = (
             TOOL_START_S + sample * QUANTIZE_COST.get(type_name, 1.5) / rates.quantize_bytes_per_s
             + sample * READBACK_COST.get(type_name, 1.0) / rates.readback_bytes_per_s)
     steps["errors"] = steps["sample"] + sum(steps[f"type:{t}"] for t in chosen)
     tokens = context * chunks
-    run = rates.calibration_correction * (
-        TOOL_START_S + model.file_size / rates.io_bytes_per_s
-        + _eval_params(model) * tokens / rates.eval_param_tokens_per_s)
+    run = evaluation_seconds(model, tokens, rates)
     low, high = probe_type_for(chosen), high_type_for(chosen)
     source = model.file_size
     steps["reference"] = run
     steps["probe"] = run
-    steps["low_quantize"] = rates.calibration_correction * (
+    steps["low_quantize"] = (
         TOOL_START_S + source * QUANTIZE_COST.get(low, 1.5) / rates.quantize_bytes_per_s
         + (source + _file_bytes(model, low)) / rates.io_bytes_per_s)
-    steps["high_quantize"] = rates.calibration_correction * (
+    steps["high_quantize"] = (
         TOOL_START_S + source * QUANTIZE_COST.get(high, 1.5) / rates.quantize_bytes_per_s)
     total = steps["errors"] + steps["reference"] + probes * run + steps["low_quantize"] + (
         steps["high_quantize"] if high != low else 0.0)
@@ -253,7 +266,7 @@ def measure_speed(tools: object, folder: Path) -> MachineSpeed:
     return MachineSpeed(
         quantize_bytes_per_s=size / quantize_s if outcome.succeeded else fallback.quantize_bytes_per_s,
         readback_bytes_per_s=size / readback_s if outcome.succeeded else fallback.readback_bytes_per_s,
-        eval_param_tokens_per_s=(_eval_params(model) * 512 / eval_s if evaluated.succeeded
+        eval_param_tokens_per_s=(eval_params(model) * 512 / eval_s if evaluated.succeeded
                                  else fallback.eval_param_tokens_per_s),
         io_bytes_per_s=max(io_rate, 50e6), measured=time.time())
 

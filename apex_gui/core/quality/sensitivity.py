@@ -45,7 +45,8 @@ from apex_gui.core.quality.probe_models import write_probe_shards
 from apex_gui.core.quality.probe_runs import (ProbeReferenceJob, SensitivityCancelled, SensitivityError,
                                               kld_from_rows, measure_kld, run_step)
 from apex_gui.core.quality.probe_text import probe_text
-from apex_gui.core.quality.projection import Projection, project, record_run
+from apex_gui.core.quality.projection import (READBACK_COST, Projection, eval_rate, load_speed,
+                                             project, quantize_rate, record_rates)
 from apex_gui.core.quality.readback import read_imatrix, weight_energy, weighted_errors
 from apex_gui.core.quality.row_sample import SAMPLE_SHARE, plan_sample, write_row_sample
 from apex_gui.core.quality.scratch import WorkCancelled, scratch_folder
@@ -313,12 +314,7 @@ def measure_sensitivity(
     if use_cache:
         table.save(cached)  # atomic: a cancel before this line leaves no entry behind
     state.path.unlink(missing_ok=True)
-    if run.ran:
-        record_run({"errors": projection.errors_seconds,
-                    "calibration": projection.calibration_seconds},
-                   {"errors": state.timings.get("sample_seconds", 0.0)
-                    + state.timings.get("error_seconds", 0.0),
-                    "calibration": state.timings.get("calibration_seconds", 0.0)})
+    record_rates(run.observed)  # what this machine did: the next projection starts from it
     clock.advance("done")
     return table
 
@@ -344,7 +340,13 @@ class _Run:
         self.projection = projection
         self.cancel = cancel
         self.names = settings.names
-        self.ran = not state.errors and not state.probes  # a whole run: worth recording
+        #: speeds seen in this run's own steps (see projection.record_rates)
+        self.observed: dict[str, list[float]] = {}
+        speed = load_speed()
+        self.io_rate = speed.io_bytes_per_s if speed else 400e6
+
+    def _saw(self, kind: str, value: float) -> None:
+        self.observed.setdefault(kind, []).append(value)
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -382,11 +384,18 @@ class _Run:
             quant = scratch / f"sample-{type_name}.gguf"
             job = QuantizeJob.from_plan(plan, quant, scratch / f"sample-{type_name}.txt",
                                         imatrix=settings.imatrix, options=settings.options())
+            quantized = time.monotonic()
             run_step(job, self.tools, self.cancel, f"llama-quantize of the row sample to {type_name}")
+            sample_size = sample_path.stat().st_size
+            self._saw("quantize_bytes_per_s",
+                      quantize_rate(sample_size, type_name, time.monotonic() - quantized))
             self.clock.advance(f"reading back {type_name}")
+            read = time.monotonic()
             measured = weighted_errors(sample_path, quant,
                                        [n for n in self.names if n not in unmeasured], weights,
                                        self.cancel)
+            self._saw("readback_bytes_per_s", sample_size * READBACK_COST.get(type_name, 1.0)
+                      / max(time.monotonic() - read, 1e-3))
             quant.unlink(missing_ok=True)
             state.errors[type_name] = {n: v * sampling[n].scale for n, v in measured.items()}
             state.effective[type_name] = {n: plan.effective_type(n) for n in measured}
@@ -410,6 +419,7 @@ class _Run:
                 chunks=settings.chunks, options=settings.options(evaluation=True),
                 output_path=scratch / "reference.kld")
             run_step(reference, self.tools, self.cancel, "llama-perplexity --kl-divergence-base")
+            self._saw_evaluation(time.monotonic() - started)
             state.add_time("calibration_seconds", time.monotonic() - started)
             self.clock.advance("reference logits", self.projection.steps["reference"])
             low = [p for p in missing if p.type_name == probes[0].type_name and p.key != "all-high"]
@@ -427,20 +437,30 @@ class _Run:
         job = KLDivergenceJob(model=model_file, reference_logits=reference,
                               context=settings.context, chunks=settings.chunks,
                               options=replace(settings.options(evaluation=True), no_repack=True))
+        evaluated = time.monotonic()
         value, exact = measure_kld(job, self.tools, self.cancel,
                                    f"llama-perplexity --kl-divergence ({probe.key} probe)")
+        self._saw_evaluation(time.monotonic() - evaluated)
         self.state.probes[probe.key] = {"type": probe.type_name, "kinds": list(probe.kinds),
                                         "kld_mean": value, "from_statistics": exact}
         self.state.add_time("calibration_seconds", time.monotonic() - started)
         self.state.save()
 
+    def _saw_evaluation(self, seconds: float) -> None:
+        settings = self.settings
+        self._saw("eval_param_tokens_per_s", eval_rate(
+            settings.model, settings.context * settings.chunks, seconds, self.io_rate))
+
     def _quantize_whole(self, scratch: Path, type_name: str) -> Path:
         settings = self.settings
+        started = time.monotonic()
         plan = _uniform_plan(settings.model, type_name)
         quant = scratch / f"all-{type_name}.gguf"
         job = QuantizeJob.from_plan(plan, quant, scratch / f"all-{type_name}.txt",
                                     imatrix=settings.imatrix, options=settings.options())
         run_step(job, self.tools, self.cancel, f"llama-quantize of the model to {type_name}")
+        self._saw("quantize_bytes_per_s", quantize_rate(settings.model.file_size, type_name,
+                                                        time.monotonic() - started))
         return quant
 
     def _low_probes(self, scratch: Path, probes: list[Probe], reference: Path) -> None:
