@@ -9,7 +9,7 @@ tools), the peak scratch disk, and the projection the command stated before it s
 (time and disk) against what happened. Then the projection for the 35B and 400B shapes (the
 Qwen3.5-35B-A3B and Trinity-Large twins) from the speeds this run recorded.
 
-    nice .venv/bin/python benchmarks/bench_sensitivity_scale.py [--sizes 4,40,180,744]
+    nice .venv/bin/python benchmarks/bench_sensitivity_scale.py [--sizes 4,56,280,744]
         [--out DIR] [--json R.json] [--threads N]
 
 Targets (issue 23): at >= 700 MB the whole measurement within 12x one Q4_K_M pass; memory
@@ -48,11 +48,11 @@ TARGET_PROJECTION = 1.5
 SPECS: dict[int, SyntheticModelSpec] = {
     4: SyntheticModelSpec(arch="qwen2moe", n_layer=2, n_embd=256, n_head=4, n_head_kv=1,
                           n_expert=4, n_ff_exp=256, n_ff_shexp=256, seed=21, name="bench 4MB"),
-    40: SyntheticModelSpec(arch="qwen2moe", n_layer=6, n_embd=512, n_head=8, n_head_kv=2,
-                           n_expert=8, n_ff_exp=256, n_ff_shexp=512, seed=22, name="bench 40MB"),
-    180: SyntheticModelSpec(arch="qwen2moe", n_layer=8, n_embd=768, n_head=12, n_head_kv=4,
+    56: SyntheticModelSpec(arch="qwen2moe", n_layer=6, n_embd=512, n_head=8, n_head_kv=2,
+                           n_expert=8, n_ff_exp=256, n_ff_shexp=512, seed=22, name="bench 56MB"),
+    280: SyntheticModelSpec(arch="qwen2moe", n_layer=8, n_embd=768, n_head=12, n_head_kv=4,
                             n_expert=16, n_ff_exp=384, n_ff_shexp=768, seed=23,
-                            name="bench 180MB"),
+                            name="bench 280MB"),
     744: SyntheticModelSpec(arch="qwen2moe", n_layer=12, n_embd=1024, n_head=16, n_head_kv=4,
                             n_expert=16, n_ff_exp=512, n_ff_shexp=1024, seed=7,
                             name="bench 744MB"),
@@ -162,7 +162,7 @@ def projections() -> list[dict[str, Any]]:
     """Projected time and scratch disk for the 35B and 400B shapes, from this run's speeds."""
     from apex_gui.core.fixtures.twins import write_shape_twin
     from apex_gui.core.quality.calibration import plan_probes
-    from apex_gui.core.quality.projection import QUANTIZE_COST, load_speed, project
+    from apex_gui.core.quality.projection import MachineSpeed, load_speed, project, quantize_work
     from apex_gui.core.quality.sensitivity import DEFAULT_CANDIDATES, DEFAULT_PROBE_CHUNKS
     from apex_gui.core.quality.table import tensor_kind
     from apex_gui.core.plan.precision import is_quantizable
@@ -178,8 +178,8 @@ def projections() -> list[dict[str, Any]]:
             probes = len(plan_probes(kinds, DEFAULT_CANDIDATES))
             result = project(model, DEFAULT_CANDIDATES, probes, 512, DEFAULT_PROBE_CHUNKS,
                              speed)
-            rate = speed.quantize_bytes_per_s if speed else 1.0
-            one_pass = model.file_size * QUANTIZE_COST["Q4_K"] / rate
+            one_pass = (speed or MachineSpeed()).seconds("quantize",
+                                                        quantize_work(model.file_size, "Q4_K"))
             rows.append({"layout": layout, "model_bytes": model.file_size,
                          "projected_seconds": result.seconds,
                          "errors_seconds": result.errors_seconds,
@@ -193,7 +193,7 @@ def projections() -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="4,40,180,744", help="MB sizes to run (of "
+    ap.add_argument("--sizes", default="4,56,280,744", help="MB sizes to run (of "
                     f"{', '.join(str(s) for s in SPECS)})")
     ap.add_argument("--out", type=Path, default=None, help="work folder (kept)")
     ap.add_argument("--json", type=Path, default=None)

@@ -516,8 +516,8 @@ class Campaign:
         temp = folder / "tmp"
         temp.mkdir(exist_ok=True)
         speed = self.home / "data" / "sensitivity-speed.json"
-        speed.write_text(_json.dumps({"quantize_bytes_per_s": 2e7, "readback_bytes_per_s": 6e7,
-                                      "eval_param_tokens_per_s": 4e10, "io_bytes_per_s": 4e8}))
+        speed.write_text(_json.dumps({"io_bytes_per_s": 4e8, "points": {
+            "quantize": [[2e7, 1.0]], "readback": [[6e7, 1.0]], "eval": [[4e10, 1.0]]}}))
         return {"TMPDIR": str(temp)}
 
     def _scratch_left(self, folder: Path) -> list[Path]:

@@ -66,9 +66,9 @@ def test_the_probes_run_across_rpc_workers(llama_tools, tiny_qwen2moe: Path,
                                            tmp_path: Path) -> None:
     from apex_gui.core.fit.rpc_local import LocalRpcWorker
 
-    (data_dir() / "sensitivity-speed.json").write_text(json.dumps(
-        {"quantize_bytes_per_s": 2e7, "readback_bytes_per_s": 6e7,
-         "eval_param_tokens_per_s": 4e10, "io_bytes_per_s": 4e8}))
+    (data_dir() / "sensitivity-speed.json").write_text(json.dumps(  # no pilot
+        {"io_bytes_per_s": 4e8, "points": {"quantize": [[2e7, 1.0]], "readback": [[6e7, 1.0]],
+                                           "eval": [[4e10, 1.0]]}}))
     text = tmp_path / "probe.txt"
     text.write_text("experts route tokens through mixture layers of a small model " * 150)
     worker = LocalRpcWorker(llama_tools, threads=1).start()

@@ -1,11 +1,14 @@
 """What a sensitivity measurement will cost, said before it starts.
 
-Time comes from the model's shapes and this machine's measured speeds: llama-quantize's
-throughput (bytes of source per second at Q4_K, other types relative to it), the read-back
-throughput, and llama-perplexity's (active parameters times tokens per second). The speeds
-are kept in ``data_dir()/sensitivity-speed.json``: measured once by a few-second pilot on a
-small synthetic model, then replaced by what every real measurement saw (its quantize runs,
-read-backs and evaluations, each timed). Scratch disk is exact but for rounding.
+Each kind of step costs a fixed part (starting the tool, loading) plus work at a rate:
+llama-quantize's work is bytes of source (Q4_K-equivalent: other types relative to it), the
+read-back's too, llama-perplexity's is active parameters times tokens (plus reading the
+model). This machine's timings of such steps are kept in ``data_dir()/sensitivity-speed.json``
+as (work, seconds) points: a few-second pilot on a small synthetic model gives the first
+ones (two sizes of each step, so both parts are known), and every real measurement adds its
+own quantize runs, read-backs and evaluations. Each kind is fitted as seconds = fixed +
+work / rate, the newest points weighing most, so a projection for a bigger model
+extrapolates from the largest steps seen. Scratch disk is exact but for rounding.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from apex_gui.core.gguf.model import ModelInfo
@@ -38,29 +41,58 @@ QUANTIZE_COST: dict[str, float] = {
 #: Read-back (numpy dequantize and compare) time per source byte relative to Q4_K.
 READBACK_COST: dict[str, float] = {"IQ3_S": 2.0, "IQ3_XXS": 2.0, "IQ2_S": 2.0,
                                    "IQ2_XS": 2.0, "IQ2_XXS": 2.0, "IQ4_XS": 1.3}
-#: Fixed cost of starting a tool and loading what it needs, seconds.
-TOOL_START_S = 0.5
+KINDS = ("quantize", "readback", "eval")
+#: Points kept per kind (the oldest go first).
+MAX_POINTS = 60
+#: What a projection assumes with nothing recorded (this project's development machine, 2
+#: busy cores): (fixed seconds, work per second) per kind.
+FALLBACK: dict[str, tuple[float, float]] = {"quantize": (0.5, 12e6), "readback": (0.0, 60e6),
+                                            "eval": (0.5, 4e10)}
+FALLBACK_IO = 400e6
 
 
-@dataclass(frozen=True)
+@dataclass
 class MachineSpeed:
-    """This machine's measured speeds (see the module docstring)."""
+    """This machine's timings of each kind of step: (work, seconds) points."""
 
-    quantize_bytes_per_s: float  # source bytes per second, Q4_K
-    readback_bytes_per_s: float  # source bytes per second, Q4_K
-    eval_param_tokens_per_s: float  # active parameters x tokens per second
-    io_bytes_per_s: float  # copying a file (page cache to disk)
-    measured: float = 0.0  # time.time() of the measurement
-    source: str = "pilot"  # "pilot", or "run" (a real measurement's own steps)
+    points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    io_bytes_per_s: float = FALLBACK_IO
+    source: str = "pilot"  # "pilot", or "run" once a real measurement added its steps
+
+    def fit(self, kind: str) -> tuple[float, float]:
+        """(fixed seconds, work per second) for ``kind``: least squares over the points, the
+        newest weighing most; the fixed part is never negative."""
+        points = self.points.get(kind, [])
+        if not points:
+            return FALLBACK[kind]
+        weights = [0.9 ** (len(points) - 1 - i) for i in range(len(points))]
+        total = sum(weights)
+        mean_x = sum(w * x for w, (x, _) in zip(weights, points)) / total
+        mean_y = sum(w * y for w, (_, y) in zip(weights, points)) / total
+        var_x = sum(w * (x - mean_x) ** 2 for w, (x, _) in zip(weights, points))
+        if var_x > 0:
+            slope = sum(w * (x - mean_x) * (y - mean_y)
+                        for w, (x, y) in zip(weights, points)) / var_x
+            fixed = mean_y - slope * mean_x
+            if slope > 0 and fixed >= 0:
+                return fixed, 1 / slope
+        # One size seen (or a fit gone wrong): the fallback's fixed part, the rate from them.
+        fixed = min(FALLBACK[kind][0], 0.5 * min(y for _, y in points))
+        rates = sorted(x / max(y - fixed, 1e-6) for x, y in points)
+        return fixed, rates[len(rates) // 2]
+
+    def seconds(self, kind: str, work: float) -> float:
+        fixed, rate = self.fit(kind)
+        return fixed + work / rate
+
+    def add(self, kind: str, work: float, seconds: float) -> None:
+        if work > 0 and seconds > 0 and math.isfinite(work) and math.isfinite(seconds):
+            self.points.setdefault(kind, []).append((work, seconds))
+            del self.points[kind][:-MAX_POINTS]
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-
-#: What a projection assumes when no speed was ever measured here (this project's
-#: development machine, 2 busy cores): replaced by the pilot before a real run.
-FALLBACK_SPEED = MachineSpeed(quantize_bytes_per_s=12e6, readback_bytes_per_s=60e6,
-                              eval_param_tokens_per_s=4e10, io_bytes_per_s=400e6)
+        return {"version": 2, "io_bytes_per_s": self.io_bytes_per_s, "source": self.source,
+                "points": {k: [list(p) for p in v] for k, v in self.points.items()}}
 
 
 def speed_path() -> Path:
@@ -68,17 +100,18 @@ def speed_path() -> Path:
 
 
 def load_speed() -> MachineSpeed | None:
-    """The recorded speeds, or None (never measured, or an unreadable record)."""
+    """The recorded timings, or None (never measured, or an unreadable record)."""
     try:
         data = json.loads(speed_path().read_text(encoding="utf-8"))
-        speed = MachineSpeed(**{k: (str(v) if k == "source" else float(v))
-                                for k, v in data.items()
-                                if k in MachineSpeed.__dataclass_fields__})
-    except (OSError, ValueError, TypeError, AttributeError):
+        points = {kind: [(float(x), float(y)) for x, y in data["points"].get(kind, [])]
+                  for kind in KINDS}
+        speed = MachineSpeed({k: [p for p in v if p[0] > 0 and p[1] > 0
+                                  and math.isfinite(p[0]) and math.isfinite(p[1])]
+                              for k, v in points.items()},
+                             float(data["io_bytes_per_s"]), str(data.get("source", "pilot")))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    values = [speed.quantize_bytes_per_s, speed.readback_bytes_per_s,
-              speed.eval_param_tokens_per_s, speed.io_bytes_per_s]
-    if not all(math.isfinite(v) and v > 0 for v in values):
+    if not math.isfinite(speed.io_bytes_per_s) or speed.io_bytes_per_s <= 0:
         return None
     return speed
 
@@ -91,18 +124,16 @@ def save_speed(speed: MachineSpeed) -> None:
     os.replace(tmp, target)
 
 
-def record_rates(observed: Mapping[str, list[float]]) -> None:
-    """Keep the speeds a real measurement saw (the median of each kind of step) as this
-    machine's; a kind it did not see keeps its recorded speed."""
-    speed = load_speed() or FALLBACK_SPEED
-    fields = {}
-    for name in ("quantize_bytes_per_s", "readback_bytes_per_s", "eval_param_tokens_per_s"):
-        values = sorted(v for v in observed.get(name, []) if math.isfinite(v) and v > 0)
-        if values:
-            fields[name] = values[len(values) // 2]
-    if fields:
-        save_speed(MachineSpeed(**{**speed.to_json(), **fields, "measured": time.time(),
-                                   "source": "run"}))
+def record_steps(observed: Mapping[str, list[tuple[float, float]]]) -> None:
+    """Add a real measurement's timed steps to this machine's record."""
+    if not any(observed.values()):
+        return
+    speed = load_speed() or MachineSpeed()
+    for kind, points in observed.items():
+        for work, seconds in points:
+            speed.add(kind, work, seconds)
+    speed.source = "run"
+    save_speed(speed)
 
 
 @dataclass(frozen=True)
@@ -161,28 +192,29 @@ def _file_bytes(model: ModelInfo, type_name: str) -> int:
     return total
 
 
-def evaluation_seconds(model: ModelInfo, tokens: int, rates: MachineSpeed) -> float:
-    """One llama-perplexity run over ``tokens`` tokens of ``model``: start, load, compute."""
-    return (TOOL_START_S + model.file_size / rates.io_bytes_per_s
-            + eval_params(model) * tokens / rates.eval_param_tokens_per_s)
-
-
-def eval_rate(model: ModelInfo, tokens: int, seconds: float, io_bytes_per_s: float) -> float:
-    """The evaluation speed a run of ``seconds`` shows (active parameters x tokens / s)."""
-    compute = max(seconds - TOOL_START_S - model.file_size / io_bytes_per_s, seconds / 4)
-    return eval_params(model) * tokens / compute
-
-
-def quantize_rate(source_bytes: int, type_name: str, seconds: float) -> float:
-    """The Q4_K-equivalent quantize speed a run of ``seconds`` at ``type_name`` shows."""
-    return source_bytes * QUANTIZE_COST.get(type_name, 1.5) / max(seconds - TOOL_START_S,
-                                                                   seconds / 4)
-
-
 def eval_params(model: ModelInfo) -> int:
     """Parameters multiplied per token (the embedding is looked up, not multiplied)."""
     return max(1, model.active_params - sum(
         t.n_elements for t in model.tensors if t.role is TensorRole.EMBEDDING))
+
+
+def quantize_work(source_bytes: int, type_name: str) -> float:
+    return source_bytes * QUANTIZE_COST.get(type_name, 1.5)
+
+
+def readback_work(sample: int, type_name: str) -> float:
+    return sample * READBACK_COST.get(type_name, 1.0)
+
+
+def eval_work(model: ModelInfo, tokens: int) -> float:
+    return eval_params(model) * tokens
+
+
+def evaluation_seconds(model: ModelInfo, tokens: int, speed: MachineSpeed) -> float:
+    """One llama-perplexity run over ``tokens`` tokens of ``model``: fixed part, reading the
+    model, computing."""
+    return (model.file_size / speed.io_bytes_per_s
+            + speed.seconds("eval", eval_work(model, tokens)))
 
 
 def reference_logits_bytes(model: ModelInfo, context: int, chunks: int) -> int:
@@ -196,15 +228,15 @@ def project(model: ModelInfo, candidates: Iterable[str], probes: int, context: i
             chunks: int, speed: MachineSpeed | None = None) -> Projection:
     """The cost of measuring ``model``: time per step and peak scratch disk."""
     recorded = speed or load_speed()
-    rates = recorded or FALLBACK_SPEED
+    rates = recorded or MachineSpeed()
     chosen = list(candidates)
     sample = sample_bytes(model, plan_sample(model))
     steps: dict[str, float] = {"sample": sample / rates.io_bytes_per_s
-                               + sample / rates.readback_bytes_per_s}
+                               + rates.seconds("readback", sample)}
     for type_name in chosen:
         steps[f"type:{type_name}"] = (
-            TOOL_START_S + sample * QUANTIZE_COST.get(type_name, 1.5) / rates.quantize_bytes_per_s
-            + sample * READBACK_COST.get(type_name, 1.0) / rates.readback_bytes_per_s)
+            rates.seconds("quantize", quantize_work(sample, type_name))
+            + rates.seconds("readback", readback_work(sample, type_name)))
     steps["errors"] = steps["sample"] + sum(steps[f"type:{t}"] for t in chosen)
     tokens = context * chunks
     run = evaluation_seconds(model, tokens, rates)
@@ -212,11 +244,9 @@ def project(model: ModelInfo, candidates: Iterable[str], probes: int, context: i
     source = model.file_size
     steps["reference"] = run
     steps["probe"] = run
-    steps["low_quantize"] = (
-        TOOL_START_S + source * QUANTIZE_COST.get(low, 1.5) / rates.quantize_bytes_per_s
-        + (source + _file_bytes(model, low)) / rates.io_bytes_per_s)
-    steps["high_quantize"] = (
-        TOOL_START_S + source * QUANTIZE_COST.get(high, 1.5) / rates.quantize_bytes_per_s)
+    steps["low_quantize"] = (rates.seconds("quantize", quantize_work(source, low))
+                             + (source + _file_bytes(model, low)) / rates.io_bytes_per_s)
+    steps["high_quantize"] = rates.seconds("quantize", quantize_work(source, high))
     total = steps["errors"] + steps["reference"] + probes * run + steps["low_quantize"] + (
         steps["high_quantize"] if high != low else 0.0)
     logits = reference_logits_bytes(model, context, chunks)
@@ -226,53 +256,54 @@ def project(model: ModelInfo, candidates: Iterable[str], probes: int, context: i
     return Projection(total, scratch, steps, sample, probes, tokens, recorded is not None)
 
 
-def _less_start(seconds: float) -> float:
-    """A pilot step's time without the tool's start (never below half of it)."""
-    return max(seconds - TOOL_START_S, seconds / 2, 1e-3)
-
-
 def measure_speed(tools: object, folder: Path) -> MachineSpeed:
-    """A few-second pilot on a small synthetic model: quantize, read back, evaluate."""
+    """A few-second pilot on a small synthetic model: each kind of step at two sizes."""
     from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
     from apex_gui.core.gguf.model import open_model
     from apex_gui.core.jobs.evaluations import PerplexityJob
     from apex_gui.core.jobs.quantize import QuantizeJob
     from apex_gui.core.jobs.runner import run_job
     from apex_gui.core.quality.readback import weighted_errors
+    from apex_gui.core.quality.row_sample import write_row_sample
 
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=4, n_embd=256, n_head=4, n_head_kv=1,
                               n_expert=8, n_ff_exp=256, n_ff_shexp=256, context_length=512,
                               seed=11, name="APEX speed pilot")
+    speed = MachineSpeed()
     started = time.monotonic()
     source = write_synthetic_model(folder / "pilot-f16.gguf", spec)
-    io_rate = source.stat().st_size / max(time.monotonic() - started, 1e-3)
+    speed.io_bytes_per_s = max(source.stat().st_size / max(time.monotonic() - started, 1e-3),
+                               50e6)
     model = open_model(source)
-    quant = folder / "pilot-q4_k.gguf"
-    started = time.monotonic()
-    outcome = run_job(QuantizeJob(source=source, base_type="Q4_K_M", output_path=quant), tools)
-    quantize_s = _less_start(time.monotonic() - started)
+    small = folder / "pilot-sample.gguf"
+    write_row_sample(model, small)
     names = [t.name for t in model.tensors if is_quantizable(t.name, t.shape)]
-    started = time.monotonic()
-    if outcome.succeeded:
-        weighted_errors(source, quant, names, None)
-    readback_s = max(time.monotonic() - started, 1e-2)
+    for path in (small, source):
+        quant = folder / f"{path.stem}-q4_k.gguf"
+        started = time.monotonic()
+        done = run_job(QuantizeJob(source=path, base_type="Q4_K_M", output_path=quant), tools)
+        if not done.succeeded:
+            continue
+        speed.add("quantize", quantize_work(path.stat().st_size, "Q4_K"),
+                  time.monotonic() - started)
+        started = time.monotonic()
+        weighted_errors(path, quant, names, None)
+        speed.add("readback", readback_work(path.stat().st_size, "Q4_K"),
+                  time.monotonic() - started)
     text = folder / "pilot.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
-    started = time.monotonic()
-    evaluated = run_job(PerplexityJob(model=source, text=text, context=256, chunks=2), tools)
-    eval_s = _less_start(time.monotonic() - started)
-    size = source.stat().st_size
-    fallback = FALLBACK_SPEED
-    return MachineSpeed(
-        quantize_bytes_per_s=size / quantize_s if outcome.succeeded else fallback.quantize_bytes_per_s,
-        readback_bytes_per_s=size / readback_s if outcome.succeeded else fallback.readback_bytes_per_s,
-        eval_param_tokens_per_s=(eval_params(model) * 512 / eval_s if evaluated.succeeded
-                                 else fallback.eval_param_tokens_per_s),
-        io_bytes_per_s=max(io_rate, 50e6), measured=time.time())
+    for chunks in (1, 4):
+        started = time.monotonic()
+        done = run_job(PerplexityJob(model=source, text=text, context=256, chunks=chunks),
+                       tools)
+        seconds = time.monotonic() - started - source.stat().st_size / speed.io_bytes_per_s
+        if done.succeeded:
+            speed.add("eval", eval_work(model, 256 * chunks), seconds)
+    return speed
 
 
 def ensure_speed(tools: object, work_dir: str | os.PathLike[str] | None = None) -> MachineSpeed:
-    """The recorded speeds, measured by the pilot first when there are none."""
+    """The recorded timings, measured by the pilot first when there are none."""
     from apex_gui.core.quality.scratch import scratch_folder
 
     speed = load_speed()

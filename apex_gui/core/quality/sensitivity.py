@@ -45,8 +45,8 @@ from apex_gui.core.quality.probe_models import write_probe_shards
 from apex_gui.core.quality.probe_runs import (ProbeReferenceJob, SensitivityCancelled, SensitivityError,
                                               kld_from_rows, measure_kld, run_step)
 from apex_gui.core.quality.probe_text import probe_text
-from apex_gui.core.quality.projection import (READBACK_COST, Projection, eval_rate, load_speed,
-                                             project, quantize_rate, record_rates)
+from apex_gui.core.quality.projection import (Projection, eval_work, load_speed, project,
+                                             quantize_work, readback_work, record_steps)
 from apex_gui.core.quality.readback import read_imatrix, weight_energy, weighted_errors
 from apex_gui.core.quality.row_sample import SAMPLE_SHARE, plan_sample, write_row_sample
 from apex_gui.core.quality.scratch import WorkCancelled, scratch_folder
@@ -66,7 +66,7 @@ DEFAULT_CANDIDATES: tuple[str, ...] = ("Q2_K", "Q3_K", "IQ3_S", "IQ4_XS", "Q4_K"
                                        "Q6_K", "Q8_0")
 IMATRIX_CANDIDATES: tuple[str, ...] = ("IQ2_XXS", "IQ2_S", "IQ3_XXS")
 #: Chunks of each probe's evaluation by default (at the default context of 512 tokens).
-DEFAULT_PROBE_CHUNKS = 4
+DEFAULT_PROBE_CHUNKS = 3
 #: Probe contexts accepted: a chunk scores its second half, and below 32 tokens that is
 #: too little text to mean anything.
 MIN_PROBE_CONTEXT = 32
@@ -314,7 +314,7 @@ def measure_sensitivity(
     if use_cache:
         table.save(cached)  # atomic: a cancel before this line leaves no entry behind
     state.path.unlink(missing_ok=True)
-    record_rates(run.observed)  # what this machine did: the next projection starts from it
+    record_steps(run.observed)  # what this machine did: the next projection starts from it
     clock.advance("done")
     return table
 
@@ -340,13 +340,13 @@ class _Run:
         self.projection = projection
         self.cancel = cancel
         self.names = settings.names
-        #: speeds seen in this run's own steps (see projection.record_rates)
-        self.observed: dict[str, list[float]] = {}
+        #: this run's own steps, (work, seconds) by kind (see projection.record_steps)
+        self.observed: dict[str, list[tuple[float, float]]] = {}
         speed = load_speed()
         self.io_rate = speed.io_bytes_per_s if speed else 400e6
 
-    def _saw(self, kind: str, value: float) -> None:
-        self.observed.setdefault(kind, []).append(value)
+    def _saw(self, kind: str, work: float, seconds: float) -> None:
+        self.observed.setdefault(kind, []).append((work, seconds))
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -387,15 +387,14 @@ class _Run:
             quantized = time.monotonic()
             run_step(job, self.tools, self.cancel, f"llama-quantize of the row sample to {type_name}")
             sample_size = sample_path.stat().st_size
-            self._saw("quantize_bytes_per_s",
-                      quantize_rate(sample_size, type_name, time.monotonic() - quantized))
+            self._saw("quantize", quantize_work(sample_size, type_name),
+                      time.monotonic() - quantized)
             self.clock.advance(f"reading back {type_name}")
             read = time.monotonic()
             measured = weighted_errors(sample_path, quant,
                                        [n for n in self.names if n not in unmeasured], weights,
                                        self.cancel)
-            self._saw("readback_bytes_per_s", sample_size * READBACK_COST.get(type_name, 1.0)
-                      / max(time.monotonic() - read, 1e-3))
+            self._saw("readback", readback_work(sample_size, type_name), time.monotonic() - read)
             quant.unlink(missing_ok=True)
             state.errors[type_name] = {n: v * sampling[n].scale for n, v in measured.items()}
             state.effective[type_name] = {n: plan.effective_type(n) for n in measured}
@@ -448,8 +447,8 @@ class _Run:
 
     def _saw_evaluation(self, seconds: float) -> None:
         settings = self.settings
-        self._saw("eval_param_tokens_per_s", eval_rate(
-            settings.model, settings.context * settings.chunks, seconds, self.io_rate))
+        self._saw("eval", eval_work(settings.model, settings.context * settings.chunks),
+                  seconds - settings.model.file_size / self.io_rate)
 
     def _quantize_whole(self, scratch: Path, type_name: str) -> Path:
         settings = self.settings
@@ -459,8 +458,8 @@ class _Run:
         job = QuantizeJob.from_plan(plan, quant, scratch / f"all-{type_name}.txt",
                                     imatrix=settings.imatrix, options=settings.options())
         run_step(job, self.tools, self.cancel, f"llama-quantize of the model to {type_name}")
-        self._saw("quantize_bytes_per_s", quantize_rate(settings.model.file_size, type_name,
-                                                        time.monotonic() - started))
+        self._saw("quantize", quantize_work(settings.model.file_size, type_name),
+                  time.monotonic() - started)
         return quant
 
     def _low_probes(self, scratch: Path, probes: list[Probe], reference: Path) -> None:
