@@ -7,18 +7,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.apex-installed
 TOOLS  := $(VENV)/.llama-tools
+CONVERT := $(VENV)/.apex-convert
+GPU    := $(VENV)/.gpu-backends
 LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: run test test-all bench screenshots package package-smoke clean-venv
+.PHONY: run test test-all bench screenshots package package-smoke clean-venv gpu
 
 run: $(STAMP) $(TOOLS)
 	@$(PY) -m apex_gui.preflight gui
 	$(VENV)/bin/apex-studio $(MODEL)
 
-test: $(STAMP) $(TOOLS)
+test: $(STAMP) $(TOOLS) $(CONVERT) $(GPU)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow and not gpu" -q
 
-test-all: $(STAMP) $(TOOLS)
+test-all: $(STAMP) $(TOOLS) $(CONVERT) $(GPU)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not gpu" -q
 
 bench: $(STAMP) $(TOOLS)
@@ -56,6 +58,32 @@ $(TOOLS): $(VENV)/bin/python packaging/build_llama_tools.py
 		echo "llama.cpp tools: using $$(command -v llama-quantize) from PATH"; \
 	else \
 		LLAMA_JOBS=$(LLAMA_JOBS) $(PY) packaging/build_llama_tools.py $(VENV) || exit 1; \
+	fi
+	@touch $@
+
+# llama.cpp's converter (from the same source as the tools) and its Python needs, the
+# `convert` extra with PyTorch's CPU build: `apex-studio convert --setup` decides how.
+$(CONVERT): $(STAMP) $(TOOLS)
+	$(VENV)/bin/apex-studio convert --setup
+	@touch $@
+
+# GPU backends beside the portable CPU tools, as their own cached step (the CPU tools come
+# first and are never rebuilt): Vulkan where glslc and the Vulkan headers are installed
+# (sudo apt-get install glslc libvulkan-dev spirv-headers), CUDA where nvcc and cuBLAS are;
+# a backend whose prerequisites are missing is named with the packages to install.
+# `make test` runs this step once, after the CPU tools, where the prerequisites exist (so the
+# lavapipe tests run); `make run` does not wait for it (Settings > Build GPU backends does it
+# from the window); `make gpu` runs it again.
+gpu: $(STAMP) $(TOOLS)
+	LLAMA_JOBS=$(LLAMA_JOBS) $(PY) packaging/build_gpu_backends.py $(VENV)
+	@touch $(GPU)
+
+$(GPU): $(STAMP) $(TOOLS)
+	@if [ -n "$$APEX_LLAMA_CPP_DIR" ] || command -v llama-quantize >/dev/null 2>&1; then \
+		echo "GPU backends: your own llama.cpp build is used, with the backends it was built with"; \
+	else \
+		LLAMA_JOBS=$(LLAMA_JOBS) $(PY) packaging/build_gpu_backends.py $(VENV) \
+		|| echo "GPU backends: not built (see above); the tests run on the CPU tools, and 'make gpu' tries again"; \
 	fi
 	@touch $@
 

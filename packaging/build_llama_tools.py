@@ -151,6 +151,11 @@ def main(argv: list[str]) -> int:
               "CPU level (30-55 minutes on 2 cores, once per machine) into "
               f"{root / build_key(options)}", flush=True)
     built = build(root, options, jobs)
+    # GPU backends built for these CPU tools (packaging/build_gpu_backends.py, `make gpu`)
+    # live in a folder of hard links beside them: keep the environment on it.
+    with_gpu = built.with_name(built.name + ".with-gpu")
+    if (with_gpu / "build.json").is_file():
+        built = with_gpu
     link = venv / "llama.cpp"
     if link.is_symlink() or link.exists():
         link.unlink()

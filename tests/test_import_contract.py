@@ -27,10 +27,12 @@ LAYERS: list[list[str]] = [
     ['apex_gui.core.files', 'apex_gui.core.fixtures'],
     ['apex_gui.core.plan'],
     ['apex_gui.core.jobs'],
+    ['apex_gui.core.convert'],
     ['apex_gui.core.fit'],
     ['apex_gui.core.report'],
     ['apex_gui.core.quality'],
     ['apex_gui.core.hub'],
+    ['apex_gui.core.workflow'],
 ]
 
 QT = ("PySide6", "pyqtgraph")

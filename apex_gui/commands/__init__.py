@@ -17,4 +17,5 @@ COMMAND_MODULES = (
     "apex_gui.commands.card",
     "apex_gui.commands.rpc",
     "apex_gui.commands.quality",
+    "apex_gui.commands.convert",
 )

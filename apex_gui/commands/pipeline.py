@@ -10,13 +10,10 @@ SIGHUP: the running tool is stopped and its partial output deleted).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -24,6 +21,8 @@ from apex_gui.commands.arguments import (MAX_CONTEXT, add_force, check_base_type
                         check_model_header, check_tensor_type_file, check_threads,
                         check_writable_output, int_in_range, tool_path)
 from apex_gui.commands.rpc import add_rpc_option, checked_workers
+from apex_gui.commands.source_pipeline import (add_source_pipeline_args,
+                                               run_source_pipeline_command, stop_signals_cancel)
 from apex_gui.core.files.inputs import TASK_CAP_BYTES, TEXT_CAP_BYTES
 from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.jobs.evaluations import ReferenceLogitsJob
@@ -76,8 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_rpc_option(evaluate)
     evaluate.set_defaults(func=run_eval)
 
-    pipeline = sub.add_parser("pipeline", help="imatrix -> quantize profiles -> evaluate each")
-    pipeline.add_argument("model", help="the F16/BF16 source model (.gguf)")
+    pipeline = sub.add_parser("pipeline", help="imatrix -> quantize profiles -> evaluate each "
+                                               "(from a GGUF, a checkpoint folder or hf://)")
+    pipeline.add_argument("model", help="the F16/BF16 source model (.gguf), a Hugging Face "
+                                        "checkpoint folder, or hf://OWNER/NAME (downloaded and "
+                                        "converted first; resumable)")
     pipeline.add_argument("--profiles", required=True,
                           help="comma-separated profile keys, e.g. quality,i-quality,compact")
     pipeline.add_argument("--output-dir", type=Path, help="where the quants go "
@@ -93,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _eval_args(pipeline)
     _common_args(pipeline)
     add_rpc_option(pipeline)
+    add_source_pipeline_args(pipeline)
     pipeline.set_defaults(func=run_pipeline_command)
 
 
@@ -134,6 +137,10 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repack", action="store_true",
                         help="keep weights as stored (llama.cpp --no-repack) in every run; a "
                              "tool that crashes is retried this way anyway")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="run on the CPU even where GPU backends and devices are present "
+                             "(default: the setting; else each run is placed on the GPUs by "
+                             "the memory model that makes the recommendation)")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -146,9 +153,14 @@ def _tools(args: argparse.Namespace) -> LlamaTools:
     from apex_gui.core.settings import load_settings
     from apex_gui.core.jobs.tools import LlamaTools
 
-    return LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
-                                   threads=getattr(args, "threads", None),
-                                   no_repack=getattr(args, "no_repack", False))
+    from apex_gui.core.fit.job_placement import JobPlacer
+
+    tools = LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
+                                    threads=getattr(args, "threads", None),
+                                    no_repack=getattr(args, "no_repack", False),
+                                    cpu_only=getattr(args, "cpu_only", False))
+    tools.placer = JobPlacer(tools)
+    return tools
 
 
 def _calibration_text(args: argparse.Namespace) -> Path:
@@ -279,26 +291,6 @@ def _outcome_json(key: str, outcome: JobOutcome) -> dict[str, Any]:
             "run_id": outcome.run_id, "job": outcome.job.to_dict()}
 
 
-@contextlib.contextmanager
-def _stop_signals_cancel(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGHUP (``kill``, a closed terminal) cancel the run: the runner stops the
-    tool politely and deletes its partial output, where Python's default would exit at once
-    and leave the tool running on, orphaned, with a ``.partial`` file behind. The handler only
-    sets ``stop``: an exception raised at an arbitrary point could land inside Popen."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; callers there handle their own
-        return
-    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
-              if s is not None]
-    previous = {s: signal.signal(s, lambda number, frame: stop.set()) for s in wanted}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            # None: the previous handler was not set from Python; the default is what it was.
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
-
-
 def execute(pipeline: Pipeline, args: argparse.Namespace,
             notes: list[str] | None = None) -> int:
     """Run ``pipeline`` with terminal progress, print the table (or JSON), return the exit code."""
@@ -315,6 +307,8 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
     # --rpc: workers checked first (an unreachable one is named now, not after the load).
     tools = _tools(args)
     workers, probes = checked_workers(getattr(args, "rpc", None), tools)
+    if tools.placer is not None:
+        tools.placer.probes = tuple(probes)  # the workers' devices join the placement
     if workers:
         pipeline = pipeline.with_options(RunOptions(rpc_workers=tuple(workers)))
         notes = [*(notes or []), *(p.summary() for p in probes)]
@@ -322,7 +316,7 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
     for note in notes or []:
         print(note, file=sys.stderr)
     stop = threading.Event()
-    with _stop_signals_cancel(stop):
+    with stop_signals_cancel(stop):
         outcomes = run_pipeline(pipeline, tools, store, on_step=terminal.step,
                                 on_progress=terminal.update, on_done=terminal.done, cancel=stop)
     if args.json:
@@ -534,13 +528,17 @@ def run_eval(args: argparse.Namespace) -> int:
 # --- pipeline ---------------------------------------------------------------------------------
 
 
-def _output_name(model: Path, profile_key: str) -> str:
-    from apex_gui.core.plan.profiles import get_profile, quant_file_name
-
-    return quant_file_name(model, get_profile(profile_key).label)
+def _is_checkpoint_source(source: str) -> bool:
+    """``hf://OWNER/NAME`` or a Hugging Face checkpoint folder (not a GGUF)."""
+    return source.startswith("hf://") or Path(source).is_dir()
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
+    if _is_checkpoint_source(args.model):
+        return run_source_pipeline_command(args)
+    from apex_gui.core.gguf.model import open_model
+    from apex_gui.core.jobs.assembly import RunRequest, output_name, pipeline_for
+
     _check_calibration_args(args)
     _check_eval_args(args)
     model = _checked_model(args.model, "source model")
@@ -552,31 +550,34 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     folder = args.output_dir or model.parent
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output-dir {folder} is a file; give a folder")
-    notes: list[str] = []
-    imatrix_job: ImatrixJob | None = None
-    imatrix_path: Path | None = None
-    jobs: list[QuantizeJob] = []
-    from apex_gui.core.jobs.assembly import uses_imatrix
-    from apex_gui.core.gguf.model import open_model
-
     source = open_model(model)  # read once for every profile
-    for key in keys:
-        output = check_writable_output(folder / _output_name(model, key), args.force,
-                                       _sources(args, model), flag=f"{key}: the quant")
-        plan = _profile_plan(source, key)
-        wants = uses_imatrix(plan)
-        if wants and imatrix_path is None:
-            if args.imatrix == "auto":
-                found = _auto_imatrix(model, args, notes)
-                imatrix_job = found if isinstance(found, ImatrixJob) else None
-                imatrix_path = found.output_path if isinstance(found, ImatrixJob) else found
-            else:
-                imatrix_path = tool_path(args.imatrix)
-        jobs.append(_quantize_job(plan, output, imatrix_path))
-    options = None
+    plans = tuple(_profile_plan(source, key) for key in keys)
+    for plan in plans:  # every output refused up front (exists without --force, is a source)
+        check_writable_output(folder / output_name(source, plan.profile.label), args.force,
+                              _sources(args, model), flag=f"{plan.profile.key}: the quant")
     evaluate = args.eval or args.kld or args.ppl or args.hellaswag or args.winogrande \
         or args.mc or args.bench
-    if evaluate:
-        options = _evaluation_options(args, model, default_kld=True)
-    pipeline = build_pipeline(jobs, imatrix_job, options)
+    options = _evaluation_options(args, model, default_kld=True) if evaluate else None
+    given = tool_path(args.imatrix) if args.imatrix and args.imatrix != "auto" else None
+    request = RunRequest(
+        model=source, plans=plans, output_dir=folder,
+        calibration_files=tuple(tool_path(p) for p in args.calibration or ()),
+        imatrix_context=args.imatrix_ctx, imatrix_chunks=args.imatrix_chunks,
+        imatrix_file=given,
+        eval_text=options.text if options else None,
+        kl_divergence=bool(options and options.kl_divergence),
+        perplexity=bool(options and options.perplexity),
+        reference=options.reference if options else None,
+        eval_context=args.ctx, eval_chunks=args.chunks,
+        hellaswag=options.hellaswag if options else None,
+        winogrande=options.winogrande if options else None,
+        multiple_choice=options.multiple_choice if options else (),
+        tasks=args.tasks, bench=bool(options and options.bench),
+        bench_prompt=args.bench_prompt, bench_gen=args.bench_gen,
+        bench_repetitions=args.bench_reps)
+    pipeline = pipeline_for(request)
+    notes = []
+    if request.needs_imatrix() and given is None and "imatrix" not in {s.key for s in pipeline.steps}:
+        imatrix = next(s.job.imatrix for s in pipeline.steps if getattr(s.job, "imatrix", None))
+        notes.append(f"using the cached importance matrix {imatrix}")
     return execute(pipeline, args, notes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from apex_gui.core.jobs.devices import DEVICE_TOOLS, DeviceListing, list_devices
 from apex_gui.core.jobs.tools import (
     GPU_BUILD_HINT, REQUIRED_TOOLS, LlamaTools, missing_tool_message,
 )
@@ -29,16 +30,34 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(tools, args.json)
     report = tools.report()
+    listings = _device_listings(tools, report)
     if args.json:
-        print(json.dumps([{"tool": r.name, "executable": r.executable,
-                           "path": str(r.path) if r.path else None, "origin": r.origin,
-                           "version": r.version} for r in report], indent=2))
+        rows = []
+        for r in report:
+            row = {"tool": r.name, "executable": r.executable,
+                   "path": str(r.path) if r.path else None, "origin": r.origin,
+                   "version": r.version}
+            if r.name in listings:
+                row["gpu_backends"] = list(listings[r.name].backends)
+                row["devices"] = [d.__dict__ for d in listings[r.name].devices]
+                row["devices_error"] = listings[r.name].error
+            rows.append(row)
+        print(json.dumps(rows, indent=2))
     else:
         width = max(len(r.executable) for r in report)
         for r in report:
             where = f"{r.path}  [{r.origin}, {r.version or 'version unknown'}]" if r.found \
                 else "MISSING"
             print(f"{r.executable:<{width}}  {where}")
+        shown: set[object] = set()
+        for name, listing in listings.items():
+            if id(listing) in shown:
+                continue
+            shown.add(id(listing))
+            users = [r.executable for r in report if listings.get(r.name) is listing]
+            print(f"\nDevices seen by {', '.join(users)} ({listing.folder}):")
+            for line in listing.lines():
+                print(f"  {line}")
         missing = [r for r in report if not r.found and r.name in REQUIRED_TOOLS]
         if missing:
             print()
@@ -65,3 +84,17 @@ def _check(tools: LlamaTools, as_json: bool) -> int:
     variant = f"; CPU variant {report.cpu_variant}" if report.cpu_variant else ""
     print(f"\n{report.summary()} (checked in {report.seconds:.1f} s{variant})")
     return 0 if report.ok else 1
+
+
+def _device_listings(tools: LlamaTools, report: list) -> dict[str, DeviceListing]:  # type: ignore[type-arg]
+    """The devices each tool that runs models sees: one ``--list-devices`` per tools folder."""
+    by_folder: dict[object, DeviceListing] = {}
+    listings: dict[str, DeviceListing] = {}
+    for location in report:
+        if location.name not in DEVICE_TOOLS or location.path is None:
+            continue
+        folder = location.path.parent
+        if folder not in by_folder:
+            by_folder[folder] = list_devices(tools, location.name)
+        listings[location.name] = by_folder[folder]
+    return listings

@@ -47,6 +47,8 @@ class Settings:
     rpc_workers: str = ""
     #: Run llama.cpp with ``--no-repack`` always (the crash retry does it after a crash).
     llama_no_repack: bool = False
+    #: Run every job on the CPU, whatever GPU backends and devices the tools have.
+    cpu_only: bool = False
 
     def effective_threads(self) -> int:
         if self.threads > 0:

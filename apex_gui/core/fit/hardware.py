@@ -56,7 +56,8 @@ __all__ = [
 DEFAULT_MEMINFO_PATH = Path("/proc/meminfo")
 
 
-DeviceSource = Literal["nvml", "manual", "rpc"]  # rpc: a worker's device
+# rpc: a worker's device; tool: a device as the tools' --list-devices shows it
+DeviceSource = Literal["nvml", "manual", "rpc", "tool"]
 
 
 # ----------------------------------------------------------------------------- data

@@ -18,7 +18,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 CONNECT_TIMEOUT_S = 3.0
-API_TIMEOUT_S = 10.0
+#: Longest wait for any one answer of the Hub (a listing, a search, the next bytes of a
+#: download): a server that accepts the connection and then says nothing fails the call
+#: instead of stalling it. ``APEX_HUB_TIMEOUT_S`` changes it (a slow proxy; tests).
+API_TIMEOUT_S = float(os.environ.get("APEX_HUB_TIMEOUT_S") or 20.0)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -43,6 +46,68 @@ class RemoteFile:
     name: str
     size: int | None
     shards: tuple[str, ...] = ()
+
+
+def _bounded_client() -> Any:
+    """huggingface_hub's own HTTP client, with a timeout on every request.
+
+    Its default client has none, and it passes ``timeout=None`` (no limit) on searches and
+    listings; a stalled answer becomes :class:`HubStalled`, which huggingface_hub does not
+    retry five times over (a stalled search would otherwise take minutes to fail).
+    """
+    import httpx2
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    class HubStalled(httpx2.TransportError):
+        """The Hub accepted the request and did not answer in time."""
+
+    class BoundedClient(httpx2.Client):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            limits = request.extensions.get("timeout") or {}
+            if limits.get("read") is None:
+                request.extensions["timeout"] = self.timeout.as_dict()
+            try:
+                return super().send(request, **kwargs)
+            except httpx2.TimeoutException as error:
+                raise HubStalled(str(error) or "timed out", request=request) from error
+
+    return BoundedClient(event_hooks={"request": [hf_request_event_hook]},
+                         follow_redirects=True,
+                         timeout=httpx2.Timeout(API_TIMEOUT_S, connect=CONNECT_TIMEOUT_S * 2))
+
+
+_bounded = False
+
+
+def bound_http_timeouts() -> None:
+    """Make every huggingface_hub request of this process time out (searches too)."""
+    global _bounded
+    if _bounded:
+        return
+    from huggingface_hub import close_session, set_client_factory
+
+    set_client_factory(_bounded_client)
+    close_session()
+    _bounded = True
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Network failures of huggingface_hub's HTTP client (they are not OSErrors)."""
+    import httpx2
+
+    return (OSError, httpx2.TransportError)
+
+
+def unanswered(what: str, error: BaseException) -> HubUnreachable:
+    """The one line for a Hub call that failed on the network (no answer, reset, timeout)."""
+    import httpx2
+
+    host = urlparse(endpoint()).hostname or endpoint()
+    if isinstance(error, httpx2.TimeoutException) or type(error).__name__ == "HubStalled":
+        return HubUnreachable(f"{host} did not answer {what} within {API_TIMEOUT_S:g} s: the "
+                              "Hub or a proxy is stalled; try again later (or set "
+                              "APEX_HUB_TIMEOUT_S for a slow link)")
+    return HubUnreachable(f"No network: {what} failed ({type(error).__name__}: {error})")
 
 
 def endpoint() -> str:
@@ -117,8 +182,9 @@ def list_gguf_files(repo_id: str, token: str | None = None,
 
     repo_id = validate_repo_id(repo_id)
     check_reachable()
+    bound_http_timeouts()
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True, timeout=timeout, token=token)
+        info = HfApi(endpoint=endpoint()).model_info(repo_id, files_metadata=True, timeout=timeout, token=token)
     except GatedRepoError:
         raise HubError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
                        "(`hf auth login`) so the token is found") from None
@@ -126,13 +192,13 @@ def list_gguf_files(repo_id: str, token: str | None = None,
         raise HubError(f"{repo_id} was not found (or is private: log in with `hf auth login`)") from None
     except HfHubHTTPError as error:
         raise HubError(f"the Hub answered an error for {repo_id}: {error}") from None
-    except OSError as error:
-        raise HubUnreachable(f"No network: the Hub did not answer for {repo_id} ({error})") from None
+    except transport_errors() as error:
+        raise unanswered(f"the listing of {repo_id}", error) from None
     siblings = info.siblings or []
     return group_gguf_files([(s.rfilename, s.size) for s in siblings])
 
 
-def _progress_class(cancelled: Callable[[], bool],
+def progress_class(cancelled: Callable[[], bool],
                     progress: Callable[[int, int | None], None]) -> type:
     """A tqdm class that forwards byte counts and stops the download when cancelled."""
     from tqdm.auto import tqdm
@@ -162,15 +228,18 @@ def download_gguf(repo_id: str, remote: RemoteFile, token: str | None = None,
 
     repo_id = validate_repo_id(repo_id)
     check_reachable()
+    bound_http_timeouts()
     paths: list[Path] = []
     for name in remote.shards or (remote.name,):
         try:
             local = hf_hub_download(
-                repo_id, name, token=token, etag_timeout=API_TIMEOUT_S,
-                tqdm_class=_progress_class(cancelled, lambda done, total, n=name: progress(n, done, total)))
+                repo_id, name, token=token, etag_timeout=API_TIMEOUT_S, endpoint=endpoint(),
+                tqdm_class=progress_class(cancelled, lambda done, total, n=name: progress(n, done, total)))
         except HfHubHTTPError as error:
             raise HubError(f"downloading {name} from {repo_id} failed: {error}") from None
-        except OSError as error:
+        except transport_errors() as error:
+            if not isinstance(error, OSError):
+                raise unanswered(f"the download of {name}", error) from None
             raise HubError(f"downloading {name} from {repo_id} failed: {error}. Check the "
                            "network and the free disk space of the Hugging Face cache "
                            "(HF_HOME)") from None

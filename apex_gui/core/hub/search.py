@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from apex_gui.core.hub.download import HubError, HubUnreachable, check_reachable
+from apex_gui.core.hub.download import (HubError, bound_http_timeouts,
+                                        check_reachable, endpoint, transport_errors,
+                                        unanswered)
 
 GiB = 1024**3
 #: kept free on a GPU beside the weights (KV cache and compute of a short context)
@@ -38,14 +40,15 @@ def hub_listing(query: str, limit: int) -> list[RepoHit]:
     from huggingface_hub.errors import HfHubHTTPError
 
     check_reachable()
+    bound_http_timeouts()
     try:
-        models = HfApi().list_models(search=query, filter="gguf", sort="downloads", limit=limit)
+        models = HfApi(endpoint=endpoint()).list_models(search=query, filter="gguf", sort="downloads", limit=limit)
         return [RepoHit(m.id, int(getattr(m, "downloads", 0) or 0), int(getattr(m, "likes", 0) or 0))
                 for m in models]
     except HfHubHTTPError as error:
         raise HubError(f"the Hub answered an error for the search {query!r}: {error}") from None
-    except OSError as error:
-        raise HubUnreachable(f"No network: the Hub did not answer the search ({error})") from None
+    except transport_errors() as error:
+        raise unanswered(f"the search {query!r}", error) from None
 
 
 def search_repos(query: str, listing: Listing = hub_listing, limit: int = 30) -> list[RepoHit]:

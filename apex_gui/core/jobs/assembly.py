@@ -44,6 +44,11 @@ class RunRequest:
     #: How this run's tools are started (RPC workers for imatrix and evaluations); what it
     #: leaves unchosen comes from the queue's tools (settings, tools-check finding).
     options: RunOptions = RunOptions()
+    imatrix_file: Path | None = None  # a given importance matrix (None: computed and cached)
+    reference: Path | None = None  # the model for KL divergence (None: the source itself)
+    bench_prompt: int = 512
+    bench_gen: int = 128
+    bench_repetitions: int = 2
 
     def needs_imatrix(self) -> bool:
         return any(uses_imatrix(plan) for plan in self.plans)
@@ -55,11 +60,17 @@ def uses_imatrix(plan: Any) -> bool:
 
 
 def pipeline_for(request: RunRequest) -> Pipeline:
-    """imatrix (when a plan needs one and none is cached) -> quantize -> evaluate."""
+    """imatrix (when a plan needs one and none is given or cached) -> quantize -> evaluate.
+
+    The one assembly of the Run tab, ``apex-studio pipeline`` and the resumable pipeline
+    from a Hugging Face model (:mod:`apex_gui.core.workflow`).
+    """
     model = request.model
     imatrix_job: ImatrixJob | None = None
     imatrix_path: Path | None = None
-    if request.needs_imatrix():
+    if request.needs_imatrix() and request.imatrix_file is not None:
+        imatrix_path = request.imatrix_file
+    elif request.needs_imatrix():
         calibration = combine_calibration(list(request.calibration_files) or None)
         imatrix_path = imatrix_cache_path(model.path, calibration, request.imatrix_context,
                                           request.imatrix_chunks)
@@ -80,11 +91,12 @@ def pipeline_for(request: RunRequest) -> Pipeline:
     if request.kl_divergence or request.perplexity:
         text = request.eval_text or quick_eval_text()
     evaluation = EvaluationOptions(
-        reference=Path(model.path), text=text, context=request.eval_context,
+        reference=request.reference or Path(model.path), text=text, context=request.eval_context,
         chunks=request.eval_chunks, kl_divergence=request.kl_divergence,
         perplexity=request.perplexity, hellaswag=request.hellaswag,
         winogrande=request.winogrande, multiple_choice=request.multiple_choice,
-        tasks=request.tasks, bench=request.bench, bench_repetitions=2)
+        tasks=request.tasks, bench=request.bench, bench_prompt=request.bench_prompt,
+        bench_gen=request.bench_gen, bench_repetitions=request.bench_repetitions)
     return build_pipeline(quantize_jobs, imatrix_job, evaluation).with_options(request.options)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from apex_gui.core.jobs.device_placement import CPU_ONLY, PLACEMENT_TOOLS, DevicePlacement
 from apex_gui.core.jobs.tools_findings import ToolLocator, known_check
 
 #: How each tool that multiplies matrices is told to keep weights as stored instead of
@@ -61,10 +62,17 @@ class RunOptions:
     #: llama.cpp RPC workers (``host:port``) whose devices the tool splits layers across;
     #: only tools in RPC_TOOLS take them, the others run locally.
     rpc_workers: tuple[str, ...] = ()
+    #: Run on the CPU whatever GPU backends and devices the tools have (the "CPU only"
+    #: setting, ``--cpu-only``).
+    cpu_only: bool = False
+    #: Where the model goes on the devices (``-ngl``, ``--n-cpu-moe``, ``-ts``,
+    #: ``--device``): decided for each job when it starts by the tools' placer, the
+    #: recommendation's memory model (:mod:`apex_gui.core.fit.job_placement`).
+    placement: DevicePlacement | None = None
 
     @classmethod
     def for_settings(cls, settings: object, *, threads: int | None = None,
-                     no_repack: bool = False,
+                     no_repack: bool = False, cpu_only: bool = False,
                      rpc_workers: Sequence[str] = ()) -> RunOptions:
         """What the user set up: the settings, with command-line flags over them.
 
@@ -75,6 +83,7 @@ class RunOptions:
         chosen = threads if threads else _setting_threads(settings)
         return cls(threads=chosen,
                    no_repack=no_repack or getattr(settings, "llama_no_repack", False) is True,
+                   cpu_only=cpu_only or getattr(settings, "cpu_only", False) is True,
                    rpc_workers=tuple(rpc_workers))
 
     def with_findings(self, tools: ToolLocator) -> RunOptions:
@@ -93,7 +102,9 @@ class RunOptions:
         return RunOptions(threads=self.threads or standing.threads,
                           no_repack=self.no_repack or standing.no_repack,
                           skip_cpu_variants=skipped,
-                          rpc_workers=self.rpc_workers or standing.rpc_workers)
+                          rpc_workers=self.rpc_workers or standing.rpc_workers,
+                          cpu_only=self.cpu_only or standing.cpu_only,
+                          placement=self.placement or standing.placement)
 
     def for_tool(self, tool: str) -> RunOptions:
         """These options as far as ``tool`` takes them (RPC workers only for RPC_TOOLS), so
@@ -109,6 +120,10 @@ class RunOptions:
             args += NO_REPACK_ARGS.get(tool, ())
         if tool in RPC_TOOLS:
             args += rpc_args(self.rpc_workers)
+        if self.placement is not None:
+            args += self.placement.tool_args(tool)
+        elif self.cpu_only and tool in PLACEMENT_TOOLS:
+            args += CPU_ONLY.tool_args(tool)
         return args
 
     def crash_fallback(self, tool: str, crashed_variant: str | None
@@ -127,7 +142,10 @@ class RunOptions:
 
     def to_fields(self) -> dict[str, Any]:
         """Field name -> value, JSON-ready (a job's stored description holds them flat)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.placement is not None:
+            values["placement"] = self.placement.to_dict()
+        return values
 
     @classmethod
     def from_fields(cls, values: Mapping[str, Any]) -> RunOptions:
@@ -135,7 +153,9 @@ class RunOptions:
         are ignored)."""
         chosen = {}
         for f in fields(cls):
-            if f.name in values and values[f.name] is not None:
+            if f.name == "placement":
+                chosen[f.name] = DevicePlacement.from_dict(values.get(f.name))
+            elif f.name in values and values[f.name] is not None:
                 value = values[f.name]
                 chosen[f.name] = tuple(value) if isinstance(value, list) else value
         return cls(**chosen)

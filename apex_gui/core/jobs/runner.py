@@ -25,6 +25,7 @@ from typing import Any
 
 from apex_gui.core.files.outputs import (OutputError, OutputLock, check_complete, child_dies_with_parent,
                             claim_output, gguf_extent_problem, move_into_place, temporary_name)
+from apex_gui.core.jobs.device_placement import CPU_ONLY, gpu_out_of_memory, parse_device_use
 from apex_gui.core.jobs.parsers import rpc_failure_message
 from apex_gui.core.jobs.parsers import LineSplitter, parse_loaded_cpu_variant
 from apex_gui.core.jobs.pipeline import Pipeline
@@ -188,6 +189,8 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
     # The one place a job meets the standing options (settings, flags, the stored tools
     # check): the window, the command line and the probes all start jobs through here.
     job = job.with_options(job.options.over(tools.run_options().for_tool(job.tool)))
+    if tools.placer is not None and job.options.placement is None:
+        job = tools.placer(job)  # on the devices, as the recommendation's memory model says
     argv = job.argv(tools)
     output, partial, lock = job.output(), job.partial_output(), None
     if output is not None and partial is not None:
@@ -306,6 +309,9 @@ def conclude_run(prepared: PreparedRun, monitor: JobMonitor, exit_code: int | No
     if retry_note is not None:
         message = f"{message} ({retry_note})"
         results["crash_retry"] = retry_note
+    if job.options.placement is not None:
+        # Where it ran, as the tool itself reports it (the plan is in the job's description).
+        results.update(parse_device_use(log).to_results())
     ended = time.time()
     if store is not None and prepared.run_id is not None:
         try:
@@ -325,6 +331,15 @@ def crash_retry_for(outcome: JobOutcome, tools: LlamaTools) -> tuple[ToolJob, st
     models; without repacking (then, for a portable build, on a lower CPU variant) the same
     run works. None when the outcome was no crash or nothing is left to avoid.
     """
+    placement = outcome.job.options.placement
+    if not outcome.succeeded and placement is not None and placement.uses_gpu \
+            and gpu_out_of_memory(outcome.log):
+        # The memory model left a margin, but another program can take VRAM meanwhile:
+        # a run never fails for want of it.
+        cpu = replace(CPU_ONLY, summary=f"CPU only: out of GPU memory with {placement.describe()}")
+        return (outcome.job.with_options(replace(outcome.job.options, placement=cpu)),
+                f"the GPU ran out of memory ({placement.describe()}); APEX Studio ran it again "
+                "on the CPU")
     if outcome.signal_number not in CRASH_SIGNALS:
         return None
     if rpc_failure_message(outcome.log, outcome.job.options.rpc_workers, outcome.signal_number):

@@ -270,6 +270,8 @@ class ToolJob:
         if self.options.rpc_workers:
             # A lost worker aborts the tool; ggml would first try to attach a debugger.
             env.setdefault("GGML_NO_BACKTRACE", "1")
+        if self.options.placement is not None:
+            env.update(self.options.placement.environment())
         return env
 
     def _context_args(self, context: int, chunks: int | None = None) -> list[str]:

@@ -16,9 +16,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from apex_gui.core.jobs.run_options import RunOptions
 
@@ -43,6 +45,8 @@ PORTABLE_BUILD_ORIGIN = "portable build"
 LLAMA_CPP_DIR_ENV = "APEX_LLAMA_CPP_DIR"
 
 GPU_BUILD_HINT = (
+    "GPU backends for the portable build: `make gpu` (or Settings > Build GPU backends) adds "
+    "Vulkan, and CUDA where its toolkit is installed. "
     "To use a CUDA, Metal or ROCm build of llama.cpp, build it yourself "
     "(cmake -B build -DGGML_CUDA=ON && cmake --build build -j) and point APEX Studio at the "
     f"build folder: Settings > llama.cpp tools folder, or {LLAMA_CPP_DIR_ENV}=/path/to/llama.cpp."
@@ -156,17 +160,23 @@ class LlamaTools:
         self.options = options
         #: Whether runs also follow the stored tools-check finding for this build.
         self.stored_findings = stored_findings
+        #: Gives each job that loads a model its device placement when it starts
+        #: (:class:`apex_gui.core.fit.job_placement.JobPlacer`, set by the command line and
+        #: the window); None leaves the devices to llama.cpp.
+        self.placer: Callable[[Any], Any] | None = None
         self._locations: dict[str, ToolLocation] = {}
 
     @classmethod
     def for_settings(cls, settings: object, folder: str | None = None, *,
                      threads: int | None = None, no_repack: bool = False,
+                     cpu_only: bool = False,
                      rpc_workers: tuple[str, ...] = ()) -> LlamaTools:
         """Tools as the user set them up: the configured folder (``folder`` first), and the
         run options of :meth:`RunOptions.for_settings` (command-line flags over settings)."""
         chosen = folder or getattr(settings, "llama_cpp_dir", "") or None
         return cls(chosen, options=RunOptions.for_settings(
-            settings, threads=threads, no_repack=no_repack, rpc_workers=rpc_workers))
+            settings, threads=threads, no_repack=no_repack, cpu_only=cpu_only,
+            rpc_workers=rpc_workers))
 
     def run_options(self) -> RunOptions:
         """The options every run with these tools starts with: the ones set up, plus the

@@ -11,12 +11,16 @@ the window runs the check once per build, and :meth:`LlamaTools.for_settings` tu
 from __future__ import annotations
 
 import subprocess
+import os
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from apex_gui.core.jobs.device_placement import DevicePlacement
+from apex_gui.core.jobs.devices import gpu_backends_in, list_devices
 from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.tools import (
     TOOL_NAMES, LlamaTools, child_environment, cpu_variants, expected_cpu_variant,
@@ -88,7 +92,10 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
         source = write_synthetic_model(Path(folder) / "check-f16.gguf", TINY_QWEN2MOE)
         quant_tool_folder = plain.path("perplexity").parent
         quant = Path(folder) / "check-q4_k_m.gguf"
-        two_threads = RunOptions(threads=2)
+        # On the CPU even where GPU backends are beside the tools: the devices get their
+        # own runs below.
+        two_threads = RunOptions(threads=2,
+                                 cpu_only=bool(gpu_backends_in(quant_tool_folder)))
         outcome = run_job(QuantizeJob(source=source, output_path=quant, base_type="Q4_K_M",
                                       options=two_threads), plain, cancel=cancel,
                           crash_retry=False)
@@ -121,6 +128,10 @@ def run_tools_check(tools: LlamaTools, cancel: threading.Event | None = None,
             else:
                 checks.append(ToolCheck(name, False, f"{_failure(without)} even with "
                                         "--no-repack", REBUILD_FIX))
+            cpu_run = with_repack if with_repack.succeeded else without
+            if cpu_run.succeeded:
+                checks += _device_checks(plain, job.without_repack() if repack_broken else job,
+                                         float(cpu_run.results["ppl"]), cancel)
     for short in TOOL_NAMES:
         if short in ("quantize", "perplexity"):
             continue
@@ -140,3 +151,47 @@ def _failure(outcome: Any) -> str:
 
         return f"crashed ({signal_name(outcome.signal_number)})"
     return f"failed: {outcome.message}"
+
+
+#: Relative perplexity difference between a device and the CPU that counts as broken: the
+#: GPU backends compute in other orders and precisions (on the demo, Vulkan's F16 path
+#: differs from the CPU's by 0.1%), a broken device by orders of magnitude.
+DEVICE_PPL_TOLERANCE = 0.01
+DEVICE_FIX = ("update the GPU driver; until then run on the CPU (Settings > CPU only, or "
+              "--cpu-only)")
+
+
+def _device_checks(tools: LlamaTools, job: Any, cpu_ppl: float,
+                   cancel: threading.Event | None) -> list[ToolCheck]:
+    """Each GPU device the tools use by default: the same perplexity with every layer on it."""
+    from apex_gui.core.jobs.runner import run_job
+
+    if not gpu_backends_in(tools.path("perplexity").parent):
+        return []  # a CPU build: the CPU was checked above
+    listing = list_devices(tools)
+    if listing.error:
+        return [ToolCheck("devices", False, listing.error, REBUILD_FIX)]
+    checks = [ToolCheck(d.name, True, f"{d.description}: software Vulkan device, not used "
+                        "(llama.cpp skips it)") for d in listing.hidden_software]
+    for device in listing.gpus:
+        env = (("GGML_VK_VISIBLE_DEVICES", _visible_vulkan()),) if device.software else ()
+        on_device = DevicePlacement(devices=(device.name,), gpu_layers=999,
+                                    verdict="full GPU offload",
+                                    summary=f"full GPU offload on {device.name}", env=env)
+        placed = job.with_options(replace(job.options, cpu_only=False, placement=on_device))
+        outcome = run_job(placed, tools, cancel=cancel, crash_retry=False)
+        if not outcome.succeeded:
+            checks.append(ToolCheck(device.name, False, f"{device.description}: perplexity "
+                                    f"with every layer on it {_failure(outcome)}", DEVICE_FIX))
+            continue
+        ppl = float(outcome.results["ppl"])
+        close = abs(ppl - cpu_ppl) <= DEVICE_PPL_TOLERANCE * cpu_ppl
+        checks.append(ToolCheck(device.name, close, (
+            f"{device.description}: perplexity with every layer on it {ppl:.4f}, on the CPU "
+            f"{cpu_ppl:.4f}" + ("" if close else " (wrong results)")),
+            "" if close else DEVICE_FIX))
+    return checks
+
+
+def _visible_vulkan() -> str:
+    return os.environ.get("GGML_VK_VISIBLE_DEVICES", "0")

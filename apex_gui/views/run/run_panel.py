@@ -182,9 +182,10 @@ class RunPanel(RunQueueRows, QWidget):
         out_row.addWidget(self.start_button)
 
         # Queue and log.
-        self.table = QTableWidget(0, 5)
+        self.table = QTableWidget(0, 6)
         self.table.setObjectName("runQueue")
-        self.table.setHorizontalHeaderLabels(["Step", "Status", "Progress", "ETA", "Message"])
+        self.table.setHorizontalHeaderLabels(["Step", "Status", "Progress", "ETA", "Message",
+                                              "Devices"])
         self.table.verticalHeader().hide()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -200,9 +201,11 @@ class RunPanel(RunQueueRows, QWidget):
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(5, QHeaderView.ResizeMode.Interactive)
         header.setMinimumSectionSize(40)
         self.table.setColumnWidth(0, 120)
         self.table.setColumnWidth(2, 90)
+        self.table.setColumnWidth(5, 150)
         self.log_view = QPlainTextEdit()
         self.log_view.setObjectName("runLog")
         self.log_view.setReadOnly(True)

@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import QProgressBar, QTableWidgetItem
 
+from apex_gui.core.jobs.device_placement import PLACEMENT_TOOLS
 from apex_gui.core.jobs.runner import JobOutcome, JobStatus
 
 
@@ -18,6 +19,19 @@ LOG_BLOCKS = 20_000
 
 STATUS_TEXT = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed",
                JobStatus.CANCELLED: "cancelled", JobStatus.SKIPPED: "skipped"}
+
+
+#: The column that shows where each step runs (the device plan of its placement).
+DEVICES_COLUMN = 5
+
+
+def device_plan(job: Any) -> str:
+    """Where a step runs: its placement's plan, "CPU" for tools that load no model onto
+    devices (quantize), "" before the run has been placed."""
+    placement = job.options.placement
+    if placement is not None:
+        return placement.describe()
+    return "CPU" if job.tool not in PLACEMENT_TOOLS else ""
 
 
 # --- widgets --------------------------------------------------------------------------------
@@ -56,6 +70,7 @@ class RunQueueRows:
         self.table.setCellWidget(row, 2, bar)
         self.table.setItem(row, 3, QTableWidgetItem(""))
         self.table.setItem(row, 4, QTableWidgetItem(""))
+        self.table.setItem(row, DEVICES_COLUMN, QTableWidgetItem(""))
 
     def _bar(self, job_id: int) -> QProgressBar | None:
         row = self._rows.get(job_id)
@@ -68,13 +83,14 @@ class RunQueueRows:
             item = self.table.item(row, column)
             if item is not None:
                 item.setText(text)
-                if column == 4:
+                if column in (4, DEVICES_COLUMN):
                     item.setToolTip(text)
 
     def _job_started(self, job_id: int) -> None:
         if job_id not in self._rows:
             self._add_row(job_id, self.queue.job(job_id).kind, self.queue.job(job_id).title())
         self._set(job_id, 1, "running")
+        self._set(job_id, DEVICES_COLUMN, device_plan(self.queue.job(job_id)))
         bar = self._bar(job_id)
         if bar is not None:
             bar.setRange(0, 0)  # busy until the tool says how much there is
@@ -114,6 +130,7 @@ class RunQueueRows:
         if job_id not in self._rows:
             self._add_row(job_id, outcome.job.kind, outcome.job.title())
         self._set(job_id, 1, STATUS_TEXT.get(outcome.status, outcome.status.value))
+        self._set(job_id, DEVICES_COLUMN, device_plan(outcome.job))
         self._set(job_id, 3, "")
         self._set(job_id, 4, outcome.message)
         if not outcome.succeeded and outcome.message:

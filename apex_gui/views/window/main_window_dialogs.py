@@ -9,6 +9,7 @@ from apex_gui import __version__
 from apex_gui.core.settings import Settings
 from apex_gui.views import style
 from apex_gui.views.window.hf_download import HubDownloadDialog
+from apex_gui.views.window.hf_pipeline_dialog import HubPipelineDialog
 from apex_gui.views.window.settings_dialog import SettingsDialog
 from apex_gui.views.run.try_quant import TryQuantDialog
 
@@ -56,6 +57,12 @@ class WindowDialogs:
     def show_download_dialog(self) -> HubDownloadDialog:
         dialog = HubDownloadDialog(self.workers, self, snapshot=self.hardware_snapshot)
         dialog.modelDownloaded.connect(self.open_model_file)
+        dialog.open()
+        return dialog
+
+    def show_hub_pipeline_dialog(self) -> HubPipelineDialog:
+        """Quantize a Hugging Face model (id or folder): download, convert, tiers, card."""
+        dialog = HubPipelineDialog(self.workers, self.settings, self)
         dialog.open()
         return dialog
 

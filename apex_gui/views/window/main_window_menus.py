@@ -37,6 +37,10 @@ class MainWindowMenus:
                                         tip="A small synthetic MoE model, made on first use")
         self.download_action = self._action("&Download from Hugging Face...", self.show_download_dialog,
                                             "Ctrl+Shift+D", "download")
+        self.hub_pipeline_action = self._action(
+            "&Quantize a Hugging Face model...", self.show_hub_pipeline_dialog,
+            tip="Download (or pick a folder), convert with llama.cpp, make the APEX tiers, "
+                "measure them and write the card")
         self.compare_action = self._action("Compare with &another GGUF...", self.choose_compare_file,
                                            "Ctrl+Shift+O", "diff",
                                            "Outline the cells whose type differs from another file")
@@ -100,6 +104,7 @@ class MainWindowMenus:
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addAction(self.demo_action)
         file_menu.addAction(self.download_action)
+        file_menu.addAction(self.hub_pipeline_action)
         file_menu.addSeparator()
         file_menu.addAction(self.compare_action)
         file_menu.addAction(self.export_action)

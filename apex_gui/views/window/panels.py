@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from apex_gui.core.fit.job_placement import JobPlacer
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import save_settings
@@ -49,7 +50,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     settings = window.settings
     store = store or RunStore()
     store.mark_interrupted()  # runs a previous session left "running" ended with it
-    tools = LlamaTools.for_settings(settings)
+    tools = placed_tools(settings, window)
     queue = queue or JobQueue(tools, store, parent=window)
 
     hardware = HardwarePanel(window.current_model, workers=window.workers,
@@ -112,7 +113,7 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     def settings_changed(new: Any) -> None:
         # The queue looks tools up when a job starts: the next job uses the folder just
         # chosen, a running one keeps its process.
-        queue.tools = LlamaTools.for_settings(new)
+        queue.tools = placed_tools(new, window)
         hardware.set_context(getattr(new, "context_length", 8192),
                              getattr(new, "kv_cache_type", "f16"))
         run.set_default_output_dir(getattr(new, "output_dir", "") or "")
@@ -161,3 +162,16 @@ def install_panels(window: Any, *, store: RunStore | None = None,
     if window.current_model is not None:
         size_baselines(window.current_model)
     return InstalledPanels(hardware, run, results, queue, store)
+
+
+def placed_tools(settings: Any, window: Any) -> LlamaTools:
+    """The tools as set up, each job placed on the devices by the memory model when it starts
+    (or on the CPU with the "CPU only" setting). The tools' device list (``--list-devices``,
+    up to a second with a Vulkan backend) is read now on a worker, so the first job does not
+    wait for it on the GUI thread."""
+    tools = LlamaTools.for_settings(settings)
+    placer = JobPlacer(tools)
+    tools.placer = placer
+    if tools.locate("perplexity").path is not None:
+        window.workers.submit("list the tools' devices", lambda _token: placer.listing())
+    return tools

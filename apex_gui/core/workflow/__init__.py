@@ -1,0 +1,1 @@
+"""From a Hugging Face model to published APEX quants: the resumable pipeline."""
