@@ -201,10 +201,10 @@ def test_the_cost_is_stated_first_and_the_run_records_this_machines_speeds(
     speed = load_speed()
     assert speed is not None and speed.source == "run"
     recorded = json.loads((data_dir() / "sensitivity-speed.json").read_text())["points"]
-    # The pilot's two sizes of each step, then this run's: 2 quantize runs and read-backs
-    # per type on the sample plus the whole-model quants, one evaluation per probe.
-    assert len(recorded["quantize"]) == 2 + len(TYPES) + 2
-    assert len(recorded["readback"]) == 2 + len(TYPES)
-    assert len(recorded["eval"]) == 2 + 1 + len(report["probes"])
+    # This run's own steps (after the pilot's): a quantize run and a read-back per type on
+    # the sample, the whole-model quants, an evaluation per probe and the reference.
+    assert len(recorded["quantize"]) >= len(TYPES) + 2
+    assert len(recorded["readback"]) >= len(TYPES)
+    assert len(recorded["eval"]) >= 1 + len(report["probes"])
     fixed, rate = speed.fit("eval")
     assert fixed >= 0 and rate > 0

@@ -14,7 +14,7 @@ from typing import Any
 
 from apex_gui.commands.arguments import (add_force, check_inputs, check_model_file, check_model_header,
                                          check_threads)
-from apex_gui.commands.pipeline import _stop_signals_cancel
+from apex_gui.commands.source_pipeline import stop_signals_cancel
 from apex_gui.commands.rpc import add_rpc_option, checked_workers
 from apex_gui.core.jobs.quantize import command_line
 from apex_gui.core.units import format_size, parse_size
@@ -135,7 +135,7 @@ def _measure(args: argparse.Namespace, settings: Any,
     stop = threading.Event()
     started = time.monotonic()
     try:
-        with _stop_signals_cancel(stop):
+        with stop_signals_cancel(stop):
             table = measure_sensitivity(settings.model.path, settings=settings, tools=tools,
                                         on_progress=_progress, cancel=stop,
                                         use_cache=not args.no_cache, work_dir=args.work_dir,

@@ -45,7 +45,7 @@ from apex_gui.core.quality.probe_models import write_probe_shards
 from apex_gui.core.quality.probe_runs import (ProbeReferenceJob, SensitivityCancelled, SensitivityError,
                                               kld_from_rows, measure_kld, run_step)
 from apex_gui.core.quality.probe_text import probe_text
-from apex_gui.core.quality.projection import (Projection, eval_work, load_speed, project,
+from apex_gui.core.quality.projection import (Projection, eval_work, project,
                                              quantize_work, readback_work, record_steps)
 from apex_gui.core.quality.readback import read_imatrix, weight_energy, weighted_errors
 from apex_gui.core.quality.row_sample import SAMPLE_SHARE, plan_sample, write_row_sample
@@ -342,8 +342,6 @@ class _Run:
         self.names = settings.names
         #: this run's own steps, (work, seconds) by kind (see projection.record_steps)
         self.observed: dict[str, list[tuple[float, float]]] = {}
-        speed = load_speed()
-        self.io_rate = speed.io_bytes_per_s if speed else 400e6
 
     def _saw(self, kind: str, work: float, seconds: float) -> None:
         self.observed.setdefault(kind, []).append((work, seconds))
@@ -448,7 +446,7 @@ class _Run:
     def _saw_evaluation(self, seconds: float) -> None:
         settings = self.settings
         self._saw("eval", eval_work(settings.model, settings.context * settings.chunks),
-                  seconds - settings.model.file_size / self.io_rate)
+                  seconds)
 
     def _quantize_whole(self, scratch: Path, type_name: str) -> Path:
         settings = self.settings
