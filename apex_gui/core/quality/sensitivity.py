@@ -486,8 +486,8 @@ class _Run:
         started = time.monotonic()
         self.clock.advance(f"probe: every tensor at {probe.type_name}")
         quant = self._quantize_whole(scratch, probe.type_name)
-        self.clock.advance(f"probe: {probe.key} KL divergence",
-                           self.projection.steps["high_quantize"])
+        self.clock.advance(f"probe: {probe.key} KL divergence", self.projection.steps[
+            "lowest_quantize" if probe.key == "all-lowest" else "high_quantize"])
         self._kld(quant, reference, probe, started)
         quant.unlink(missing_ok=True)
         self.clock.advance(f"probe: {probe.key} done", self.projection.steps["probe"])
