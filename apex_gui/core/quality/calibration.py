@@ -198,9 +198,16 @@ def fit_calibration(errors: Mapping[str, Mapping[str, float]], energy: Mapping[s
             target = _inverse(points, measured[high.key])
             new_floor = max(0.0, (target - base) / unit) if unit > 0 else 0.0
         new_points: list[tuple[float, float]] = []
-        if high is not None and measured.get(high.key, 0.0) > 0:
-            anchor = summed(high, new_floor)
-            new_points.append((anchor, anchor))  # the curve is the identity up to here
+        # The curve is the identity up to the largest damage measured of one kind alone (a
+        # kind's probe is taken as measured) or of every tensor at the high type.
+        singles = [summed(high, new_floor)] if high is not None and measured.get(
+            high.key, 0.0) > 0 else []
+        singles += [scales[p.kinds[0]] * (terms.error(p.kinds[0], p.type_name) + _floor_weight(
+            new_floor, terms.energy_by_class(p.kinds[0], p.type_name))) for p in per_kind
+            if p.kinds[0] in scales and measured.get(p.key, 0.0) > 0]
+        if singles:
+            anchor = max(singles)
+            new_points.append((anchor, anchor))
         for whole in (low, lowest):  # the curve's upper part, each point above the last
             if whole is not None and measured.get(whole.key, 0.0) > 0:
                 total = summed(whole, new_floor)
