@@ -137,7 +137,8 @@ class DiskWatch:
         self._thread.join()
 
 
-def measure(model: Path, work: Path, threads: int | None) -> dict[str, Any]:
+def measure(model: Path, work: Path, threads: int | None,
+            chunks: int | None = None) -> dict[str, Any]:
     """The default measurement in a child process (its own peak RSS), with its scratch disk."""
     scratch = work / "scratch"
     scratch.mkdir(exist_ok=True)
@@ -146,6 +147,8 @@ def measure(model: Path, work: Path, threads: int | None) -> dict[str, Any]:
             "--force", "--no-cache", "--json", "--work-dir", str(scratch)]
     if threads:
         argv += ["--threads", str(threads)]
+    if chunks:
+        argv += ["--chunks", str(chunks)]
     with DiskWatch(scratch) as disk:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=7200)
     if done.returncode != 0:
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="work folder (kept)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--chunks", type=int, default=None, help="chunks of each probe (default: "
+                    "the command's own)")
     args = ap.parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="apex-bench-sens-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         model = write_streaming(work / f"synthetic-{size}mb-f16.gguf", spec)
         print(f"{size} MB model: {model.stat().st_size / 1e6:.0f} MB", file=sys.stderr)
         one_pass = quantize_pass(model, work / "q4_k_m.gguf", args.threads)
-        report = measure(model, work, args.threads)
+        report = measure(model, work, args.threads, args.chunks)
         timings = report["timings"]
         errors = timings.get("sample_seconds", 0.0) + timings.get("error_seconds", 0.0)
         total = report["seconds"]

@@ -66,12 +66,11 @@ def test_measured_sensitivity_orders_types_and_is_cached(llama_tools, tiny_qwen2
         assert 0 < by_type["Q6_K"] < by_type["Q3_K"] < by_type["Q2_K"], name
     keys = {p["key"] for p in table.probes}
     assert {"kind:ffn_gate_exps", "kind:ffn_down_shexp", "kind:attn_q", "kind:output",
-            "all-low", "all-high", "all-lowest"} <= keys
+            "all-low", "all-high"} <= keys
     assert all(scale > 0 for scale in table.kind_scale.values())
     assert table.floor["q8_K"] >= 0 and table.energy and table.response
     # The calibration reproduces every probe it was fitted to: each kind alone, all kinds
-    # at the probe type and at the lowest (the response curve), all at the high type (the
-    # floor).
+    # at the probe type (the response curve) and all at the high type (the floor).
     for probe in table.probes:
         predicted = table.predict(_probe_types(tiny_qwen2moe, table, probe)).kld
         assert predicted == pytest.approx(probe["kld_mean"], rel=1e-4), probe["key"]

@@ -76,7 +76,7 @@ def _add_measure_options(parser: argparse.ArgumentParser) -> None:
                              "calibration set: chat, code, reasoning, tool calls)")
     parser.add_argument("--probe-ctx", type=int, default=512, help="context of the KL probes")
     parser.add_argument("--chunks", type=int, default=None,
-                        help="chunks each KL probe evaluates (default 3)")
+                        help="chunks each KL probe evaluates (default 4)")
     parser.add_argument("--types", help="comma-separated candidate types (default: K-quants "
                                         "Q2_K..Q8_0, IQ3_S, IQ4_XS; IQ2/IQ3_XXS with --imatrix)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="threads for the tools")

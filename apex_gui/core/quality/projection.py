@@ -25,7 +25,7 @@ from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.gguf.roles import TensorRole
 from apex_gui.core.gguf.types import effective_type, tensor_bytes
 from apex_gui.core.plan.precision import is_quantizable
-from apex_gui.core.quality.calibration import high_type_for, lowest_type_for, probe_type_for
+from apex_gui.core.quality.calibration import high_type_for, probe_type_for
 from apex_gui.core.quality.row_sample import plan_sample, sample_bytes
 from apex_gui.core.settings import data_dir
 from apex_gui.core.units import format_size
@@ -260,11 +260,8 @@ def project(model: ModelInfo, candidates: Iterable[str], probes: int, context: i
     steps["low_quantize"] = (rates.seconds("quantize", quantize_work(source, low))
                              + (source + _file_bytes(model, low)) / rates.io_bytes_per_s)
     steps["high_quantize"] = rates.seconds("quantize", quantize_work(source, high))
-    lowest = lowest_type_for(chosen)
-    steps["lowest_quantize"] = (rates.seconds("quantize", quantize_work(source, lowest))
-                                if lowest is not None and lowest not in (low, high) else 0.0)
     total = steps["errors"] + steps["reference"] + probes * run + steps["low_quantize"] + (
-        steps["high_quantize"] if high != low else 0.0) + steps["lowest_quantize"]
+        steps["high_quantize"] if high != low else 0.0)
     logits = reference_logits_bytes(model, context, chunks)
     low_bytes, high_bytes = _file_bytes(model, low), _file_bytes(model, high)
     scratch = max(2 * sample,

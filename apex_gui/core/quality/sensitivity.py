@@ -66,7 +66,7 @@ DEFAULT_CANDIDATES: tuple[str, ...] = ("Q2_K", "Q3_K", "IQ3_S", "IQ4_XS", "Q4_K"
                                        "Q6_K", "Q8_0")
 IMATRIX_CANDIDATES: tuple[str, ...] = ("IQ2_XXS", "IQ2_S", "IQ3_XXS")
 #: Chunks of each probe's evaluation by default (at the default context of 512 tokens).
-DEFAULT_PROBE_CHUNKS = 3
+DEFAULT_PROBE_CHUNKS = 4
 #: Probe contexts accepted: a chunk scores its second half, and below 32 tokens that is
 #: too little text to mean anything.
 MIN_PROBE_CONTEXT = 32
@@ -486,8 +486,8 @@ class _Run:
         started = time.monotonic()
         self.clock.advance(f"probe: every tensor at {probe.type_name}")
         quant = self._quantize_whole(scratch, probe.type_name)
-        self.clock.advance(f"probe: {probe.key} KL divergence", self.projection.steps[
-            "lowest_quantize" if probe.key == "all-lowest" else "high_quantize"])
+        self.clock.advance(f"probe: {probe.key} KL divergence",
+                           self.projection.steps["high_quantize"])
         self._kld(quant, reference, probe, started)
         quant.unlink(missing_ok=True)
         self.clock.advance(f"probe: {probe.key} done", self.projection.steps["probe"])
