@@ -10,7 +10,7 @@ from __future__ import annotations
 from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.gguf.types import TYPES, effective_type
 from apex_gui.core.plan.precision import is_quantizable
-from apex_gui.core.quality.sensitivity import SensitivityTable, tensor_kind
+from apex_gui.core.quality.sensitivity import SensitivityTable, model_fingerprint, tensor_kind
 
 CANDIDATES = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 
@@ -31,7 +31,8 @@ def synthetic_table(model: ModelInfo) -> SensitivityTable:
     for name in names:
         kind = tensor_kind(name)
         scale[kind] = 4e-9 if "shexp" in kind or "attn" in kind else 1e-9
-    return SensitivityTable(model=str(model.path), fingerprint="synthetic", imatrix=None,
+    return SensitivityTable(model=str(model.path), fingerprint=model_fingerprint(model),
+                            imatrix=None,
                             candidates=CANDIDATES,
                             source_types={n: model.tensor(n).type_name for n in names},
                             errors=errors, kind_scale=scale)

@@ -12,9 +12,6 @@ from types import ModuleType
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_campaign.py"
-#: Surfaces whose findings another branch fixes (sensitivity tables, not merged yet):
-#: its cases are in the campaign; this list goes once that branch is merged.
-FIXED_ELSEWHERE = ("sensitivity tables",)
 #: Groups that still find something, with what (each goes when its finding is fixed).
 OPEN_FINDINGS: dict[str, str] = {}
 
@@ -73,8 +70,7 @@ def test_every_sub_command_has_a_case(campaign: ModuleType, tmp_path: Path) -> N
 def test_the_campaign_finds_nothing(campaign: ModuleType, tmp_path: Path) -> None:
     """Every surface whose fixes are here, at quick sizes (several minutes)."""
     run = campaign.Campaign(tmp_path, full=False)
-    wanted = [s for s in campaign.surfaces() if s not in FIXED_ELSEWHERE]
-    groups = [g for g in campaign.groups_of(wanted) if g not in OPEN_FINDINGS]
+    groups = [g for g in campaign.groups_of(campaign.surfaces()) if g not in OPEN_FINDINGS]
     tallies = run.run_all(groups)
     print(campaign.table(tallies, "test"))
     whole = campaign.total(tallies)

@@ -19,7 +19,7 @@ from apex_gui.core.plan.precision import is_quantizable
 from apex_gui.core.plan.tensor_type_file import plan_from_tensor_type_file
 from apex_gui.core.quality import optimizer
 from apex_gui.core.quality.optimizer import BudgetTooSmall, Option, optimize, solve
-from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, SensitivityTable,
+from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, SensitivityTable, model_fingerprint,
                                                read_imatrix, tensor_kind, weighted_errors)
 
 
@@ -93,7 +93,8 @@ def synthetic_table(model_path: Path, *, iq_cheap: bool = False,
                 value = 0.0  # the best possible choice, if it were allowed
             errors[name][actual] = value
     scales = {tensor_kind(n): (1e-3 if "attn" in n else 1e-4) for n in names}
-    return SensitivityTable(model=str(model_path), fingerprint="synthetic", imatrix=None,
+    return SensitivityTable(model=str(model_path), fingerprint=model_fingerprint(model),
+                            imatrix=None,
                             candidates=candidates,
                             source_types={n: model.tensor(n).type_name for n in names},
                             errors=errors, kind_scale=scales)

@@ -85,17 +85,28 @@ def test_sensitivity_runs_in_the_queue_and_is_used(qtbot, window) -> None:
 
 
 @pytest.mark.gui
-def test_cancelled_sensitivity_job_leaves_no_table(qtbot, window) -> None:
+def test_cancelled_sensitivity_job_leaves_no_table(qtbot, window, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancel stops the command politely: no table, no partial file, no scratch folder (a
+    full quant of the model for a big one); the job said what it would cost before it ran."""
+    from apex_gui.core.quality.scratch import SCRATCH_PREFIX
     from apex_gui.views.window.quality_wiring import queue_sensitivity
 
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the command's scratch folder goes here
     window, panels, store, model_path = window
     state = window.quality_state
     with qtbot.waitSignal(panels.queue.jobProgress, timeout=120_000):
         job_id = queue_sensitivity(window, panels.queue, state, context=128, chunks=2)
+    title = panels.queue.job(job_id).title()
+    assert "about" in title and "scratch disk up to" in title, title
+    qtbot.waitUntil(lambda: bool(list(temp.glob(SCRATCH_PREFIX + "*"))), timeout=120_000)
     with qtbot.waitSignal(panels.queue.jobFinished, timeout=60_000):
         panels.queue.cancel(job_id)
     outcome = panels.queue.outcome(job_id)
     assert not outcome.succeeded and outcome.status.value == "cancelled"
     assert not (model_path.parent / "tiny.sensitivity.json").exists()
     assert not list(model_path.parent.glob("*.partial"))
+    assert not list(temp.glob(SCRATCH_PREFIX + "*"))
     assert state.table is None

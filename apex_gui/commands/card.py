@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from apex_gui.commands.arguments import add_force, check_inputs, check_model_file
-from apex_gui.core.gguf.model import open_model
+from apex_gui.core.gguf.model import ModelInfo, open_model
 from apex_gui.core.hub.publish import repo_name_for, upload_plan
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.plan.profiles import all_profiles
-from apex_gui.core.report.card_facts import model_facts, quant_recipes
+from apex_gui.core.report.card_facts import SensitivitySummary, model_facts, quant_recipes
 from apex_gui.core.report.model_card import build_card_inputs, render_model_card
 from apex_gui.core.report.results import collect_results
 from apex_gui.core.units import format_size
@@ -30,6 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="also list the files an upload would send")
     add_force(parser)
     parser.set_defaults(func=run)
+
+
+def _sensitivity(model: ModelInfo, name: str) -> SensitivitySummary | None:
+    """The model's measured table for the card (and the upload), when there is one."""
+    from apex_gui.core.quality.card_table import sensitivity_summary
+    from apex_gui.core.quality.known import find_sensitivity
+
+    found = find_sensitivity(model)
+    if found.problem:
+        print(f"apex-studio card: note: {found.problem}", file=sys.stderr)
+    if found.table is None or found.path is None:
+        return None
+    return sensitivity_summary(found.table, model, found.path, name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     inputs, names = build_card_inputs(
         rows, recipes, repo_id=args.repo or f"USER/{repo_name_for(name)}", model_name=name,
         profiles=all_profiles(), facts=model_facts(model), base_model=args.base_model,
-        mmproj=mmproj)
+        mmproj=mmproj, sensitivity=_sensitivity(model, name))
     card = render_model_card(inputs)
     if args.output:
         target = write_text_output(args.output, card, force=args.force, sources=sources)

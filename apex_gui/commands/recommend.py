@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 from dataclasses import replace
 from typing import Any
@@ -272,16 +273,17 @@ def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
 
 def _quality_figures(args: argparse.Namespace, model: Any, candidates: list[Any]) -> Any:
     """KL figures to rank the tiers by: measured runs, a sensitivity table, the cards."""
+    from apex_gui.core.hub.tables import fetch_table
     from apex_gui.core.quality.figures import quality_figures
-    from apex_gui.core.quality.known import known_sensitivity
-    from apex_gui.core.quality.sensitivity import SensitivityTable
+    from apex_gui.core.quality.known import find_sensitivity
     from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 
-    from apex_gui.commands.arguments import check_inputs
-
-    check_inputs([(args.sensitivity, "--sensitivity", None)])
-    table = (SensitivityTable.load(args.sensitivity) if args.sensitivity
-             else known_sensitivity(model))
+    if args.sensitivity:  # given: it must be this model's table (else one line, exit 2)
+        table = fetch_table(args.sensitivity, model)
+    else:  # found beside the model: a damaged one is skipped with a note
+        table, _path, problem = find_sensitivity(model)
+        if problem:
+            print(f"apex-studio recommend: note: {problem}", file=sys.stderr)
     try:
         store = RunStore.for_reading()  # only read: a read-only history is fine
     except RunStoreError:

@@ -20,7 +20,7 @@ from faults.harness import DEADLINE_S, Campaign, group
 BAD_TABLES = [
     ("a list", "[]"), ("an object of nothing", "{}"), ("not JSON", "{oops"),
     ("a NaN error", None), ("a negative error", None), ("an infinite error", None),
-    ("deep nesting", "[" * 100_000),
+    ("deep nesting", "[" * 100_000), ("an old format", None), ("another model's table", None),
 ]
 
 
@@ -36,6 +36,10 @@ def _measured_table(c: Campaign) -> dict | None:
 def _spoiled(table: dict | None, how: str) -> str | None:
     if table is None or "errors" not in table:
         return None
+    if how == "an old format":
+        return json.dumps({**table, "version": 1})
+    if how == "another model's table":  # the same tensors, another model's fingerprint
+        return json.dumps({**table, "fingerprint": "0" * 64})
     spoiled = json.loads(json.dumps(table))
     name = next(iter(spoiled["errors"]))
     kind = next(iter(spoiled["errors"][name]))
@@ -98,8 +102,14 @@ def sensitivity_runs(c: Campaign) -> None:
                  ["sensitivity", "m.gguf", "-o", "s.json", "--chunks", "1", "--probe-ctx", "64"],
                  ["sensitivity", "m.gguf", "-o", "s.json", "--types", "NOPE"],
                  ["sensitivity", "m.gguf", "--text", "cal.txt", "-o", "cal.txt", "--force",
-                  *quick]):
-        c.run(" ".join(args), args, folder, keep=[model, folder / "cal.txt"], deadline=120)
+                  *quick],
+                 ["optimize", "m.gguf", "--budget", "16B"],
+                 ["optimize", "m.gguf", "--budget", "3MB", "--sensitivity", "hf://nobody"]):
+        # Refused before any work: one line, in seconds, and no measurement started.
+        done = c.run(" ".join(args), args, folder, keep=[model, folder / "cal.txt"], deadline=30)
+        if done is not None and len([l for l in done.stderr.splitlines() if l.strip()]) != 1:
+            c.tally.bad("wrong_exit", " ".join(args), "the refusal is not one line")
+        c.check_leftovers(" ".join(args), folder)
     table = _measured_table(c)
     if table is not None:
         (folder / "S.json").write_text(json.dumps(table))
@@ -131,8 +141,10 @@ def _killed_sensitivity(c: Campaign, number: int) -> None:
     _, err = run.communicate(timeout=DEADLINE_S)
     if "Traceback" in err:
         c.tally.bad("tracebacks", name, err.strip().splitlines()[-1][:160])
+    # The next sensitivity command (even a refused one) removes what a SIGKILL left.
     c.run(f"the command after a {signal.Signals(number).name} of sensitivity",
-          ["inspect", "m.gguf"], folder, keep=[model], expect=0, settled=False)
+          ["sensitivity", "m.gguf", "-o", "t.json", "--chunks", "0"], folder, keep=[model],
+          settled=False)
     c.check_leftovers(name, folder)
     if Path(folder / "s.json").exists():
         c.tally.bad("leftovers", name, "a partial s.json")

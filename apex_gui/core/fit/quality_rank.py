@@ -81,17 +81,20 @@ def measured_figures(rows: Iterable[Any]) -> dict[str, QualityFigure]:
 
 
 def predicted_figures(plans: Mapping[str, Any], table: Any) -> dict[str, QualityFigure]:
-    """Predicted KL per key from a sensitivity table (plans whose types it did not measure
-    are left out)."""
+    """Predicted KL per key from a sensitivity table (a type it did not measure is estimated
+    from the tensor's measured ones, and the note says so)."""
     out: dict[str, QualityFigure] = {}
     for key, plan in plans.items():
         if key.startswith("i-") and not getattr(table, "imatrix", None):
             continue  # measured without an imatrix: it cannot tell an I-variant apart
         try:
-            value = float(table.predict_kld(plan))
+            prediction = table.predict_plan(plan)
         except KeyError:
-            continue
-        out[key] = QualityFigure(value, "predicted", "predicted from measured sensitivity")
+            continue  # a type with nothing measured near it
+        note = "predicted from measured sensitivity"
+        if prediction.estimated:
+            note += f" ({prediction.note()})"
+        out[key] = QualityFigure(float(prediction.kld), "predicted", note)
     return out
 
 

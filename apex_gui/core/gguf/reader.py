@@ -403,3 +403,20 @@ def _parse(path: Path, view: Any, file_size: int) -> GGUFHeader:
         tensors.append(TensorEntry(name, shape, type_id, offset, nbytes))
     return GGUFHeader(path, version, metadata, tensors, data_offset, file_size,
                       metadata_end, tensor_info_end)
+
+
+def metadata_spans(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
+    """Each metadata entry's key and byte span ``[start, end)`` in the file, in file order:
+    what a writer needs to copy entries verbatim (a vocabulary is copied, never decoded)."""
+    file_path = Path(path)
+    header = read_header(file_path)
+    spans: list[tuple[str, int, int]] = []
+    with open(file_path, "rb") as handle, \
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        cursor = _Cursor(file_path, view, 24, header.file_size)  # after magic, version, counts
+        for index in range(len(header.metadata)):
+            start = cursor.pos
+            key = cursor.string(f"metadata key #{index}", MAX_NAME_BYTES)
+            cursor.value(cursor.u32(f"type of {printable(key)}"), printable(key))
+            spans.append((key, start, cursor.pos))
+    return spans

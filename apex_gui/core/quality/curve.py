@@ -32,9 +32,9 @@ def tier_points(model: ModelInfo, table: SensitivityTable,
         plan = plan_from_profile(model, profiles[key])
         try:
             points.append(CurvePoint(profiles[key].label, plan.total_bytes(),
-                                     table.predict_kld(plan)))
+                                     table.predict_plan(plan).kld))
         except KeyError:
-            continue  # the tier uses a type the table did not measure
+            continue  # a type with nothing measured near it
     return points
 
 

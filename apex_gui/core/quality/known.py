@@ -2,18 +2,26 @@
 
 The window and ``recommend`` use a table only when one exists; they never start hours of
 measuring on their own. A table saved next to the model (``MODEL.sensitivity.json``, what
-``apex-studio sensitivity MODEL -o`` is usually given) counts too.
+``apex-studio sensitivity MODEL -o`` is usually given) counts too. A table that cannot be
+used (damaged, from another model) is skipped, and the reason is there for whoever wants
+to say it: the window and ``recommend`` go on without a table.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
+from apex_gui.core.files.inputs import InputFileError
 from apex_gui.core.gguf.model import ModelInfo
-from apex_gui.core.jobs.calibration import CalibrationError, quick_eval_text
-from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, IMATRIX_CANDIDATES, SensitivityTable, cache_path,
-                          model_fingerprint)
+from apex_gui.core.jobs.calibration import CalibrationError
+from apex_gui.core.quality.probe_text import probe_text
+from apex_gui.core.quality.sensitivity import (DEFAULT_CANDIDATES, DEFAULT_PROBE_CHUNKS,
+                                               IMATRIX_CANDIDATES, MeasurementSettings,
+                                               cache_path)
+from apex_gui.core.quality.table import (SensitivityFileError, SensitivityTable,
+                                         check_table_matches, model_fingerprint)
 
 
 def beside_model(model_path: str | os.PathLike[str]) -> Path:
@@ -22,30 +30,53 @@ def beside_model(model_path: str | os.PathLike[str]) -> Path:
     return path.with_name(f"{path.stem}.sensitivity.json")
 
 
-def default_cache_path(model: ModelInfo, imatrix: str | os.PathLike[str] | None = None) -> Path:
+def default_cache_path(model: ModelInfo, imatrix: str | os.PathLike[str] | None = None,
+                       fingerprint: str | None = None) -> Path:
     """The cache entry a default ``measure_sensitivity(model, imatrix)`` writes."""
     imatrix_path = Path(imatrix) if imatrix else None
     chosen = DEFAULT_CANDIDATES + (IMATRIX_CANDIDATES if imatrix_path else ())
-    return cache_path(model_fingerprint(model), imatrix_path, chosen, quick_eval_text(),
-                      512, None)
+    settings = MeasurementSettings(model, imatrix_path, probe_text(), 512,
+                                   DEFAULT_PROBE_CHUNKS, chosen)
+    return cache_path(settings.key(fingerprint or model_fingerprint(model)))
+
+
+class FoundTable(NamedTuple):
+    """A model's measured table, where it was found, and why a table beside the model was
+    not used (None when there was none, or it was used)."""
+
+    table: SensitivityTable | None
+    path: Path | None
+    problem: str | None
+
+
+def find_sensitivity(model: ModelInfo,
+                     imatrix: str | os.PathLike[str] | None = None) -> FoundTable:
+    """The measured table of this model: beside it, else in the cache."""
+    fingerprint = model_fingerprint(model)
+    problem = None
+    beside = beside_model(model.path)
+    if beside.is_file():
+        try:
+            table = SensitivityTable.load(beside)
+            check_table_matches(table, model, beside.name)
+            return FoundTable(table, beside, None)
+        except (SensitivityFileError, InputFileError, OSError) as error:
+            problem = f"{beside.name} not used: {error}"
+    try:
+        cached = default_cache_path(model, imatrix, fingerprint)
+    except (CalibrationError, OSError):
+        return FoundTable(None, None, problem)
+    if cached.is_file():
+        try:
+            table = SensitivityTable.load(cached)
+            if table.fingerprint == fingerprint:
+                return FoundTable(table, cached, problem)
+        except (SensitivityFileError, InputFileError, OSError):
+            pass  # a damaged cache entry: as if there were none
+    return FoundTable(None, None, problem)
 
 
 def known_sensitivity(model: ModelInfo,
                       imatrix: str | os.PathLike[str] | None = None) -> SensitivityTable | None:
     """The measured table of this model (beside it, or in the cache), or None."""
-    candidates = [beside_model(model.path)]
-    try:
-        candidates.append(default_cache_path(model, imatrix))
-    except (CalibrationError, OSError):
-        pass
-    names = {t.name for t in model.tensors}
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            table = SensitivityTable.load(path)
-        except (ValueError, KeyError, OSError):
-            continue
-        if set(table.errors) <= names and table.errors:
-            return table
-    return None
+    return find_sensitivity(model, imatrix).table

@@ -304,7 +304,8 @@ def optimize(model: ModelInfo, table: SensitivityTable, budget: int,
     plan = PrecisionPlan(model, types, _FTYPE_FOR.get(main, "Q8_0"),
                          origin=f"optimized for {budget} bytes")
     plan.imatrix = imatrix
-    result = OptimizedPlan(plan, budget, sum(items[k][p].damage for k, p in enumerate(picks)))
+    result = OptimizedPlan(plan, budget,
+                           table.respond(sum(items[k][p].damage for k, p in enumerate(picks))))
     result.reasons = _reasons(names, items, picks)
     result.seconds = time.perf_counter() - started
     return result
@@ -357,6 +358,25 @@ def smallest_plan_bytes(model: ModelInfo, table: SensitivityTable,
             continue
         kinds = allowed_types(table, tensor.name, tensor.row_length, bool(imatrix))
         total += min(-(-tensor_bytes(k, tensor.shape) // alignment) * alignment for k in kinds)
+    return total
+
+
+def smallest_possible_bytes(model: ModelInfo, candidates: Sequence[str],
+                           imatrix: str | None = None) -> int:
+    """Bytes of the smallest plan any table of these candidate types could allow: checked
+    before a measurement, so a budget no plan can meet is refused before hours of work."""
+    probe = PrecisionPlan(model, {}, "Q8_0")
+    probe.imatrix = imatrix
+    alignment = int(model.metadata.get("general.alignment", 32) or 32)
+    total = probe.header_bytes()
+    for tensor in model.tensors:
+        sizes = [tensor.nbytes]
+        if is_quantizable(tensor.name, tensor.shape):
+            for candidate in candidates:
+                actual = effective_type(candidate, tensor.row_length)
+                if imatrix or actual not in IMATRIX_REQUIRED:
+                    sizes.append(tensor_bytes(actual, tensor.shape))
+        total += -(-min(sizes) // alignment) * alignment
     return total
 
 
@@ -480,7 +500,7 @@ def optimize_experts_in_ram(model: ModelInfo, table: SensitivityTable, vram_budg
                                 "bytes of routed experts in RAM")
     plan.imatrix = imatrix
     damage = sum(table.damage(name, kind) for name, kind in types.items())
-    result = OptimizedPlan(plan, vram_budget + ram_budget, damage)
+    result = OptimizedPlan(plan, vram_budget + ram_budget, table.respond(damage))
     result.reasons = {name: (ram_part if name in experts else gpu_part).reasons[name]
                       for name in types}
     result.seconds = time.perf_counter() - started

@@ -109,6 +109,20 @@ class CardFile:
 
 
 @dataclass(frozen=True)
+class SensitivitySummary:
+    """The measured sensitivity table published beside the quants, as the card shows it."""
+
+    file_name: str  # name in the repository
+    local_path: str  # the table on this machine (what an upload sends)
+    fingerprint: str  # the source model's content fingerprint
+    candidates: tuple[str, ...]
+    #: per tensor kind: (kind, tensors, predicted KLD of that kind alone at each candidate)
+    kinds: tuple[tuple[str, int, tuple[float | None, ...]], ...]
+    probe_text: str = ""
+    probe_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class CardInputs:
     """Everything the card is written from."""
 
@@ -126,6 +140,7 @@ class CardInputs:
     calibration: str = ("the bundled APEX calibration set (multi-turn chat, code, step-by-step "
                         "reasoning, tool calling; about 50k tokens, no Wikipedia)")
     llama_cpp_version: str = ""
+    sensitivity: SensitivitySummary | None = None  # the table, when it was measured
 
 
 def safe_name(text: str) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apex_gui.core.report.card_facts import (
-    BEST_FOR, CardFile, CardInputs, ModelFacts, QuantRecipe, RECIPES_FOLDER, display_text_name,
-    card_file_name, describe_profile,
+    BEST_FOR, CardFile, CardInputs, ModelFacts, QuantRecipe, RECIPES_FOLDER, SensitivitySummary,
+    display_text_name, card_file_name, describe_profile,
 )
 from apex_gui.core.report.results import QuantResult, compare_ppl, results_to_markdown
 from apex_gui.core.units import format_params, format_size
@@ -39,6 +39,7 @@ __all__ = [
     "ModelFacts",
     "QuantRecipe",
     "RECIPES_FOLDER",
+    "SensitivitySummary",
     "card_file_name",
     "build_card_inputs",
     "card_files",
@@ -301,6 +302,32 @@ def _reproduction(inputs: CardInputs) -> list[str]:
     return lines
 
 
+def _sensitivity(inputs: CardInputs) -> list[str]:
+    table = inputs.sensitivity
+    if table is None:
+        return []
+    repo = inputs.repo_id
+    lines = ["## Sensitivity Table", "",
+             f"`{table.file_name}` is the measured sensitivity of the source model: the damage "
+             "each candidate type does to each tensor, weighed by llama-quantize's own error "
+             "and calibrated to mean KL divergence with real probes"
+             + (f" ({table.probe_tokens:,} tokens of {display_text_name(table.probe_text)} "
+                "each)" if table.probe_tokens and table.probe_text else "")
+             + ". With it anyone can fit a plan to another size or GPU without measuring "
+             "again; it is refused for any other model (source fingerprint "
+             f"`{table.fingerprint[:16]}`):", "", "```bash",
+             f"apex-studio optimize {inputs.model_name}-F16.gguf --budget 20GB \\",
+             f"    --sensitivity hf://{repo}/{table.file_name} -o plan.txt", "```", "",
+             "Predicted mean KLD if one kind of tensor alone were at each type (all layers; "
+             "the rest as in the source):", "",
+             "| Tensor kind | Tensors | " + " | ".join(table.candidates) + " |",
+             "|---|---:|" + "---:|" * len(table.candidates)]
+    for kind, count, values in table.kinds:
+        cells = ["-" if v is None else f"{v:.2g}" for v in values]
+        lines.append(f"| `{kind}` | {count} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def render_model_card(inputs: CardInputs) -> str:
     """The README.md text."""
     quants = [f for f in inputs.files if not f.is_mmproj]
@@ -329,6 +356,7 @@ def render_model_card(inputs: CardInputs) -> str:
     lines += _files_table(inputs)
     lines += _methods(inputs)
     lines += _benchmarks(inputs)
+    lines += _sensitivity(inputs)
     lines += _run_commands(inputs)
     lines += _hardware(inputs)
     lines += _reproduction(inputs)
@@ -370,7 +398,9 @@ def build_card_inputs(rows: Sequence[QuantResult], recipes: Mapping[str, QuantRe
                       selected: Iterable[str] | None = None, facts: ModelFacts | None = None,
                       base_model: str = "", fits_by_profile: Mapping[str, FitResult] | None = None,
                       hardware: str = "", measured_on: str = "", context: int = 8192,
-                      mmproj: tuple[str, int] | None = None) -> tuple[CardInputs, dict[str, str]]:
+                      mmproj: tuple[str, int] | None = None,
+                      sensitivity: SensitivitySummary | None = None,
+                      ) -> tuple[CardInputs, dict[str, str]]:
     """The card's inputs for the APEX quants in ``rows`` (only ``selected`` local paths, if
     given) and the local path -> repository name map the upload uses."""
     chosen = set(selected) if selected is not None else None
@@ -391,7 +421,9 @@ def build_card_inputs(rows: Sequence[QuantResult], recipes: Mapping[str, QuantRe
     inputs = CardInputs(repo_id=repo_id, model_name=model_name, files=tuple(files), facts=facts,
                         base_model=base_model, profiles=used,
                         results=renamed_results(kept, names), fits=fits, hardware=hardware,
-                        measured_on=measured_on, context=context)
+                        measured_on=measured_on, context=context, sensitivity=sensitivity)
+    if sensitivity is not None:
+        names[sensitivity.local_path] = sensitivity.file_name
     return inputs, names
 
 

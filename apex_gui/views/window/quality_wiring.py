@@ -16,7 +16,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QFormLayout, QLabel, QToolBar
+from PySide6.QtWidgets import QFormLayout, QInputDialog, QLabel, QToolBar
 
 from apex_gui.views.plan.budget_dialog import FitToBudgetDialog, apply_optimized_plan, kld_text
 from apex_gui.views.heatmap.sensitivity_overlay import DamageLegend, SensitivityOverlay
@@ -114,26 +114,33 @@ class QualityState(QObject):
         self.legend.show()
 
     def predicted_kld(self, plan: Any) -> float | None:
+        prediction = self.prediction(plan)
+        return None if prediction is None else float(prediction.kld)
+
+    def prediction(self, plan: Any) -> Any:
+        """The plan's predicted KLD (with what was estimated), or None without a table."""
         if self.table is None or plan is None:
             return None
         try:
-            return float(self.table.predict_kld(plan))
+            return self.table.predict_plan(plan)
         except KeyError:
-            return None
+            return None  # a type with nothing measured near it
 
     def _plan_changed(self, plan: Any) -> None:
-        value = self.predicted_kld(plan)
+        prediction = self.prediction(plan)
         if self.table is None:
             self.kld_label.setText("-")
             self.kld_label.setToolTip(NO_TABLE_TIP)
-        elif value is None:
+        elif prediction is None:
             self.kld_label.setText("types not measured")
-            self.kld_label.setToolTip("The plan uses a type the sensitivity table did not "
-                                      "measure; measure it among the candidate types")
+            self.kld_label.setToolTip("The plan uses a type with no measured type near it; "
+                                      "measure it among the candidate types")
         else:
-            self.kld_label.setText(kld_text(value, 3))
-            self.kld_label.setToolTip("Predicted mean KL divergence against the source "
-                                      "model (measured sensitivity, per-tensor damages added)")
+            note = prediction.note()
+            self.kld_label.setText(kld_text(prediction.kld, 3) + (" (estimated)" if note else ""))
+            self.kld_label.setToolTip(
+                "Predicted mean KL divergence against the source model (measured "
+                "sensitivity, per-tensor damages added)" + (f"; {note}" if note else ""))
         overlay = self.window.heatmap.overlay
         if overlay is not None and overlay.plan is not plan:
             self.refresh_overlay()  # a new plan: the overlay follows it
@@ -158,6 +165,21 @@ def sensitivity_output(model_path: Path) -> Path:
     return data_dir() / "sensitivity" / target.name
 
 
+def sensitivity_job_label(model: Any, imatrix: Path | None, context: int,
+                          chunks: int | None) -> str:
+    """The job's title with its projected time and scratch disk (said before it starts)."""
+    from apex_gui.core.quality.scratch import scratch_root
+    from apex_gui.core.quality.sensitivity import prepare_measurement
+
+    name = f"sensitivity of {model.path.name}"
+    try:
+        settings = prepare_measurement(model.path, imatrix, context=context, chunks=chunks)
+    except (ValueError, OSError) as error:
+        return f"{name} (cannot start: {error})"
+    projection = settings.projection()
+    return f"{name} ({projection.short(str(scratch_root()))})"
+
+
 def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: int = 512,
                       chunks: int | None = None) -> int | None:
     """Queue the open model's sensitivity measurement; its table is used when it is done."""
@@ -173,7 +195,8 @@ def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: 
     if output.exists():
         output = output.with_name(f"{output.stem}.{int(time.time())}.json")
     job = SensitivityJob(model=Path(model.path), output_path=output, imatrix=imatrix,
-                         context=context, chunks=chunks)
+                         context=context, chunks=chunks,
+                         label=sensitivity_job_label(model, imatrix, context, chunks))
     job_id = queue.add(job)
 
     def finished(done_id: int, outcome: Any) -> None:
@@ -181,13 +204,39 @@ def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: 
             return
         queue.jobFinished.disconnect(finished)
         if outcome.succeeded and window.current_model is model:
-            from apex_gui.core.quality.sensitivity import SensitivityTable
+            from apex_gui.core.quality.table import SensitivityTable
 
-            state.set_table(SensitivityTable.load(output))
+            try:
+                state.set_table(SensitivityTable.load(output, model))
+            except (ValueError, OSError) as error:
+                window.statusBar().showMessage(f"Sensitivity not used: {error}", 8000)
+                return
             window.statusBar().showMessage(f"Sensitivity measured: {output}", 8000)
 
     queue.jobFinished.connect(finished)
     return job_id
+
+
+def load_sensitivity(window: Any, state: QualityState, spec: str) -> Any:
+    """Use a table from a file or ``hf://OWNER/REPO/FILE.json`` for the open model (fetched
+    and checked off the GUI thread); a refusal is one line in the status bar."""
+    from apex_gui.core.hub.tables import fetch_table
+
+    model = window.current_model
+    if model is None:
+        window.statusBar().showMessage("Open a model first", 4000)
+        return None
+    task = window.workers.submit("load sensitivity", lambda _token: fetch_table(spec, model))
+
+    def loaded(table: Any) -> None:
+        if window.current_model is model:
+            state.set_table(table)
+            window.statusBar().showMessage(f"Sensitivity table loaded: {spec}", 8000)
+
+    task.finished.connect(loaded)
+    task.failed.connect(lambda error: window.statusBar().showMessage(
+        f"Sensitivity table not used: {error}", 10000))
+    return task
 
 
 def _update_curve(window: Any, results: Any, state: QualityState, table: Any) -> None:
@@ -257,6 +306,21 @@ def install_quality(window: Any, hardware: Any, queue: Any = None,
         window.addAction(measure)
         _tools_menu(window).addAction(measure)
         window.measure_sensitivity_action = measure
+    load = QAction("&Load sensitivity table...", window)
+    load.setObjectName("loadSensitivityAction")
+    load.setToolTip("Use a sensitivity table measured elsewhere: a file, or "
+                    "hf://OWNER/REPO/FILE.json on Hugging Face (checked to be this model's)")
+
+    def ask_and_load() -> None:
+        spec, accepted = QInputDialog.getText(
+            window, "Load sensitivity table", "File or hf://OWNER/REPO/FILE.json:")
+        if accepted and spec.strip():
+            load_sensitivity(window, state, spec.strip())
+
+    load.triggered.connect(lambda _c=False: ask_and_load())
+    window.addAction(load)
+    _tools_menu(window).addAction(load)
+    window.load_sensitivity_action = load
     window.quality_state = state
     view_menu = next((a.menu() for a in window.menuBar().actions()
                       if a.menu() is not None and a.text().replace("&", "") == "View"), None)
