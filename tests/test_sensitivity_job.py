@@ -33,7 +33,7 @@ def test_progress_and_verdict_from_recorded_output() -> None:
     assert verdict.succeeded and verdict.message == "242 tensors x 8 types, 12 KL probes"
     # The counts themselves come from the table the command wrote.
     demo_table = REPO / "resources" / "demo" / "apex-demo-trained-qwen2moe-f16.sensitivity.json"
-    assert job.output_results(demo_table) == {"tensors": 122, "types": 8, "probes": 12}
+    assert job.output_results(demo_table) == {"tensors": 122, "types": 8, "probes": 14}
     failed = job.verdict(2, text.split("wrote")[0] + "\nerror: llama-quantize to Q6_K failed\n")
     assert not failed.succeeded and "llama-quantize to Q6_K failed" in failed.message
 

@@ -78,7 +78,7 @@ def test_bad_probe_settings_are_refused_before_any_work(
 
 def test_optimize_refuses_a_budget_below_the_smallest_plan_before_measuring(
         tiny_qwen2moe: Path, temp: Path) -> None:
-    done = _run(["optimize", str(tiny_qwen2moe), "--budget", "16"], temp)
+    done = _run(["optimize", str(tiny_qwen2moe), "--budget", "16B"], temp)
     _refused(done, "too small", "nothing was measured")
     _nothing_started(temp)
 

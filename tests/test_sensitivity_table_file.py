@@ -166,7 +166,8 @@ def test_recommend_refuses_another_models_table_in_one_line(
 @pytest.mark.gui
 def test_the_tier_table_keeps_working_beside_a_malformed_table(qtbot, tmp_path: Path) -> None:
     """``echo '[]' > demo.sensitivity.json`` once broke the Hardware & tiers table with
-    "'list' object has no attribute 'get'": now the tiers rank by the published figures."""
+    "'list' object has no attribute 'get'": now the tiers rank as without a table (the
+    published KL means are Qwen3.5-35B-A3B's, so this model ranks by fit and tier order)."""
     from apex_gui.core.fixtures.synthetic import DEMO_SPEC, write_synthetic_model
     from apex_gui.views.hardware.hardware_panel import COLUMNS, HardwarePanel
 
@@ -180,5 +181,6 @@ def test_the_tier_table_keeps_working_beside_a_malformed_table(qtbot, tmp_path: 
         panel.show()
     assert panel.table.rowCount() >= 4
     row = panel.recommended_row()
-    assert panel.table.item(row, COLUMNS.index("KL mean")).text().endswith("(published)")
+    assert row is not None
+    assert panel.table.item(row, COLUMNS.index("KL mean")).text() == "--"
     panel.shutdown()
