@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from apex_gui import __version__
+from apex_gui.core.jobs.history_recovery import open_history
+from apex_gui.core.settings import load_settings, log_warnings, read_settings
+from apex_gui.preflight import check_gui
 from apex_gui.screenshots.window_shots import SCREENSHOT_VIEWS, take_screenshots
 from apex_gui.screenshots.quality_shots import QUALITY_VIEWS
 
@@ -33,10 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def create_application(argv: Sequence[str] = ()):  # type: ignore[no-untyped-def]
     """The QApplication with name, icon and theme set (reused when one exists: tests)."""
+    # start-up: Qt loads only after main's preflight has checked that it can start here
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
+    # start-up: these import Qt too
     from apex_gui.qt.gui_thread_gc import pin_garbage_collection_to_gui_thread
     from apex_gui.views import style
 
@@ -64,12 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "of the quality views)")
     if args.screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from apex_gui.preflight import check_gui
 
     if check_gui() != 0:
         return 1
     if args.screenshot:
-        from apex_gui.core.settings import load_settings
+        # start-up: the views import Qt, only after the preflight
         from apex_gui.views import style
 
         style.apply_theme(create_application(), args.theme or load_settings().theme)
@@ -78,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
         return 0
     open_window(args.model, args.theme)
+    # start-up: at module top Qt would load before the preflight
     from PySide6.QtWidgets import QApplication
 
     return int(QApplication.exec())
@@ -91,8 +96,7 @@ def open_window(model: str | os.PathLike[str] | None = None, theme: str | None =
     one is copied into memory (:func:`~apex_gui.core.jobs.history_recovery.open_history`), and a
     banner says what was done and what to do.
     """
-    from apex_gui.core.jobs.history_recovery import open_history
-    from apex_gui.core.settings import log_warnings, read_settings
+    # start-up: the views import Qt, only after the preflight
     from apex_gui.views import style
     from apex_gui.views.window.main_window import MainWindow
     from apex_gui.views.window.panels import install_panels

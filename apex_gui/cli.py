@@ -14,6 +14,7 @@ from apex_gui import __version__
 from apex_gui.commands import COMMAND_MODULES
 from apex_gui.core.gguf.reader import GGUFError
 from apex_gui.core.jobs.run_store import RunStoreError
+from apex_gui.core.plan.profiles import user_profiles
 
 EXIT_USAGE = 2
 #: Sub-commands that read profiles: a user profile that cannot be read is named once there.
@@ -66,8 +67,6 @@ def unknown_command(argv: Sequence[str]) -> str | None:
 
 def _warn_about_skipped_profiles(command: str) -> None:
     """One line per user profile that cannot be used (it is skipped, not fatal)."""
-    from apex_gui.core.plan.profiles import user_profiles
-
     for problem in user_profiles()[1]:
         print(f"apex-studio {command}: warning: skipped profile {problem}", file=sys.stderr)
 
@@ -79,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(refusal, file=sys.stderr)
         return EXIT_USAGE
     if _gui_args(args_list):
+        # start-up: Qt and the window load only when the window opens
         from apex_gui.app import main as gui_main
         return gui_main(args_list)
     parser = build_parser()

@@ -9,7 +9,10 @@
   functions (where a circle hides) but not those under ``if TYPE_CHECKING:``, which never run;
 - the rooms of ``apex_gui.core`` are layered: a room imports only rooms below it
   (``LAYERS``, bottom first); imports under ``if TYPE_CHECKING:`` count too;
-- ``pynvml`` is imported only inside functions (a machine without NVIDIA starts fast).
+- ``pynvml`` is imported only inside functions (a machine without NVIDIA starts fast);
+- an import inside a function is there for start-up time or an optional dependency, and its
+  comment says which (``start-up`` or ``optional``): on its line, or directly above it or above
+  the first import of its block of consecutive imports.
 """
 
 from __future__ import annotations
@@ -172,6 +175,53 @@ def violations(root: Path = PACKAGE) -> list[str]:
     return sorted(found.values())
 
 
+#: Why an import may sit inside a function; its comment names one.
+INNER_IMPORT_REASONS = ("start-up", "optional")
+
+
+def inner_imports_without_reason(source: str) -> list[int]:
+    """Lines of the imports inside functions whose comment names no reason (on the import's
+    own lines, or in the comment lines directly above it or above the first import of its
+    block of consecutive imports)."""
+    lines = source.splitlines()
+
+    def says_why(node: ast.stmt) -> bool:
+        texts = [line.partition("#")[2] for line in lines[node.lineno - 1:node.end_lineno]]
+        row = node.lineno - 2
+        while row >= 0 and lines[row].lstrip().startswith("#"):
+            texts.append(lines[row])
+            row -= 1
+        return any(reason in text for text in texts for reason in INNER_IMPORT_REASONS)
+
+    found: list[int] = []
+
+    def visit(statements: list[ast.stmt], in_function: bool) -> None:
+        lead: ast.stmt | None = None  # the first import of the current block
+        for statement in statements:
+            if isinstance(statement, (ast.Import, ast.ImportFrom)):
+                lead = lead or statement
+                if in_function and not (says_why(statement) or says_why(lead)):
+                    found.append(statement.lineno)
+                continue
+            lead = None
+            inside = in_function or isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for value in vars(statement).values():
+                if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                    visit(value, inside)
+                elif isinstance(value, list):  # except handlers, match cases
+                    for part in value:
+                        if isinstance(part, (ast.ExceptHandler, ast.match_case)):
+                            visit(part.body, inside)
+
+    visit(ast.parse(source).body, False)
+    return found
+
+
+def unexplained_inner_imports(root: Path = PACKAGE) -> list[str]:
+    return [f"{path.relative_to(root.parent)}:{line}" for path in sorted(root.rglob("*.py"))
+            for line in inner_imports_without_reason(path.read_text(encoding="utf-8"))]
+
+
 def test_every_core_room_is_placed_in_a_layer() -> None:
     rooms = sorted(f"apex_gui.core.{p.parent.name}" for p in (PACKAGE / "core").glob("*/__init__.py"))
     assert [room for room in rooms if layer_of(room) is None] == []
@@ -197,6 +247,34 @@ def test_the_circle_finder_sees_a_circle_hidden_inside_functions(tmp_path: Path)
     (room / "alone.py").write_text("from apex_gui.core.jobs.typed import y\n")
     assert import_circles(tmp_path / "apex_gui") == [
         ["apex_gui.core.jobs.check", "apex_gui.core.jobs.runner", "apex_gui.core.jobs.tools"]]
+
+
+def test_every_import_inside_a_function_says_why() -> None:
+    # Module top unless it is there for start-up time or an optional dependency.
+    assert unexplained_inner_imports() == []
+
+
+def test_the_inner_import_checker_wants_a_reason() -> None:
+    source = ("import os\n"
+              "def plain():\n"
+              "    import json\n"  # 3: no reason
+              "def table():\n"
+              "    # start-up: numpy only when a table is read\n"
+              "    import numpy\n"
+              "    from numpy import linalg\n"  # led by a commented import
+              "def nvml():\n"
+              "    try:\n"
+              "        import pynvml  # optional: nvidia-ml-py may be absent\n"
+              "    except ImportError:\n"
+              "        import csv\n"  # 12: its own block, no reason
+              "    total = 1\n"
+              "    import shlex\n"  # 14: the block above ended at `total = 1`
+              "class Top:\n"
+              "    import re\n"  # a class body at module level runs on import: not inside
+              "    def method(self):\n"
+              "        # because it is slow\n"
+              "        import ast\n")  # 19: a comment, but no reason named
+    assert inner_imports_without_reason(source) == [3, 12, 14, 19]
 
 
 @pytest.mark.parametrize(("relative", "source", "rule"), [

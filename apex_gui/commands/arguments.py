@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apex_gui.core.files.inputs import check_input_file
+from apex_gui.core.files.inputs import PLAN_CAP_BYTES, check_input_file, read_bounded_text
 from apex_gui.core.files.outputs import check_output
+from apex_gui.core.gguf.roles import TensorRole
+from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE
+from apex_gui.core.plan.tensor_type_file import parse_tensor_type_file
 
 if TYPE_CHECKING:
     from apex_gui.core.gguf.model import ModelInfo
@@ -87,8 +91,6 @@ def check_inputs(files: Iterable[tuple[Path | str | None, str, int | None]]) -> 
 def check_model_header(model: ModelInfo) -> None:
     """Refuse a header llama.cpp would abort on: an expert count that does not match the
     expert tensors (``expert_count = 0`` made llama-quantize abort after loading)."""
-    from apex_gui.core.gguf.roles import TensorRole
-
     experts = {t.shape[2] for t in model.tensors
                if t.role is TensorRole.ROUTED_EXPERT and len(t.shape) == 3}
     if not experts:
@@ -115,8 +117,6 @@ def check_writable_output(output: str | os.PathLike[str], force: bool,
 
 
 def check_base_type(base_type: str, flag: str = "--type") -> str:
-    from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE
-
     if base_type.upper() not in FTYPE_DEFAULT_TYPE:
         raise ValueError(f"{flag} {base_type!r} is not a llama-quantize type; use one of "
                          f"{', '.join(FTYPE_DEFAULT_TYPE)}")
@@ -126,10 +126,6 @@ def check_base_type(base_type: str, flag: str = "--type") -> str:
 def check_tensor_type_file(path: str | os.PathLike[str], flag: str) -> Path:
     """A tensor-type file llama-quantize will accept: a bounded regular file of
     PATTERN=TYPE tokens whose patterns compile (it printed its usage otherwise)."""
-    import re
-
-    from apex_gui.core.files.inputs import PLAN_CAP_BYTES, read_bounded_text
-    from apex_gui.core.plan.tensor_type_file import parse_tensor_type_file
 
     text = read_bounded_text(path, flag, PLAN_CAP_BYTES)
     entries = parse_tensor_type_file(text, f"{flag} {path}")

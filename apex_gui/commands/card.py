@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from apex_gui.commands.arguments import add_force, check_inputs, check_model_file
+from apex_gui.core.files.outputs import check_output, write_text_output
 from apex_gui.core.gguf.model import ModelInfo, open_model
 from apex_gui.core.hub.publish import repo_name_for, upload_plan
 from apex_gui.core.jobs.run_store import RunStore
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _sensitivity(model: ModelInfo, name: str) -> SensitivitySummary | None:
     """The model's measured table for the card (and the upload), when there is one."""
+    # start-up: the sensitivity modules load only when a card is written
     from apex_gui.core.quality.card_table import sensitivity_summary
     from apex_gui.core.quality.known import find_sensitivity
 
@@ -47,8 +49,6 @@ def _sensitivity(model: ModelInfo, name: str) -> SensitivitySummary | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from apex_gui.core.files.outputs import check_output, write_text_output
-
     model = open_model(check_model_file(args.source, "source model"))
     check_inputs([(args.mmproj, "--mmproj", None)])
     sources = [(p, "source model") for p in model.paths] + [(args.mmproj, "vision projector")]

@@ -10,6 +10,12 @@ import sys
 from pathlib import Path
 
 from apex_gui.commands.arguments import add_force, check_writable_output
+from apex_gui.commands.pipeline import execute
+from apex_gui.core.convert.checkpoint import CheckpointError, open_checkpoint
+from apex_gui.core.convert.converter import (converter_problem, fetch_sdist, find_converter,
+                                             install_commands, missing_modules)
+from apex_gui.core.convert.job import ConvertJob
+from apex_gui.core.jobs.pipeline import Pipeline
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_setup() -> int:
-    from apex_gui.core.convert.converter import (fetch_sdist, find_converter, install_commands,
-                                                 missing_modules)
-
     if missing_modules():
         for command in install_commands():
             print("$ " + " ".join(command), file=sys.stderr, flush=True)
@@ -52,12 +55,6 @@ def run_setup() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from apex_gui.core.convert.checkpoint import CheckpointError, open_checkpoint
-    from apex_gui.core.convert.converter import converter_problem, find_converter
-    from apex_gui.core.convert.job import ConvertJob
-    from apex_gui.core.jobs.pipeline import Pipeline
-    from apex_gui.commands.pipeline import execute
-
     if args.setup:
         return run_setup()
     if not args.checkpoint:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from apex_gui.commands.arguments import (MAX_CONTEXT, add_force, check_base_type, check_inputs, check_model_file,
                         check_model_header, check_tensor_type_file, check_threads,
@@ -25,7 +25,9 @@ from apex_gui.commands.source_pipeline import (add_source_pipeline_args,
                                                run_source_pipeline_command, stop_signals_cancel)
 from apex_gui.core.files.inputs import TASK_CAP_BYTES, TEXT_CAP_BYTES
 from apex_gui.core.files.task_files import check_task_file
-from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.gguf.model import ModelInfo, open_model
+from apex_gui.core.jobs.assembly import RunRequest, output_name, pipeline_for, uses_imatrix
+from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
 from apex_gui.core.jobs.evaluations import ReferenceLogitsJob
 from apex_gui.core.jobs.pipeline import (
     EvaluationOptions, Pipeline, build_pipeline, evaluation_jobs,
@@ -33,12 +35,14 @@ from apex_gui.core.jobs.pipeline import (
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
 from apex_gui.core.jobs.run_options import RunOptions
-from apex_gui.core.jobs.runner import JobOutcome
+from apex_gui.core.jobs.run_store import RunStore, RunStoreError
+from apex_gui.core.jobs.runner import JobOutcome, run_pipeline
 from apex_gui.core.jobs.specs import ToolJob
-from apex_gui.core.plan.precision import PrecisionPlan
-
-if TYPE_CHECKING:
-    from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.plan.precision import PrecisionPlan, plan_from_profile
+from apex_gui.core.plan.profiles import get_profile
+from apex_gui.core.settings import data_dir, load_settings
+from apex_gui.core.units import format_size
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -151,9 +155,7 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 def _tools(args: argparse.Namespace) -> LlamaTools:
     """The tools and the options every run starts with: ``-t`` and ``--no-repack`` over the
     settings (the stored tools-check finding is added as each job starts)."""
-    from apex_gui.core.settings import load_settings
-    from apex_gui.core.jobs.tools import LlamaTools
-
+    # start-up: job placement loads only when a job runs
     from apex_gui.core.fit.job_placement import JobPlacer
 
     tools = LlamaTools.for_settings(load_settings(), args.llama_cpp_dir,
@@ -165,15 +167,11 @@ def _tools(args: argparse.Namespace) -> LlamaTools:
 
 
 def _calibration_text(args: argparse.Namespace) -> Path:
-    from apex_gui.core.jobs.calibration import combine_calibration
-
     return combine_calibration([tool_path(p) for p in args.calibration] if args.calibration
                                else None)
 
 
 def _eval_text(args: argparse.Namespace) -> Path:
-    from apex_gui.core.jobs.calibration import quick_eval_text
-
     return tool_path(args.ppl) if args.ppl is not None else quick_eval_text()
 
 
@@ -252,8 +250,6 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def _cell(key: str, value: Any) -> str:
-    from apex_gui.core.units import format_size
-
     if value is None:
         return ""
     if key == "output_bytes":
@@ -295,9 +291,6 @@ def _outcome_json(key: str, outcome: JobOutcome) -> dict[str, Any]:
 def execute(pipeline: Pipeline, args: argparse.Namespace,
             notes: list[str] | None = None) -> int:
     """Run ``pipeline`` with terminal progress, print the table (or JSON), return the exit code."""
-    from apex_gui.core.jobs.run_store import RunStore, RunStoreError
-    from apex_gui.core.jobs.runner import run_pipeline
-
     try:
         store = RunStore()
         # Runs a killed CLI left 'running' are marked interrupted and their partial files
@@ -336,8 +329,6 @@ def execute(pipeline: Pipeline, args: argparse.Namespace,
 
 
 def _imatrix_job(model: Path, args: argparse.Namespace, output: Path | None) -> ImatrixJob:
-    from apex_gui.core.jobs.calibration import imatrix_cache_path
-
     calibration = _calibration_text(args)
     target = output or imatrix_cache_path(model, calibration, args.imatrix_ctx,
                                           args.imatrix_chunks)
@@ -354,8 +345,6 @@ def _check_calibration_args(args: argparse.Namespace) -> None:
 
 def _checked_model(path: str, what: str = "model") -> Path:
     """The model argument as a regular file whose header a tool will not abort on."""
-    from apex_gui.core.gguf.model import open_model
-
     model = check_model_file(path, what)
     check_model_header(open_model(model))
     return model
@@ -395,24 +384,16 @@ def _auto_imatrix(model: Path, args: argparse.Namespace,
 
 def _profile_plan(model: ModelInfo | Path, profile_name: str) -> PrecisionPlan:
     """The plan of a profile for a model (opened here when given as a path)."""
-    from apex_gui.core.gguf.model import open_model
-    from apex_gui.core.plan.precision import plan_from_profile
-    from apex_gui.core.plan.profiles import get_profile
-
     source = open_model(model) if isinstance(model, Path) else model
     return plan_from_profile(source, get_profile(profile_name))
 
 
 def _quantize_job(plan: PrecisionPlan, output: Path, imatrix: Path | None) -> QuantizeJob:
     """The quantize job of a plan; ``imatrix`` is used when the plan wants one."""
-    from apex_gui.core.jobs.assembly import uses_imatrix
-
     try:
         job = QuantizeJob.from_plan(plan, output,
                                     imatrix=imatrix if uses_imatrix(plan) else None)
     except OSError as error:  # the plan's tensor-type file goes to the data folder
-        from apex_gui.core.settings import data_dir
-
         raise ValueError(f"cannot write the plan's tensor-type file in {data_dir() / 'plans'} "
                          f"({error.strerror or error}): free some space there or set "
                          "APEX_STUDIO_DATA_DIR to a writable folder") from None
@@ -435,8 +416,6 @@ def run_quantize(args: argparse.Namespace) -> int:
     given = tool_path(args.imatrix) if args.imatrix and not auto else None
     imatrix_step: ImatrixJob | None = None
     if args.profile:
-        from apex_gui.core.jobs.assembly import uses_imatrix
-
         plan = _profile_plan(model, args.profile)
         wants = uses_imatrix(plan)
         imatrix_path = given
@@ -542,8 +521,6 @@ def _is_checkpoint_source(source: str) -> bool:
 def run_pipeline_command(args: argparse.Namespace) -> int:
     if _is_checkpoint_source(args.model):
         return run_source_pipeline_command(args)
-    from apex_gui.core.gguf.model import open_model
-    from apex_gui.core.jobs.assembly import RunRequest, output_name, pipeline_for
 
     _check_calibration_args(args)
     _check_eval_args(args)

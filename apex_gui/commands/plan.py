@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from apex_gui.commands.arguments import (add_force, check_base_type, check_inputs, check_model_file,
                         check_model_header, check_tensor_type_file)
+from apex_gui.core.files.outputs import write_text_output
 from apex_gui.core.gguf.model import ModelInfo, open_model
 from apex_gui.core.gguf.roles import TensorRole
 from apex_gui.core.gguf.types import IMATRIX_REQUIRED, tensor_bytes
@@ -74,8 +76,6 @@ def _open_checked(path: str) -> ModelInfo:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from apex_gui.core.files.outputs import write_text_output
-
     model = _open_checked(args.model)
     profile = get_profile(args.profile)
     check_inputs([(args.imatrix, "--imatrix", None)])
@@ -98,7 +98,6 @@ def run_plan(args: argparse.Namespace) -> int:
         print(plan.tensor_type_file_text(), end="")
         # The file goes to stdout (redirectable); what to do with it goes to stderr, so a
         # terminal shows the size and the command after the patterns and `> plan.txt` stays clean.
-        import sys
         print(f"predicted size {format_size(plan.total_bytes())} ({plan.total_bytes():,} bytes), "
               f"{plan.bits_per_weight():.2f} bits per weight; save this output as {output} "
               f"(or use -o) and quantize with:\n"

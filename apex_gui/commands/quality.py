@@ -14,10 +14,16 @@ from typing import Any
 
 from apex_gui.commands.arguments import (add_force, check_inputs, check_model_file, check_model_header,
                                          check_threads, float_in_range)
+from apex_gui.commands.recommend import DEFAULT_CTX, machine_from_args
 from apex_gui.commands.source_pipeline import stop_signals_cancel
 from apex_gui.commands.rpc import add_rpc_option, checked_workers
+from apex_gui.core.files.outputs import OutputLock, check_output, write_text_output
+from apex_gui.core.fit.context_memory import ContextSettings
+from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.quantize import command_line
-from apex_gui.core.units import format_size, parse_size
+from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.settings import load_settings
+from apex_gui.core.units import MiB, format_size, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,6 +104,7 @@ def _progress(stage: str, fraction: float, eta: float | None) -> None:
 
 def _prepare(args: argparse.Namespace, model_path: Path) -> tuple[Any, list[str]]:
     """The measurement's settings, every one checked before any work (one-line errors)."""
+    # start-up: the sensitivity modules load only when this command runs
     from apex_gui.core.quality.sensitivity import prepare_measurement
 
     check_threads(args)
@@ -117,11 +124,10 @@ def _measure(args: argparse.Namespace, settings: Any,
              output: str | None = None) -> tuple[Any, Any, float]:
     """Run the measurement with the projection stated first; SIGTERM, SIGHUP and Ctrl-C
     stop it with its scratch folder removed and what it finished kept for a resume."""
-    from apex_gui.core.jobs.tools import LlamaTools
+    # start-up: the sensitivity modules load only when this command runs
     from apex_gui.core.quality.projection import ensure_speed
     from apex_gui.core.quality.scratch import scratch_root
     from apex_gui.core.quality.sensitivity import SensitivityCancelled, measure_sensitivity
-    from apex_gui.core.settings import load_settings
 
     # The probes run as every job does: threads, --no-repack (setting or the stored tools
     # check) from the one source of run options.
@@ -158,6 +164,7 @@ def _peak_rss(who: int) -> int:
 
 def _remove_stale_scratch(args: argparse.Namespace) -> None:
     """Scratch folders of measurements that were killed (their owner is gone) go first."""
+    # start-up: the sensitivity modules load only when this command runs
     from apex_gui.core.quality.scratch import remove_stale, scratch_root
 
     for folder in remove_stale(scratch_root(args.work_dir)):
@@ -165,8 +172,6 @@ def _remove_stale_scratch(args: argparse.Namespace) -> None:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from apex_gui.core.files.outputs import OutputLock, check_output, write_text_output
-
     _remove_stale_scratch(args)
     model_path = check_model_file(args.model)
     check_inputs([(args.imatrix, "--imatrix", None), (args.text, "--text", None)])
@@ -203,19 +208,17 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
 def load_table_argument(spec: str, model: Any) -> Any:
     """``--sensitivity``: a local file or ``hf://OWNER/REPO/FILE``, checked against the model."""
+    # start-up: Hub tables load only when a table is given
     from apex_gui.core.hub.tables import fetch_table
 
     return fetch_table(spec, model)
 
 
 def run_optimize(args: argparse.Namespace) -> int:
-    from apex_gui.core.files.outputs import check_output, write_text_output
-    from apex_gui.core.gguf.model import open_model
+    # start-up: the optimizer and Hub tables load only when this command runs
     from apex_gui.core.hub.tables import is_hub_spec
     from apex_gui.core.quality.optimizer import (BudgetTooSmall, optimize, optimize_for_fit,
                                                  smallest_possible_bytes)
-
-    from apex_gui.commands.recommend import machine_from_args
 
     _remove_stale_scratch(args)
     fit_target = bool(args.vram or args.gpu)
@@ -252,11 +255,6 @@ def run_optimize(args: argparse.Namespace) -> int:
         table = _measure(args, settings)[0]
     fit = None
     if fit_target:
-        from apex_gui.core.fit.context_memory import ContextSettings
-        from apex_gui.core.units import MiB
-
-        from apex_gui.commands.recommend import DEFAULT_CTX
-
         n_ctx = args.ctx or min(DEFAULT_CTX, model.context_length or DEFAULT_CTX)
         ctx = ContextSettings(n_ctx=n_ctx, type_k=args.kv_type, type_v=args.kv_type)
         result, fit = optimize_for_fit(model, table, machine, ctx,

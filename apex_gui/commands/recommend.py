@@ -9,7 +9,11 @@ import textwrap
 from dataclasses import replace
 from typing import Any
 
+from apex_gui.commands.arguments import (MAX_CONTEXT, check_model_file, check_model_header,
+                                         float_in_range, int_in_range)
 from apex_gui.commands.rpc import add_rpc_option, checked_workers, probe_dict
+from apex_gui.core.fit import hardware
+from apex_gui.core.fit.cluster import machine_with_workers
 from apex_gui.core.fit.context_memory import (
     DEFAULT_MARGIN, DEFAULT_UBATCH, KV_CACHE_TYPES, ContextSettings, ModelGeometry,
 )
@@ -19,6 +23,10 @@ from apex_gui.core.fit.recommend import (
     Recommendation, file_candidate, recommend, tier_candidates,
 )
 from apex_gui.core.fit.placement import FitResult, MachineMemory
+from apex_gui.core.fit.rpc_workers import parse_workers, probe_workers, worker_warnings
+from apex_gui.core.gguf.model import FileKind, open_model
+from apex_gui.core.jobs.run_store import RunStore, RunStoreError
+from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 from apex_gui.core.units import MiB, format_size, parse_size
 
 #: The context planned for when --ctx is not given (shortened to a model's training context).
@@ -98,20 +106,16 @@ def machine_from_args(args: argparse.Namespace) -> MachineMemory:
     if args.add_detected and not manual:
         raise ValueError("--add-detected adds the devices of --gpu or --vram; give one of them")
     if manual and not args.add_detected:
-        from apex_gui.core.fit.hardware import probe_system
-
         devices = [replace(d, index=i) for i, d in enumerate(manual)]
         notes: tuple[str, ...] = ()
         ram = 0
         if args.ram is None:
-            ram = probe_system().available_bytes
+            ram = hardware.probe_system().available_bytes
             # Planning for another machine with this one's RAM would mislead quietly.
             notes = (f"System RAM is this machine's ({format_size(ram)} available); pass "
                      "--ram SIZE to plan for another machine.",)
     else:
-        from apex_gui.core.fit.hardware import snapshot
-
-        detected = MachineMemory.from_snapshot(snapshot())
+        detected = MachineMemory.from_snapshot(hardware.snapshot())
         devices = [replace(d, index=i) for i, d in enumerate([*detected.gpus, *manual])]
         notes, ram = detected.notes, detected.ram_available
         if manual and not detected.gpus:
@@ -140,13 +144,7 @@ def hardware_dict(snap: HardwareSnapshot) -> dict[str, Any]:
 
 
 def run_hardware(args: argparse.Namespace) -> int:
-    import sys
-
-    from apex_gui.core.fit.rpc_workers import parse_workers, probe_workers, worker_warnings
-    from apex_gui.core.fit.hardware import snapshot
-    from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
-
-    snap = snapshot()
+    snap = hardware.snapshot()
     # Unreachable workers are listed, not refused: this command is how one finds them.
     workers = parse_workers(args.rpc) if args.rpc else ()
     for line in worker_warnings(workers):
@@ -273,10 +271,10 @@ def _describe_context(ctx: ContextSettings, mmproj_bytes: int) -> str:
 
 def _quality_figures(args: argparse.Namespace, model: Any, candidates: list[Any]) -> Any:
     """KL figures to rank the tiers by: measured runs, a sensitivity table, the cards."""
+    # start-up: sensitivity figures and Hub tables load only when tiers are ranked
     from apex_gui.core.hub.tables import fetch_table
     from apex_gui.core.quality.figures import quality_figures
     from apex_gui.core.quality.known import find_sensitivity
-    from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 
     if args.sensitivity:  # given: it must be this model's table (else one line, exit 2)
         table = fetch_table(args.sensitivity, model)
@@ -296,11 +294,6 @@ def _quality_figures(args: argparse.Namespace, model: Any, candidates: list[Any]
 
 
 def run_recommend(args: argparse.Namespace) -> int:
-    from apex_gui.core.gguf.model import FileKind, open_model
-
-    from apex_gui.commands.arguments import (MAX_CONTEXT, check_model_file, check_model_header,
-                            float_in_range, int_in_range)
-
     int_in_range(args.ctx, "--ctx", 1, MAX_CONTEXT, "a context in tokens")
     int_in_range(args.parallel, "--parallel", 1, 4096, "a number of sequences")
     int_in_range(args.ubatch, "--ubatch", 1, MAX_CONTEXT, "a batch in tokens")
@@ -333,8 +326,6 @@ def run_recommend(args: argparse.Namespace) -> int:
                           n_ubatch=args.ubatch, use_mtp=args.mtp)
     machine = machine_from_args(args)
     if args.rpc:
-        from apex_gui.core.fit.cluster import machine_with_workers
-
         machine = machine_with_workers(machine, checked_workers(args.rpc)[1])
     # The tiers the window's Hardware & tiers ranks: the same input gives the same answer.
     candidates = [file_candidate(model)] if args.as_is else tier_candidates(model)

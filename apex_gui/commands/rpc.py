@@ -13,7 +13,10 @@ import os
 import sys
 
 from apex_gui.core.fit.rpc_workers import (DEFAULT_RPC_PORT, PROBE_TIMEOUT_S, WorkerProbe,
-                                           parse_workers, probe_workers, worker_warnings)
+                                           parse_workers, probe_environment, probe_workers,
+                                           worker_warnings)
+from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
+from apex_gui.core.settings import load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +58,6 @@ def checked_workers(text: str | None, tools: object | None = None,
     """
     if not text:
         return [], ()
-    from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
     out = stream if stream is not None else sys.stderr
     workers = parse_workers(text)
@@ -81,11 +83,9 @@ def probe_dict(probe: WorkerProbe) -> dict[str, object]:
 
 
 def run_rpc_worker(args: argparse.Namespace) -> int:
+    # start-up: the local worker loads only when one is started
     from apex_gui.core.fit.rpc_local import (bind_warning, check_port_free, listen_address,
                                              rpc_server_argv)
-    from apex_gui.core.fit.rpc_workers import probe_environment
-    from apex_gui.core.settings import load_settings
-    from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 
     if args.threads < 0:
         raise ValueError(f"-t {args.threads}: give a number of threads, or 0 for rpc-server's "

@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from apex_gui.commands.arguments import tool_path
+from apex_gui.core.jobs.run_store import RunStore, RunStoreError
+from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.settings import load_settings
 from apex_gui.core.workflow.source_pipeline import (SourcePipelineRequest, StepEvents,
                                                     StepReport, model_name,
                                                     run_source_pipeline, succeeded)
@@ -90,6 +93,7 @@ class PrintedEvents(StepEvents):
 
 
 def _token() -> str | None:
+    # start-up: huggingface_hub loads only when a token is looked up
     from huggingface_hub import get_token
 
     return get_token()
@@ -115,10 +119,6 @@ def source_request(args: argparse.Namespace) -> SourcePipelineRequest:
 
 
 def run_source_pipeline_command(args: argparse.Namespace) -> int:
-    from apex_gui.core.jobs.run_store import RunStore, RunStoreError
-    from apex_gui.core.jobs.tools import LlamaTools
-    from apex_gui.core.settings import load_settings
-
     unsupported = [flag for flag, value in (("--hellaswag", args.hellaswag),
                                             ("--winogrande", args.winogrande),
                                             ("--mc", args.mc), ("--bench", args.bench),

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from apex_gui.commands.arguments import add_force, int_in_range
+from apex_gui.core.files.outputs import check_output, writing
+from apex_gui.core.fixtures.synthetic import PRESETS, preset, write_synthetic_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from apex_gui.core.fixtures.synthetic import PRESETS
-
     synth = sub.add_parser("synth", help="write a small runnable synthetic MoE GGUF")
     synth.add_argument("preset", choices=sorted(PRESETS), help="which synthetic model")
     synth.add_argument("-o", "--output", required=True, help="output .gguf path")
@@ -30,8 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _print_files(args: argparse.Namespace, files: list[str], key: str = "files") -> None:
     """One path a line, or (--json, as every command takes) one JSON object."""
     if getattr(args, "json", False):
-        import json
-
         print(json.dumps({key: files}, indent=2))
     else:
         for name in files:
@@ -39,10 +38,6 @@ def _print_files(args: argparse.Namespace, files: list[str], key: str = "files")
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from apex_gui.core.fixtures.synthetic import preset, write_synthetic_model
-
-    from apex_gui.core.files.outputs import writing
-
     spec = preset(args.preset)
     with writing(args.output, force=args.force) as temporary:
         write_synthetic_model(temporary, spec)
@@ -51,7 +46,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_twin(args: argparse.Namespace) -> int:
-    from apex_gui.core.files.outputs import check_output, writing
+    # start-up: the twin writer (and gguf) load only when a twin is written
     from apex_gui.core.fixtures.twin_layouts import TWIN_LAYOUTS
     from apex_gui.core.fixtures.twins import write_shape_twin
 
@@ -68,6 +63,7 @@ def run_twin(args: argparse.Namespace) -> int:
             write_shape_twin(temporary, args.layout)
         _print_files(args, [str(args.output)])
         return 0
+    # start-up: the twin writer (and gguf) load only when a twin is written
     from apex_gui.core.fixtures.twins import split_path
 
     shards = [split_path(Path(args.output), i, args.splits) for i in range(args.splits)]

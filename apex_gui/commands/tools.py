@@ -9,6 +9,7 @@ from apex_gui.core.jobs.devices import DEVICE_TOOLS, DeviceListing, list_devices
 from apex_gui.core.jobs.tools import (
     GPU_BUILD_HINT, REQUIRED_TOOLS, LlamaTools, missing_tool_message,
 )
+from apex_gui.core.settings import load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from apex_gui.core.settings import load_settings
-
     folder = args.llama_cpp_dir or load_settings().llama_cpp_dir or None
     tools = LlamaTools(folder)
     if args.check:
+        # start-up: the tools check loads only when it runs
         from apex_gui.core.jobs.tools_check import RUN_TIME_LIMIT_S
 
         limit = args.time_limit if args.time_limit is not None else RUN_TIME_LIMIT_S
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(tools: LlamaTools, as_json: bool, time_limit_s: float) -> int:
+    # start-up: the tools check loads only when it runs
     from apex_gui.core.jobs.tools_check import run_tools_check
 
     report = run_tools_check(tools, time_limit_s=time_limit_s)

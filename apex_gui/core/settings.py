@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+import psutil
 
 APP_NAME = "apex-studio"
 SETTINGS_VERSION = 1
@@ -76,7 +77,6 @@ class Settings:
     def effective_threads(self) -> int:
         if self.threads > 0:
             return self.threads
-        import psutil
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 def wait(signal, timeout_ms: int = 20_000) -> bool:  # type: ignore[no-untyped-def]
     """Run the event loop until ``signal`` fires (True) or the timeout passes (False)."""
+    # start-up: Qt after app.py's preflight (see above)
     from PySide6.QtCore import QEventLoop, QTimer
 
     loop = QEventLoop()
@@ -20,6 +21,7 @@ def wait(signal, timeout_ms: int = 20_000) -> bool:  # type: ignore[no-untyped-d
 
 def settle(ms: int = 150) -> None:
     """Let the window draw for ``ms`` milliseconds."""
+    # start-up: Qt after app.py's preflight (see above)
     from PySide6.QtCore import QEventLoop, QTimer
 
     loop = QEventLoop()

@@ -13,7 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import get_profile
+from apex_gui.core.quality.sensitivity import SensitivityTable
 from apex_gui.core.units import format_size
+from apex_gui.screenshots.event_loop import settle, wait
 
 QUALITY_VIEWS = ("sensitivity-overlay", "results-curve", "fit-dialog", "fit-result")
 
@@ -24,10 +28,10 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
 
     The fit dialog asks for the size of ``budget_profile``'s plan: the optimizer's plan in
     the editor is then the same bytes spent another way."""
+    # start-up: app.py imports this driver before its preflight has checked Qt
     from PySide6.QtWidgets import QApplication
 
-    from apex_gui.screenshots.event_loop import settle, wait
-    from apex_gui.core.quality.sensitivity import SensitivityTable
+    # start-up: the views import Qt
     from apex_gui.views.window.main_window import MainWindow
     from apex_gui.views.window.panels import install_panels
 
@@ -71,8 +75,6 @@ def take_quality_screenshots(model_path: Path, table_path: Path, out_dir: Path,
 
     plan = window.current_plan
     assert plan is not None
-    from apex_gui.core.plan.precision import plan_from_profile
-    from apex_gui.core.plan.profiles import get_profile
 
     budget = plan_from_profile(plan.model, get_profile(budget_profile)).total_bytes()
     dialog = window.open_fit_dialog()

@@ -8,9 +8,26 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace as dc_replace
 from pathlib import Path
 
+from apex_gui.core.fit.device_spec import parse_device_spec
+from apex_gui.core.fit.hardware import snapshot as probe
+from apex_gui.core.fixtures.bundled_demo import demo_model
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.hub.download import RemoteFile
+from apex_gui.core.hub.search import RepoHit
+from apex_gui.core.jobs.calibration import quick_eval_text
+from apex_gui.core.jobs.pipeline import EvaluationOptions, build_pipeline
+from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.run_store import RunStore
+from apex_gui.core.jobs.runner import run_pipeline
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import get_profile
+from apex_gui.core.quality.known import beside_model
+from apex_gui.core.settings import cache_dir
 from apex_gui.screenshots.event_loop import settle, wait
+from apex_gui.screenshots.quality_shots import QUALITY_VIEWS, take_quality_screenshots
 
 
 SCREENSHOT_VIEWS = ("main-demo", "main-twin", "inspect-quantized", "diff", "hardware", "run",
@@ -25,17 +42,6 @@ def record_demo_runs(work_dir: Path) -> None:
     Real llama.cpp runs (a few seconds on the small demo model) recorded in the run store of
     the current data dir, which screenshot mode points at a temporary folder.
     """
-    from apex_gui.core.jobs.calibration import quick_eval_text
-    from apex_gui.core.jobs.pipeline import EvaluationOptions, build_pipeline
-    from apex_gui.core.jobs.quantize import QuantizeJob
-    from apex_gui.core.gguf.model import open_model
-    from apex_gui.core.plan.precision import plan_from_profile
-    from apex_gui.core.plan.profiles import get_profile
-    from apex_gui.core.jobs.run_store import RunStore
-    from apex_gui.core.jobs.runner import run_pipeline
-    from apex_gui.core.settings import cache_dir
-    from apex_gui.core.fixtures.bundled_demo import demo_model
-
     demo = demo_model(cache_dir()).path
     model = open_model(demo)
     jobs = [QuantizeJob.from_plan(plan_from_profile(model, get_profile(key)),
@@ -68,13 +74,7 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
         written = _take_screenshots(out_dir, only)
         # The quality views need a trained model and its measured sensitivity: the bundled
         # demo has both; APEX_SCREENSHOT_QUALITY_MODEL names another (its table beside it).
-        from apex_gui.screenshots.quality_shots import QUALITY_VIEWS, take_quality_screenshots
-
         if not only or set(only) & set(QUALITY_VIEWS):
-            from apex_gui.core.fixtures.bundled_demo import demo_model
-            from apex_gui.core.quality.known import beside_model
-            from apex_gui.core.settings import cache_dir
-
             chosen = os.environ.get("APEX_SCREENSHOT_QUALITY_MODEL")
             quality_model = Path(chosen) if chosen else demo_model(cache_dir()).path
             if beside_model(quality_model).is_file():
@@ -91,11 +91,10 @@ def take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[P
 
 
 def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
+    # start-up: app.py imports this driver before its preflight has checked Qt
     from PySide6.QtWidgets import QApplication
 
-    from apex_gui.core.gguf.model import open_model
-    from apex_gui.core.plan.precision import plan_from_profile
-    from apex_gui.core.plan.profiles import get_profile
+    # start-up: gguf (twins) and Qt (views) load only when screenshots are taken
     from apex_gui.core.fixtures.twins import write_shape_twin
     from apex_gui.views import style
     from apex_gui.views.window.main_window import MainWindow
@@ -116,6 +115,7 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
         widget.grab().save(str(path))
         written.append(path)
 
+    # start-up: the views import Qt
     from apex_gui.views.window.panels import install_panels
 
     window = MainWindow(probe_hardware=True)
@@ -212,12 +212,6 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
         hub_dialog.reject()
         hub_dialog.reject()
     if "hub-search" in wanted:
-        from apex_gui.core.fit.device_spec import parse_device_spec
-        from apex_gui.core.fit.hardware import snapshot as probe
-        from apex_gui.core.hub.download import RemoteFile
-        from apex_gui.core.hub.search import RepoHit
-        from dataclasses import replace as dc_replace
-
         # No network in a screenshot run: an example listing shows what a search looks like.
         hits = [RepoHit("mudler/Qwen3.5-35B-A3B-APEX-GGUF", 48210, 212),
                 RepoHit("mudler/Qwen3-30B-A3B-APEX-GGUF", 20877, 95)]
@@ -226,6 +220,7 @@ def _take_screenshots(out_dir: Path, only: Sequence[str] | None = None) -> list[
                  RemoteFile("Qwen3.5-35B-A3B-APEX-I-Quality.gguf", 23_513_661_024),
                  RemoteFile("Qwen3.5-35B-A3B-BF16-00001-of-00002.gguf", 69_400_000_000, ("a", "b"))]
         machine = dc_replace(probe(), gpus=tuple(parse_device_spec("RTX 4090 24GB")))
+        # start-up: the views import Qt
         from apex_gui.views.window.hf_download import HubDownloadDialog
 
         search_dialog = HubDownloadDialog(window.workers, window, snapshot=machine,

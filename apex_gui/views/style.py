@@ -14,6 +14,7 @@ from importlib import resources
 
 from PySide6.QtCore import QByteArray, Qt
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
+from PySide6.QtSvg import QSvgRenderer
 from PySide6.QtWidgets import QApplication
 
 THEMES = ("system", "light", "dark")
@@ -198,8 +199,6 @@ def icon(name: str, colour: QColor | None = None) -> QIcon:
     The SVGs draw with ``currentColor``; it is replaced by ``colour`` (default: the
     palette's window text) so one file serves the light and the dark theme.
     """
-    from PySide6.QtSvg import QSvgRenderer
-
     data = icon_svg(name)
     app = QApplication.instance()
     palette = app.palette() if app is not None else None  # type: ignore[union-attr]

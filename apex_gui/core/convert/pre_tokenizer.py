@@ -22,7 +22,8 @@ def main(argv: list[str]) -> None:
     # The converter's folder replaces this script's (whose module names must not shadow).
     sys.path[0] = str(folder)
     sys.path.insert(1, str(folder / "gguf-py"))
-    from conversion.base import TextModel, logger  # the converter's own package
+    # optional: the converter's own package, importable once its folder is on sys.path
+    from conversion.base import TextModel, logger
 
     known = TextModel.get_vocab_base_pre
 

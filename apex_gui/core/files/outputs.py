@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from apex_gui.core.gguf.reader import GGUFError, read_header
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the unique temporary names still keep runs apart
@@ -299,8 +301,6 @@ class FileIdentity:
 def gguf_extent_problem(path: str | os.PathLike[str]) -> str | None:
     """Why a complete-looking GGUF is not what one writer finished: bytes past the end its
     own header describes (another writer appended to it), or an unreadable header."""
-    from apex_gui.core.gguf.reader import GGUFError, read_header
-
     try:
         header = read_header(path)
     except GGUFError as error:

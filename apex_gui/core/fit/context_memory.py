@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from apex_gui.core.gguf.model import MixerKind
 from apex_gui.core.gguf.types import ggml_type
 from apex_gui.core.settings import KV_CACHE_TYPES
 from apex_gui.core.units import MiB
@@ -135,10 +136,6 @@ class ModelGeometry:
     @classmethod
     def from_model(cls, model: ModelInfo) -> ModelGeometry:
         """Read the geometry the way llama.cpp's hparams loader does."""
-        from apex_gui.core.gguf.model import ( # local: model.py is heavier than this module needs
-            MixerKind,
-        )
-
         n_all = max(model.block_count, len(model.layers))
         heads = model.per_layer("attention.head_count")
         heads_kv = model.per_layer("attention.head_count_kv", default=-1)

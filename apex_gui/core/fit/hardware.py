@@ -34,6 +34,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Literal, NamedTuple, Protocol
 
+import psutil
+
 from apex_gui.core.units import GB, GiB
 
 __all__ = [
@@ -185,6 +187,7 @@ class PynvmlBackend:
     def init(self) -> None:
         """Import pynvml if needed and call ``nvmlInit``."""
         if self._nvml is None:
+            # start-up: pynvml loads only when NVML is probed (a machine without NVIDIA never)
             import pynvml
 
             self._nvml = pynvml
@@ -258,6 +261,7 @@ class _NoNvmlError(Exception):
 
 def _nvml_error_type() -> type[Exception]:
     try:
+        # optional: without pynvml there is no NVML error to catch
         import pynvml
     except ImportError:
         return _NoNvmlError
@@ -533,7 +537,6 @@ def probe_system(meminfo_path: Path | None = None) -> SystemMemory:
     if meminfo_path is not None:
         pool = _unified_pool(meminfo_path)
         return SystemMemory(total_bytes=pool.total, available_bytes=pool.free)
-    import psutil
 
     memory = psutil.virtual_memory()
     return SystemMemory(total_bytes=int(memory.total), available_bytes=int(memory.available))
@@ -541,8 +544,6 @@ def probe_system(meminfo_path: Path | None = None) -> SystemMemory:
 
 def probe_cpu_cores() -> tuple[int | None, int]:
     """(physical, logical) CPU core counts; physical is None where the OS does not say."""
-    import psutil
-
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
     return psutil.cpu_count(logical=False), logical
 

@@ -26,10 +26,12 @@ from apex_gui.core.fit.placement import ALL_LAYERS, MachineMemory, Verdict, expe
 from apex_gui.core.fit.memory import weight_table
 from apex_gui.core.fit.recommend import evaluate, file_candidate
 from apex_gui.core.fit.rpc_workers import WorkerProbe
+from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.device_placement import (
     CPU_ONLY, PLACEMENT_TOOLS, DevicePlacement,
 )
-from apex_gui.core.jobs.devices import VULKAN_VISIBLE_ENV, DeviceListing, ToolDevice
+from apex_gui.core.jobs.devices import (VULKAN_VISIBLE_ENV, DeviceListing, ToolDevice,
+                                        list_devices as default_list)
 
 #: Batch llama-perplexity and llama-imatrix evaluate at once: ``n_seq = batch / context``
 #: sequences share one KV cache (llama.cpp's default ``-b 2048``).
@@ -74,8 +76,6 @@ def place_model(model_path: Path, listing: DeviceListing, ctx: ContextSettings, 
                 ram_available: int | None = None, probes: Sequence[WorkerProbe] = (),
                 margin: int = DEFAULT_MARGIN) -> DevicePlacement:
     """The placement of one model file on these devices (and workers) at this context."""
-    from apex_gui.core.gguf.model import open_model
-
     devices = chosen_devices(listing)
     reachable = [p for p in probes if p.reachable]
     if not devices and not reachable:
@@ -136,8 +136,6 @@ class JobPlacer:
     def __init__(self, tools: Any, *, cpu_only: bool = False,
                  probes: Sequence[WorkerProbe] = (),
                  list_devices: Callable[[Any], DeviceListing] | None = None) -> None:
-        from apex_gui.core.jobs.devices import list_devices as default_list
-
         self.tools = tools
         self.cpu_only = cpu_only
         self.probes = tuple(probes)

@@ -44,7 +44,8 @@ from apex_gui.core.fit.placement import (
 )
 from apex_gui.core.fit.quality_rank import choose_by_quality, published_applies, published_figures
 from apex_gui.core.jobs.run_options import rpc_args
-from apex_gui.core.plan.profiles import builtin_profiles
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import builtin_profiles, quant_file_name
 from apex_gui.core.units import format_size
 
 if TYPE_CHECKING:
@@ -267,9 +268,6 @@ def profile_candidates(model: ModelInfo, profiles: Iterable[Profile] | None = No
 
     The command names the file the quantize step writes: ``<model stem>-APEX-<Label>.gguf``.
     """
-    from apex_gui.core.plan.precision import plan_from_profile
-    from apex_gui.core.plan.profiles import builtin_profiles, quant_file_name
-
     chosen = list(profiles) if profiles is not None else list(builtin_profiles().values())
     folder = Path(out_dir) if out_dir is not None else model.path.parent
     candidates = []

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from apex_gui.core.fit.rpc_workers import (DEFAULT_RPC_PORT, SECURITY_NOTE, AddressScope, RpcWorker,
-                          RpcWorkerError, classify_host)
+                                           RpcWorkerError, classify_host, probe_environment)
 
 if TYPE_CHECKING:
     from apex_gui.core.jobs.tools import LlamaTools
@@ -182,8 +182,6 @@ class LocalRpcWorker:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> LocalRpcWorker:
         """Start it and wait until its port accepts connections."""
-        from apex_gui.core.fit.rpc_workers import probe_environment
-
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=probe_environment())

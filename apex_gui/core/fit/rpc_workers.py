@@ -39,6 +39,7 @@ from apex_gui.core.jobs.parsers import (
     RPC_CONNECT_FAILED, RPC_HANDSHAKE_FAILED, RPC_LOST, RPC_RESOLVE_FAILED, RPC_UNSUPPORTED, RPC_VERSION_MISMATCH, rpc_protocol_text,
 )
 from apex_gui.core.jobs.run_options import rpc_args
+from apex_gui.core.jobs.tools import child_environment
 from apex_gui.core.units import MiB, format_size
 
 if TYPE_CHECKING:
@@ -329,8 +330,6 @@ def probe_argv(tools: LlamaTools, worker: RpcWorker) -> list[str]:
 def probe_environment() -> dict[str, str]:
     """The tools' child environment; a failed connection aborts, and ggml would otherwise
     try to attach a debugger for a backtrace first."""
-    from apex_gui.core.jobs.tools import child_environment
-
     env = child_environment()
     env["GGML_NO_BACKTRACE"] = "1"
     return env

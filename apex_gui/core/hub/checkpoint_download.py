@@ -12,6 +12,7 @@ never printed: messages name the repository, not the request.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ def _gated_message(repo_id: str) -> str:
 
 def list_checkpoint(repo_id: str, token: str | None = None) -> RepoListing:
     """The repository's commit and the files a conversion needs, with their sizes."""
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -164,8 +166,7 @@ def fetch_file(listing: RepoListing, remote: RepoFile, folder: Path, token: str 
     killed download would begin again from byte 0; this keeps the bytes of a killed run.
     The finished file is checked against the Hub's size and SHA-256 before it is renamed.
     """
-    import hashlib
-
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -206,6 +207,7 @@ def download_checkpoint(listing: RepoListing, folder: Path, token: str | None = 
 
     ``progress(done, total)`` counts bytes over the whole repository.
     """
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
     folder.mkdir(parents=True, exist_ok=True)

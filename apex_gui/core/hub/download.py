@@ -55,6 +55,7 @@ def _bounded_client() -> Any:
     listings; a stalled answer becomes :class:`HubStalled`, which huggingface_hub does not
     retry five times over (a stalled search would otherwise take minutes to fail).
     """
+    # start-up: huggingface_hub and its HTTP client load only when the Hub is used
     import httpx2
     from huggingface_hub.utils._http import hf_request_event_hook
 
@@ -84,6 +85,7 @@ def bound_http_timeouts() -> None:
     global _bounded
     if _bounded:
         return
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import close_session, set_client_factory
 
     set_client_factory(_bounded_client)
@@ -93,6 +95,7 @@ def bound_http_timeouts() -> None:
 
 def transport_errors() -> tuple[type[BaseException], ...]:
     """Network failures of huggingface_hub's HTTP client (they are not OSErrors)."""
+    # start-up: the Hub's HTTP client loads only when the Hub is used
     import httpx2
 
     return (OSError, httpx2.TransportError)
@@ -100,6 +103,7 @@ def transport_errors() -> tuple[type[BaseException], ...]:
 
 def unanswered(what: str, error: BaseException) -> HubUnreachable:
     """The one line for a Hub call that failed on the network (no answer, reset, timeout)."""
+    # start-up: the Hub's HTTP client loads only when the Hub is used
     import httpx2
 
     host = urlparse(endpoint()).hostname or endpoint()
@@ -111,6 +115,7 @@ def unanswered(what: str, error: BaseException) -> HubUnreachable:
 
 
 def endpoint() -> str:
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import constants
 
     return str(constants.ENDPOINT)
@@ -118,6 +123,7 @@ def endpoint() -> str:
 
 def token_status() -> str:
     """Whether a Hugging Face token is configured (read locally; never touches the network)."""
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import get_token
 
     token = get_token()
@@ -177,6 +183,7 @@ def group_gguf_files(files: list[tuple[str, int | None]]) -> list[RemoteFile]:
 def list_gguf_files(repo_id: str, token: str | None = None,
                     timeout: float = API_TIMEOUT_S) -> list[RemoteFile]:
     """The GGUF files of a model repository with their sizes."""
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -201,6 +208,7 @@ def list_gguf_files(repo_id: str, token: str | None = None,
 def progress_class(cancelled: Callable[[], bool],
                     progress: Callable[[int, int | None], None]) -> type:
     """A tqdm class that forwards byte counts and stops the download when cancelled."""
+    # start-up: tqdm (huggingface_hub's) loads only for a download
     from tqdm.auto import tqdm
 
     class _Progress(tqdm):  # type: ignore[misc]
@@ -223,6 +231,7 @@ def download_gguf(repo_id: str, remote: RemoteFile, token: str | None = None,
                   cancelled: Callable[[], bool] = lambda: False,
                   progress: Callable[[str, int, int | None], None] = lambda *_: None) -> Path:
     """Download a GGUF (every shard of a split one) into the Hub cache; returns the first path."""
+    # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 

@@ -194,6 +194,7 @@ class Connectivity:
 def _endpoint_host() -> tuple[str, int]:
     """Host and port of the Hub endpoint in use (``HF_ENDPOINT`` mirrors included)."""
     try:
+        # start-up: huggingface_hub loads only when publishing
         from huggingface_hub import constants
 
         url = urlparse(str(constants.ENDPOINT))
@@ -266,6 +267,7 @@ class Account:
 
 def hub_account(token: str | None = None) -> Account:
     """The logged-in Hub user (``hf auth login`` or ``HF_TOKEN``); PublishError if none."""
+    # start-up: huggingface_hub loads only when publishing
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()
@@ -333,6 +335,7 @@ def upload(plan: UploadPlan, *, token: str | None = None, private: bool = False,
     """
     if not plan.ready:
         raise PublishError("the upload has problems: " + "; ".join(plan.problems))
+    # start-up: huggingface_hub loads only when publishing
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

@@ -36,6 +36,7 @@ Listing = Callable[[str, int], Iterable[RepoHit]]
 
 def hub_listing(query: str, limit: int) -> list[RepoHit]:
     """The Hub's GGUF repositories matching ``query``, most downloaded first."""
+    # start-up: huggingface_hub loads only when the Hub is searched
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 

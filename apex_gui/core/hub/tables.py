@@ -48,7 +48,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     """What the Hub client raises when the network fails: OSErrors and its HTTP client's
     transport errors (not OSErrors)."""
     try:
-        import httpx2  # the HTTP client of huggingface_hub 2.x
+        import httpx2  # optional: the HTTP client of huggingface_hub 2.x only
     except ImportError:
         return (OSError,)
     return (OSError, httpx2.TransportError)
@@ -56,6 +56,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 def download_table(spec: str, token: str | None = None) -> Path:
     """The table file of ``hf://OWNER/REPO/FILE`` in the Hub cache (downloaded if needed)."""
+    # start-up: huggingface_hub loads only when a table is fetched
     from huggingface_hub import get_hf_file_metadata, hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                         RepositoryNotFoundError, RevisionNotFoundError)

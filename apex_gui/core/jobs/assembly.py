@@ -11,13 +11,12 @@ from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_pa
 from apex_gui.core.jobs.pipeline import EvaluationOptions, Pipeline, build_pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
 from apex_gui.core.jobs.run_options import RunOptions
+from apex_gui.core.plan.profiles import quant_file_name
 from apex_gui.core.units import format_size
 
 
 def output_name(model: Any, label: str) -> str:
     """``<source stem>-APEX-<Label>.gguf``, the name the memory check also uses."""
-    from apex_gui.core.plan.profiles import quant_file_name
-
     return quant_file_name(Path(model.path), label)
 
 

@@ -17,6 +17,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from apex_gui.core.files.inputs import TEXT_CAP_BYTES, InputFileError, read_bounded_bytes
 from apex_gui.core.settings import cache_dir, data_dir
 
 #: Bundled calibration files, in the order they are concatenated.
@@ -87,8 +88,6 @@ def combine_calibration(files: Sequence[str | os.PathLike[str] | Traversable] | 
             if isinstance(path, Path):
                 # Bounded: a FIFO or /dev/zero chosen as calibration must not hang or fill
                 # memory (regular files only, under a size cap).
-                from apex_gui.core.files.inputs import TEXT_CAP_BYTES, InputFileError, read_bounded_bytes
-
                 try:
                     data = read_bounded_bytes(path, "calibration file", TEXT_CAP_BYTES)
                 except InputFileError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from apex_gui.core.jobs.specs import (
     gguf_output_problem, gguf_tensor_totals, same_file, too_few_tokens_message,
 )
 from apex_gui.core.settings import data_dir
+from apex_gui.core.units import format_size
 
 if TYPE_CHECKING:
     from apex_gui.core.plan.precision import PrecisionPlan
@@ -198,7 +200,6 @@ class QuantizeJob(ToolJob):
             probe = folder if folder.exists() else Path(folder.anchor or ".")
             free = shutil.disk_usage(probe).free
             if free < self.predicted_bytes:
-                from apex_gui.core.units import format_size
                 raise JobError(
                     f"not enough disk space in {folder}: the quant needs "
                     f"{format_size(self.predicted_bytes)} and only {format_size(free)} is "
@@ -263,7 +264,5 @@ def quantize_argv(plan: PrecisionPlan, quantize_exe: str | Path, source: str | P
 def command_line(plan: PrecisionPlan, tensor_type_file: str = "plan.txt",
                  output: str = "OUT.gguf") -> str:
     """A copyable shell command (display only; jobs run argument lists, never a shell)."""
-    import shlex
-
     return shlex.join(quantize_argv(plan, "llama-quantize", plan.model.path, output,
                                     tensor_type_file))

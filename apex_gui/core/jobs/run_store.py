@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from apex_gui.core.files.outputs import clean_abandoned
 from apex_gui.core.settings import data_dir
 
 SCHEMA_VERSION = 1
@@ -385,8 +388,6 @@ class RunStore:
                 [(time.time(), _interrupted_message(pid), run_id) for run_id, pid, _ in gone])
         # What the dead runs were writing: their partial files and locks go too (unless a
         # live run has taken that output since; clean_abandoned checks the lock).
-        from apex_gui.core.files.outputs import clean_abandoned
-
         for output in {output for _, _, output in gone if isinstance(output, str) and output}:
             clean_abandoned(output)
         return len(gone)
@@ -437,16 +438,12 @@ def _interrupted_message(pid: int | None) -> str:
 
 
 def _this_process() -> tuple[int, float]:
-    import psutil
-
     process = psutil.Process()
     return process.pid, process.create_time()
 
 
 def _process_alive(pid: int, created: float) -> bool:
     """The same process (a recycled pid has another start time) and still running."""
-    import psutil
-
     try:
         process = psutil.Process(pid)
         return abs(process.create_time() - created) < 1.0 and \

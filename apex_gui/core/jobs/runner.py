@@ -35,6 +35,7 @@ from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from apex_gui.core.jobs.specs import JobError, ToolJob
 from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
+from apex_gui.core.units import format_size
 
 #: Seconds between terminate() and kill() when a job is cancelled.
 TERMINATE_TIMEOUT_S = 5.0
@@ -140,8 +141,6 @@ def prepare_run(job: ToolJob, tools: LlamaTools, store: RunStore | None = None,
 
 def _disk_full(folder: Path) -> str | None:
     """A message when ``folder``'s disk has (almost) no space left, else None."""
-    from apex_gui.core.units import format_size
-
     try:
         free = shutil.disk_usage(folder).free
     except OSError:

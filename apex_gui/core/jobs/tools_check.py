@@ -18,14 +18,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from apex_gui.core.fixtures.synthetic import TINY_QWEN2MOE, write_synthetic_model
+from apex_gui.core.jobs.calibration import quick_eval_text
 from apex_gui.core.jobs.child_process import SIGKILL, own_group_options, signal_group
+from apex_gui.core.jobs.crashes import signal_name
 from apex_gui.core.jobs.device_placement import DevicePlacement
 from apex_gui.core.jobs.devices import gpu_backends_in, list_devices
+from apex_gui.core.jobs.evaluations import PerplexityJob
 from apex_gui.core.jobs.monitor import CancelFlag, RunLimits
+from apex_gui.core.jobs.parsers import parse_loaded_cpu_variant
+from apex_gui.core.jobs.quantize import QuantizeJob
 from apex_gui.core.jobs.run_options import RunOptions
-from apex_gui.core.jobs.tools import (
-    TOOL_NAMES, LlamaTools, child_environment, cpu_variants, expected_cpu_variant,
-)
+from apex_gui.core.jobs.runner import run_job
+from apex_gui.core.jobs.tools import (TOOL_NAMES, LlamaTools, child_environment, cpu_variants,
+                                      expected_cpu_variant, missing_tool_message)
 from apex_gui.core.jobs.tools_findings import (
     ToolCheck, ToolsCheckReport, build_identity, store_check,
 )
@@ -70,8 +76,6 @@ def _start_check(tools: LlamaTools, short: str,
                              f"{START_TIMEOUT_S:.0f} s", REBUILD_FIX)
     output = out.decode("utf-8", errors="replace")
     if proc.returncode < 0:
-        from apex_gui.core.jobs.crashes import signal_name
-
         return ToolCheck(location.executable, False,
                          f"died at start by {signal_name(-proc.returncode)}", REBUILD_FIX)
     if "error while loading shared libraries" in output:
@@ -88,19 +92,11 @@ def run_tools_check(tools: LlamaTools, cancel: CancelFlag | None = None,
     Every wait is bounded: a tool run by ``time_limit_s``, a start by START_TIMEOUT_S, and
     ``cancel`` (a window closing) stops whatever runs; a cancelled check is not stored.
     """
-    from apex_gui.core.jobs.calibration import quick_eval_text
-    from apex_gui.core.jobs.evaluations import PerplexityJob
-    from apex_gui.core.jobs.quantize import QuantizeJob
-    from apex_gui.core.jobs.parsers import parse_loaded_cpu_variant
-    from apex_gui.core.jobs.runner import run_job
-    from apex_gui.core.fixtures.synthetic import TINY_QWEN2MOE, write_synthetic_model
-
     started = time.monotonic()
     identity = build_identity(tools)
     if identity is None:
         missing = [loc.executable for loc in tools.report()
                    if not loc.found and loc.name in ("quantize", "perplexity")]
-        from apex_gui.core.jobs.tools import missing_tool_message
 
         checks = tuple(ToolCheck(name, False, "not found",
                                  missing_tool_message(name, tools.configured_dir))
@@ -171,8 +167,6 @@ def run_tools_check(tools: LlamaTools, cancel: CancelFlag | None = None,
 
 def _failure(outcome: Any) -> str:
     if outcome.signal_number:
-        from apex_gui.core.jobs.crashes import signal_name
-
         return f"crashed ({signal_name(outcome.signal_number)})"
     return f"failed: {outcome.message}"
 
@@ -188,8 +182,6 @@ DEVICE_FIX = ("update the GPU driver; until then run on the CPU (Settings > CPU 
 def _device_checks(tools: LlamaTools, job: Any, cpu_ppl: float,
                    cancel: CancelFlag | None, limits: RunLimits) -> list[ToolCheck]:
     """Each GPU device the tools use by default: the same perplexity with every layer on it."""
-    from apex_gui.core.jobs.runner import run_job
-
     if not gpu_backends_in(tools.path("perplexity").parent):
         return []  # a CPU build: the CPU was checked above
     listing = list_devices(tools)

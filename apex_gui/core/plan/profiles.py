@@ -19,6 +19,7 @@ from typing import Any
 
 import tomli_w
 
+from apex_gui.core.files.inputs import PROFILE_CAP_BYTES, InputFileError, read_bounded_text
 from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, UnknownTypeError, ggml_type
 from apex_gui.core.settings import config_dir
 
@@ -217,8 +218,6 @@ def parse_profile(data: dict[str, Any], source: str, builtin: bool = False) -> P
 def load_profile_file(path: str | Path, builtin: bool = False) -> Profile:
     """Read and check one profile file; every problem is a :class:`ProfileError` naming the
     file (and the key): a FIFO, a huge file, non-UTF-8 bytes and wrong value types included."""
-    from apex_gui.core.files.inputs import PROFILE_CAP_BYTES, InputFileError, read_bounded_text
-
     file_path = Path(path)
     try:
         text = read_bounded_text(file_path, "", PROFILE_CAP_BYTES)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from apex_gui.core.gguf.model import ModelInfo
 from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import all_profiles
 from apex_gui.core.quality.optimizer import BudgetTooSmall, optimize, smallest_plan_bytes
 from apex_gui.core.quality.sensitivity import SensitivityTable
 
@@ -22,8 +23,6 @@ def tier_points(model: ModelInfo, table: SensitivityTable,
                 keys: tuple[str, ...] = ("quality", "balanced", "compact", "mini",
                                          "nano", "micro")) -> list[CurvePoint]:
     """Each fixed tier's exact size and its KL divergence predicted from the same table."""
-    from apex_gui.core.plan.profiles import all_profiles
-
     profiles = all_profiles()
     points = []
     for key in keys:

@@ -9,6 +9,9 @@ from apex_gui.core.fit.quality_rank import (
     QualityFigure, measured_figures, merge_figures, predicted_figures, published_applies,
     published_figures,
 )
+from apex_gui.core.plan.precision import plan_from_profile
+from apex_gui.core.plan.profiles import all_profiles
+from apex_gui.core.report.results import collect_results
 
 
 def quality_figures(model: Any, keys: Iterable[str], *, table: Any = None, store: Any = None,
@@ -16,14 +19,9 @@ def quality_figures(model: Any, keys: Iterable[str], *, table: Any = None, store
     """Every figure known for these profiles of ``model``: measured (run store), predicted
     (sensitivity ``table``), published (only for the model it was measured on); the most
     trusted per profile."""
-    from apex_gui.core.plan.precision import plan_from_profile
-    from apex_gui.core.plan.profiles import all_profiles
-
     wanted = list(keys)
     layers: list[Mapping[str, QualityFigure]] = []
     if store is not None:
-        from apex_gui.core.report.results import collect_results
-
         rows = collect_results(store, reference=model.path, family_only=True)
         layers.append({k: f for k, f in measured_figures(rows).items() if k in wanted})
     if table is not None:

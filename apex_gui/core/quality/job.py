@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from apex_gui.core.jobs.progress import Progress, ProgressReader
 from apex_gui.core.jobs.specs import MODEL_INPUT, JobInput, JobVerdict, ToolJob
 from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.quality.sensitivity import SensitivityTable
 
 _PROGRESS = re.compile(r"\[\s*([\d.]+)%\]\s*([^\r\n\x1b]*)")
 _WROTE = re.compile(r"wrote (.+): (\d+) tensors x (\d+) types, (\d+) KL probes")
@@ -99,8 +100,6 @@ class SensitivityJob(ToolJob):
         return JobVerdict(False, f"sensitivity of {self.model.name} failed: {reason}")
 
     def output_problem(self, written: Path) -> str | None:
-        from apex_gui.core.quality.sensitivity import SensitivityTable
-
         try:
             SensitivityTable.load(written)
         except (ValueError, KeyError, OSError) as error:
@@ -108,8 +107,6 @@ class SensitivityJob(ToolJob):
         return None
 
     def output_results(self, written: Path) -> dict[str, Any]:
-        from apex_gui.core.quality.sensitivity import SensitivityTable
-
         table = SensitivityTable.load(written)
         return {"tensors": len(table.errors), "types": len(table.candidates),
                 "probes": len(table.probes)}

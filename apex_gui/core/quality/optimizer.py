@@ -20,11 +20,16 @@ tensor x type options: well under a second on a 400B-parameter model.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from apex_gui.core.fit.context_memory import ModelGeometry
+from apex_gui.core.fit.placement import Candidate, Verdict
+from apex_gui.core.fit.recommend import evaluate
 from apex_gui.core.gguf.model import ModelInfo
+from apex_gui.core.gguf.roles import TensorRole, classify
 from apex_gui.core.gguf.types import IMATRIX_REQUIRED, TYPES, effective_type, tensor_bytes
 from apex_gui.core.plan.precision import PrecisionPlan, is_quantizable
 from apex_gui.core.quality.sensitivity import SensitivityTable
@@ -258,8 +263,6 @@ def optimize(model: ModelInfo, table: SensitivityTable, budget: int,
     ``keep(name)`` true: the tensor stays as stored. Tensors the table does not cover (a
     different model) raise, naming the first.
     """
-    import time
-
     started = time.perf_counter()
     names = [t.name for t in model.tensors if is_quantizable(t.name, t.shape)]
     missing = [n for n in names if n not in table.errors]
@@ -390,10 +393,6 @@ def optimize_for_fit(model: ModelInfo, table: SensitivityTable, machine: Any, ct
     ``experts_in_ram`` the routed experts get the machine's available RAM (less ``margin``)
     as their own budget and the bisection is over what stays on the GPUs (``--cpu-moe``).
     """
-    from apex_gui.core.fit.context_memory import ModelGeometry
-    from apex_gui.core.fit.recommend import evaluate
-    from apex_gui.core.fit.placement import Candidate, Verdict
-
     geom = ModelGeometry.from_model(model)
     if experts_in_ram and not machine.gpus:
         raise ValueError("routed experts in RAM needs GPUs for the rest: give --gpu or --vram")
@@ -442,8 +441,6 @@ def optimize_for_fit(model: ModelInfo, table: SensitivityTable, machine: Any, ct
 
 def routed_expert_names(model: ModelInfo) -> set[str]:
     """Quantizable tensors that ``--cpu-moe`` keeps in system RAM (the routed experts)."""
-    from apex_gui.core.gguf.roles import TensorRole, classify
-
     return {t.name for t in model.tensors
             if is_quantizable(t.name, t.shape) and classify(t.name) is TensorRole.ROUTED_EXPERT}
 
@@ -458,8 +455,6 @@ def optimize_experts_in_ram(model: ModelInfo, table: SensitivityTable, vram_budg
     joint optimum. Each part is solved by :func:`optimize` with the other part held as stored,
     its stored bytes added to that call's budget.
     """
-    import time
-
     started = time.perf_counter()
     experts = routed_expert_names(model)
     if not experts:

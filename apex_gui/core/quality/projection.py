@@ -21,12 +21,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apex_gui.core.gguf.model import ModelInfo
+import psutil
+
+from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
+from apex_gui.core.gguf.model import ModelInfo, open_model
 from apex_gui.core.gguf.roles import TensorRole
 from apex_gui.core.gguf.types import effective_type, tensor_bytes
+from apex_gui.core.jobs.evaluations import PerplexityJob
+from apex_gui.core.jobs.quantize import QuantizeJob
+from apex_gui.core.jobs.runner import run_job
 from apex_gui.core.plan.precision import is_quantizable
 from apex_gui.core.quality.calibration import high_type_for, probe_type_for
-from apex_gui.core.quality.row_sample import plan_sample, sample_bytes
+from apex_gui.core.quality.readback import weighted_errors
+from apex_gui.core.quality.row_sample import plan_sample, sample_bytes, write_row_sample
+from apex_gui.core.quality.scratch import scratch_folder
 from apex_gui.core.settings import data_dir
 from apex_gui.core.units import format_size
 
@@ -216,8 +224,6 @@ DISK_READ_BYTES_PER_S = 1e9
 
 def _available_memory() -> int:
     """Memory the page cache can keep a model in (free plus reclaimable)."""
-    import psutil  # imported here: the projection is the only user in this module
-
     return int(psutil.virtual_memory().available)
 
 
@@ -271,14 +277,6 @@ def project(model: ModelInfo, candidates: Iterable[str], probes: int, context: i
 
 def measure_speed(tools: object, folder: Path) -> MachineSpeed:
     """A few-second pilot on a small synthetic model: each kind of step at two sizes."""
-    from apex_gui.core.fixtures.synthetic import SyntheticModelSpec, write_synthetic_model
-    from apex_gui.core.gguf.model import open_model
-    from apex_gui.core.jobs.evaluations import PerplexityJob
-    from apex_gui.core.jobs.quantize import QuantizeJob
-    from apex_gui.core.jobs.runner import run_job
-    from apex_gui.core.quality.readback import weighted_errors
-    from apex_gui.core.quality.row_sample import write_row_sample
-
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=4, n_embd=256, n_head=4, n_head_kv=1,
                               n_expert=8, n_ff_exp=256, n_ff_shexp=256, context_length=512,
                               seed=11, name="APEX speed pilot")
@@ -316,8 +314,6 @@ def measure_speed(tools: object, folder: Path) -> MachineSpeed:
 
 def ensure_speed(tools: object, work_dir: str | os.PathLike[str] | None = None) -> MachineSpeed:
     """The recorded timings, measured by the pilot first when there are none."""
-    from apex_gui.core.quality.scratch import scratch_folder
-
     speed = load_speed()
     if speed is None:
         with scratch_folder(work_dir) as folder:

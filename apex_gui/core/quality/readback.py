@@ -25,6 +25,7 @@ def read_imatrix(path: Path) -> dict[str, np.ndarray]:
     Reads the GGUF format (``NAME.in_sum2`` / ``NAME.counts``, normalised per expert as
     llama-quantize does) and the legacy ``.dat`` format.
     """
+    # start-up: gguf loads only when an imatrix is read
     import gguf
 
     try:
@@ -70,6 +71,7 @@ def dequantized_slices(path: Path, entry: TensorEntry, data_offset: int) -> Iter
 
     Each matrix is read with one positioned read: memory (resident too) stays at one matrix,
     where a memory map of the file would keep every page it touched resident."""
+    # start-up: gguf loads only when a quant is read back
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from apex_gui.core.jobs.run_store import RunRecord, RunStore
+from apex_gui.core.plan.profiles import BUILTIN_ORDER, all_profiles
 from apex_gui.core.units import format_size_figure, size_unit
 
 __all__ = [
@@ -134,8 +135,6 @@ def _profile_label(key: str) -> str:
     if not key:
         return ""
     try:
-        from apex_gui.core.plan.profiles import all_profiles
-
         profiles = all_profiles()
     except Exception:  # noqa: BLE001 - a broken user profile must not hide the results
         profiles = {}
@@ -298,8 +297,6 @@ def collect_results(store: RunStore, *, reference: str | os.PathLike[str] | None
 def sort_results(rows: Sequence[QuantResult]) -> list[QuantResult]:
     """Reference first, then APEX quants, other quants and baselines, each largest first
     (equal sizes in profile order: Quality before I-Quality)."""
-    from apex_gui.core.plan.profiles import BUILTIN_ORDER
-
     def profile_rank(row: QuantResult) -> int:
         return BUILTIN_ORDER.index(row.profile) if row.profile in BUILTIN_ORDER else 99
 

@@ -34,7 +34,10 @@ from apex_gui.core.jobs.runner import JobOutcome, JobStatus, run_job
 from apex_gui.core.jobs.specs import ToolJob, gguf_output_problem
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.plan.precision import plan_from_profile
-from apex_gui.core.plan.profiles import get_profile
+from apex_gui.core.plan.profiles import all_profiles, get_profile
+from apex_gui.core.report.card_facts import model_facts, quant_recipes
+from apex_gui.core.report.model_card import build_card_inputs, render_model_card
+from apex_gui.core.report.results import collect_results
 from apex_gui.core.workflow.state import PipelineState
 
 #: Steps that are not tool runs, in the order they come.
@@ -300,11 +303,6 @@ class SourcePipeline:
 
     # --- card and upload --------------------------------------------------------------------
     def _card(self, converted: Path, quants: list[Path]) -> Path | None:
-        from apex_gui.core.plan.profiles import all_profiles
-        from apex_gui.core.report.card_facts import model_facts, quant_recipes
-        from apex_gui.core.report.model_card import build_card_inputs, render_model_card
-        from apex_gui.core.report.results import collect_results
-
         card = self.request.work_dir / "README.md"
         if self.state.done(CARD):
             self._reuse(CARD, "model card", card)

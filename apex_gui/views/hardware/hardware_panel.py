@@ -46,6 +46,7 @@ from apex_gui.core.units import format_size
 from apex_gui.qt.workers import CancelToken, Task, WorkerPool
 from apex_gui.views.hardware.hardware_probing import HardwareProbing
 from apex_gui.views.hardware.memory_bar import MemoryBar, VERDICT_COLOURS
+from apex_gui.views.hardware.quality_rows import best_plan_for, figures_for, kl_cell
 from apex_gui.views.hardware.rpc_workers_box import RpcWorkersBox
 
 __all__ = ["HardwarePanel", "MemoryBar", "verdict_text"]
@@ -401,8 +402,6 @@ class HardwarePanel(HardwareProbing, QWidget):
         table = self.sensitivity
 
         def fit(token: CancelToken) -> tuple[list[Candidate], Recommendation, Any]:
-            from apex_gui.views.hardware.quality_rows import best_plan_for, figures_for
-
             # The tiers `apex-studio recommend` ranks, so both give the same answer.
             candidates = cached if cached is not None else tier_candidates(model)
             token.raise_if_cancelled()
@@ -452,7 +451,6 @@ class HardwarePanel(HardwareProbing, QWidget):
         bold.setBold(True)
         highlight = QColor(self.palette().color(QPalette.ColorRole.Highlight))
         highlight.setAlpha(60)
-        from apex_gui.views.hardware.quality_rows import kl_cell
 
         rows = list(recommendation.results)
         if self.best_fit is not None:

@@ -9,16 +9,16 @@ from typing import Any
 from apex_gui.core.fit.quality_rank import QualityFigure
 from apex_gui.core.fit.recommend import Recommendation
 from apex_gui.core.fit.placement import Candidate, FitResult
+from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from apex_gui.core.quality.figures import quality_figures
+from apex_gui.core.quality.known import known_sensitivity
+from apex_gui.core.quality.optimizer import BudgetTooSmall, optimize_for_fit
 
 
 def figures_for(model: Any, candidates: Sequence[Candidate],
                 table: Any = None) -> tuple[Any, dict[str, QualityFigure]]:
     """The sensitivity table to use (the one given, else one measured earlier) and every KL
     figure known for the candidates (measured runs, predicted, published)."""
-    from apex_gui.core.quality.known import known_sensitivity
-    from apex_gui.core.jobs.run_store import RunStore, RunStoreError
-
     if table is None:
         try:
             table = known_sensitivity(model)
@@ -49,8 +49,6 @@ def best_plan_for(model: Any, table: Any, machine: Any, ctx: Any,
                   margin: int) -> tuple[Any, FitResult] | None:
     """The optimizer's plan that loads fully here and its fit, or None (no table, or even
     the smallest plan does not load)."""
-    from apex_gui.core.quality.optimizer import BudgetTooSmall, optimize_for_fit
-
     if _matching(model, table) is None:
         return None
     try:

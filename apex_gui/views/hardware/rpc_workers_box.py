@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QLineEdit, QToolButton, QVBoxLayout, QWidget
 
-from apex_gui.core.fit.rpc_workers import (RpcWorker, RpcWorkerError, WorkerProbe,
-                                           parse_workers, worker_warnings)
+from apex_gui.core.fit.rpc_workers import (RpcWorker, RpcWorkerError, WorkerProbe, parse_workers,
+                                           probe_workers, worker_warnings)
+from apex_gui.core.jobs.tools import LlamaTools
+from apex_gui.core.settings import load_settings
 from apex_gui.qt.workers import Task, WorkerPool
 
 ProbeFunction = Callable[[Sequence[RpcWorker]], tuple[WorkerProbe, ...]]
@@ -27,10 +29,6 @@ ERROR_STYLE = "color: #e03131;"
 
 
 def probe_with_tools(workers: Sequence[RpcWorker]) -> tuple[WorkerProbe, ...]:
-    from apex_gui.core.fit.rpc_workers import probe_workers
-    from apex_gui.core.settings import load_settings
-    from apex_gui.core.jobs.tools import LlamaTools
-
     return probe_workers(workers, LlamaTools.for_settings(load_settings()))
 
 

@@ -18,6 +18,8 @@ from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFormLay
                                QLineEdit, QRadioButton, QVBoxLayout, QWidget)
 
 from apex_gui.core.plan.precision import PlanName
+from apex_gui.core.quality.known import known_sensitivity
+from apex_gui.core.quality.optimizer import optimize, optimize_for_fit
 from apex_gui.core.units import format_size, parse_size
 from apex_gui.qt.workers import CancelToken, Task
 
@@ -146,9 +148,6 @@ class FitToBudgetDialog(QDialog):
         imatrix = plan.imatrix
 
         def work(token: CancelToken) -> Any:
-            from apex_gui.core.quality.known import known_sensitivity
-            from apex_gui.core.quality.optimizer import optimize, optimize_for_fit
-
             found = table if table is not None else known_sensitivity(model, imatrix)
             if found is None:
                 raise ValueError(NO_SENSITIVITY.format(name=model.path.name,

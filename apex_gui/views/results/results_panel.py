@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import (QAbstractTableModel, QEvent, QModelIndex, QPersistentModelIndex, Qt,
+                            Signal)
 from PySide6.QtGui import QColor, QFont, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QPushButton, QSplitter, QTableView, QTabWidget,
@@ -30,6 +31,8 @@ from apex_gui.core.report.results import (
     QuantResult, collect_results, results_to_csv, results_to_markdown,
 )
 from apex_gui.core.units import format_size_figure, size_unit
+from apex_gui.views.results.publish_dialog import PublishDialog
+from apex_gui.views.results.quality_curve import draw_quality_curve
 
 __all__ = ["ResultsPanel", "ResultsTableModel", "ResultsPlot"]
 
@@ -373,8 +376,6 @@ class ResultsPanel(QWidget):
         self.refresh()
 
     def _draw_quality_curve(self) -> None:
-        from apex_gui.views.results.quality_curve import draw_quality_curve
-
         curve, tiers = getattr(self, "_quality_curve", ([], []))
         draw_quality_curve(self.kld_plot, curve, tiers)
 
@@ -446,8 +447,6 @@ class ResultsPanel(QWidget):
 
     def open_publish_dialog(self) -> Any:
         """The model card and upload dialog for the APEX quants in the table."""
-        from apex_gui.views.results.publish_dialog import PublishDialog
-
         fits = {}
         if self._recommendation is not None:
             fits = {r.candidate.key: r for r in self._recommendation.results}
@@ -465,8 +464,6 @@ class ResultsPanel(QWidget):
             plot.apply_palette(self.palette())
 
     def changeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
-        from PySide6.QtCore import QEvent
-
         if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
             self._apply_palette()
             if self.rows:

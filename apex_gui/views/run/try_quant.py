@@ -6,6 +6,7 @@ when the answer is complete, on Stop, or when the dialog closes (terminate, then
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QElapsedTimer, QProcess, Signal
@@ -13,6 +14,8 @@ from PySide6.QtGui import QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from apex_gui.core.gguf.model import open_model
+from apex_gui.core.gguf.reader import GGUFError
 from apex_gui.core.jobs.run_options import RunOptions
 from apex_gui.core.jobs.tools import LlamaTools, ToolNotFoundError
 from apex_gui.core.jobs.try_quant import (DEFAULT_PROMPT, CompletionJob, CompletionText,
@@ -163,8 +166,6 @@ class TryQuantDialog(QDialog):
                      ) -> tuple[CompletionJob, str] | None:
         """Run once more when the tool crashed (without repacking, as the job engine does) or
         when its text was lost at exit (llama.cpp's logger, issue 22142)."""
-        from dataclasses import replace
-
         job = self._job
         if job is None:
             return None
@@ -200,9 +201,6 @@ class TryQuantDialog(QDialog):
 
 def _spm_spaces(model: Path) -> bool:
     """Whether this model's spaces come out as ``▁`` marks (see writes_spaces_as_spm_marks)."""
-    from apex_gui.core.gguf.model import open_model
-    from apex_gui.core.gguf.reader import GGUFError
-
     try:
         metadata = open_model(model).metadata
     except (GGUFError, OSError):

@@ -18,7 +18,8 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog
                                QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
                                QPushButton, QVBoxLayout, QWidget)
 
-from apex_gui.core.convert.converter import converter_problem, find_converter, install_commands
+from apex_gui.core.convert.converter import (converter_problem, fetch_sdist, find_converter,
+                                             install_commands, missing_modules)
 from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.workflow.source_pipeline import (SourcePipelineRequest, StepEvents,
@@ -135,8 +136,6 @@ class HubPipelineDialog(QDialog):
         configured = self._tools().configured_dir
 
         def install(token: CancelToken) -> str:
-            from apex_gui.core.convert.converter import fetch_sdist, missing_modules
-
             if missing_modules():
                 for command in install_commands():
                     token.progress(0.0, " ".join(command[3:])[:120], force=True)
@@ -166,6 +165,7 @@ class HubPipelineDialog(QDialog):
         work = self.output_edit.text().strip()
         work_dir = Path(work).expanduser() if work else (
             Path.home() / f"{model_name(source or 'model')}-APEX")
+        # start-up: huggingface_hub loads only when the Hub is used
         from huggingface_hub import get_token
 
         return SourcePipelineRequest(

@@ -6,6 +6,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from apex_gui import __version__
+from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import Settings
 from apex_gui.views import style
 from apex_gui.views.window.hf_download import HubDownloadDialog
@@ -70,7 +71,6 @@ class WindowDialogs:
         """Try the open model (typically the quant just made) with a short prompt."""
         if self.current_model is None:
             return None
-        from apex_gui.core.jobs.tools import LlamaTools
 
         # As the Run queue's tools: the configured folder and the run options (threads,
         # --no-repack where the tools check found the repacked kernels crashing here).

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apex_gui.core.fit.job_placement import JobPlacer
+from apex_gui.core.jobs.baselines import baselines
 from apex_gui.core.jobs.run_store import RunStore, RunStoreError
 from apex_gui.core.jobs.tools import LlamaTools
 from apex_gui.core.settings import save_settings
@@ -19,6 +20,7 @@ from apex_gui.qt.job_queue import JobQueue
 from apex_gui.views.hardware.hardware_panel import HardwarePanel
 from apex_gui.views.results.results_panel import ResultsPanel
 from apex_gui.views.run.run_panel import RunPanel
+from apex_gui.views.window.quality_wiring import install_quality
 
 __all__ = ["InstalledPanels", "install_panels"]
 
@@ -70,7 +72,6 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         results.set_baselines([])
         if model is None or not model.is_full_precision:
             return
-        from apex_gui.core.jobs.baselines import baselines
 
         task = window.workers.submit("size baselines", lambda token: baselines(
             model, tools=tools, cancelled=lambda: token.cancelled))
@@ -161,7 +162,6 @@ def install_panels(window: Any, *, store: RunStore | None = None,
         return True
 
     window.add_close_guard(close_guard)
-    from apex_gui.views.window.quality_wiring import install_quality
 
     install_quality(window, hardware, queue, results)
     if window.current_model is not None:

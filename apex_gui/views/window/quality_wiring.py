@@ -18,6 +18,14 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFormLayout, QInputDialog, QLabel, QToolBar
 
+from apex_gui.core.hub.tables import fetch_table
+from apex_gui.core.quality.curve import optimizer_curve, tier_points
+from apex_gui.core.quality.job import SensitivityJob
+from apex_gui.core.quality.known import beside_model, known_sensitivity
+from apex_gui.core.quality.scratch import scratch_root
+from apex_gui.core.quality.sensitivity import prepare_measurement
+from apex_gui.core.quality.table import SensitivityTable
+from apex_gui.core.settings import data_dir
 from apex_gui.views.plan.budget_dialog import FitToBudgetDialog, apply_optimized_plan, kld_text
 from apex_gui.views.heatmap.sensitivity_overlay import DamageLegend, SensitivityOverlay
 
@@ -74,7 +82,6 @@ class QualityState(QObject):
         self.set_table(None)
         if model is None:
             return
-        from apex_gui.core.quality.known import known_sensitivity
 
         task = self.window.workers.submit("look up sensitivity",
                                           lambda _token: known_sensitivity(model))
@@ -156,9 +163,6 @@ def _tools_menu(window: Any) -> Any:
 def sensitivity_output(model_path: Path) -> Path:
     """Where a measured table goes: beside the model (found there again on the next start),
     else in the data folder when the model's folder is read-only."""
-    from apex_gui.core.quality.known import beside_model
-    from apex_gui.core.settings import data_dir
-
     target = beside_model(model_path)
     if os.access(target.parent, os.W_OK):
         return target
@@ -168,9 +172,6 @@ def sensitivity_output(model_path: Path) -> Path:
 def sensitivity_job_label(model: Any, imatrix: Path | None, context: int,
                           chunks: int | None) -> str:
     """The job's title with its projected time and scratch disk (said before it starts)."""
-    from apex_gui.core.quality.scratch import scratch_root
-    from apex_gui.core.quality.sensitivity import prepare_measurement
-
     name = f"sensitivity of {model.path.name}"
     try:
         settings = prepare_measurement(model.path, imatrix, context=context, chunks=chunks)
@@ -183,8 +184,6 @@ def sensitivity_job_label(model: Any, imatrix: Path | None, context: int,
 def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: int = 512,
                       chunks: int | None = None) -> int | None:
     """Queue the open model's sensitivity measurement; its table is used when it is done."""
-    from apex_gui.core.quality.job import SensitivityJob
-
     model = window.current_model
     if model is None:
         window.statusBar().showMessage("Open a model first", 4000)
@@ -204,8 +203,6 @@ def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: 
             return
         queue.jobFinished.disconnect(finished)
         if outcome.succeeded and window.current_model is model:
-            from apex_gui.core.quality.table import SensitivityTable
-
             try:
                 state.set_table(SensitivityTable.load(output, model))
             except (ValueError, OSError) as error:
@@ -220,8 +217,6 @@ def queue_sensitivity(window: Any, queue: Any, state: QualityState, *, context: 
 def load_sensitivity(window: Any, state: QualityState, spec: str) -> Any:
     """Use a table from a file or ``hf://OWNER/REPO/FILE.json`` for the open model (fetched
     and checked off the GUI thread); a refusal is one line in the status bar."""
-    from apex_gui.core.hub.tables import fetch_table
-
     model = window.current_model
     if model is None:
         window.statusBar().showMessage("Open a model first", 4000)
@@ -245,7 +240,6 @@ def _update_curve(window: Any, results: Any, state: QualityState, table: Any) ->
     if table is None or model is None:
         results.set_quality_curve([], [])
         return
-    from apex_gui.core.quality.curve import optimizer_curve, tier_points
 
     task = window.workers.submit("optimizer curve", lambda _token: (
         optimizer_curve(model, table), tier_points(model, table)))
