@@ -30,7 +30,7 @@ from apex_gui.core.jobs.assembly import RunRequest, output_name, pipeline_for, u
 from apex_gui.core.jobs.calibration import combine_calibration, imatrix_cache_path, quick_eval_text
 from apex_gui.core.jobs.evaluations import ReferenceLogitsJob
 from apex_gui.core.jobs.pipeline import (
-    EvaluationOptions, Pipeline, build_pipeline, evaluation_jobs,
+    EvaluationOptions, Pipeline, evaluation_jobs,
 )
 from apex_gui.core.jobs.progress import Progress
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import struct
-from pathlib import Path
 
 from apex_gui.core.files.inputs import TASK_CAP_BYTES, InputFileError, read_bounded_bytes
 

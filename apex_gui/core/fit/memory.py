@@ -41,7 +41,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from apex_gui.core.fit.context_memory import (
     ContextSettings, KvCacheEstimate, MMPROJ_COMPUTE_ALLOWANCE, ModelGeometry, Placement,

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from apex_gui.core.files.inputs import InputFileError, check_input_file
 from apex_gui.core.gguf.reader import GGUFError, read_header

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from apex_gui.core.gguf.model import ModelInfo, open_model
-from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, TYPES, UnknownTypeError, ggml_type
+from apex_gui.core.gguf.types import FTYPE_DEFAULT_TYPE, IMATRIX_REQUIRED, UnknownTypeError, ggml_type
 from apex_gui.core.jobs.calibration import file_digest
 from apex_gui.core.jobs.evaluations import KLDivergenceJob, ReferenceLogitsJob
 from apex_gui.core.jobs.quantize import QuantizeJob
