@@ -130,6 +130,9 @@ def test_first_start_shows_quality_on_the_demo(qtbot, tmp_path: Path, llama_tool
         window.switch_profile("quality")
         predicted = float(state.kld_label.text())
         assert 0 < predicted < 0.1
+        # KL divergence depends on the text and the context: the prediction says for which.
+        assert ("for text like the bundled mix of chat, code, reasoning and tool calls at a "
+                "context of 512 tokens") in state.kld_label.toolTip()
         note = window.plan_panel.profile_note.text()
         assert "12-layer" in note and "never get IQ4_XS" in note
         window.switch_profile("compact")

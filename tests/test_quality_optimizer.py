@@ -184,11 +184,24 @@ def test_cli_optimize_writes_an_importable_plan(tiny_qwen2moe: Path, tmp_path: P
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
     assert data["bytes"] <= budget and data["predicted_kld"] > 0 and data["base_type"]
+    assert data["prediction_basis"] == table.calibration_basis()
     model = open_model(tiny_qwen2moe)
     imported = plan_from_tensor_type_file(model, out, data["base_type"])
     assert imported.total_bytes() == data["bytes"]
     for name in (t.name for t in model.tensors if is_quantizable(t.name, t.shape)):
         assert f"^{name.replace('.', chr(92) + '.')}$=" in out.read_text()
+
+
+def test_a_prediction_says_which_text_and_context_it_holds_for(tiny_qwen2moe: Path) -> None:
+    """Mean KLD depends on the text and the context: a table's predictions name both."""
+    table = synthetic_table(tiny_qwen2moe)
+    table.settings = {"text": "sensitivity-probe-ecd70c9d593ffa39.txt", "context": 512}
+    assert table.calibration_basis() == ("for text like the bundled mix of chat, code, "
+                                         "reasoning and tool calls at a context of 512 tokens")
+    table.settings = {"text": "python-docs.txt", "context": 128}
+    assert table.calibration_basis() == "for text like python-docs.txt at a context of 128 tokens"
+    table.settings = {}
+    assert table.calibration_basis() == "for text like the probe text"
 
 
 def test_cli_optimize_needs_one_target(tiny_qwen2moe: Path, tmp_path: Path) -> None:

@@ -270,6 +270,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     if args.json:
         data = result.to_json()
         data["command"] = command_line(plan, args.output or "plan.txt")
+        data["prediction_basis"] = table.calibration_basis()
         if fit is not None:
             data["fit"] = {"verdict": fit.verdict.value, "flags": fit.flags}
         print(json.dumps(data, indent=2, allow_nan=False))
@@ -280,7 +281,8 @@ def run_optimize(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {len(plan.pinned_types())} tensors pinned; "
           f"{format_size(plan.total_bytes())} ({plan.total_bytes():,} bytes, budget "
           f"{result.budget:,}), {plan.bits_per_weight():.2f} bits per weight")
-    print(f"predicted mean KLD {result.predicted_kld:.3g} (optimized in {result.seconds:.2f} s)")
+    print(f"predicted mean KLD {result.predicted_kld:.3g} {table.calibration_basis()} "
+          f"(optimized in {result.seconds:.2f} s)")
     if fit is not None:
         print(f"fits: {fit.verdict.value} ({fit.flags})")
     print(command_line(plan, args.output))

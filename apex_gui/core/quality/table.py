@@ -208,6 +208,17 @@ class SensitivityTable:
         total = sum(self.damage(name, plan.effective_type(name)) for name in self.errors)
         return self.respond(total)
 
+    def calibration_basis(self) -> str:
+        """What the predictions hold for. Mean KL divergence depends on the text and the
+        context (on a model trained on 128-token windows, probes at 512 read 3-7x more), so
+        a prediction is for text like the probes' at their context."""
+        context = self.settings.get("context")
+        text = str(self.settings.get("text") or "")
+        kind = ("the bundled mix of chat, code, reasoning and tool calls"
+                if text.startswith("sensitivity-probe-") else text or "the probe text")
+        at = f" at a context of {context} tokens" if isinstance(context, int) else ""
+        return f"for text like {kind}{at}"
+
     def predict_plan(self, plan: Any) -> Prediction:
         return self.predict({name: plan.effective_type(name) for name in self.errors})
 

@@ -147,7 +147,8 @@ class QualityState(QObject):
             self.kld_label.setText(kld_text(prediction.kld, 3) + (" (estimated)" if note else ""))
             self.kld_label.setToolTip(
                 "Predicted mean KL divergence against the source model (measured "
-                "sensitivity, per-tensor damages added)" + (f"; {note}" if note else ""))
+                f"sensitivity, per-tensor damages added), {self.table.calibration_basis()}"
+                + (f"; {note}" if note else ""))
         overlay = self.window.heatmap.overlay
         if overlay is not None and overlay.plan is not plan:
             self.refresh_overlay()  # a new plan: the overlay follows it
