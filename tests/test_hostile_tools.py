@@ -292,3 +292,57 @@ def test_the_abort_line_is_read_from_recorded_output() -> None:
                                         "architecture: 'foo'")
     for name in ("perplexity.log", "kld.log", "rpc_worker_lost.log", "quantize_q4km.log"):
         assert parse_abort_line((logs / name).read_text()) is None, name
+
+
+def test_long_lines_are_cut_once_for_the_log_pane() -> None:
+    """The log pane shows output as it comes; a line without end is cut at the limit, with one
+    note, however the pieces fall."""
+    from apex_gui.core.jobs.monitor import cut_long_lines
+
+    assert cut_long_lines("short\nlines\n", 0, limit=10) == ("short\nlines\n", 0)
+    shown, open_line = cut_long_lines("abcdefghijkl", 0, limit=10)
+    assert shown.startswith("abcdefghij [APEX Studio: line longer than") and open_line == 12
+    # The same line goes on in later pieces: nothing more is shown, no second note.
+    assert cut_long_lines("mnop", open_line, limit=10) == ("", 16)
+    # Its end, and the next line, come through again.
+    assert cut_long_lines("qr\nnext\n", 16, limit=10) == ("\nnext\n", 0)
+    # A piece that ends exactly at the limit is whole; the next character gets the note.
+    assert cut_long_lines("0123456789", 0, limit=10) == ("0123456789", 10)
+    assert cut_long_lines("x", 10, limit=10)[0].startswith(" [APEX Studio")
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("newline", [True, False], ids=["lines", "one-endless-line"])
+def test_the_run_panel_keeps_a_bounded_log_of_endless_output(qtbot, tmp_path, tiny_qwen2moe,
+                                                             text, newline) -> None:
+    """A tool printing without end grew the Run tab's log pane and its copy of the log
+    without limit (the CLI's log was bounded, the window's was not)."""
+    from apex_gui.core.gguf.model import open_model
+    from apex_gui.qt.job_queue import JobQueue
+    from apex_gui.views.run.run_panel import RunPanel
+    from apex_gui.views.run.run_queue_rows import LOG_HEAD_CHARS as HEAD
+    from apex_gui.views.run.run_queue_rows import LOG_TAIL_CHARS as TAIL
+    from apex_gui.views.run.run_queue_rows import VIEW_CHARS
+
+    folder = tmp_path / "bin"
+    endless_tool(folder, newline=newline)
+    queue = JobQueue(LlamaTools(folder))
+    panel = RunPanel(queue, open_model(tiny_qwen2moe))
+    qtbot.addWidget(panel)
+    seen = [0]
+    enough = 2 * (VIEW_CHARS + HEAD + TAIL)
+    queue.jobOutput.connect(lambda _job, piece: seen.__setitem__(0, seen[0] + len(piece)))
+    with qtbot.waitSignal(queue.jobStarted, timeout=30_000) as started:
+        queue.add(PerplexityJob(model=tiny_qwen2moe, text=text, context=128))
+    job_id = started.args[0]
+    panel.table.selectRow(panel._rows[job_id])
+    qtbot.waitUntil(lambda: seen[0] > enough, timeout=120_000)
+    with qtbot.waitSignal(queue.allFinished, timeout=30_000):
+        queue.cancel_all()
+    shown = panel.log_view.toPlainText()
+    assert len(shown) <= VIEW_CHARS + 1000
+    assert ("line longer than 256 KiB cut here" in shown) != newline
+    kept = panel._logs[job_id].text()
+    assert len(kept) <= HEAD + TAIL + 1000
+    assert gone(int(pid_file(folder, "llama-perplexity").read_text()))
+    queue.shutdown(5000)

@@ -31,6 +31,27 @@ LOG_TAIL_CHARS = 4 * 2**20
 MAX_LINE_CHARS = 256 * 2**10
 
 
+def cut_long_lines(text: str, open_line: int, limit: int = MAX_LINE_CHARS) -> tuple[str, int]:
+    """``text`` with every line cut at ``limit`` characters, for a log pane that shows output
+    as it comes: ``open_line`` characters of the current line were seen before. Returns the
+    text to show (a cut line ends in a note, once) and the new length of the open line."""
+    shown: list[str] = []
+    parts = text.split("\n")
+    for index, part in enumerate(parts):
+        total = open_line + len(part)
+        if total <= limit:
+            shown.append(part)
+        else:
+            shown.append(part[:max(0, limit - open_line)])
+            if open_line <= limit:  # the first piece past the limit says so
+                shown.append(f" [APEX Studio: line longer than {limit // 1024} KiB cut here]")
+        open_line = total
+        if index < len(parts) - 1:
+            shown.append("\n")
+            open_line = 0
+    return "".join(shown), open_line
+
+
 class CancelFlag(Protocol):
     """What stops a run from another thread: a ``threading.Event``, or a worker's token."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QElapsedTimer, Qt, Signal
-from PySide6.QtGui import QFontDatabase, QTextCursor
+from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView, QApplication, QCheckBox, QFileDialog, QFrame, QScrollArea, QFormLayout,
     QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QListWidget, QListWidgetItem,
@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 from apex_gui.core.files.task_files import check_task_file
 from apex_gui.core.fit.rpc_workers import parse_workers
 from apex_gui.core.jobs.assembly import RunRequest, check_free_space, pipeline_for
+from apex_gui.core.jobs.monitor import BoundedText
 from apex_gui.core.jobs.pipeline import Pipeline
 from apex_gui.core.jobs.quantize import ImatrixJob, QuantizeJob
 from apex_gui.core.jobs.run_options import RunOptions
@@ -72,7 +73,9 @@ class RunPanel(RunQueueRows, QWidget):
         self._replace_box: QMessageBox | None = None  # open while asking to replace quants
         self._rows: dict[int, int] = {}  # job id -> table row
         self.run_headings: list[int] = []  # table rows naming the model of the run below
-        self._logs: dict[int, list[str]] = {}
+        self._logs: dict[int, BoundedText] = {}  # job id -> its log, head and tail kept
+        self._open_lines: dict[int, int] = {}  # job id -> length of its unterminated line
+        self._view_chars = 0  # characters in the log pane
         self._titles: dict[int, str] = {}
         #: the steps of the run now shown in the status line: reset when a start finds the
         #: queue idle, so counts never include earlier runs' steps
@@ -511,8 +514,8 @@ class RunPanel(RunQueueRows, QWidget):
     # --- look ---------------------------------------------------------------------------
     def _show_selected_log(self) -> None:
         job_id = self._selected_job()
-        self.log_view.setPlainText("".join(self._logs.get(job_id, [])) if job_id else "")
-        self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+        log = self._logs.get(job_id) if job_id else None
+        self._show_log_text(log.text() if log is not None else "")
         self._update_buttons()
 
     def _update_buttons(self) -> None:

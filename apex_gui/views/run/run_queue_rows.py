@@ -10,12 +10,23 @@ from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import QProgressBar, QTableWidgetItem
 
 from apex_gui.core.jobs.device_placement import PLACEMENT_TOOLS
+from apex_gui.core.jobs.monitor import BoundedText, cut_long_lines
 from apex_gui.core.jobs.runner import JobOutcome, JobStatus
 
 
 KEY_ROLE = Qt.ItemDataRole.UserRole + 1
 #: Lines of log kept per job: a 700-tensor quantize prints ~1,500; a runaway tool more.
 LOG_BLOCKS = 20_000
+#: Characters of each job's log the panel keeps (its head and tail; the run history keeps
+#: the whole bounded log): a tool printing without end must not grow the window.
+LOG_HEAD_CHARS, LOG_TAIL_CHARS = 2**20, 2 * 2**20
+#: Characters the log pane takes by appending before it is rebuilt from the kept head and
+#: tail (appending is cheap, rebuilding is not; both stay bounded).
+VIEW_CHARS = 4 * 2**20
+
+
+def job_log() -> BoundedText:
+    return BoundedText(LOG_HEAD_CHARS, LOG_TAIL_CHARS)
 
 
 STATUS_TEXT = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed",
@@ -73,7 +84,7 @@ class RunQueueRows:
         self.table.insertRow(row)
         self._rows[job_id] = row
         self._titles[job_id] = title
-        self._logs[job_id] = []
+        self._logs[job_id] = job_log()
         step = QTableWidgetItem(key)
         step.setToolTip(title)
         step.setData(KEY_ROLE, job_id)
@@ -133,15 +144,25 @@ class RunQueueRows:
             self._set(job_id, 4, progress.detail)
 
     def _job_output(self, job_id: int, text: str) -> None:
-        log = self._logs.setdefault(job_id, [])
-        log.append(text)
-        if len(log) > 4 * LOG_BLOCKS:  # keep memory bounded for runaway output
-            del log[: len(log) - 2 * LOG_BLOCKS]
+        log = self._logs.setdefault(job_id, job_log())
+        text, self._open_lines[job_id] = cut_long_lines(text, self._open_lines.get(job_id, 0))
+        if not text:
+            return
+        log.add(text)
         if self._selected_job() == job_id:
+            if self._view_chars + len(text) > VIEW_CHARS:
+                self._show_log_text(log.text())
+                return
             cursor = self.log_view.textCursor()
             cursor.movePosition(QTextCursor.MoveOperation.End)
             cursor.insertText(text)
+            self._view_chars += len(text)
             self.log_view.ensureCursorVisible()
+
+    def _show_log_text(self, text: str) -> None:
+        self.log_view.setPlainText(text)
+        self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+        self._view_chars = len(text)
 
     def _job_finished(self, job_id: int, outcome: JobOutcome) -> None:
         if job_id not in self._rows:
