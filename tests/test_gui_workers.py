@@ -66,3 +66,23 @@ def test_cancel_stops_the_function_and_drops_its_result(qtbot: QtBot) -> None:
     assert pool.shutdown(5000)
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit("late", lambda _t: None)
+
+
+def test_a_task_has_stopped_when_its_result_or_error_arrives(qtbot: QtBot) -> None:
+    """The worker reported its result and its stop as two queued events: a slot that ended
+    the wait on the result (the Hub dialog's search, then a click on a hit) found the task
+    still running and ignored the click, on a busy machine. Result and stop are one report."""
+    pool = WorkerPool()
+    ended: list[tuple[bool, bool]] = []
+
+    def boom(_token: CancelToken) -> None:
+        raise ValueError("no")
+
+    for round_number in range(200):
+        task = pool.submit("quick", (lambda _token: 42) if round_number % 2 else boom)
+        signal = task.finished if round_number % 2 else task.failed
+        with qtbot.waitSignal(signal, timeout=10_000):
+            pass
+        ended.append((task.running, pool.busy))
+    assert not any(running or busy for running, busy in ended), ended.count((True, True))
+    pool.shutdown()

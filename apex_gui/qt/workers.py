@@ -35,6 +35,10 @@ PROGRESS_INTERVAL_S = 0.05
 BUSY_SWITCH_INTERVAL_S = 0.001
 
 
+#: How a worker function ended (the kinds of :attr:`_PoolReports.ended`).
+ENDED_RESULT, ENDED_ERROR, ENDED_CANCELLED = "result", "error", "cancelled"
+
+
 class Cancelled(Exception):
     """Raised inside a worker function when its task was cancelled."""
 
@@ -145,29 +149,31 @@ class _TaskRunnable(QRunnable):
     def run(self) -> None:  # worker thread: only emit signals here
         function, self._function = self._function, None
         reports, serial = self._reports, self._serial
+        kind, value = ENDED_CANCELLED, None
         try:
             assert function is not None
-            result = function(self._token)
+            value = function(self._token)
+            kind = ENDED_RESULT
         except Cancelled:
             pass
         except BaseException as error:  # noqa: BLE001 - every failure must reach the GUI
-            reports.error.emit(serial, error)
+            kind, value = ENDED_ERROR, error
             del error
-        else:
-            reports.result.emit(serial, result)
-            del result
         finally:
             del function
-            reports.stopped.emit(serial)
+            # One report for the outcome and the stop: with two, a slot acting on the result
+            # (the next search, the next listing) could find its task still running.
+            reports.ended.emit(serial, kind, value)
+            del value
 
 
 class _PoolReports(QObject):
     """The signals workers emit; they live in the GUI thread, so slots run there."""
 
-    result = Signal(int, object)
-    error = Signal(int, object)
     progress = Signal(int, float, str)
-    stopped = Signal(int)
+    #: (serial, ENDED_RESULT / ENDED_ERROR / ENDED_CANCELLED, the result or the exception),
+    #: emitted once the worker has let go of the function
+    ended = Signal(int, str, object)
 
 
 class WorkerPool(QObject):
@@ -184,10 +190,8 @@ class WorkerPool(QObject):
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(max_threads)
         self._reports = _PoolReports(self)
-        self._reports.result.connect(self._deliver_result)
-        self._reports.error.connect(self._deliver_error)
         self._reports.progress.connect(self._deliver_progress)
-        self._reports.stopped.connect(self._deliver_stopped)
+        self._reports.ended.connect(self._deliver_ended)
         #: serial -> (task, function): kept here until the worker has let go of the function
         self._running: dict[int, tuple[Task, Callable[[CancelToken], Any]]] = {}
         self._closed = False
@@ -226,26 +230,21 @@ class WorkerPool(QObject):
         entry = self._running.get(serial)
         return entry[0] if entry is not None else None
 
-    @Slot(int, object)
-    def _deliver_result(self, serial: int, result: object) -> None:
-        task = self._task(serial)
-        if task is not None and not task.cancelled:
-            task.finished.emit(result)
-
-    @Slot(int, object)
-    def _deliver_error(self, serial: int, error: object) -> None:
-        task = self._task(serial)
-        if task is not None and not task.cancelled:
-            task.failed.emit(error)
-
     @Slot(int, float, str)
     def _deliver_progress(self, serial: int, fraction: float, text: str) -> None:
         task = self._task(serial)
         if task is not None and not task.cancelled:
             task.progress.emit(fraction, text)
 
-    @Slot(int)
-    def _deliver_stopped(self, serial: int) -> None:
+    @Slot(int, str, object)
+    def _deliver_ended(self, serial: int, kind: str, value: object) -> None:
+        task = self._task(serial)
+        if task is not None and not task.cancelled:
+            if kind == ENDED_RESULT:
+                task.finished.emit(value)
+            elif kind == ENDED_ERROR:
+                task.failed.emit(value)
+        del value
         entry = self._running.pop(serial, None)
         if entry is None:
             return
