@@ -110,7 +110,10 @@ def test_characters_split_across_writes_are_whole_and_spm_marks_are_spaces() -> 
     assert "".join(spm.feed(written[i:i + 1]) for i in range(len(written))) + spm.finish() \
         == "def main(args):\n    return \u00e9t\u00e9"
     cut = CompletionText()
-    assert cut.feed(b"ok \xe2\x96") == "ok " and cut.finish() == "\ufffd"
+    # The token limit cut the last character: it is left out, not shown as U+FFFD...
+    assert cut.feed(b"ok \xe2\x96") == "ok " and cut.finish() == ""
+    # ...while a byte no character starts with, written mid-text, still shows as one.
+    assert CompletionText().feed(b"a\xffb") == "a\ufffdb"
     assert writes_spaces_as_spm_marks("llama", ["<unk>", "<s>", "</s>", "<0x20>"])
     assert not writes_spaces_as_spm_marks("llama", ["<unk>", "\u2581the", "\u2581"])
     assert not writes_spaces_as_spm_marks("gpt2", ["a", "b"])

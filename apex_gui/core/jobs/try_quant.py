@@ -52,8 +52,11 @@ class CompletionText:
         return self._shown(self._decoder.decode(data))
 
     def finish(self) -> str:
-        """What is left at the end (an incomplete character shows as U+FFFD)."""
-        return self._shown(self._decoder.decode(b"", final=True))
+        """What is left at the end. A character still incomplete here was cut by the token
+        limit (on a byte-level vocabulary a token is one byte of it), not written wrong: it
+        is left out rather than shown as U+FFFD."""
+        self._decoder.reset()
+        return ""
 
 
 @dataclass(frozen=True)
