@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -196,3 +197,55 @@ def test_a_live_runs_scratch_is_left_alone(blocked, tiny_qwen2moe: Path, temp: P
     assert len(_scratch(temp)) == 1
     run.send_signal(signal.SIGTERM)
     run.communicate(timeout=60)
+
+
+def test_sigterm_during_the_speed_pilot_leaves_nothing(tiny_qwen2moe: Path, tmp_path: Path,
+                                                       temp: Path) -> None:
+    """The pilot (the first run on a machine times a few tool runs) ran before the signal
+    handlers: a SIGTERM there killed the command and left the output's lock and the pilot's
+    scratch folder (found by the fault campaign)."""
+    tools = make_stand_in_tools(tmp_path / "bin")
+    started, go = fifo(tmp_path / "started"), fifo(tmp_path / "go")
+    assert not (data_dir() / "sensitivity-speed.json").exists()  # so the pilot runs
+    run = subprocess.Popen(
+        cli("sensitivity", str(tiny_qwen2moe), "-o", str(tmp_path / "s.json"), "--types",
+            "Q4_K,Q8_0", "--probe-ctx", "128", "--chunks", "6"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(temp), "APEX_LLAMA_CPP_DIR": str(tools),
+             "APEX_STANDIN_STARTED": str(started), "APEX_STANDIN_GO": str(go)})
+    tool = int(started.read_text())  # the pilot's first llama-quantize, half-way
+    try:
+        (folder,) = _scratch(temp)
+        assert (folder / "pilot-f16.gguf").exists()  # it is the pilot's
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=30)
+        _gone(tool)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err
+    assert _scratch(temp) == []
+    assert not list(tmp_path.glob("s.json*"))  # neither the table nor its lock
+    assert not (data_dir() / "sensitivity-speed.json").exists()  # a stopped pilot records nothing
+
+
+def test_a_folder_killed_before_its_owner_record_is_judged_by_its_name(tmp_path: Path) -> None:
+    """The folder exists a moment before its owner record: a run killed then left a folder
+    no later run would remove for an hour. Its name carries the owner."""
+    from apex_gui.core.quality.scratch import _start_ticks, is_stale
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f"{SCRATCH_PREFIX}{dead.pid}-12345-abcd"
+    gone.mkdir()
+    assert is_stale(gone)
+    alive = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-{_start_ticks(os.getpid())}-efgh"
+    alive.mkdir()
+    assert not is_stale(alive)
+    (alive / OWNER_FILE).write_text("{half a rec")  # unreadable: the name still answers
+    assert not is_stale(alive)
+    reused = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-1-ijkl"  # the id, another start
+    reused.mkdir()
+    assert is_stale(reused)

@@ -91,6 +91,18 @@ def test_another_models_table_is_refused_in_one_line(saved: Path, tiny_qwen3moe:
     assert "\n" not in message
 
 
+def test_tensors_the_model_lacks_are_refused_under_its_own_fingerprint(
+        saved: Path, tiny_qwen2moe: Path) -> None:
+    """Another model's errors under this model's fingerprint (a hand edit) were taken and
+    ranked nothing (found by the fault campaign: recommend exited 0)."""
+    _edit(saved, lambda data: data.__setitem__("errors", {"blk.0.other": {"Q4_K": 1.0}}))
+    model = open_model(tiny_qwen2moe)
+    with pytest.raises(SensitivityFileError) as caught:
+        SensitivityTable.load(saved, model)
+    message = str(caught.value)
+    assert "names 1 tensor" in message and "blk.0.other" in message and "\n" not in message
+
+
 def test_an_oversized_file_is_refused_without_reading_it(tmp_path: Path) -> None:
     path = tmp_path / "huge.json"
     with open(path, "wb") as handle:

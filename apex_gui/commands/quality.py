@@ -132,13 +132,16 @@ def _measure(args: argparse.Namespace, settings: Any,
     # The probes run as every job does: threads, --no-repack (setting or the stored tools
     # check) from the one source of run options.
     tools = LlamaTools.for_settings(load_settings(), threads=args.threads or None)
-    ensure_speed(tools, args.work_dir)
-    projection = settings.projection()
-    print(projection.summary(str(scratch_root(args.work_dir))), file=sys.stderr, flush=True)
     stop = threading.Event()
     started = time.monotonic()
     try:
+        # From the pilot on: a SIGTERM there killed the command with the output's lock and
+        # the pilot's scratch folder left behind.
         with stop_signals_cancel(stop):
+            ensure_speed(tools, args.work_dir, stop)
+            projection = settings.projection()
+            print(projection.summary(str(scratch_root(args.work_dir))), file=sys.stderr,
+                  flush=True)
             table = measure_sensitivity(settings.model.path, settings=settings, tools=tools,
                                         on_progress=_progress, cancel=stop,
                                         use_cache=not args.no_cache, work_dir=args.work_dir,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from apex_gui.core.jobs.quantize import QuantizeJob
 from apex_gui.core.jobs.runner import run_job
 from apex_gui.core.plan.precision import is_quantizable
 from apex_gui.core.quality.calibration import high_type_for, probe_type_for
+from apex_gui.core.quality.probe_runs import SensitivityCancelled
 from apex_gui.core.quality.readback import weighted_errors
 from apex_gui.core.quality.row_sample import plan_sample, sample_bytes, write_row_sample
 from apex_gui.core.quality.scratch import scratch_folder
@@ -275,8 +277,15 @@ def project(model: ModelInfo, candidates: Iterable[str], probes: int, context: i
     return Projection(total, scratch, steps, sample, probes, tokens, recorded is not None)
 
 
-def measure_speed(tools: object, folder: Path) -> MachineSpeed:
-    """A few-second pilot on a small synthetic model: each kind of step at two sizes."""
+def measure_speed(tools: object, folder: Path,
+                  cancel: threading.Event | None = None) -> MachineSpeed:
+    """A few-second pilot on a small synthetic model: each kind of step at two sizes.
+    Raises :class:`SensitivityCancelled` when ``cancel`` is set (nothing is recorded)."""
+
+    def stopped() -> None:
+        if cancel is not None and cancel.is_set():
+            raise SensitivityCancelled("stopped during the speed pilot")
+
     spec = SyntheticModelSpec(arch="qwen2moe", n_layer=4, n_embd=256, n_head=4, n_head_kv=1,
                               n_expert=8, n_ff_exp=256, n_ff_shexp=256, context_length=512,
                               seed=11, name="APEX speed pilot")
@@ -292,7 +301,9 @@ def measure_speed(tools: object, folder: Path) -> MachineSpeed:
     for path in (small, source):
         quant = folder / f"{path.stem}-q4_k.gguf"
         started = time.monotonic()
-        done = run_job(QuantizeJob(source=path, base_type="Q4_K_M", output_path=quant), tools)
+        done = run_job(QuantizeJob(source=path, base_type="Q4_K_M", output_path=quant), tools,
+                       cancel=cancel)
+        stopped()
         if not done.succeeded:
             continue
         speed.add("quantize", quantize_work(path.stat().st_size, "Q4_K"),
@@ -306,17 +317,19 @@ def measure_speed(tools: object, folder: Path) -> MachineSpeed:
     for chunks in (1, 6):
         started = time.monotonic()
         done = run_job(PerplexityJob(model=source, text=text, context=256, chunks=chunks),
-                       tools)
+                       tools, cancel=cancel)
+        stopped()
         if done.succeeded:
             speed.add("eval", eval_work(model, 256 * chunks), time.monotonic() - started)
     return speed
 
 
-def ensure_speed(tools: object, work_dir: str | os.PathLike[str] | None = None) -> MachineSpeed:
+def ensure_speed(tools: object, work_dir: str | os.PathLike[str] | None = None,
+                 cancel: threading.Event | None = None) -> MachineSpeed:
     """The recorded timings, measured by the pilot first when there are none."""
     speed = load_speed()
     if speed is None:
         with scratch_folder(work_dir) as folder:
-            speed = measure_speed(tools, folder)
+            speed = measure_speed(tools, folder, cancel)
         save_speed(speed)
     return speed

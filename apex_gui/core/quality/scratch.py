@@ -5,14 +5,16 @@ A sensitivity run writes quantized copies of the model (as large as the model it
 calibration probe) into ``$TMPDIR/apex-sensitivity-*/``. The folder goes when the run ends,
 fails, is cancelled or gets SIGTERM; SIGKILL (or a power cut) leaves it, so each folder
 records its owner (process id, the process's start time, the host) and the next run removes
-the folders whose owner is gone. A folder from before owners were recorded is removed once
-nothing has touched it for an hour.
+the folders whose owner is gone. The folder's name carries the process id and start time
+too, so one killed before its owner record was written is judged the same way; a folder
+from before owners were recorded is removed once nothing has touched it for an hour.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -28,6 +30,8 @@ SCRATCH_PREFIX = "apex-sensitivity-"
 OWNER_FILE = "owner.json"
 #: A folder without an owner record counts as abandoned after this long untouched.
 UNOWNED_STALE_S = 3600.0
+#: ``apex-sensitivity-PID-TICKS-random``: the owner in the name itself.
+_OWNER_IN_NAME = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-(\d+)-")
 
 
 class WorkCancelled(Exception):
@@ -78,14 +82,17 @@ def is_stale(folder: Path, now: float | None = None) -> bool:
         pid = int(owner["pid"])
         host = str(owner.get("host", ""))
         ticks = owner.get("start_ticks")
-    except FileNotFoundError:
+    except (OSError, ValueError, KeyError, TypeError):
+        # No readable record (the run was killed before writing it): the name says whose.
+        named = _OWNER_IN_NAME.match(folder.name)
+        if named is not None:
+            pid, start = int(named.group(1)), named.group(2)
+            return not _alive(pid, start if start != "0" else None)
         try:
             age = (now or time.time()) - folder.stat().st_mtime
         except OSError:
             return False
         return age > UNOWNED_STALE_S
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # being written right now, or not ours to judge
     if host and host != socket.gethostname():
         return False  # a shared temporary folder: another machine's run
     return not _alive(pid, str(ticks) if ticks is not None else None)
@@ -127,12 +134,16 @@ def scratch_folder(work_dir: str | os.PathLike[str] | None = None,
     root = scratch_root(work_dir)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale(root)
-    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
+    ticks = _start_ticks(os.getpid())
+    owner = {"pid": os.getpid(), "start_ticks": ticks, "host": socket.gethostname(),
+             "started": time.time(), "output": os.path.abspath(output) if output else ""}
+    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{ticks or 0}-",
+                                   dir=root))
     try:
-        owner = {"pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()),
-                 "host": socket.gethostname(), "started": time.time(),
-                 "output": os.path.abspath(output) if output else ""}
-        (folder / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+        # Whole or absent, never half written: a killed run's record must still read.
+        record = folder / f".{OWNER_FILE}.tmp"
+        record.write_text(json.dumps(owner), encoding="utf-8")
+        os.replace(record, folder / OWNER_FILE)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -284,6 +284,16 @@ def check_table_matches(table: SensitivityTable, model: ModelInfo, source: str) 
             f"{source} was measured on another model ({table.model}), not on "
             f"{model.path.name}: measure this one with apex-studio sensitivity "
             f"{model.path.name} -o {model.path.stem}.sensitivity.json")
+    # The fingerprint says whose it was; the tensors must still be that model's (a table
+    # edited by hand, or another model's errors under this model's fingerprint).
+    names = {tensor.name for tensor in model.tensors}
+    foreign = sorted(set(table.errors) - names)
+    if foreign:
+        raise SensitivityFileError(
+            f"{source} names {len(foreign)} tensor{'s' if len(foreign) != 1 else ''} "
+            f"{model.path.name} does not have ({foreign[0]}{', ...' if len(foreign) > 1 else ''}):"
+            f" it was edited or written for another model; measure this one with apex-studio "
+            f"sensitivity {model.path.name} -o {model.path.stem}.sensitivity.json")
 
 
 def _read_json(path: Path) -> Any:
