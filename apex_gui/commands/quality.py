@@ -138,7 +138,7 @@ def _measure(args: argparse.Namespace, settings: Any,
         # From the pilot on: a SIGTERM there killed the command with the output's lock and
         # the pilot's scratch folder left behind.
         with stop_signals_cancel(stop):
-            ensure_speed(tools, args.work_dir, stop)
+            ensure_speed(tools, args.work_dir, stop, output)
             projection = settings.projection()
             print(projection.summary(str(scratch_root(args.work_dir))), file=sys.stderr,
                   flush=True)

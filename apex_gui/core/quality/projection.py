@@ -325,11 +325,14 @@ def measure_speed(tools: object, folder: Path,
 
 
 def ensure_speed(tools: object, work_dir: str | os.PathLike[str] | None = None,
-                 cancel: threading.Event | None = None) -> MachineSpeed:
-    """The recorded timings, measured by the pilot first when there are none."""
+                 cancel: threading.Event | None = None,
+                 output: str | os.PathLike[str] | None = None) -> MachineSpeed:
+    """The recorded timings, measured by the pilot first when there are none. ``output``:
+    the file the measurement will write (a killed pilot's lock on it is cleaned up with its
+    scratch folder)."""
     speed = load_speed()
     if speed is None:
-        with scratch_folder(work_dir) as folder:
+        with scratch_folder(work_dir, output) as folder:
             speed = measure_speed(tools, folder, cancel)
         save_speed(speed)
     return speed
