@@ -359,6 +359,19 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "apex_gui.cli", *args]
 
 
+#: Resets SIGINT to its default, then becomes the CLI: a test run started in the background
+#: (CI, ``make test &``) ignores SIGINT, every child inherits that, and the CLI rightly keeps
+#: an ignored SIGINT ignored; a user's Ctrl-C in a terminal is what these tests mean.
+_AS_FROM_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execv(sys.executable, [sys.executable, '-m', 'apex_gui.cli', "
+                       "*sys.argv[1:]])")
+
+
+def cli_from_a_terminal(*args: str) -> list[str]:
+    """As :func:`cli`, with SIGINT delivered as in a terminal whatever this process ignores."""
+    return [sys.executable, "-c", _AS_FROM_A_TERMINAL, *args]
+
+
 def types_file(folder: Path) -> Path:
     """A one-line tensor-type file every synthetic MoE model matches."""
     path = folder / "types.txt"

@@ -28,8 +28,8 @@ from apex_gui.core.jobs.run_store import RunStore
 from apex_gui.core.jobs.runner import JobStatus, run_job
 from apex_gui.core.jobs.specs import partial_path
 from apex_gui.core.jobs.tools import LlamaTools
-from fakes import (aborting_tool, calls, cli, copying_quantize, endless_tool, hung_tool,
-                   pid_file, shell_wrapped)
+from fakes import (aborting_tool, calls, cli, cli_from_a_terminal, copying_quantize,
+                   endless_tool, hung_tool, pid_file, shell_wrapped)
 
 ALL_X86_VARIANTS = ("alderlake", "cannonlake", "cascadelake", "cooperlake", "haswell", "icelake",
                     "ivybridge", "piledriver", "sandybridge", "sapphirerapids", "skylakex",
@@ -172,8 +172,8 @@ def test_a_signal_to_the_cli_stops_a_tool_behind_a_shell_wrapper(tmp_path, tiny_
     folder = tmp_path / "bin"
     shell_wrapped(endless_tool(folder))
     command = subprocess.Popen(
-        cli("eval", str(tiny_qwen2moe), "--ppl", str(text), "--ctx", "128",
-            "--llama-cpp-dir", str(folder)),
+        cli_from_a_terminal("eval", str(tiny_qwen2moe), "--ppl", str(text), "--ctx", "128",
+                            "--llama-cpp-dir", str(folder)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tool = 0
     try:
