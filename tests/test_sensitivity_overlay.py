@@ -132,3 +132,17 @@ def test_results_plot_the_optimizer_curve_beside_the_tiers(qtbot, window) -> Non
     for tier in tiers:
         best = optimize(window.current_model, table, tier.nbytes)
         assert best.predicted_kld <= tier.predicted_kld + 1e-15, tier.label
+
+
+def test_tier_labels_that_would_overlap_are_one_label() -> None:
+    """Micro, Nano and Mini of the demo lie within 0.1 MB and 0.002 KLD of each other: their
+    three labels were printed over one another."""
+    from apex_gui.views.results.quality_curve import label_groups
+
+    points = [(3.12, 0.0101, "Mini"), (3.07, 0.0114, "Micro"), (3.09, 0.0108, "Nano"),
+              (3.76, 0.0045, "Compact"), (5.15, 0.0009, "Quality = Balanced")]
+    placed = label_groups(points, x_span=3.0, y_span=0.026)
+    assert (3.07, 0.0114, "Micro, Nano, Mini") in placed  # at the highest of the three
+    assert (3.76, 0.0045, "Compact") in placed and len(placed) == 3
+    # Far apart, each keeps its own label.
+    assert len(label_groups(points, x_span=3.0, y_span=0.0001)) == 5

@@ -14,6 +14,32 @@ OPTIMIZER_COLOUR = QColor("#d6336c")
 TIER_COLOUR = QColor("#1c7ed6")
 
 
+#: Points closer than these shares of the plot's spans would print their labels over each
+#: other (Micro, Nano and Mini of a small model lie within a few hundred kB).
+LABEL_CLOSE_X, LABEL_CLOSE_Y = 0.06, 0.08
+
+
+def label_groups(points: Sequence[tuple[float, float, str]], x_span: float,
+                 y_span: float) -> list[tuple[float, float, str]]:
+    """One label per group of points whose labels would overlap, named in order of size and
+    placed at the group's highest point: (x, y, text)."""
+    groups: list[list[tuple[float, float, str]]] = []
+    for point in sorted(points):
+        x, y, _text = point
+        for group in groups:
+            if any(abs(x - gx) <= LABEL_CLOSE_X * x_span and abs(y - gy) <= LABEL_CLOSE_Y * y_span
+                   for gx, gy, _t in group):
+                group.append(point)
+                break
+        else:
+            groups.append([point])
+    placed = []
+    for group in groups:
+        x, y, _text = max(group, key=lambda p: p[1])
+        placed.append((x, y, ", ".join(text for _x, _y, text in group)))
+    return placed
+
+
 def draw_quality_curve(plot: Any, curve: Sequence[CurvePoint],
                        tiers: Sequence[CurvePoint]) -> None:
     """Add the optimizer's plans (a line) and the tiers' predictions (hollow squares)."""
@@ -34,16 +60,20 @@ def draw_quality_curve(plot: Any, curve: Sequence[CurvePoint],
     same: dict[tuple[int, float], list[str]] = {}
     for point in tiers:
         same.setdefault((point.nbytes, round(point.predicted_kld, 12)), []).append(point.label)
-    largest = largest_bytes / scale
-    for (nbytes, predicted), labels in same.items():
-        x = nbytes / scale
-        plot.plot([x], [predicted], pen=None, symbol="s", symbolSize=9,
+    for nbytes, predicted in same:
+        plot.plot([nbytes / scale], [predicted], pen=None, symbol="s", symbolSize=9,
                   symbolBrush=None, symbolPen=pg.mkPen(TIER_COLOUR, width=2))
+    every = [*curve, *tiers]
+    x_span = (max(p.nbytes for p in every) - min(p.nbytes for p in every)) / scale
+    y_span = max(p.predicted_kld for p in every) - min(p.predicted_kld for p in every)
+    largest = largest_bytes / scale
+    named = [(nbytes / scale, predicted, " = ".join(labels))
+             for (nbytes, predicted), labels in same.items()]
+    for x, y, text in label_groups(named, x_span, y_span):
         # The largest tier's label goes to its left: to the right it would leave the plot.
         anchor = (1, 1) if x >= largest * 0.999 else (0, 1)
-        label = pg.TextItem(f"{' = '.join(labels)} (predicted)", color=TIER_COLOUR,
-                            anchor=anchor)
-        label.setPos(x, predicted)
+        label = pg.TextItem(f"{text} (predicted)", color=TIER_COLOUR, anchor=anchor)
+        label.setPos(x, y)
         plot.addItem(label)
     if curve:
         # Above the curve a third of the way along: its right end sits among the largest tiers.
