@@ -56,10 +56,10 @@ def quick_eval_text() -> Path:
         raise CalibrationError(
             f"the bundled evaluation text eval/{QUICK_EVAL_NAME} is missing; reinstall APEX "
             "Studio or give a text with --ppl FILE")
-    return _materialize(item.read_bytes(), "eval", QUICK_EVAL_NAME)
+    return materialize(item.read_bytes(), "eval", QUICK_EVAL_NAME)
 
 
-def _materialize(data: bytes, folder: str, name: str) -> Path:
+def materialize(data: bytes, folder: str, name: str) -> Path:
     """A real file with ``data`` under the cache dir, named by content (zip installs have no
     file path for a resource, and the tools need one)."""
     digest = hashlib.sha256(data).hexdigest()[:16]
@@ -108,7 +108,7 @@ def combine_calibration(files: Sequence[str | os.PathLike[str] | Traversable] | 
             raise CalibrationError(f"calibration file {path} is empty; give a file with text")
         parts.append(text.rstrip("\n"))
     combined = SEPARATOR.join(parts) + "\n"
-    return _materialize(combined.encode("utf-8"), "calibration", "calibration.txt")
+    return materialize(combined.encode("utf-8"), "calibration", "calibration.txt")
 
 
 def file_digest(path: Path) -> str:

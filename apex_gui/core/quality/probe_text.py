@@ -10,12 +10,9 @@ calibration file (evaluations that take a file's beginning see other text).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
-from apex_gui.core.jobs.calibration import bundled_calibration_files
-from apex_gui.core.settings import cache_dir
+from apex_gui.core.jobs.calibration import bundled_calibration_files, materialize
 
 #: Characters taken from the end of each calibration file.
 TAIL_CHARS = 8192
@@ -46,13 +43,4 @@ def probe_text_content() -> str:
 
 def probe_text() -> Path:
     """The probe text as a real file (content-addressed under the cache folder)."""
-    data = probe_text_content().encode("utf-8")
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    target = cache_dir() / "eval" / f"sensitivity-probe-{digest}.txt"
-    if target.is_file() and target.stat().st_size == len(data):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, target)
-    return target
+    return materialize(probe_text_content().encode("utf-8"), "eval", "sensitivity-probe.txt")
