@@ -10,6 +10,9 @@ TOOLS  := $(VENV)/.llama-tools
 CONVERT := $(VENV)/.apex-convert
 GPU    := $(VENV)/.gpu-backends
 LLAMA_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Test processes (pytest-xdist): one per core, at most 4 (each holds Qt and the tools' models;
+# past 4 the suite waits on its longest tests, not on cores). TEST_JOBS=0 runs in one process.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: run test test-all bench screenshots package package-smoke clean-venv gpu
 
@@ -18,10 +21,10 @@ run: $(STAMP) $(TOOLS)
 	$(VENV)/bin/apex-studio $(MODEL)
 
 test: $(STAMP) $(TOOLS) $(CONVERT) $(GPU)
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow and not gpu" -q
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow and not gpu" -q -n $(TEST_JOBS)
 
 test-all: $(STAMP) $(TOOLS) $(CONVERT) $(GPU)
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not gpu" -q
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not gpu" -q -n $(TEST_JOBS)
 
 bench: $(STAMP) $(TOOLS)
 	$(PY) benchmarks/run_all.py

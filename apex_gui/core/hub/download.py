@@ -180,8 +180,7 @@ def group_gguf_files(files: list[tuple[str, int | None]]) -> list[RemoteFile]:
     return sorted(singles, key=lambda f: f.name.lower())
 
 
-def list_gguf_files(repo_id: str, token: str | None = None,
-                    timeout: float = API_TIMEOUT_S) -> list[RemoteFile]:
+def list_gguf_files(repo_id: str, token: str | None = None) -> list[RemoteFile]:
     """The GGUF files of a model repository with their sizes."""
     # start-up: huggingface_hub loads only when the Hub is used
     from huggingface_hub import HfApi
@@ -191,7 +190,7 @@ def list_gguf_files(repo_id: str, token: str | None = None,
     check_reachable()
     bound_http_timeouts()
     try:
-        info = HfApi(endpoint=endpoint()).model_info(repo_id, files_metadata=True, timeout=timeout, token=token)
+        info = HfApi(endpoint=endpoint()).model_info(repo_id, files_metadata=True, timeout=API_TIMEOUT_S, token=token)
     except GatedRepoError:
         raise HubError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
                        "(`hf auth login`) so the token is found") from None
