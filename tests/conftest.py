@@ -13,6 +13,9 @@ import pytest
 from apex_gui.core.gguf.model import open_model
 from apex_gui.core.jobs.run_store import RunStore
 from fakes import record
+# A hung test's thread stacks reach the report in the parallel run too (hooks, by name).
+from timeout_stacks import (pytest_configure, pytest_handlecrashitem,  # noqa: F401
+                            pytest_timeout_set_timer)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
