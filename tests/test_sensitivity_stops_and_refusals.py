@@ -116,20 +116,27 @@ def test_an_oversized_sensitivity_file_is_refused_in_one_line(
 # --- stops ------------------------------------------------------------------------------------
 
 
+def _start_held_sensitivity(model: Path, tmp_path: Path, temp: Path
+                            ) -> tuple[subprocess.Popen[str], int]:
+    """``sensitivity`` on stand-in tools whose first llama-quantize writes half its output,
+    says so through a FIFO, then waits: (the CLI's process, the tool's pid) once it is there."""
+    tools = make_stand_in_tools(tmp_path / "bin")
+    started, go = fifo(tmp_path / "started"), fifo(tmp_path / "go")
+    run = subprocess.Popen(
+        cli("sensitivity", str(model), "-o", str(tmp_path / "s.json"), "--types",
+            "Q4_K,Q8_0", "--probe-ctx", "128", "--chunks", "6"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(temp), "APEX_LLAMA_CPP_DIR": str(tools),
+             "APEX_STANDIN_STARTED": str(started), "APEX_STANDIN_GO": str(go)})
+    return run, int(started.read_text())  # blocks until the tool is half-way
+
+
 @pytest.fixture()
 def blocked(tiny_qwen2moe: Path, tmp_path: Path, temp: Path):
     """A ``sensitivity`` run held inside its first llama-quantize (a stand-in that writes half
     its output, says so through a FIFO, then waits): yields (process, tool pid)."""
     (data_dir() / "sensitivity-speed.json").write_text(json.dumps(SPEED))  # no pilot
-    tools = make_stand_in_tools(tmp_path / "bin")
-    started, go = fifo(tmp_path / "started"), fifo(tmp_path / "go")
-    run = subprocess.Popen(
-        cli("sensitivity", str(tiny_qwen2moe), "-o", str(tmp_path / "s.json"), "--types",
-            "Q4_K,Q8_0", "--probe-ctx", "128", "--chunks", "6"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TMPDIR": str(temp), "APEX_LLAMA_CPP_DIR": str(tools),
-             "APEX_STANDIN_STARTED": str(started), "APEX_STANDIN_GO": str(go)})
-    tool = int(started.read_text())  # blocks until the tool is half-way
+    run, tool = _start_held_sensitivity(tiny_qwen2moe, tmp_path, temp)
     try:
         yield run, tool
     finally:
@@ -206,16 +213,8 @@ def test_a_stop_during_the_speed_pilot_leaves_nothing(tiny_qwen2moe: Path, tmp_p
     handlers: a SIGTERM there killed the command and left the output's lock and the pilot's
     scratch folder; after a SIGKILL there, the next command removed the folder but not the
     lock (the pilot's folder did not name the output). Found by the fault campaign."""
-    tools = make_stand_in_tools(tmp_path / "bin")
-    started, go = fifo(tmp_path / "started"), fifo(tmp_path / "go")
     assert not (data_dir() / "sensitivity-speed.json").exists()  # so the pilot runs
-    run = subprocess.Popen(
-        cli("sensitivity", str(tiny_qwen2moe), "-o", str(tmp_path / "s.json"), "--types",
-            "Q4_K,Q8_0", "--probe-ctx", "128", "--chunks", "6"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TMPDIR": str(temp), "APEX_LLAMA_CPP_DIR": str(tools),
-             "APEX_STANDIN_STARTED": str(started), "APEX_STANDIN_GO": str(go)})
-    tool = int(started.read_text())  # the pilot's first llama-quantize, half-way
+    run, tool = _start_held_sensitivity(tiny_qwen2moe, tmp_path, temp)  # in the pilot's quantize
     try:
         (folder,) = _scratch(temp)
         assert (folder / "pilot-f16.gguf").exists()  # it is the pilot's
