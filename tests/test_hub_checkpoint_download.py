@@ -21,7 +21,6 @@ def _point_at(monkeypatch: pytest.MonkeyPatch, url: str, timeout: float = 20.0) 
     monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(download, "API_TIMEOUT_S", timeout)
-    monkeypatch.setattr(checkpoint_download, "API_TIMEOUT_S", timeout)
     monkeypatch.setattr(download, "_bounded", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apex_gui.core.convert.checkpoint import safetensors_problem
-from apex_gui.core.hub.download import (API_TIMEOUT_S, DownloadCancelled, HubError,
+from apex_gui.core.hub.download import (api_timeout_s, DownloadCancelled, HubError,
                                         progress_class, bound_http_timeouts, check_reachable,
                                         endpoint, transport_errors, unanswered,
                                         validate_repo_id)
@@ -88,7 +88,7 @@ def list_checkpoint(repo_id: str, token: str | None = None) -> RepoListing:
     check_reachable()
     bound_http_timeouts()
     try:
-        info = HfApi(endpoint=endpoint()).model_info(repo_id, files_metadata=True, timeout=API_TIMEOUT_S,
+        info = HfApi(endpoint=endpoint()).model_info(repo_id, files_metadata=True, timeout=api_timeout_s(),
                                   token=token)
     except GatedRepoError:
         raise HubError(_gated_message(repo_id)) from None
@@ -172,7 +172,7 @@ def fetch_file(listing: RepoListing, remote: RepoFile, folder: Path, token: str 
     from huggingface_hub.utils import build_hf_headers
 
     url = hf_hub_url(listing.repo_id, remote.name, revision=listing.commit, endpoint=endpoint())
-    meta = get_hf_file_metadata(url, token=token, timeout=API_TIMEOUT_S, endpoint=endpoint())
+    meta = get_hf_file_metadata(url, token=token, timeout=api_timeout_s(), endpoint=endpoint())
     partial = partial_path(folder, remote)
     partial.parent.mkdir(parents=True, exist_ok=True)
     have = partial.stat().st_size if partial.is_file() else 0

@@ -23,6 +23,12 @@ CONNECT_TIMEOUT_S = 3.0
 #: instead of stalling it. ``APEX_HUB_TIMEOUT_S`` changes it (a slow proxy; tests).
 API_TIMEOUT_S = float(os.environ.get("APEX_HUB_TIMEOUT_S") or 20.0)
 
+
+def api_timeout_s() -> float:
+    """The timeout in force, read at each call: every Hub call and its message use this one
+    value (a name imported elsewhere would be a copy, fixed at import)."""
+    return API_TIMEOUT_S
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 from typing import TYPE_CHECKING
 
-from apex_gui.core.hub.download import (API_TIMEOUT_S, HubError, check_reachable, endpoint,
+from apex_gui.core.hub.download import (api_timeout_s, HubError, check_reachable, endpoint,
                                         validate_repo_id)
 from apex_gui.core.quality.table import TABLE_CAP_BYTES, SensitivityTable
 from apex_gui.core.units import format_size
@@ -70,13 +70,13 @@ def download_table(spec: str, token: str | None = None) -> Path:
     url = (f"{hub.rstrip('/')}/{repo_id}/resolve/{quote(revision or 'main', safe='')}/"
            f"{quote(name)}")
     try:
-        meta = get_hf_file_metadata(url, token=token, timeout=API_TIMEOUT_S, endpoint=hub)
+        meta = get_hf_file_metadata(url, token=token, timeout=api_timeout_s(), endpoint=hub)
         if meta.size is not None and meta.size > TABLE_CAP_BYTES:
             raise TableDownloadError(f"{spec} is {format_size(meta.size)}, more than a "
                                      f"sensitivity table can be ({format_size(TABLE_CAP_BYTES)})"
                                      "; check the file name")
         local = hf_hub_download(repo_id, name, revision=revision, token=token,
-                                etag_timeout=API_TIMEOUT_S, endpoint=hub)
+                                etag_timeout=api_timeout_s(), endpoint=hub)
     except GatedRepoError:
         raise TableDownloadError(f"{repo_id} is gated: accept its terms on huggingface.co and "
                                  "log in (`hf auth login`) so the token is found") from None
